@@ -1,0 +1,230 @@
+"""The `bertops` command: one verb per stage (the same word as the DVC stage and Prefect task).
+
+Each verb parses the config and calls one function; errors the user can fix end with a
+one-paragraph message and exit code 1 (2 for bad config), never a deep traceback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from bertops.config import Config, ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="bertops: validate, version, train, gate and serve BERT models.")
+models_app = typer.Typer(no_args_is_help=True, help="Inspect the model registry.")
+app.add_typer(models_app, name="models")
+
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="the params file (all defaults live here)")
+ProfileOpt = typer.Option(None, "--profile", "-p", help="a profile laid over params.yaml, e.g. configs/smoke.yaml")
+SetOpt = typer.Option([], "--set", "-s", help="dotted override, repeatable: -s finetune.lr=3e-5")
+
+
+def _config(params: Path, profile: Optional[Path], overrides: list[str]) -> Config:
+    try:
+        return load_config(params, profile, overrides)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _run(stage: str, fn: Callable[[], object]) -> object:
+    """Run a stage; known failures print their message and exit 1."""
+    from bertops.errors import USER_ERRORS
+
+    try:
+        return fn()
+    except USER_ERRORS as exc:
+        typer.echo(f"error: {stage} failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _echo_json(value: object) -> None:
+    typer.echo(json.dumps(value if isinstance(value, dict) else getattr(value, "__dict__", value), indent=2, default=str))
+
+
+@app.command()
+def ingest(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+    """Copy the corpus into data/raw/<dataset>/ (DVC-tracked)."""
+    from bertops.data.sources import ingest as run
+
+    cfg = _config(params, profile, set_)
+    _echo_json(_run("ingest", lambda: run(cfg)))
+
+
+@app.command()
+def validate(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+    """Great Expectations suite on the raw corpus; fails (exit 1) naming each broken expectation."""
+    from bertops.data.validation import validate as run
+
+    cfg = _config(params, profile, set_)
+    report = _run("validate", lambda: run(cfg))
+    typer.echo(report.summary())
+    typer.echo(f"report: {cfg.paths.reports}/validate/report.json  Data Docs: {report.data_docs}")
+
+
+@app.command()
+def prepare(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+    """Normalise, de-duplicate, split and tokenize the corpus into data/prepared/<dataset>/."""
+    from bertops.data.prepare import prepare as run
+
+    cfg = _config(params, profile, set_)
+    _echo_json(_run("prepare", lambda: run(cfg)))
+
+
+@app.command()
+def finetune(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+    """Fine-tune the encoder for sequence classification (this process, or Ray workers)."""
+    from bertops.training.run import train
+
+    cfg = _config(params, profile, set_)
+    result = _run("finetune", lambda: train(cfg))
+    _echo_json({k: v for k, v in result.__dict__.items() if k != "history"})
+
+
+@app.command()
+def evaluate(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+    """Accuracy, macro-F1, per-class P/R/F1, confusion matrix and ECE on the eval split."""
+    from bertops.evaluation.evaluate import evaluate as run, markdown_summary
+
+    cfg = _config(params, profile, set_)
+    typer.echo(markdown_summary(_run("evaluate", lambda: run(cfg))))
+
+
+@app.command()
+def gate(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+    """Decide whether the evaluated model may be promoted; exit 1 when rejected."""
+    from bertops.evaluation.gate import gate as run
+
+    cfg = _config(params, profile, set_)
+    decision = _run("gate", lambda: run(cfg))
+    typer.echo(decision.to_markdown())
+    if not decision.approved:
+        typer.echo("error: gate rejected the model: " + "; ".join(decision.reasons), err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def package(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+    """Save the approved model in the BentoML store, build its Bento, register a candidate."""
+    from bertops.packaging import package as run
+
+    cfg = _config(params, profile, set_)
+    _echo_json(_run("package", lambda: run(cfg)))
+
+
+@app.command()
+def promote(
+    version: Optional[str] = typer.Argument(None, help="registry version (default: the last packaged)"),
+    force: bool = typer.Option(False, "--force", help="promote despite a missing/negative gate decision"),
+    reason: str = typer.Option("", "--reason", help="why (recorded in the history; required with --force)"),
+    params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
+) -> None:
+    """Mark a model version as production (the endpoint serves production)."""
+    from bertops.packaging import promote as run
+
+    cfg = _config(params, profile, set_)
+    _echo_json(_run("promote", lambda: run(cfg, version=version, reason=reason, force=force)))
+
+
+@app.command()
+def rollback(
+    reason: str = typer.Option("", "--reason", help="why (recorded in the history)"),
+    params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
+) -> None:
+    """Make the previous production version production again."""
+    from bertops.registry import Registry
+
+    cfg = _config(params, profile, set_)
+    target = _run("rollback", lambda: Registry(cfg.paths.registry).rollback(cfg.package.model_name, reason))
+    typer.echo(f"{cfg.package.model_name}: production is now {target}; restart `bertops serve` to serve it")
+
+
+@app.command()
+def serve(
+    detach: bool = typer.Option(False, "--detach", help="start in the background, wait until ready, return"),
+    stop: bool = typer.Option(False, "--stop", help="stop a server started with --detach"),
+    params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
+) -> None:
+    """Serve the production model's Bento on serve.host:serve.port."""
+    from bertops import server
+
+    cfg = _config(params, profile, set_)
+    if stop:
+        typer.echo(_run("serve", lambda: server.stop(cfg)))
+        return
+    if detach:
+        url = _run("serve", lambda: server.start_detached(cfg))
+        typer.echo(f"serving {server.describe(cfg)} at {url}\n"
+                   f"try: curl -s -X POST {url}/classify -H 'Content-Type: application/json' "
+                   "-d '{\"texts\": [\"a gripping, beautifully acted film\"]}'\n"
+                   f"stop: bertops serve --stop   (log: {server.log_path(cfg)})")
+        return
+    _run("serve", lambda: server.run_foreground(cfg))
+
+
+@app.command("run")
+def run_pipeline(
+    executor: str = typer.Option("auto", help="dvc (dvc repro per stage) | direct (call stages in-process) | auto"),
+    params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
+) -> None:
+    """Run the whole pipeline as one Prefect flow: ingest ... promote, with a timing table."""
+    from flows.pipeline import pipeline
+
+    _config(params, profile, set_)  # fail fast on bad config
+    summary = _run("run", lambda: pipeline(params=str(params), profile=str(profile) if profile else None,
+                                           overrides=list(set_), executor=executor))
+    typer.echo(summary["timing_table"])
+    if not summary["ok"]:
+        typer.echo(f"error: pipeline stopped at {summary['failed_stage']}: {summary['error']}", err=True)
+        raise typer.Exit(1)
+
+
+@models_app.command("list")
+def models_list(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+    """Versions with their stage and key metrics."""
+    from bertops.registry import Registry
+
+    cfg = _config(params, profile, set_)
+    versions = Registry(cfg.paths.registry).versions(cfg.package.model_name)
+    if not versions:
+        typer.echo(f"no versions of {cfg.package.model_name} yet")
+    for version, record in versions.items():
+        metrics = record.get("metrics", {})
+        typer.echo(f"{version}  {record['stage']:<10}  accuracy={metrics.get('accuracy')}  registered={record['registered_at']}")
+
+
+@models_app.command("show")
+def models_show(version: str, params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+    """One version's full record: lineage, gate decision, metrics."""
+    from bertops.registry import Registry
+
+    cfg = _config(params, profile, set_)
+    versions = Registry(cfg.paths.registry).versions(cfg.package.model_name)
+    if version not in versions:
+        typer.echo(f"error: no version {version!r}; known: {sorted(versions)}", err=True)
+        raise typer.Exit(1)
+    _echo_json(versions[version])
+
+
+@models_app.command("history")
+def models_history(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+    """Every registration, promotion and rollback with who/when/why."""
+    from bertops.registry import Registry
+
+    cfg = _config(params, profile, set_)
+    for event in Registry(cfg.paths.registry).history(cfg.package.model_name):
+        typer.echo(f"{event['when']}  {event['action']:<9} {event['version']}  previous={event['previous']}  "
+                   f"by={event['who']}  forced={event['forced']}  reason={event['reason']}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

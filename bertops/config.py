@@ -1,0 +1,248 @@
+"""The typed config tree: `params.yaml` (+ an optional profile file + dotted overrides) -> `Config`.
+
+Every default value lives once, in `params.yaml`; the models here only declare types and the
+rules a value must obey, so a bad value fails at load time with a message naming its key.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says which key and why."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors (a typo must not silently fall back to a default); no coercion
+    # of e.g. "3" into 3 for numbers given in YAML files.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(_Section):
+    raw: Path
+    prepared: Path
+    models: Path
+    reports: Path
+    registry: Path
+
+
+class IngestConfig(_Section):
+    dataset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    path: Path | None
+    search_paths: list[str]
+    hub_id: str | None
+    hub_config: str | None
+    hub_splits: dict[Literal["train", "eval"], str]
+    text_column: str = Field(min_length=1)
+    label_column: str = Field(min_length=1)
+    labels: dict[str, str] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> IngestConfig:
+        if self.text_column == self.label_column:
+            raise ValueError("text_column and label_column must name different columns")
+        if len(set(self.labels.values())) != len(self.labels):
+            raise ValueError(f"label names must be unique, got {list(self.labels.values())}")
+        return self
+
+
+class ValidateConfig(_Section):
+    min_rows: int = Field(ge=1)
+    min_text_chars: int = Field(ge=1)
+    max_text_chars: int = Field(ge=1)
+    max_duplicate_rate: float = Field(ge=0, le=1)
+    min_class_share: float = Field(ge=0, le=1)
+    max_class_share: float = Field(ge=0, le=1)
+    examples_per_failure: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ValidateConfig:
+        if self.min_text_chars > self.max_text_chars:
+            raise ValueError("min_text_chars must be <= max_text_chars")
+        if self.min_class_share > self.max_class_share:
+            raise ValueError("min_class_share must be <= max_class_share")
+        return self
+
+
+class PrepareConfig(_Section):
+    eval_fraction: float = Field(gt=0, lt=1)
+    validation_fraction: float = Field(gt=0, lt=1)
+    seed: int
+    unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD"]
+    lowercase: bool
+    max_length: int = Field(ge=8, le=8192)
+    max_train_rows: int = Field(ge=0)
+    max_eval_rows: int = Field(ge=0)
+
+
+class FinetuneConfig(_Section):
+    model: str = Field(min_length=1)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    max_grad_norm: float = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+    bucket_size: int = Field(ge=1)
+    eval_every: int = Field(ge=0)
+    max_steps: int = Field(ge=0)
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    num_threads: int = Field(ge=0)
+    num_workers: int = Field(ge=0)
+    progress: bool
+
+
+class EvaluateConfig(_Section):
+    batch_size: int = Field(ge=1)
+    ece_bins: int = Field(ge=1)
+
+
+class GateConfig(_Section):
+    min_accuracy: float = Field(ge=0, le=1)
+    min_macro_f1: float = Field(ge=0, le=1)
+    max_ece: float = Field(ge=0, le=1)
+
+
+class PackageConfig(_Section):
+    model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    service: str = Field(pattern=r"^[\w.]+:\w+$")
+
+
+class PromoteConfig(_Section):
+    stage: Literal["production", "staging"]
+
+
+class ServeConfig(_Section):
+    host: str
+    port: int = Field(ge=1, le=65535)
+    max_batch_size: int = Field(ge=1)
+    max_latency_ms: int = Field(ge=1)
+    max_texts_per_request: int = Field(ge=1)
+
+
+class Config(_Section):
+    paths: PathsConfig
+    ingest: IngestConfig
+    validate_: ValidateConfig = Field(alias="validate")
+    prepare: PrepareConfig
+    finetune: FinetuneConfig
+    evaluate: EvaluateConfig
+    gate: GateConfig
+    package: PackageConfig
+    promote: PromoteConfig
+    serve: ServeConfig
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-ready values keyed as in params.yaml (for lineage records)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value (e.g. finetune.lr=3e-5)")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"override key {key!r} must be dotted, section.key (e.g. finetune.lr)")
+    # YAML gives the value its natural type: 3e-5 -> float, true -> bool, [a, b] -> list.
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc.problem})") from exc
+    if isinstance(value, str) and _looks_numeric(value):
+        value = float(value)  # YAML 1.1 reads "3e-5" as a string; users mean a number.
+    return parts, value
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return any(c.isdigit() for c in text)
+
+
+def _set_dotted(tree: dict[str, Any], parts: list[str], value: Any, source: str) -> None:
+    node = tree
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise ConfigError(f"{source}: unknown config key {where!r}; see params.yaml for the keys")
+        node = child
+    if parts[-1] not in node and not _is_free_mapping(parts):
+        raise ConfigError(f"{source}: unknown config key {'.'.join(parts)!r}; see params.yaml for the keys")
+    node[parts[-1]] = value
+
+
+def _is_free_mapping(parts: list[str]) -> bool:
+    # Mappings whose keys are data, not schema (e.g. ingest.labels.<raw value>).
+    return parts[:-1] in (["ingest", "labels"], ["ingest", "hub_splits"])
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any], source: str, prefix: str = "") -> None:
+    for key, value in patch.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(f"{source}: unknown config key {dotted!r}; see params.yaml for the keys")
+        if isinstance(value, dict) and isinstance(base[key], dict) and not _is_free_mapping(dotted.split(".") + ["x"]):
+            _merge(base[key], value, source, prefix=f"{dotted}.")
+        else:
+            base[key] = value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; run from the repository root or pass --params PATH")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    params: Path | str = DEFAULT_PARAMS,
+    profile: Path | str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Config:
+    """Read params.yaml, lay a profile file (same shape, a subset of keys) and overrides over it."""
+    params = Path(params)
+    tree = _read_yaml(params)
+    if profile is not None:
+        _merge(tree, _read_yaml(Path(profile)), source=str(profile))
+    for item in overrides:
+        parts, value = _parse_override(item)
+        _set_dotted(tree, parts, value, source=f"override {item!r}")
+    return config_from_dict(tree, source=str(params))
+
+
+def config_from_dict(tree: dict[str, Any], source: str = "config") -> Config:
+    """Validate a raw tree; errors name every bad key with the reason."""
+    try:
+        return Config.model_validate(copy.deepcopy(tree))
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key; remove it or fix its spelling (see params.yaml)"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            lines.append(f"  {key}: {msg} (got {err.get('input')!r})" if err["type"] != "missing" else f"  {key}: {msg}")
+        raise ConfigError(f"invalid config in {source}:\n" + "\n".join(lines)) from None

@@ -1,0 +1,150 @@
+"""`prepare`: normalise, de-duplicate, split (stratified, leak-free) and tokenize the corpus.
+
+Writes `data/prepared/<dataset>/{train,eval}.parquet` (text, label id, input_ids), the label map,
+and token-length statistics (a DVC metric) and histogram (a DVC plot).
+"""
+from __future__ import annotations
+
+import json
+import unicodedata
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bertops.config import Config
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    out_dir: str
+    rows: dict[str, int]
+    dropped_duplicates: dict[str, int]
+    dropped_leaks: int
+    token_stats: dict[str, dict[str, float]]
+
+
+def normalize_text(text: str, form: str = "NFC", lowercase: bool = False) -> str:
+    """Unicode normal form + collapsed whitespace (tabs, newlines, runs of spaces -> one space)."""
+    text = " ".join(unicodedata.normalize(form, text).split())
+    return text.lower() if lowercase else text
+
+
+def to_examples(frame: pd.DataFrame, config: Config) -> pd.DataFrame:
+    """Source columns -> (text, label id); label ids follow the order of `ingest.labels`."""
+    ing, prep = config.ingest, config.prepare
+    label_ids = {raw: i for i, raw in enumerate(ing.labels)}
+    out = pd.DataFrame(
+        {
+            "text": [normalize_text(t, prep.unicode_form, prep.lowercase) for t in frame[ing.text_column]],
+            "label": [label_ids[str(v)] for v in frame[ing.label_column]],
+        }
+    )
+    return out[out["text"] != ""].reset_index(drop=True)
+
+
+def deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Drop repeated texts, keeping the first occurrence."""
+    kept = frame.drop_duplicates(subset="text", keep="first").reset_index(drop=True)
+    return kept, len(frame) - len(kept)
+
+
+def stratified_split(frame: pd.DataFrame, eval_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-label shuffled split; every label with >= 2 rows lands in both parts."""
+    rng = np.random.default_rng(seed)
+    train_parts, eval_parts = [], []
+    for _, group in frame.groupby("label", sort=True):
+        order = rng.permutation(len(group))
+        n_eval = int(round(len(group) * eval_fraction))
+        n_eval = min(max(n_eval, 1 if len(group) >= 2 else 0), len(group) - 1) if len(group) > 1 else 0
+        eval_parts.append(group.iloc[order[:n_eval]])
+        train_parts.append(group.iloc[order[n_eval:]])
+    train = pd.concat(train_parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    evals = pd.concat(eval_parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    return train, evals
+
+
+def subsample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+    """A stratified sample of `rows` rows (0 or more rows than present = keep all)."""
+    if rows <= 0 or rows >= len(frame):
+        return frame
+    _, sample = stratified_split(frame, rows / len(frame), seed)
+    return sample
+
+
+def remove_leaks(train: pd.DataFrame, evals: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Drop train rows whose (normalised) text is also an eval text; eval stays comparable."""
+    leaked = train["text"].isin(set(evals["text"]))
+    return train[~leaked].reset_index(drop=True), int(leaked.sum())
+
+
+def token_stats(lengths: list[int], max_length: int) -> dict[str, float]:
+    arr = np.asarray(lengths)
+    return {
+        "mean": round(float(arr.mean()), 2),
+        "p50": float(np.percentile(arr, 50)),
+        "p95": float(np.percentile(arr, 95)),
+        "max": int(arr.max()),
+        "truncated_share": round(float((arr >= max_length).mean()), 4),
+    }
+
+
+def prepare(config: Config, root: Path = Path(".")) -> PrepareResult:
+    """Raw corpus -> tokenized, de-duplicated, leak-free train/eval files."""
+    from bertops.data.sources import load_raw
+    from bertops.models.pretrained import load_tokenizer
+
+    frames, manifest = load_raw(config, root)
+    prep = config.prepare
+    train, dup_train = deduplicate(to_examples(frames["train"], config))
+    dropped = {"train": dup_train}
+    if "eval" in frames:
+        evals, dropped["eval"] = deduplicate(to_examples(frames["eval"], config))
+    else:
+        train, evals = stratified_split(train, prep.eval_fraction, prep.seed)
+    train, leaks = remove_leaks(train, evals)
+    train = subsample(train, prep.max_train_rows, prep.seed)
+    evals = subsample(evals, prep.max_eval_rows, prep.seed)
+    # Checkpoint selection gets its own slice of train, so the eval figures stay unbiased.
+    train, validation = stratified_split(train, prep.validation_fraction, prep.seed + 1)
+
+    tokenizer = load_tokenizer(config.finetune.model)
+    stats, histograms = {}, []
+    out_dir = root / config.paths.prepared / config.ingest.dataset
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, frame in (("train", train), ("validation", validation), ("eval", evals)):
+        # Lengths before truncation, for honest statistics; ids truncated to max_length.
+        full = tokenizer(frame["text"].tolist(), add_special_tokens=True, truncation=False)["input_ids"]
+        lengths = [len(ids) for ids in full]
+        frame = frame.assign(input_ids=[ids[: prep.max_length - 1] + [ids[-1]] if len(ids) > prep.max_length else ids for ids in full])
+        frame.to_parquet(out_dir / f"{split}.parquet", index=False)
+        stats[split] = token_stats(lengths, prep.max_length)
+        counts, edges = np.histogram(lengths, bins=np.arange(0, max(lengths) + 9, 8))
+        histograms += [{"split": split, "tokens": int(e), "examples": int(c)} for e, c in zip(edges[:-1], counts)]
+
+    label_names = list(config.ingest.labels.values())
+    (out_dir / "labels.json").write_text(json.dumps({"id2label": dict(enumerate(label_names))}, indent=2) + "\n")
+    (out_dir / "meta.json").write_text(
+        json.dumps({"dataset": config.ingest.dataset, "data_hash": manifest["data_hash"], "source": manifest["source"],
+                    "tokenizer": config.finetune.model, "max_length": prep.max_length}, indent=2) + "\n"
+    )
+    reports = root / config.paths.reports / "prepare"
+    reports.mkdir(parents=True, exist_ok=True)
+    rows = {"train": len(train), "validation": len(validation), "eval": len(evals)}
+    result = PrepareResult(str(out_dir), rows, dropped, leaks, stats)
+    (reports / "token_stats.json").write_text(json.dumps({"rows": result.rows, "tokens": stats}, indent=2) + "\n")
+    pd.DataFrame(histograms).to_csv(reports / "token_lengths.csv", index=False)
+    (reports / "prepare.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    return result
+
+
+def load_prepared(config: Config, root: Path = Path(".")) -> tuple[dict[str, pd.DataFrame], dict[int, str], dict]:
+    """({train, validation, eval} frames, id2label, meta) as written by `prepare`."""
+    out_dir = root / config.paths.prepared / config.ingest.dataset
+    if not (out_dir / "meta.json").is_file():
+        raise FileNotFoundError(f"{out_dir} holds no prepared corpus; run `bertops prepare` first")
+    id2label = {int(k): v for k, v in json.loads((out_dir / "labels.json").read_text())["id2label"].items()}
+    meta = json.loads((out_dir / "meta.json").read_text())
+    frames = {split: pd.read_parquet(out_dir / f"{split}.parquet") for split in ("train", "validation", "eval")}
+    return frames, id2label, meta

@@ -1,0 +1,53 @@
+"""Lineage: what a model was made from (corpus version, code commit, params, metrics, parent).
+
+Read-only helpers over git and `dvc.lock`; no DVC import (the lock file is plain YAML).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def git_commit(root: Path = Path(".")) -> str:
+    """HEAD's commit, with "-dirty" when tracked files differ from it; "unknown" outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def dvc_hash(path: str, root: Path = Path(".")) -> str | None:
+    """The md5 that dvc.lock records for an output path (None when DVC has not run the stage)."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return None
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if out.get("path") == path:
+                return out.get("md5")
+    return None
+
+
+def build_lineage(
+    dataset: str, data_hash: str, raw_path: str, params: dict[str, Any], metrics: dict[str, Any],
+    root: Path = Path("."), parent: str | None = None, validation_report: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "dataset": dataset,
+        "data_hash": data_hash,
+        "dvc_md5": dvc_hash(raw_path, root),
+        "git_commit": git_commit(root),
+        "params": params,
+        "metrics": metrics,
+        "parent_model": parent,
+        "validation_report": validation_report,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,111 @@
+"""`package` and `promote`: the BentoML adapter (model store + Bento build) and the registry moves.
+
+The only module that imports bentoml. A model is packaged only when its gate decision approves it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from bertops.config import Config
+from bertops.registry import Registry, RegistryError
+
+SETTINGS_FILE = "bertops_serving.json"
+
+
+class GateRejected(RuntimeError):
+    """The model did not pass the gate, so it is not packaged or promoted."""
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    model_tag: str
+    bento_tag: str
+    version: str
+
+
+def read_gate_decision(config: Config, root: Path) -> dict:
+    path = root / config.paths.reports / "gate" / "decision.json"
+    if not path.is_file():
+        raise GateRejected(f"no gate decision at {path}; run `bertops gate` first")
+    return json.loads(path.read_text())
+
+
+def _flat_metadata(lineage: dict) -> dict:
+    """BentoML metadata keeps simple values; nested params stay in lineage.json inside the model."""
+    out = {k: v for k, v in lineage.items() if isinstance(v, (str, int, float, bool)) and v is not None}
+    out.update({f"metric_{k}": v for k, v in lineage.get("metrics", {}).items() if isinstance(v, (int, float))})
+    return out
+
+
+def package(config: Config, root: Path = Path("."), serving_dir: Path | None = None) -> PackageResult:
+    """Save the approved model into the BentoML store, build its Bento, register a candidate."""
+    import bentoml
+
+    decision = read_gate_decision(config, root)
+    if not decision["approved"]:
+        raise GateRejected("the gate rejected this model, so it is not packaged: " + "; ".join(decision["reasons"]))
+    model_dir = root / config.paths.models / config.ingest.dataset
+    lineage = json.loads((model_dir / "lineage.json").read_text())
+    evaluation = json.loads((root / config.paths.reports / "evaluate" / "metrics.json").read_text())
+    lineage["evaluation"] = evaluation
+    lineage["gate"] = decision
+
+    name = config.package.model_name
+    with bentoml.models.create(name, labels={"dataset": config.ingest.dataset}, metadata=_flat_metadata(lineage)) as saved:
+        shutil.copytree(model_dir, saved.path, dirs_exist_ok=True)
+        (Path(saved.path) / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
+    model_tag = str(saved.tag)
+
+    serving_dir = serving_dir or root / "serving"
+    settings = {"model_tag": model_tag, "serve": config.serve.model_dump(), "max_length": config.prepare.max_length}
+    (serving_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    build = yaml.safe_load((serving_dir / "bentofile.yaml").read_text())
+    bento = bentoml.bentos.build(
+        service=build["service"], name=name, version=saved.tag.version, build_ctx=str(serving_dir),
+        include=build.get("include"), python=build.get("python"), docker=build.get("docker"),
+        labels={"dataset": config.ingest.dataset, "model": model_tag},
+    )
+    Registry(root / config.paths.registry).register(
+        name, saved.tag.version,
+        {"model_tag": model_tag, "bento_tag": str(bento.tag), "lineage": {k: v for k, v in lineage.items() if k != "params"},
+         "gate": decision, "metrics": evaluation},
+    )
+    result = PackageResult(model_tag, str(bento.tag), saved.tag.version)
+    out = root / config.paths.reports / "package"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "package.json").write_text(json.dumps(result.__dict__, indent=2) + "\n")
+    return result
+
+
+def promote(config: Config, root: Path = Path("."), version: str | None = None, reason: str = "",
+            force: bool = False) -> dict:
+    """Move a version (default: the last packaged one) to `promote.stage`."""
+    registry = Registry(root / config.paths.registry)
+    name = config.package.model_name
+    if version is None:
+        packaged = root / config.paths.reports / "package" / "package.json"
+        if not packaged.is_file():
+            raise RegistryError("no version given and nothing packaged yet; run `bertops package` or pass VERSION")
+        version = json.loads(packaged.read_text())["version"]
+    previous = registry.promote(name, version, config.promote.stage, reason=reason, force=force)
+    record = {"model": name, "version": version, "stage": config.promote.stage, "previous": previous,
+              "bento_tag": registry.versions(name)[version]["bento_tag"]}
+    out = root / config.paths.reports / "promote"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "promote.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def production_bento(config: Config, root: Path = Path(".")) -> str:
+    """The Bento tag of the production version (what `bertops serve` serves)."""
+    registry = Registry(root / config.paths.registry)
+    name = config.package.model_name
+    version = registry.production(name)
+    if version is None:
+        raise RegistryError(f"model {name!r} has no production version; run the pipeline or `bertops promote VERSION`")
+    return registry.versions(name)[version]["bento_tag"]

@@ -1,0 +1,107 @@
+"""`serve`: run the production model's Bento with `bentoml serve`, in the foreground or detached.
+
+The endpoint follows the registry at start: it serves the Bento that the registry calls
+production. After `promote`/`rollback`, `bertops serve --detach` restarts it on the new version.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from bertops.config import Config
+
+
+class ServeError(RuntimeError):
+    """The endpoint could not be started or stopped; the message says why."""
+
+
+def _bentoml() -> str:
+    return str(Path(sys.executable).with_name("bentoml"))
+
+
+def _command(config: Config, bento: str) -> list[str]:
+    return [_bentoml(), "serve", bento, "--host", config.serve.host, "--port", str(config.serve.port)]
+
+
+def pid_path(config: Config) -> Path:
+    return config.paths.registry / "serve.pid"
+
+
+def log_path(config: Config) -> Path:
+    return config.paths.reports / "serve.log"
+
+
+def describe(config: Config) -> str:
+    from bertops.packaging import production_bento
+
+    return production_bento(config)
+
+
+def run_foreground(config: Config) -> None:
+    from bertops.packaging import production_bento
+
+    bento = production_bento(config)
+    os.execv(_bentoml(), _command(config, bento))
+
+
+def wait_ready(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServeError(f"the server exited with code {process.returncode} before it was ready")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise ServeError(f"the server at {url} was not ready after {timeout:.0f}s")
+
+
+def start_detached(config: Config, timeout: float = 180) -> str:
+    """Start (or restart) the server in the background; returns its URL once /readyz answers."""
+    from bertops.packaging import production_bento
+
+    bento = production_bento(config)
+    stop(config)
+    log = log_path(config)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(_command(config, bento), stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    pid_path(config).parent.mkdir(parents=True, exist_ok=True)
+    pid_path(config).write_text(str(process.pid))
+    url = f"http://{config.serve.host}:{config.serve.port}"
+    try:
+        wait_ready(url, timeout, process)
+    except ServeError as exc:
+        stop(config)
+        raise ServeError(f"{exc}; see {log}") from None
+    return url
+
+
+def stop(config: Config) -> str:
+    """Stop a detached server (its whole process group)."""
+    path = pid_path(config)
+    if not path.is_file():
+        return "no detached server running"
+    pid = int(path.read_text())
+    path.unlink()
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return f"server {pid} had already stopped"
+    for _ in range(40):
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return f"stopped server {pid}"
+        time.sleep(0.25)
+    os.killpg(pid, signal.SIGKILL)
+    return f"killed server {pid}"

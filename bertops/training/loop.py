@@ -1,0 +1,282 @@
+"""`finetune`: the sequence-classification training loop. One process, CPU or GPU.
+
+A plain function of (config, workspace): Ray only wraps it (see `ray_adapter`). When a
+torch.distributed process group is up (Ray Train sets one), the loop shards batches by rank and
+wraps the model in DDP; everything else is the same code.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bertops.config import Config, ConfigError
+from bertops.data.batching import bucketed_batches, collate, shard
+
+
+@dataclass
+class TrainResult:
+    model_dir: str
+    steps: int
+    best_step: int
+    best_validation_accuracy: float
+    train_seconds: float
+    tokens_per_second: float      # real (non-pad) tokens per second, all workers together
+    padding_share: float          # pad tokens / all tokens fed to the model
+    device: str
+    precision: str
+    world_size: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("finetune.device=cuda but no CUDA device is visible; use finetune.device=auto or cpu")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def pick_precision(requested: str, device: torch.device) -> str:
+    """bf16/fp16 autocast only on GPUs: CPUs without AVX-512-bf16 run bf16 matmuls ~100x slower."""
+    if device.type == "cpu":
+        if requested in ("bf16", "fp16"):
+            raise ConfigError(
+                f"finetune.precision={requested} on CPU: mixed precision is for GPUs (bf16 matmuls are "
+                "hundreds of times slower on CPUs without bf16 units); use finetune.precision=auto or fp32"
+            )
+        return "fp32"
+    if requested == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return requested
+
+
+def set_seed(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW without decay on biases/LayerNorm; the fused kernel (one pass over all params) when available."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError):  # older torch or an unsupported device
+        return torch.optim.AdamW(groups, lr=lr, foreach=True)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def predict_logits(model, sequences: list[list[int]], pad_id: int, batch_size: int, device: torch.device,
+                   precision: str = "fp32") -> np.ndarray:
+    """Logits (N, num_labels) in input order; batches are length-sorted to avoid padding."""
+    was_training = model.training
+    model.eval()
+    lengths = [len(s) for s in sequences]
+    out = np.zeros((len(sequences), model.config.num_labels), dtype=np.float32)
+    for index in bucketed_batches(lengths, batch_size, 1, seed=0, shuffle=False):
+        batch = collate([sequences[i] for i in index], None, pad_id).to(device)
+        with autocast(device, precision):
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        out[index] = logits.float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
+    """Fine-tune `finetune.model` on the prepared corpus; save the best checkpoint + lineage."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from bertops.data.prepare import load_prepared
+    from bertops.models.pretrained import load_tokenizer, resolve_model_source
+
+    cfg = config.finetune
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+    # -- 1. where and how: device, precision, distributed rank ---------------------------------
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    world = torch.distributed.get_world_size() if distributed else 1
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and distributed:
+        device = torch.device("cuda", torch.cuda.current_device())
+    precision = pick_precision(cfg.precision, device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    set_seed(cfg.seed)
+
+    # -- 2. data ---------------------------------------------------------------------------------
+    frames, id2label, meta = load_prepared(config, root)
+    tokenizer = load_tokenizer(cfg.model)
+    if meta["tokenizer"] != cfg.model:
+        raise ConfigError(
+            f"the prepared corpus was tokenized for {meta['tokenizer']!r} but finetune.model={cfg.model!r}; "
+            "re-run `bertops prepare` with the same finetune.model"
+        )
+    train_ids = frames["train"]["input_ids"].map(list).tolist()
+    train_labels = frames["train"]["label"].to_numpy()
+    val_ids = frames["validation"]["input_ids"].map(list).tolist()
+    val_labels = frames["validation"]["label"].to_numpy()
+    lengths = np.array([len(s) for s in train_ids])
+    pad_id = tokenizer.pad_token_id
+
+    # -- 3. model, optimizer, schedule -------------------------------------------------------------
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model_source(cfg.model),
+        num_labels=len(id2label),
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        hidden_dropout_prob=cfg.dropout,
+        attn_implementation="sdpa",
+    ).to(device)
+    train_model = model
+    if distributed:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, device)
+    per_epoch = len(train_ids) // (cfg.batch_size * world) if world > 1 else math.ceil(len(train_ids) / cfg.batch_size)
+    total = per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, per_epoch * cfg.epochs)
+    scheduler = linear_warmup_decay(optimizer, int(cfg.warmup_ratio * total), total)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    # -- 4. train, evaluating every `eval_every` steps and at each epoch end ----------------------
+    history: list[dict[str, Any]] = []
+    best = {"accuracy": -1.0, "step": 0, "state": None}
+    real_tokens = fed_tokens = 0
+    step, started = 0, time.perf_counter()
+    progress = None
+    if cfg.progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total, desc="finetune", unit="step", mininterval=2.0, dynamic_ncols=True)
+
+    def evaluate_now(epoch: int) -> None:
+        logits = predict_logits(model, val_ids, pad_id, config.evaluate.batch_size, device, precision)
+        accuracy = float((logits.argmax(-1) == val_labels).mean())
+        history.append({"step": step, "epoch": epoch, "validation_accuracy": round(accuracy, 4),
+                        "elapsed_s": round(time.perf_counter() - started, 1)})
+        if accuracy > best["accuracy"]:
+            # Keep the best weights in memory (CPU copy); written once at the end.
+            best.update(accuracy=accuracy, step=step,
+                        state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+
+    model.train()
+    running_loss, running_n = 0.0, 0
+    for epoch in range(cfg.epochs):
+        batches = shard(bucketed_batches(lengths, cfg.batch_size, cfg.bucket_size, seed=cfg.seed + epoch), rank, world)
+        for index in batches:
+            batch = collate([train_ids[i] for i in index], train_labels[index].tolist(), pad_id).to(device)
+            with autocast(device, precision):
+                loss = train_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                   labels=batch.labels).loss
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            real_tokens += batch.real_tokens
+            fed_tokens += batch.input_ids.numel()
+            running_loss += float(loss.detach())
+            running_n += 1
+            if progress is not None:
+                progress.update(1)
+                if step % 20 == 0:
+                    progress.set_postfix(loss=f"{running_loss / running_n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if step % 50 == 0:
+                history.append({"step": step, "epoch": epoch, "train_loss": round(running_loss / running_n, 5),
+                                "lr": scheduler.get_last_lr()[0],
+                                "elapsed_s": round(time.perf_counter() - started, 1)})
+                running_loss, running_n = 0.0, 0
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                evaluate_now(epoch)
+            if step >= total:
+                break
+        if not history or history[-1].get("step") != step or "validation_accuracy" not in history[-1]:
+            evaluate_now(epoch)
+        if step >= total:
+            break
+    seconds = time.perf_counter() - started
+    if progress is not None:
+        progress.close()
+
+    # -- 5. save the best checkpoint with everything needed to rebuild and trace it ---------------
+    model.load_state_dict(best["state"])
+    tokens_per_second = real_tokens * world / seconds
+    result = TrainResult(
+        model_dir=str(root / config.paths.models / config.ingest.dataset),
+        steps=step, best_step=best["step"], best_validation_accuracy=round(best["accuracy"], 4),
+        train_seconds=round(seconds, 1), tokens_per_second=round(tokens_per_second, 1),
+        padding_share=round(1 - real_tokens / max(fed_tokens, 1), 4), device=str(device),
+        precision=precision, world_size=world, history=history,
+    )
+    if rank == 0:
+        save_model(model, tokenizer, result, config, meta, root)
+    return result
+
+
+def save_model(model, tokenizer, result: TrainResult, config: Config, meta: dict, root: Path) -> None:
+    """Write HF-format weights (safetensors), tokenizer, label map and lineage atomically."""
+    from bertops.lineage import build_lineage
+
+    out_dir = Path(result.model_dir)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    metrics = {k: v for k, v in asdict(result).items() if k not in ("history", "model_dir")}
+    raw_path = str(config.paths.raw / config.ingest.dataset)
+    lineage = build_lineage(config.ingest.dataset, meta["data_hash"], raw_path, config.to_dict(), metrics, root,
+                            parent=config.finetune.model,
+                            validation_report=str(config.paths.reports / "validate" / "report.json"))
+    (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+
+    reports = root / config.paths.reports / "finetune"
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    # Two plot files (DVC plots want one complete series per file).
+    for name, fields in (("train_loss.csv", ["step", "train_loss", "lr"]),
+                         ("validation.csv", ["step", "validation_accuracy"])):
+        with open(reports / name, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(row for row in result.history if fields[1] in row)

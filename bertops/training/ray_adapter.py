@@ -1,0 +1,60 @@
+"""Ray Train adapter: runs the very same `finetune` loop in N workers (TorchTrainer + DDP).
+
+Ray connects to `RAY_ADDRESS` when set (a cluster), else starts a local instance. Data is read by
+each worker from the prepared files under the workspace root given to it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bertops.config import Config
+from bertops.training.loop import TrainResult
+
+
+def _worker(loop_config: dict) -> None:
+    from ray import train as ray_train
+
+    from bertops.config import config_from_dict
+    from bertops.training.loop import finetune
+
+    result = finetune(config_from_dict(loop_config["config"]), Path(loop_config["root"]))
+    ray_train.report({"best_validation_accuracy": result.best_validation_accuracy,
+                      "tokens_per_second": result.tokens_per_second, "steps": result.steps,
+                      "train_seconds": result.train_seconds, "padding_share": result.padding_share,
+                      "best_step": result.best_step, "device": result.device, "precision": result.precision,
+                      "world_size": result.world_size})
+
+
+def finetune_on_ray(config: Config, root: Path = Path(".")) -> TrainResult:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = config.finetune
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, include_dashboard=False,
+                 logging_level="ERROR", configure_logging=True)
+    try:
+        use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+        # On CPU each worker gets an equal share of threads (2 cores, 2 workers -> 1 thread each).
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.num_workers)
+        trainer = TorchTrainer(
+            train_loop_per_worker=_worker,
+            train_loop_config={"config": config.to_dict(), "root": str(root.resolve())},
+            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                                         resources_per_worker={"CPU": cpus},
+                                         trainer_resources={"CPU": 0}),
+            run_config=RunConfig(name=f"finetune-{config.ingest.dataset}",
+                                 storage_path=str((root / config.paths.models / "ray").resolve())),
+        )
+        metrics = trainer.fit().metrics
+    finally:
+        if started_here:
+            ray.shutdown()
+    return TrainResult(model_dir=str(root / config.paths.models / config.ingest.dataset),
+                       **{k: metrics[k] for k in ("steps", "best_step", "best_validation_accuracy", "train_seconds",
+                                                  "tokens_per_second", "padding_share", "device", "precision",
+                                                  "world_size")})
+
