@@ -68,7 +68,7 @@ class Registry:
         with self._transaction() as state:
             model = state["models"].setdefault(name, {"versions": {}, "production": None, "history": []})
             model["versions"][version] = {**record, "stage": "candidate", "registered_at": _now()}
-            model["history"].append(_event("register", version, None, "packaged"))
+            model["history"].append(_event("register", version, None, "packaged", stage="candidate"))
 
     def promote(self, name: str, version: str, stage: str = "production", reason: str = "", force: bool = False) -> str | None:
         """Move `version` to `stage`; the previous production version is archived. Returns it."""
@@ -96,7 +96,7 @@ class Registry:
             elif model.get("production") == version:
                 model["production"] = None
             record["stage"] = stage
-            model["history"].append(_event("promote", version, previous, reason or stage, forced=force))
+            model["history"].append(_event("promote", version, previous, reason or stage, forced=force, stage=stage))
             return previous
 
     def rollback(self, name: str, reason: str = "") -> str:
@@ -106,11 +106,10 @@ class Registry:
             current = model and model.get("production")
             if not current:
                 raise RegistryError(f"model {name!r} has no production version to roll back from")
-            earlier = [e["previous"] for e in model["history"] if e["action"] in ("promote", "rollback")
-                       and e["version"] == current and e.get("previous") and e["previous"] != current]
-            if not earlier:
+            stack = production_stack(model["history"])
+            if len(stack) < 2:
                 raise RegistryError(f"{name}:{current} has no earlier production version to roll back to")
-            target = earlier[-1]
+            target = stack[-2]
             model["versions"][current]["stage"] = "archived"
             model["versions"][target]["stage"] = "production"
             model["production"] = target
@@ -118,14 +117,27 @@ class Registry:
             return target
 
 
+def production_stack(history: list[dict[str, Any]]) -> list[str]:
+    """Replay the history: a promotion to production pushes a version, a rollback pops one."""
+    stack: list[str] = []
+    for event in history:
+        if event["action"] == "promote" and event.get("stage", "production") == "production":
+            if not stack or stack[-1] != event["version"]:
+                stack.append(event["version"])
+        elif event["action"] == "rollback" and stack:
+            stack.pop()
+    return stack
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _event(action: str, version: str, previous: str | None, reason: str, forced: bool = False) -> dict[str, Any]:
+def _event(action: str, version: str, previous: str | None, reason: str, forced: bool = False,
+           stage: str = "production") -> dict[str, Any]:
     try:
         who = getpass.getuser()
     except (KeyError, OSError):
         who = "unknown"
-    return {"action": action, "version": version, "previous": previous, "reason": reason, "forced": forced,
-            "who": who, "when": _now()}
+    return {"action": action, "version": version, "stage": stage, "previous": previous, "reason": reason,
+            "forced": forced, "who": who, "when": _now()}

@@ -1,0 +1,43 @@
+# The README's two commands: `make run` (install + the whole pipeline + a live endpoint) and
+# `make test` (install + the test suite). `.ci/run` calls `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU build of PyTorch (it lies on the dev/CI machines' disk). GPU users: see README "GPU".
+TORCH  ?= torch==2.13.0
+
+export HF_HUB_OFFLINE ?= 1
+export GX_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+
+.PHONY: install run serve stop test test-fast bench clean
+
+install: $(BIN)/.installed
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)" -e ".[dev]"
+	touch $@
+
+run: install
+	$(BIN)/bertops run
+	-$(BIN)/dvc push -q
+	$(BIN)/bertops serve --detach
+
+serve: install
+	$(BIN)/bertops serve --detach
+
+stop:
+	$(BIN)/bertops serve --stop
+
+test: install
+	$(BIN)/python -m pytest tests
+
+test-fast: install
+	$(BIN)/python -m pytest tests/unit
+
+bench: install
+	$(BIN)/python bench/finetune_throughput.py
+
+clean:
+	rm -rf data/raw data/prepared models reports registry serving/bertops_serving.json

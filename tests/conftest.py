@@ -1,0 +1,56 @@
+"""Shared test setup: offline hub, isolated BentoML/Prefect homes, the real datasets, and a
+smoke-profile config factory rooted in a temporary workspace."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Before any library import reads them: never reach a hub, no telemetry, isolated stores.
+_HOME = Path(tempfile.mkdtemp(prefix="bertops-tests-"))
+os.environ.update({
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "BENTOML_HOME": str(_HOME / "bentoml"),
+    "BENTOML_DO_NOT_TRACK": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+})
+
+
+def datasets_root() -> Path:
+    """The shared real datasets: $BERTOPS_DATASETS or ../shared/datasets beside the repo."""
+    for candidate in (os.environ.get("BERTOPS_DATASETS"), REPO.parent / "shared" / "datasets"):
+        if candidate and (Path(candidate) / "sst2" / "train.tsv").is_file():
+            return Path(candidate)
+    raise RuntimeError("tests need the shared datasets: set BERTOPS_DATASETS to the folder holding sst2/")
+
+
+@pytest.fixture(scope="session")
+def datasets() -> Path:
+    return datasets_root()
+
+
+@pytest.fixture(scope="session")
+def sst2(datasets: Path) -> Path:
+    return datasets / "sst2"
+
+
+def smoke_config(overrides: list[str] = (), profile: bool = True):
+    """params.yaml + configs/smoke.yaml + overrides; the SST-2 search path points at the datasets."""
+    from bertops.config import load_config
+
+    base = [f"ingest.search_paths=['{datasets_root() / 'sst2'}']"]
+    return load_config(REPO / "params.yaml", REPO / "configs" / "smoke.yaml" if profile else None, base + list(overrides))
+
+
+@pytest.fixture()
+def make_config():
+    return smoke_config

@@ -1,0 +1,97 @@
+"""A short real fine-tune on a few hundred SST-2 rows, then evaluate, gate, package (BentoML),
+promote, and a real request to the served endpoint on 127.0.0.1."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_finetune_saves_a_rebuildable_model_with_lineage(trained_workspace):
+    root, cfg, result = trained_workspace
+    model_dir = root / "models/sst2"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "lineage.json"} <= {p.name for p in model_dir.iterdir()}
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    lineage = json.loads((model_dir / "lineage.json").read_text())
+    manifest = json.loads((root / "data/raw/sst2/manifest.json").read_text())
+    assert lineage["data_hash"] == manifest["data_hash"] and lineage["dataset"] == "sst2"
+    assert lineage["params"]["finetune"]["lr"] == cfg.finetune.lr and lineage["git_commit"]
+    # A few hundred rows and 2 epochs already beat chance clearly on held-out validation rows.
+    assert result.best_validation_accuracy > 0.6
+    assert result.padding_share < 0.15  # length bucketing keeps padding low
+    assert (root / "reports/finetune/metrics.json").is_file() and (root / "reports/finetune/validation.csv").is_file()
+
+
+def test_evaluate_and_gate_write_reports(trained_workspace):
+    from bertops.evaluation.evaluate import evaluate
+    from bertops.evaluation.gate import gate
+
+    root, cfg, _ = trained_workspace
+    metrics = evaluate(cfg, root)
+    assert metrics["examples"] == 200 and 0.5 < metrics["accuracy"] <= 1.0
+    assert sum(map(sum, metrics["confusion_matrix"])) == 200
+    assert (root / "reports/evaluate/summary.md").read_text().startswith("## Evaluation on 200")
+    decision = gate(cfg, root)
+    assert decision.approved == (metrics["accuracy"] >= cfg.gate.min_accuracy and metrics["macro_f1"] >= cfg.gate.min_macro_f1
+                                 and metrics["ece"] <= cfg.gate.max_ece)
+    assert json.loads((root / "reports/gate/decision.json").read_text())["approved"] == decision.approved
+
+
+def test_rejected_model_is_not_packaged(trained_workspace):
+    from bertops.evaluation.gate import gate
+    from bertops.packaging import GateRejected, package
+    from tests.conftest import smoke_config
+
+    root, cfg, _ = trained_workspace
+    strict = smoke_config(["gate.min_accuracy=0.999"])
+    assert not gate(strict, root).approved
+    with pytest.raises(GateRejected, match="accuracy"):
+        package(strict, root)
+    assert not (root / "registry/registry.json").exists()
+    gate(cfg, root)  # restore the approving decision for the next test
+
+
+def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
+    import shutil
+
+    from bertops import server
+    from bertops.packaging import package, promote
+    from bertops.registry import Registry
+    from tests.conftest import REPO
+
+    root, cfg, _ = trained_workspace
+    shutil.copytree(REPO / "serving", root / "serving", dirs_exist_ok=True)
+    packaged = package(cfg, root)
+    record = promote(cfg, root)
+    assert record["version"] == packaged.version
+    registry = Registry(root / "registry")
+    assert registry.production("bertops-sst2") == packaged.version
+    assert registry.versions("bertops-sst2")[packaged.version]["lineage"]["dataset"] == "sst2"
+
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(root)  # the server helpers use the config's relative paths
+    try:
+        url = server.start_detached(cfg, timeout=240)
+        assert url == "http://127.0.0.1:3917"
+        reply = httpx.post(f"{url}/classify", json={"texts": ["a gripping, beautifully acted film", "dull"]}, timeout=60)
+        assert reply.status_code == 200
+        body = reply.json()
+        assert [set(item) for item in body] == [{"label", "probabilities", "model_version"}] * 2
+        assert body[0]["model_version"] == packaged.model_tag
+        assert all(abs(sum(item["probabilities"].values()) - 1) < 1e-4 for item in body)
+        for bad in ({"texts": []}, {"texts": [""]}, {"texts": [1]}, {"wrong": ["x"]},
+                    {"texts": ["x"] * (cfg.serve.max_texts_per_request + 1)}):
+            assert httpx.post(f"{url}/classify", json=bad, timeout=30).status_code == 400, bad
+        assert httpx.post(f"{url}/classify", content=b"\xff{not json", headers={"Content-Type": "application/json"},
+                          timeout=30).status_code == 400
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200  # server survived the bad requests
+    finally:
+        print(server.stop(cfg))
+        os.chdir(cwd)

@@ -1,0 +1,56 @@
+import pandas as pd
+import pytest
+
+from bertops.data.prepare import deduplicate, normalize_text, remove_leaks, stratified_split, subsample, to_examples
+from tests.conftest import smoke_config
+
+
+def test_normalize_collapses_whitespace_and_composes_unicode():
+    assert normalize_text("  cafe\u0301 \t ok\n\n") == "caf\u00e9 ok"
+    assert normalize_text("A  B", lowercase=True) == "a b"
+
+
+def test_to_examples_maps_labels_in_config_order():
+    cfg = smoke_config()
+    frame = pd.DataFrame({"sentence": ["good ", " bad", "   "], "label": ["1", "0", "1"]})
+    out = to_examples(frame, cfg)
+    assert out["text"].tolist() == ["good", "bad"]  # blank text dropped after normalising
+    assert out["label"].tolist() == [1, 0]
+
+
+def test_deduplicate_keeps_first():
+    frame = pd.DataFrame({"text": ["a", "b", "a"], "label": [0, 1, 1]})
+    kept, dropped = deduplicate(frame)
+    assert kept["text"].tolist() == ["a", "b"] and kept["label"].tolist() == [0, 1] and dropped == 1
+
+
+def test_stratified_split_is_disjoint_stratified_and_deterministic():
+    frame = pd.DataFrame({"text": [f"t{i}" for i in range(1000)], "label": [0] * 800 + [1] * 200})
+    train, evals = stratified_split(frame, 0.1, seed=7)
+    assert len(train) + len(evals) == 1000
+    assert not set(train["text"]) & set(evals["text"])
+    assert evals["label"].value_counts().to_dict() == {0: 80, 1: 20}
+    again, _ = stratified_split(frame, 0.1, seed=7)
+    assert train["text"].tolist() == again["text"].tolist()
+
+
+def test_rare_labels_still_reach_both_sides():
+    frame = pd.DataFrame({"text": [f"t{i}" for i in range(52)], "label": [0] * 50 + [1] * 2})
+    train, evals = stratified_split(frame, 0.1, seed=0)
+    assert set(train["label"]) == {0, 1} and set(evals["label"]) == {0, 1}
+
+
+def test_remove_leaks_drops_train_copies_of_eval_texts():
+    train = pd.DataFrame({"text": ["a", "b", "c"], "label": [0, 1, 0]})
+    evals = pd.DataFrame({"text": ["b"], "label": [1]})
+    kept, leaks = remove_leaks(train, evals)
+    assert kept["text"].tolist() == ["a", "c"] and leaks == 1
+
+
+@pytest.mark.parametrize("rows, expected", [(0, 100), (500, 100), (20, 20)])
+def test_subsample(rows, expected):
+    frame = pd.DataFrame({"text": [f"t{i}" for i in range(100)], "label": [0, 1] * 50})
+    out = subsample(frame, rows, seed=1)
+    assert len(out) == expected
+    if rows == 20:
+        assert out["label"].value_counts().to_dict() == {0: 10, 1: 10}

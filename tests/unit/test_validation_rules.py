@@ -1,0 +1,48 @@
+import pandas as pd
+
+from bertops.data.validation import LEAK_COLUMN, SHARE_TABLE, CheckResult, build_checks, derived_tables, verdict
+from tests.conftest import smoke_config
+
+
+def test_suite_covers_every_rule_for_each_split():
+    checks = build_checks(smoke_config(), ["train", "eval"])
+    names = {(c.table, c.name) for c in checks}
+    for split in ("train", "eval"):
+        for rule in ("text column 'sentence' present", "label column 'label' present", "text is never null",
+                     "text length within bounds", "text is not blank", "text is valid UTF-8",
+                     "labels inside the declared label set", "duplicate rate under max_duplicate_rate"):
+            assert (split, rule) in names
+    assert ("eval", "no exact duplicates of train texts (leakage)") in names
+    assert (SHARE_TABLE, "class balance within bounds") in names
+
+
+def test_no_leakage_check_without_an_eval_split():
+    assert all(c.table != "eval" for c in build_checks(smoke_config(), ["train"]))
+
+
+def test_derived_tables_flag_leaks_and_compute_label_shares():
+    cfg = smoke_config()
+    frames = {
+        "train": pd.DataFrame({"sentence": ["a", "b", "c", "d"], "label": ["1", "1", "1", "0"]}),
+        "eval": pd.DataFrame({"sentence": ["b", "z"], "label": ["1", "0"]}),
+    }
+    tables = derived_tables(cfg, frames)
+    assert tables["eval"][LEAK_COLUMN].tolist() == [True, False]
+    assert tables[SHARE_TABLE].set_index("label")["share"].to_dict() == {"0": 0.25, "1": 0.75}
+    assert LEAK_COLUMN not in frames["eval"].columns  # inputs untouched
+
+
+def test_a_declared_label_with_no_rows_has_share_zero():
+    tables = derived_tables(smoke_config(), {"train": pd.DataFrame({"sentence": ["a"], "label": ["1"]})})
+    assert tables[SHARE_TABLE].set_index("label")["share"].to_dict() == {"0": 0.0, "1": 1.0}
+
+
+def test_verdict_fails_if_any_check_failed_and_names_it():
+    ok = CheckResult("train", "text is never null", "ExpectColumnValuesToNotBeNull", True)
+    bad = CheckResult("eval", "labels inside the declared label set", "ExpectColumnValuesToBeInSet", False,
+                      unexpected_count=2, examples=[{"row": 3, "label": "7"}])
+    report = verdict("sst2", "abc", [ok, bad], {"train": 10})
+    assert not report.success and report.failures == [bad]
+    assert "[eval] labels inside the declared label set" in report.summary()
+    assert '"label": "7"' in report.summary()
+    assert verdict("sst2", "abc", [ok], {"train": 10}).success
