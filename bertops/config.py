@@ -84,6 +84,7 @@ class PrepareConfig(_Section):
 
 class FinetuneConfig(_Section):
     model: str = Field(min_length=1)
+    pooling: Literal["mean", "cls"]
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0, lt=1)

@@ -9,6 +9,7 @@ Two executors run the same stages:
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -61,8 +62,10 @@ def _execute(stage: str, ctx: RunContext) -> str:
     """Run one stage with the chosen executor; returns "ran" or "cached" (DVC skipped it)."""
     root = Path(ctx.root)
     if ctx.executor == "dvc":
+        # dvc.yaml's commands call `bertops`: make this interpreter's scripts win on PATH.
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=root,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             tail = "\n".join((proc.stderr + proc.stdout).strip().splitlines()[-25:])
             raise PipelineError(stage, tail)

@@ -36,7 +36,9 @@ class Classifier:
     def __init__(self) -> None:
         path = self.model_ref.path
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa").eval()
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, trust_remote_code=True, attn_implementation="sdpa"  # the head's code is inside the model folder
+        ).eval()
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         self.version = str(self.model_ref.tag)
         self.lineage = json.loads((Path(path) / "lineage.json").read_text())

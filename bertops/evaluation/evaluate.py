@@ -8,18 +8,7 @@ import numpy as np
 
 from bertops.config import Config
 from bertops.evaluation.metrics import classification_metrics
-
-
-def load_classifier(model_dir: Path, device: str = "cpu"):
-    """(model, tokenizer) from a saved bertops model folder, in eval mode."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} holds no trained model; run `bertops finetune` first")
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="sdpa").to(device)
-    return model.eval(), AutoTokenizer.from_pretrained(model_dir)
+from bertops.models.classifier import load_classifier
 
 
 def markdown_summary(metrics: dict) -> str:

@@ -116,11 +116,11 @@ def predict_logits(model, sequences: list[list[int]], pad_id: int, batch_size: i
 
 def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
     """Fine-tune `finetune.model` on the prepared corpus; save the best checkpoint + lineage."""
-    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     from bertops.data.prepare import load_prepared
-    from bertops.models.pretrained import load_tokenizer, resolve_model_source
+    from bertops.models.classifier import build_classifier
+    from bertops.models.pretrained import load_tokenizer
 
     cfg = config.finetune
     hf_logging.set_verbosity_error()
@@ -154,14 +154,7 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
     pad_id = tokenizer.pad_token_id
 
     # -- 3. model, optimizer, schedule -------------------------------------------------------------
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model_source(cfg.model),
-        num_labels=len(id2label),
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
-        hidden_dropout_prob=cfg.dropout,
-        attn_implementation="sdpa",
-    ).to(device)
+    model = build_classifier(cfg.model, cfg.pooling, id2label, cfg.dropout).to(device)
     train_model = model
     if distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(

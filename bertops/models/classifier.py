@@ -1,0 +1,44 @@
+"""Build a sequence classifier from a pretrained encoder, and load a saved bertops model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from bertops.config import ConfigError
+from bertops.models.pretrained import resolve_model_source
+
+
+def build_classifier(model: str, pooling: str, id2label: dict[int, str], dropout: float):
+    """A fresh head on `model`'s encoder: "cls" = the stock BERT head, "mean" = mean-pooled states."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    source = resolve_model_source(model)
+    labels = {"num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()},
+              "hidden_dropout_prob": dropout}
+    if pooling == "cls":
+        return AutoModelForSequenceClassification.from_pretrained(source, attn_implementation="sdpa", **labels)
+    if pooling == "mean":
+        from bertops.models.modeling_bertops import MeanPoolingBertForSequenceClassification
+
+        config = AutoConfig.from_pretrained(source, **labels)
+        if config.model_type != "bert":
+            raise ConfigError(f"finetune.pooling=mean needs a BERT encoder, {model!r} is {config.model_type!r}; "
+                              "use finetune.pooling=cls")
+        return MeanPoolingBertForSequenceClassification.from_pretrained(source, config=config, attn_implementation="sdpa")
+    raise ConfigError(f"unknown finetune.pooling {pooling!r}; choose one of cls, mean")
+
+
+def load_classifier(model_dir: Path, device: str = "cpu"):
+    """(model, tokenizer) from a saved bertops model folder, in eval mode.
+
+    trust_remote_code loads the head's code that bertops saved *inside the folder itself*
+    (modeling_bertops.py), never code from a hub.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} holds no trained model; run `bertops finetune` first")
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True,
+                                                               attn_implementation="sdpa").to(device)
+    return model.eval(), AutoTokenizer.from_pretrained(model_dir)
