@@ -69,7 +69,7 @@ def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path)
     (bad / "train.tsv").write_text("\n".join([lines[0]] + [l.rsplit("\t", 1)[0] + "\tmaybe" for l in lines[1:]]) + "\n")
     from bertops.errors import PipelineError
 
-    with pytest.raises(PipelineError, match="validate.*labels inside the declared label set"):
+    with pytest.raises(PipelineError, match=r"(?s)validate.*labels inside the declared label set"):
         _run([f"ingest.path={bad}"])
     after = json.loads((workspace / "registry/registry.json").read_text())["models"]["bertops-sst2"]
     assert after["production"] == registry["production"] and after["versions"].keys() == registry["versions"].keys()
