@@ -27,12 +27,14 @@ def bertops_loop(root: Path, steps: int, batch_size: int, datasets: Path) -> dic
     from bertops.config import load_config
     from bertops.data.prepare import prepare
     from bertops.data.sources import ingest
+    from bertops.data.validation import validate
     from bertops.training.loop import finetune
 
     cfg = load_config(REPO / "params.yaml", overrides=[
         f"ingest.search_paths=['{datasets / 'sst2'}']", f"finetune.max_steps={steps}", f"finetune.batch_size={batch_size}",
         "finetune.eval_every=0", "finetune.progress=false", "prepare.validation_fraction=0.01"])
     ingest(cfg, root)
+    validate(cfg, root)
     prepare(cfg, root)
     result = finetune(cfg, root)
     return {"tokens_per_second": result.tokens_per_second, "padding_share": result.padding_share,

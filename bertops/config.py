@@ -116,7 +116,6 @@ class GateConfig(_Section):
 
 class PackageConfig(_Section):
     model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    service: str = Field(pattern=r"^[\w.]+:\w+$")
 
 
 class PromoteConfig(_Section):

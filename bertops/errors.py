@@ -4,12 +4,13 @@ from __future__ import annotations
 from bertops.config import ConfigError
 from bertops.data.sources import DataSourceError
 from bertops.data.validation import ValidationFailed
+from bertops.lineage import ArtifactMismatch
 from bertops.packaging import GateRejected
 from bertops.registry import RegistryError
 from bertops.server import ServeError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, DataSourceError, ValidationFailed, GateRejected, RegistryError, ServeError, FileNotFoundError,
+    ConfigError, DataSourceError, ValidationFailed, ArtifactMismatch, GateRejected, RegistryError, ServeError, FileNotFoundError,
 )
 
 

@@ -5,11 +5,32 @@ Read-only helpers over git and `dvc.lock`; no DVC import (the lock file is plain
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+class ArtifactMismatch(RuntimeError):
+    """Two artifacts that must belong together do not (e.g. a gate decision for other weights)."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def files_sha256(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
 
 
 def git_commit(root: Path = Path(".")) -> str:

@@ -32,7 +32,10 @@ def read_gate_decision(config: Config, root: Path) -> dict:
     path = root / config.paths.reports / "gate" / "decision.json"
     if not path.is_file():
         raise GateRejected(f"no gate decision at {path}; run `bertops gate` first")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise GateRejected(f"{path} is not valid JSON; re-run `bertops gate`") from None
 
 
 def _flat_metadata(lineage: dict) -> dict:
@@ -47,10 +50,13 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     import bentoml
 
     decision = read_gate_decision(config, root)
-    if not decision["approved"]:
-        raise GateRejected("the gate rejected this model, so it is not packaged: " + "; ".join(decision["reasons"]))
+    if decision.get("approved") is not True:
+        raise GateRejected("the gate rejected this model, so it is not packaged: " + "; ".join(decision.get("reasons", [])))
     model_dir = root / config.paths.models / config.ingest.dataset
     lineage = json.loads((model_dir / "lineage.json").read_text())
+    if decision.get("model_sha256") != lineage.get("model_sha256"):
+        raise GateRejected(f"the gate decision is for other weights than {model_dir} holds (it was re-trained "
+                           "since); re-run `bertops evaluate` and `bertops gate`")
     evaluation = json.loads((root / config.paths.reports / "evaluate" / "metrics.json").read_text())
     lineage["evaluation"] = evaluation
     lineage["gate"] = decision
@@ -62,7 +68,9 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     model_tag = str(saved.tag)
 
     serving_dir = serving_dir or root / "serving"
-    settings = {"model_tag": model_tag, "serve": config.serve.model_dump(), "max_length": config.prepare.max_length}
+    # The service normalises text exactly as `prepare` did for training.
+    settings = {"model_tag": model_tag, "serve": config.serve.model_dump(), "max_length": config.prepare.max_length,
+                "unicode_form": config.prepare.unicode_form, "lowercase": config.prepare.lowercase}
     (serving_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     build = yaml.safe_load((serving_dir / "bentofile.yaml").read_text())
     bento = bentoml.bentos.build(

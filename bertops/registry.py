@@ -36,7 +36,10 @@ class Registry:
     def read(self) -> dict[str, Any]:
         if not self.file.is_file():
             return {"models": {}}
-        return json.loads(self.file.read_text())
+        try:
+            return json.loads(self.file.read_text())
+        except json.JSONDecodeError as exc:
+            raise RegistryError(f"{self.file} is not valid JSON ({exc.msg}); restore it from a backup or git/DVC") from None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[dict[str, Any]]:

@@ -94,9 +94,17 @@ def stop(config: Config) -> str:
     pid = int(path.read_text())
     path.unlink()
     try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return f"server {pid} had already stopped"
+    if "bentoml" not in cmdline:  # the pid was reused by an unrelated process: leave it alone
+        return f"server {pid} had already stopped"
+    try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return f"server {pid} had already stopped"
+    except PermissionError as exc:
+        raise ServeError(f"cannot stop server {pid}: {exc}") from None
     for _ in range(40):
         try:
             os.killpg(pid, 0)

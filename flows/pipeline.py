@@ -58,18 +58,32 @@ def _direct(stage: str) -> Callable[[Config, Path], Any]:
             "gate": gate_or_raise, "package": package, "promote": lambda c, r: promote(c, r)}[stage]
 
 
+def _stream(args: list[str], cwd: Path, env: dict) -> tuple[int, str]:
+    """Run a command, passing its output through live (progress bars included) and keeping a copy."""
+    process = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    kept = bytearray()
+    sink = getattr(sys.stderr, "buffer", None)
+    while chunk := process.stdout.read1(4096):
+        if sink is not None:
+            sink.write(chunk)
+        else:
+            sys.stderr.write(chunk.decode("utf-8", errors="replace"))
+        sys.stderr.flush()
+        kept += chunk
+    return process.wait(), kept.decode("utf-8", errors="replace")
+
+
 def _execute(stage: str, ctx: RunContext) -> str:
     """Run one stage with the chosen executor; returns "ran" or "cached" (DVC skipped it)."""
     root = Path(ctx.root)
     if ctx.executor == "dvc":
         # dvc.yaml's commands call `bertops`: make this interpreter's scripts win on PATH.
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=root,
-                              capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stderr + proc.stdout).strip().splitlines()[-25:])
+        returncode, output = _stream([sys.executable, "-m", "dvc", "repro", "--single-item", stage], root, env)
+        if returncode != 0:
+            tail = "\n".join(output.strip().splitlines()[-25:])
             raise PipelineError(stage, tail)
-        return "cached" if "didn't change, skipping" in proc.stdout or "is cached" in proc.stdout else "ran"
+        return "cached" if "didn't change, skipping" in output or "is cached" in output else "ran"
     from bertops.errors import USER_ERRORS
 
     try:
@@ -110,23 +124,31 @@ def timing_table(timings: list[tuple[str, float, str]]) -> str:
     return "\n".join(lines)
 
 
-def run_summary(config: Config, root: Path, timings) -> str:
-    """Markdown for the Prefect artifact: data version, validation, metrics, gate, promoted version."""
+def run_summary(config: Config, root: Path, timings, started: float) -> str:
+    """Markdown for the Prefect artifact: data version, validation, metrics, gate, promoted version.
+
+    Only reports that this run wrote (or that DVC kept because nothing changed) are shown;
+    a stage the run never reached reads as "not reached"."""
     reports = root / config.paths.reports
+    reached = {stage for stage, _, _ in timings}
 
     def read(rel: str) -> dict:
         path = reports / rel
-        return json.loads(path.read_text()) if path.is_file() else {}
+        stage = rel.split("/")[0]
+        if not path.is_file() or (stage not in reached and path.stat().st_mtime < started):
+            return {}
+        return json.loads(path.read_text())
 
     validation, metrics = read("validate/report.json"), read("evaluate/metrics.json")
     decision, promoted = read("gate/decision.json"), read("promote/promote.json")
     lines = [
         f"# bertops run: {config.ingest.dataset}", "",
         f"- data version (sha256): `{validation.get('data_hash', '?')}`",
-        f"- validation: {'passed' if validation.get('success') else 'FAILED'} "
+        f"- validation: {('passed' if validation.get('success') else 'FAILED') if validation else 'not reached'} "
         f"({len(validation.get('checks', []))} expectations, rows {validation.get('rows')})",
         f"- eval metrics: accuracy {metrics.get('accuracy')}, macro-F1 {metrics.get('macro_f1')}, ECE {metrics.get('ece')}",
-        f"- gate: {'approved' if decision.get('approved') else 'rejected'} {decision.get('reasons') or ''}",
+        f"- gate: {('approved' if decision.get('approved') else 'rejected') if decision else 'not reached'} "
+        f"{decision.get('reasons') or ''}",
         f"- promoted: {promoted.get('model', '-')}:{promoted.get('version', '-')} -> {promoted.get('stage', '-')}",
         "", "## Stage timings", "", timing_table(timings),
     ]
@@ -138,11 +160,16 @@ def pipeline(params: str = "params.yaml", profile: str | None = None, overrides:
              executor: str = "auto", root: str = ".") -> dict:
     """ingest -> validate -> prepare -> finetune -> evaluate -> gate -> package -> promote."""
     overrides = list(overrides or [])
+    if executor not in ("auto", "dvc", "direct"):
+        raise PipelineError("run", f"unknown executor {executor!r}; choose one of auto, dvc, direct")
+    # dvc repro reads <root>/params.yaml and nothing else.
+    plain = not profile and not overrides and Path(params).resolve() == Path(root, "params.yaml").resolve()
     if executor == "auto":
-        executor = "dvc" if not profile and not overrides and Path(root, "dvc.yaml").is_file() else "direct"
-    if executor == "dvc" and (profile or overrides):
+        executor = "dvc" if plain and Path(root, "dvc.yaml").is_file() else "direct"
+    if executor == "dvc" and not plain:
         raise PipelineError("run", "the dvc executor reads params.yaml only; edit it, or use --executor direct "
-                                   "for a profile or overrides")
+                                   "for another params file, a profile or overrides")
+    started = time.time()
     ctx = RunContext(params, profile, overrides, executor, root)
     config = ctx.config()
     get_run_logger().info("executor: %s", executor)
@@ -152,7 +179,7 @@ def pipeline(params: str = "params.yaml", profile: str | None = None, overrides:
             timings.append(stage_task(ctx))
     finally:
         table = timing_table(timings)
-        create_markdown_artifact(key="bertops-run-summary", markdown=run_summary(config, Path(root), timings),
+        create_markdown_artifact(key="bertops-run-summary", markdown=run_summary(config, Path(root), timings, started),
                                  description=f"bertops pipeline run on {config.ingest.dataset}")
         print(table)
     return {"ok": True, "executor": executor, "timings": timings, "timing_table": table}

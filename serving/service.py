@@ -8,6 +8,7 @@ and /metrics.
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 from typing import Annotated
 
@@ -49,6 +50,7 @@ class Classifier:
         self, texts: Annotated[list[Text], Field(min_length=1, max_length=SERVE["max_texts_per_request"])]
     ) -> list[dict]:
         """Label and per-label probabilities for each text (the model version answers too)."""
+        texts = [self.normalize(t) for t in texts]
         encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         with torch.inference_mode():  # per call: API methods run in worker threads
             probs = torch.softmax(self.model(**encoded).logits.float(), dim=-1).numpy()
@@ -60,6 +62,12 @@ class Classifier:
             }
             for p in probs
         ]
+
+    @staticmethod
+    def normalize(text: str) -> str:
+        """The same normalisation `bertops prepare` applied to the training text."""
+        text = " ".join(unicodedata.normalize(SETTINGS["unicode_form"], text).split())
+        return text.lower() if SETTINGS["lowercase"] else text
 
     @bentoml.api(route="/metadata")
     def metadata(self) -> dict:

@@ -18,6 +18,7 @@ os.environ.update({
     "TRANSFORMERS_OFFLINE": "1",
     "GX_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "BENTOML_HOME": str(_HOME / "bentoml"),
     "BENTOML_DO_NOT_TRACK": "true",
     "RAY_USAGE_STATS_ENABLED": "0",

@@ -13,7 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bertops.atomic import replace_dir, staging_dir
 from bertops.config import Config
+from bertops.data.sources import DataSourceError
+from bertops.lineage import files_sha256
+
+
+class ValidationFailedBefore(DataSourceError):
+    """`prepare` was asked to use a corpus that has not passed validation."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,10 @@ def to_examples(frame: pd.DataFrame, config: Config) -> pd.DataFrame:
     """Source columns -> (text, label id); label ids follow the order of `ingest.labels`."""
     ing, prep = config.ingest, config.prepare
     label_ids = {raw: i for i, raw in enumerate(ing.labels)}
+    unknown = sorted({str(v) for v in frame[ing.label_column]} - set(label_ids))
+    if unknown:
+        raise DataSourceError(f"labels {unknown[:5]} are not in ingest.labels {sorted(label_ids)}; "
+                              "run `bertops validate` for the offending rows, or declare them in ingest.labels")
     out = pd.DataFrame(
         {
             "text": [normalize_text(t, prep.unicode_form, prep.lowercase) for t in frame[ing.text_column]],
@@ -96,6 +107,7 @@ def prepare(config: Config, root: Path = Path(".")) -> PrepareResult:
     from bertops.models.pretrained import load_tokenizer
 
     frames, manifest = load_raw(config, root)
+    require_validated(config, root, manifest["data_hash"])
     prep = config.prepare
     train, dup_train = deduplicate(to_examples(frames["train"], config))
     dropped = {"train": dup_train}
@@ -108,27 +120,34 @@ def prepare(config: Config, root: Path = Path(".")) -> PrepareResult:
     evals = subsample(evals, prep.max_eval_rows, prep.seed)
     # Checkpoint selection gets its own slice of train, so the eval figures stay unbiased.
     train, validation = stratified_split(train, prep.validation_fraction, prep.seed + 1)
+    for split, frame in (("train", train), ("validation", validation), ("eval", evals)):
+        if frame.empty:
+            raise DataSourceError(
+                f"the {split} split is empty after de-duplication, leak removal and splitting; the corpus is too "
+                "small or overlaps eval (check prepare.max_train_rows, prepare.validation_fraction, eval_fraction)")
 
     tokenizer = load_tokenizer(config.finetune.model)
     stats, histograms = {}, []
     out_dir = root / config.paths.prepared / config.ingest.dataset
-    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(out_dir)  # written in full, then swapped in: never a mix of old and new
     for split, frame in (("train", train), ("validation", validation), ("eval", evals)):
         # Lengths before truncation, for honest statistics; ids truncated to max_length.
         full = tokenizer(frame["text"].tolist(), add_special_tokens=True, truncation=False)["input_ids"]
         lengths = [len(ids) for ids in full]
         frame = frame.assign(input_ids=[ids[: prep.max_length - 1] + [ids[-1]] if len(ids) > prep.max_length else ids for ids in full])
-        frame.to_parquet(out_dir / f"{split}.parquet", index=False)
+        frame.to_parquet(staging / f"{split}.parquet", index=False)
         stats[split] = token_stats(lengths, prep.max_length)
         counts, edges = np.histogram(lengths, bins=np.arange(0, max(lengths) + 9, 8))
         histograms += [{"split": split, "tokens": int(e), "examples": int(c)} for e, c in zip(edges[:-1], counts)]
 
     label_names = list(config.ingest.labels.values())
-    (out_dir / "labels.json").write_text(json.dumps({"id2label": dict(enumerate(label_names))}, indent=2) + "\n")
-    (out_dir / "meta.json").write_text(
-        json.dumps({"dataset": config.ingest.dataset, "data_hash": manifest["data_hash"], "source": manifest["source"],
+    (staging / "labels.json").write_text(json.dumps({"id2label": dict(enumerate(label_names))}, indent=2) + "\n")
+    prepared_hash = files_sha256([staging / f"{s}.parquet" for s in ("train", "validation", "eval")] + [staging / "labels.json"])
+    (staging / "meta.json").write_text(
+        json.dumps({"dataset": config.ingest.dataset, "data_hash": manifest["data_hash"], "prepared_hash": prepared_hash,
                     "tokenizer": config.finetune.model, "max_length": prep.max_length}, indent=2) + "\n"
     )
+    replace_dir(staging, out_dir)
     reports = root / config.paths.reports / "prepare"
     reports.mkdir(parents=True, exist_ok=True)
     rows = {"train": len(train), "validation": len(validation), "eval": len(evals)}
@@ -137,6 +156,18 @@ def prepare(config: Config, root: Path = Path(".")) -> PrepareResult:
     pd.DataFrame(histograms).to_csv(reports / "token_lengths.csv", index=False)
     (reports / "prepare.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
+
+
+def require_validated(config: Config, root: Path, data_hash: str) -> None:
+    """Refuse to prepare a corpus that did not pass `validate` (or changed since it did)."""
+    path = root / config.paths.reports / "validate" / "report.json"
+    if not path.is_file():
+        raise ValidationFailedBefore(f"no validation report at {path}; run `bertops validate` first")
+    report = json.loads(path.read_text())
+    if report.get("data_hash") != data_hash:
+        raise ValidationFailedBefore("the raw corpus changed since it was validated; run `bertops validate` again")
+    if not report.get("success"):
+        raise ValidationFailedBefore(f"the corpus failed validation (see {path}); fix the data and re-run `bertops validate`")
 
 
 def load_prepared(config: Config, root: Path = Path(".")) -> tuple[dict[str, pd.DataFrame], dict[int, str], dict]:

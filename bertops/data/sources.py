@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bertops.atomic import replace_dir
 from bertops.config import Config, IngestConfig
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -187,9 +188,7 @@ def ingest(config: Config, root: Path = Path(".")) -> IngestResult:
         data_hash = hash_files(staging, list(files.values()))
         result = IngestResult(cfg.dataset, source, str(out_dir), files, data_hash)
         (staging / MANIFEST).write_text(json.dumps(asdict(result), indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        replace_dir(staging, out_dir)
         return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -8,6 +8,7 @@ import numpy as np
 
 from bertops.config import Config
 from bertops.evaluation.metrics import classification_metrics
+from bertops.lineage import ArtifactMismatch
 from bertops.models.classifier import load_classifier
 
 
@@ -34,23 +35,31 @@ def evaluate(config: Config, root: Path = Path(".")) -> dict:
     from bertops.data.prepare import load_prepared
     from bertops.training.loop import predict_logits
 
-    frames, id2label, _ = load_prepared(config, root)
+    frames, id2label, meta = load_prepared(config, root)
     model_dir = root / config.paths.models / config.ingest.dataset
     model, tokenizer = load_classifier(model_dir)
-    if model.config.num_labels != len(id2label):
-        raise ValueError(f"{model_dir} predicts {model.config.num_labels} labels but the corpus has {len(id2label)}")
+    lineage = json.loads((model_dir / "lineage.json").read_text())
+    # Scoring a model on a corpus it was not trained against (re-prepared, re-split) could put its
+    # training rows in the eval split and inflate every figure: refuse.
+    if lineage.get("prepared_hash") != meta.get("prepared_hash") or model.config.num_labels != len(id2label):
+        raise ArtifactMismatch(
+            f"{model_dir} was trained on prepared corpus {lineage.get('prepared_hash', '?')[:12]}, but "
+            f"{config.paths.prepared}/{config.ingest.dataset} is now {meta.get('prepared_hash', '?')[:12]}; "
+            "re-run `bertops finetune` (or `dvc repro`) before evaluating")
     evals = frames["eval"]
     logits = predict_logits(model, evals["input_ids"].map(list).tolist(), tokenizer.pad_token_id,
                             config.evaluate.batch_size, torch.device("cpu"))
     labels = [id2label[i] for i in range(len(id2label))]
     metrics = classification_metrics(logits, evals["label"].to_numpy(), labels, config.evaluate.ece_bins)
     metrics["model_dir"] = str(model_dir)
+    metrics["model_sha256"] = lineage["model_sha256"]
 
     out_dir = root / config.paths.reports / "evaluate"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    # Full precision: the gate must not pass 0.87996 as 0.88.
     (out_dir / "metrics.json").write_text(json.dumps(
-        {k: round(metrics[k], 4) for k in ("accuracy", "macro_f1", "ece")} | {"examples": metrics["examples"]}, indent=2) + "\n")
+        {k: metrics[k] for k in ("accuracy", "macro_f1", "ece", "examples", "model_sha256")}, indent=2) + "\n")
     (out_dir / "summary.md").write_text(markdown_summary(metrics))
     np.save(out_dir / "logits.npy", logits)  # paired predictions for later champion/challenger tests
     return metrics

@@ -23,6 +23,7 @@ class GateCheck:
 class GateDecision:
     approved: bool
     checks: list[GateCheck] = field(default_factory=list)
+    model_sha256: str | None = None   # the weights this decision is about
 
     @property
     def reasons(self) -> list[str]:
@@ -48,7 +49,7 @@ def decide(metrics: dict, policy: GateConfig) -> GateDecision:
         valid = isinstance(value, (int, float)) and value == value  # NaN != NaN
         passed = valid and (value >= threshold if comparison == ">=" else value <= threshold)
         checks.append(GateCheck(name, float(value) if valid else float("nan"), threshold, comparison, bool(passed)))
-    return GateDecision(all(c.passed for c in checks), checks)
+    return GateDecision(all(c.passed for c in checks), checks, metrics.get("model_sha256"))
 
 
 def gate(config, root=None) -> GateDecision:

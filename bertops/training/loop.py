@@ -10,7 +10,6 @@ import copy
 import csv
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -150,6 +149,9 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
     train_labels = frames["train"]["label"].to_numpy()
     val_ids = frames["validation"]["input_ids"].map(list).tolist()
     val_labels = frames["validation"]["label"].to_numpy()
+    if not train_ids or not val_ids:
+        raise ConfigError(f"the prepared corpus has {len(train_ids)} train and {len(val_ids)} validation rows; "
+                          "both must be non-empty (check prepare.max_train_rows and prepare.validation_fraction)")
     lengths = np.array([len(s) for s in train_ids])
     pad_id = tokenizer.pad_token_id
 
@@ -252,11 +254,11 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
 
 def save_model(model, tokenizer, result: TrainResult, config: Config, meta: dict, root: Path) -> None:
     """Write HF-format weights (safetensors), tokenizer, label map and lineage atomically."""
-    from bertops.lineage import build_lineage
+    from bertops.atomic import replace_dir, staging_dir
+    from bertops.lineage import build_lineage, file_sha256
 
     out_dir = Path(result.model_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(out_dir)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     metrics = {k: v for k, v in asdict(result).items() if k not in ("history", "model_dir")}
@@ -264,10 +266,12 @@ def save_model(model, tokenizer, result: TrainResult, config: Config, meta: dict
     lineage = build_lineage(config.ingest.dataset, meta["data_hash"], raw_path, config.to_dict(), metrics, root,
                             parent=config.finetune.model,
                             validation_report=str(config.paths.reports / "validate" / "report.json"))
+    lineage["prepared_hash"] = meta.get("prepared_hash")
+    # The fingerprint that evaluate -> gate -> package carry, so an approval cannot be reused
+    # for other weights.
+    lineage["model_sha256"] = file_sha256(tmp / "model.safetensors")
     (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    replace_dir(tmp, out_dir)
 
     reports = root / config.paths.reports / "finetune"
     reports.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bertops.config import Config
+from bertops.config import Config, ConfigError
 from bertops.training.loop import TrainResult
 
 
@@ -37,9 +37,16 @@ def finetune_on_ray(config: Config, root: Path = Path(".")) -> TrainResult:
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, include_dashboard=False,
                  logging_level="ERROR", configure_logging=True)
     try:
-        use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+        resources = ray.cluster_resources()
+        use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and resources.get("GPU", 0) > 0)
+        # Ray would wait forever for resources the cluster does not have: say so instead.
+        if resources.get("CPU", 0) < cfg.num_workers or (use_gpu and resources.get("GPU", 0) < cfg.num_workers):
+            raise ConfigError(
+                f"finetune.num_workers={cfg.num_workers} needs {cfg.num_workers} CPUs"
+                f"{' and GPUs' if use_gpu else ''}; the Ray cluster has {resources.get('CPU', 0):.0f} CPUs and "
+                f"{resources.get('GPU', 0):.0f} GPUs. Lower num_workers or add nodes.")
         # On CPU each worker gets an equal share of threads (2 cores, 2 workers -> 1 thread each).
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.num_workers)
+        cpus = max(1, int(resources.get("CPU", 1)) // cfg.num_workers)
         trainer = TorchTrainer(
             train_loop_per_worker=_worker,
             train_loop_config={"config": config.to_dict(), "root": str(root.resolve())},

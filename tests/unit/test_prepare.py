@@ -54,3 +54,33 @@ def test_subsample(rows, expected):
     assert len(out) == expected
     if rows == 20:
         assert out["label"].value_counts().to_dict() == {0: 10, 1: 10}
+
+
+def test_labels_outside_the_declared_set_are_refused_by_name():
+    from bertops.data.sources import DataSourceError
+
+    frame = pd.DataFrame({"sentence": ["good"], "label": ["2"]})
+    with pytest.raises(DataSourceError, match=r"labels \['2'\] are not in ingest.labels"):
+        to_examples(frame, smoke_config())
+
+
+def test_prepare_refuses_a_corpus_that_was_not_validated(tmp_path):
+    import json
+
+    from bertops.data.prepare import ValidationFailedBefore, prepare
+    from bertops.data.sources import ingest
+
+    cfg = smoke_config()
+    ingest(cfg, tmp_path)
+    with pytest.raises(ValidationFailedBefore, match="run `bertops validate` first"):
+        prepare(cfg, tmp_path)
+    report = tmp_path / "reports/validate/report.json"
+    report.parent.mkdir(parents=True)
+    report.write_text(json.dumps({"data_hash": "something-else", "success": True}))
+    with pytest.raises(ValidationFailedBefore, match="changed since it was validated"):
+        prepare(cfg, tmp_path)
+    manifest = json.loads((tmp_path / "data/raw/sst2/manifest.json").read_text())
+    report.write_text(json.dumps({"data_hash": manifest["data_hash"], "success": False}))
+    with pytest.raises(ValidationFailedBefore, match="failed validation"):
+        prepare(cfg, tmp_path)
+    assert not (tmp_path / "data/prepared").exists()
