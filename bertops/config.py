@@ -112,6 +112,9 @@ class GateConfig(_Section):
     min_accuracy: float = Field(ge=0, le=1)
     min_macro_f1: float = Field(ge=0, le=1)
     max_ece: float = Field(ge=0, le=1)
+    non_inferiority_margin: float = Field(ge=0, le=1)
+    confidence: float = Field(gt=0, lt=1)
+    bootstrap_resamples: int = Field(ge=100)
 
 
 class PackageConfig(_Section):

@@ -24,6 +24,7 @@ class GateDecision:
     approved: bool
     checks: list[GateCheck] = field(default_factory=list)
     model_sha256: str | None = None   # the weights this decision is about
+    comparison: dict | None = None    # vs. production: difference, CI, McNemar p, verdict
 
     @property
     def reasons(self) -> list[str]:
@@ -37,11 +38,20 @@ class GateDecision:
                  "| check | value | threshold | result |", "| --- | --- | --- | --- |"]
         lines += [f"| {c.name} | {c.value:.4f} | {c.comparison} {c.threshold} | {'pass' if c.passed else 'FAIL'} |"
                   for c in self.checks]
+        if self.comparison:
+            c = self.comparison
+            lines += ["", f"vs. production {c['version']}: accuracy difference {c['difference']:+.4f} "
+                      f"({c['confidence']:.0%} CI [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]), McNemar p = {c['mcnemar_p']:.4g} "
+                      f"-> **{c['verdict']}**"]
+        else:
+            lines += ["", "No production model yet: judged on thresholds alone."]
         return "\n".join(lines) + "\n"
 
 
 def decide(metrics: dict, policy: GateConfig) -> GateDecision:
-    """Approve only if every threshold holds; a missing or NaN metric fails its check."""
+    """Approve only if every threshold holds and, when a production model was scored on the same
+    examples (`metrics["champion"]`), the candidate is non-inferior to it. A missing or NaN
+    metric fails its check. The first model of a registry is judged on thresholds alone."""
     rules = [("accuracy", policy.min_accuracy, ">="), ("macro_f1", policy.min_macro_f1, ">="), ("ece", policy.max_ece, "<=")]
     checks = []
     for name, threshold, comparison in rules:
@@ -49,7 +59,17 @@ def decide(metrics: dict, policy: GateConfig) -> GateDecision:
         valid = isinstance(value, (int, float)) and value == value  # NaN != NaN
         passed = valid and (value >= threshold if comparison == ">=" else value <= threshold)
         checks.append(GateCheck(name, float(value) if valid else float("nan"), threshold, comparison, bool(passed)))
-    return GateDecision(all(c.passed for c in checks), checks, metrics.get("model_sha256"))
+    champion = metrics.get("champion")
+    comparison = None
+    if champion:
+        low = champion.get("ci_low")
+        valid = isinstance(low, (int, float)) and low == low
+        passed = valid and low >= -policy.non_inferiority_margin
+        checks.append(GateCheck(f"accuracy vs production {champion.get('version')} (CI low of difference)",
+                                float(low) if valid else float("nan"), -policy.non_inferiority_margin, ">=", bool(passed)))
+        verdict = ("better" if valid and low > 0 else "non-inferior" if passed else "inferior")
+        comparison = {**champion, "verdict": verdict}
+    return GateDecision(all(c.passed for c in checks), checks, metrics.get("model_sha256"), comparison)
 
 
 def gate(config, root=None) -> GateDecision:

@@ -92,6 +92,28 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
         assert httpx.post(f"{url}/classify", content=b"\xff{not json", headers={"Content-Type": "application/json"},
                           timeout=30).status_code == 400
         assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200  # server survived the bad requests
+
+        # A damaged challenger (2 optimizer steps) loses to the champion on the same examples: the gate
+        # rejects it, nothing is packaged or promoted, and the endpoint keeps answering as before.
+        from bertops.evaluation.evaluate import evaluate
+        from bertops.evaluation.gate import gate
+        from bertops.packaging import GateRejected
+        from bertops.training.loop import finetune
+        from tests.conftest import smoke_config
+
+        damaged = smoke_config(["finetune.max_steps=2", "gate.min_accuracy=0.0", "gate.min_macro_f1=0.0",
+                                "gate.max_ece=1.0"])
+        finetune(damaged, root)
+        metrics = evaluate(damaged, root)
+        assert metrics["champion"]["version"] == packaged.version
+        assert metrics["champion"]["ci_low"] < -damaged.gate.non_inferiority_margin
+        decision = gate(damaged, root)
+        assert not decision.approved and decision.comparison["verdict"] == "inferior"
+        with pytest.raises(GateRejected):
+            package(damaged, root)
+        assert registry.production("bertops-sst2") == packaged.version
+        again = httpx.post(f"{url}/classify", json={"texts": ["a gripping, beautifully acted film", "dull"]}, timeout=60)
+        assert again.json() == body
     finally:
         print(server.stop(cfg))
         os.chdir(cwd)
