@@ -5,6 +5,7 @@ each worker from the prepared files under the workspace root given to it.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -51,17 +52,20 @@ def finetune_on_ray(config: Config, root: Path = Path(".")) -> TrainResult:
             train_loop_per_worker=_worker,
             train_loop_config={"config": config.to_dict(), "root": str(root.resolve())},
             scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                         resources_per_worker={"CPU": cpus},
-                                         trainer_resources={"CPU": 0}),
+                                         resources_per_worker={"CPU": cpus}),
             run_config=RunConfig(name=f"finetune-{config.ingest.dataset}",
                                  storage_path=str((root / config.paths.models / "ray").resolve())),
         )
-        metrics = trainer.fit().metrics
+        (root / config.paths.reports / "finetune" / "metrics.json").unlink(missing_ok=True)  # no stale figures
+        trainer.fit()
     finally:
         if started_here:
             ray.shutdown()
+    # Rank 0 saved the model and its metrics into the workspace (a shared filesystem on a
+    # cluster); Ray Train v2 keeps reported metrics only with checkpoints, so read them back.
+    metrics_path = root / config.paths.reports / "finetune" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
     return TrainResult(model_dir=str(root / config.paths.models / config.ingest.dataset),
                        **{k: metrics[k] for k in ("steps", "best_step", "best_validation_accuracy", "train_seconds",
                                                   "tokens_per_second", "padding_share", "device", "precision",
                                                   "world_size")})
-
