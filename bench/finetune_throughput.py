@@ -69,7 +69,7 @@ def trainer_baseline(root: Path, steps: int, batch_size: int, max_length: int) -
 
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2, attn_implementation="sdpa")
     args = TrainingArguments(output_dir=str(root / "trainer"), per_device_train_batch_size=batch_size, max_steps=steps,
-                             learning_rate=1e-4, warmup_ratio=0.06, weight_decay=0.01, use_cpu=not torch.cuda.is_available(),
+                             learning_rate=1e-4, warmup_steps=int(0.06 * steps), weight_decay=0.01, use_cpu=not torch.cuda.is_available(),
                              report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=42)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=counting_collator,
                       processing_class=tokenizer)
