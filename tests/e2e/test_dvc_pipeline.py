@@ -55,6 +55,7 @@ def test_dvc_repro_runs_all_stages_then_caches_them(repo):
     # The model records the DVC hash of the corpus it was trained on.
     lineage = json.loads((root / "models/sst2/lineage.json").read_text())
     assert lineage["git_commit"] != "unknown"
+    assert lineage["dvc_md5"] == lock["ingest"]["outs"][0]["md5"]
 
     second = _sh([sys.executable, "-m", "dvc", "repro"], root, env)
     assert "Running stage 'finetune'" not in second.stdout and "Running stage 'package'" not in second.stdout
