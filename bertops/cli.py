@@ -125,10 +125,14 @@ def promote(
     params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
 ) -> None:
     """Mark a model version as production (the endpoint serves production)."""
+    from bertops import server
     from bertops.packaging import promote as run
 
     cfg = _config(params, profile, set_)
     _echo_json(_run("promote", lambda: run(cfg, version=version, reason=reason, force=force)))
+    followed = _run("serve", lambda: server.follow_registry(cfg))
+    if followed:
+        typer.echo(followed)
 
 
 @app.command()
@@ -137,11 +141,14 @@ def rollback(
     params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
 ) -> None:
     """Make the previous production version production again."""
+    from bertops import server
     from bertops.registry import Registry
 
     cfg = _config(params, profile, set_)
     target = _run("rollback", lambda: Registry(cfg.paths.registry).rollback(cfg.package.model_name, reason))
-    typer.echo(f"{cfg.package.model_name}: production is now {target}; restart `bertops serve` to serve it")
+    typer.echo(f"{cfg.package.model_name}: production is now {target}")
+    followed = _run("serve", lambda: server.follow_registry(cfg))
+    typer.echo(followed or "no detached server is running; `bertops serve --detach` serves the new version")
 
 
 @app.command()

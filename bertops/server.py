@@ -113,3 +113,27 @@ def stop(config: Config) -> str:
         time.sleep(0.25)
     os.killpg(pid, signal.SIGKILL)
     return f"killed server {pid}"
+
+
+def running(config: Config) -> bool:
+    """Whether a server started with --detach is alive."""
+    path = pid_path(config)
+    if not path.is_file():
+        return False
+    try:
+        cmdline = Path(f"/proc/{int(path.read_text())}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return b"bentoml" in cmdline
+
+
+def follow_registry(config: Config) -> str | None:
+    """After promote/rollback: restart a running detached server on the new production Bento.
+
+    Returns a line saying what now serves and how long the switch took; None if no server runs.
+    """
+    if not running(config):
+        return None
+    started = time.perf_counter()
+    url = start_detached(config)
+    return f"{url} now serves {describe(config)} (restart took {time.perf_counter() - started:.1f}s)"

@@ -48,6 +48,13 @@ def _direct(stage: str) -> Callable[[Config, Path], Any]:
     from bertops.packaging import GateRejected, package, promote
     from bertops.training.run import train
 
+    def promote_and_follow(config: Config, root: Path):
+        from bertops import server
+
+        record = promote(config, root)
+        server.follow_registry(config)  # a running endpoint switches to the new production version
+        return record
+
     def gate_or_raise(config: Config, root: Path):
         decision = gate(config, root)
         if not decision.approved:
@@ -55,7 +62,7 @@ def _direct(stage: str) -> Callable[[Config, Path], Any]:
         return decision
 
     return {"ingest": ingest, "validate": validate, "prepare": prepare, "finetune": train, "evaluate": evaluate,
-            "gate": gate_or_raise, "package": package, "promote": lambda c, r: promote(c, r)}[stage]
+            "gate": gate_or_raise, "package": package, "promote": promote_and_follow}[stage]
 
 
 def _stream(args: list[str], cwd: Path, env: dict) -> tuple[int, str]:

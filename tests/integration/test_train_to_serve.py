@@ -114,6 +114,23 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
         assert registry.production("bertops-sst2") == packaged.version
         again = httpx.post(f"{url}/classify", json={"texts": ["a gripping, beautifully acted film", "dull"]}, timeout=60)
         assert again.json() == body
+
+        # The endpoint follows the registry: promoting a second (approved) version restarts the running
+        # server on it, and a rollback brings the first one back.
+        lenient = smoke_config(["finetune.max_steps=2", "gate.min_accuracy=0.0", "gate.min_macro_f1=0.0",
+                                "gate.max_ece=1.0", "gate.non_inferiority_margin=1.0"])
+        assert gate(lenient, root).approved
+        second = package(lenient, root)
+        assert promote(lenient, root)["previous"] == packaged.version
+        assert second.version in server.follow_registry(cfg)
+
+        def serving() -> str:
+            return httpx.post(f"{url}/classify", json={"texts": ["fine"]}, timeout=60).json()[0]["model_version"]
+
+        assert serving() == second.model_tag
+        assert registry.rollback("bertops-sst2", reason="test") == packaged.version
+        assert packaged.version in server.follow_registry(cfg)
+        assert serving() == packaged.model_tag
     finally:
         print(server.stop(cfg))
         os.chdir(cwd)
