@@ -6,7 +6,6 @@ one-paragraph message and exit code 1 (2 for bad config), never a deep traceback
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional

@@ -7,7 +7,6 @@ Raw files are copied byte for byte, so that `validate` sees exactly what the sou
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -20,6 +19,7 @@ import pandas as pd
 
 from bertops.atomic import replace_dir
 from bertops.config import Config, IngestConfig
+from bertops.lineage import files_sha256
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 SPLIT_NAMES = {"train": ("train",), "eval": ("eval", "dev", "validation", "valid", "test")}
@@ -142,16 +142,6 @@ def _download_hub(cfg: IngestConfig, dest: Path) -> dict[str, str]:
     return files
 
 
-def hash_files(folder: Path, names: list[str]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(names):
-        digest.update(name.encode())
-        with open(folder / name, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def ingest(config: Config, root: Path = Path(".")) -> IngestResult:
     """Copy the corpus into data/raw/<dataset>/ atomically (a failed ingest leaves the old copy)."""
     cfg = config.ingest
@@ -185,7 +175,7 @@ def ingest(config: Config, root: Path = Path(".")) -> IngestResult:
                 f"corpus {cfg.dataset!r}: no local copy found (searched {cfg.search_paths}) and no "
                 "ingest.hub_id is set. Pass `-s ingest.path=PATH` (a csv/tsv/jsonl/parquet file or folder)."
             )
-        data_hash = hash_files(staging, list(files.values()))
+        data_hash = files_sha256([staging / name for name in sorted(files.values())])
         result = IngestResult(cfg.dataset, source, str(out_dir), files, data_hash)
         (staging / MANIFEST).write_text(json.dumps(asdict(result), indent=2) + "\n")
         replace_dir(staging, out_dir)

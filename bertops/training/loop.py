@@ -6,7 +6,6 @@ wraps the model in DDP; everything else is the same code.
 """
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
