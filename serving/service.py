@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import bentoml
+from fastapi import FastAPI
 from pydantic import Field
 
 with bentoml.importing():
@@ -26,10 +27,14 @@ if not _SETTINGS_FILE.is_file():
 SETTINGS = json.loads(_SETTINGS_FILE.read_text())
 SERVE = SETTINGS["serve"]
 
+# Read-only GET routes beside BentoML's POST APIs (mounted as an ASGI app).
+info_app = FastAPI()
+
 Text = Annotated[str, Field(min_length=1, description="one text to classify (non-empty)")]
 
 
 @bentoml.service(name="bertops", traffic={"timeout": 60})
+@bentoml.asgi_app(info_app, path="/")
 class Classifier:
     # Declared as a class attribute so that `bentoml build` packages the model into the Bento.
     model_ref = bentoml.models.BentoModel(SETTINGS["model_tag"])
@@ -69,7 +74,7 @@ class Classifier:
         text = " ".join(unicodedata.normalize(SETTINGS["unicode_form"], text).split())
         return text.lower() if SETTINGS["lowercase"] else text
 
-    @bentoml.api(route="/metadata")
+    @info_app.get("/metadata")
     def metadata(self) -> dict:
         """The model version, its lineage, label map and max sequence length."""
         return {"model_version": self.version, "labels": self.labels, "max_length": self.max_length,

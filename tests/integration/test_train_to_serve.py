@@ -92,6 +92,9 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
         assert httpx.post(f"{url}/classify", content=b"\xff{not json", headers={"Content-Type": "application/json"},
                           timeout=30).status_code == 400
         assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200  # server survived the bad requests
+        metadata = httpx.get(f"{url}/metadata", timeout=10).json()
+        assert metadata["model_version"] == packaged.model_tag and metadata["labels"] == ["negative", "positive"]
+        assert metadata["lineage"]["dataset"] == "sst2" and metadata["lineage"]["gate"]["approved"] is True
 
         # A damaged challenger (2 optimizer steps) loses to the champion on the same examples: the gate
         # rejects it, nothing is packaged or promoted, and the endpoint keeps answering as before.
