@@ -46,6 +46,8 @@ class Registry:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            for stale in self.root.glob(".registry-*.json"):  # left by a writer that died mid-update
+                stale.unlink(missing_ok=True)
             state = self.read()
             yield state
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".registry-", suffix=".json")

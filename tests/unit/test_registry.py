@@ -98,3 +98,34 @@ def test_repeated_rollbacks_walk_back_through_production_versions(tmp_path: Path
     assert reg.rollback("m") == "v2"
     assert reg.rollback("m") == "v1"
     assert reg.production("m") == "v1"
+
+
+def _promote_forever(root: str, versions: list[str]) -> None:
+    reg = Registry(Path(root))
+    while True:
+        for v in versions:
+            reg.promote("m", v)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.1, 0.25])
+def test_killing_a_process_mid_promotion_leaves_a_consistent_registry(tmp_path: Path, delay: float):
+    import os
+    import signal
+    import time
+
+    reg = Registry(tmp_path)
+    versions = [f"v{i}" for i in range(6)]
+    for v in versions:
+        reg.register("m", v, APPROVED)
+    proc = mp.get_context("fork").Process(target=_promote_forever, args=(str(tmp_path), versions))
+    proc.start()
+    time.sleep(delay)
+    os.kill(proc.pid, signal.SIGKILL)  # no cleanup runs: like a crash or power loss
+    proc.join()
+    state = json.loads(reg.file.read_text())["models"]["m"]  # always parseable: old or new, never half
+    production = [v for v, r in state["versions"].items() if r["stage"] == "production"]
+    assert production == ([state["production"]] if state["production"] else [])
+    # The lock died with the process: the next promotion goes through.
+    reg.promote("m", "v0", reason="after the crash")
+    assert reg.production("m") == "v0"
+    assert not list(tmp_path.glob(".registry-*.json"))  # a dead writer's temp file is swept
