@@ -9,11 +9,6 @@ from bertops.packaging import GateRejected
 from bertops.registry import RegistryError
 from bertops.server import ServeError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, DataSourceError, ValidationFailed, ArtifactMismatch, GateRejected, RegistryError, ServeError, FileNotFoundError,
-)
-
-
 class PipelineError(RuntimeError):
     """A pipeline stage failed; carries the stage name and its own message."""
 
@@ -22,4 +17,8 @@ class PipelineError(RuntimeError):
         super().__init__(f"stage {stage!r} failed: {message}")
 
 
-USER_ERRORS = USER_ERRORS + (PipelineError,)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, DataSourceError, ValidationFailed, ArtifactMismatch, GateRejected, RegistryError, ServeError,
+    FileNotFoundError, PipelineError,
+)
+

@@ -14,17 +14,11 @@ from bertops.training.loop import TrainResult
 
 
 def _worker(loop_config: dict) -> None:
-    from ray import train as ray_train
-
+    """What each Ray worker runs: the plain loop (rank 0 writes the model and its metrics)."""
     from bertops.config import config_from_dict
     from bertops.training.loop import finetune
 
-    result = finetune(config_from_dict(loop_config["config"]), Path(loop_config["root"]))
-    ray_train.report({"best_validation_accuracy": result.best_validation_accuracy,
-                      "tokens_per_second": result.tokens_per_second, "steps": result.steps,
-                      "train_seconds": result.train_seconds, "padding_share": result.padding_share,
-                      "best_step": result.best_step, "device": result.device, "precision": result.precision,
-                      "world_size": result.world_size})
+    finetune(config_from_dict(loop_config["config"]), Path(loop_config["root"]))
 
 
 def finetune_on_ray(config: Config, root: Path = Path(".")) -> TrainResult:
