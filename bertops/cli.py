@@ -87,7 +87,7 @@ def finetune(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set
 
 @app.command()
 def evaluate(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
-    """Accuracy, macro-F1, per-class P/R/F1, confusion matrix and ECE on the eval split."""
+    """Metrics, slices, behavioural checks, serving cost and the champion comparison on the eval split."""
     from bertops.evaluation.evaluate import evaluate as run, markdown_summary
 
     cfg = _config(params, profile, set_)

@@ -103,16 +103,48 @@ class FinetuneConfig(_Section):
     progress: bool
 
 
+class SliceConfig(_Section):
+    """A named subset of the eval split: every given condition must hold (token counts include
+    [CLS]/[SEP]; keywords match whole words, case-insensitively, any of them)."""
+    min_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    keywords: list[str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> SliceConfig:
+        if self.min_tokens is None and self.max_tokens is None and not self.keywords:
+            raise ValueError("a slice needs min_tokens, max_tokens or keywords")
+        if self.min_tokens and self.max_tokens and self.min_tokens > self.max_tokens:
+            raise ValueError("min_tokens must be <= max_tokens")
+        return self
+
+
 class EvaluateConfig(_Section):
     batch_size: int = Field(ge=1)
     ece_bins: int = Field(ge=1)
+    slices: dict[str, SliceConfig]
+    behaviour: Path | None
+    latency_requests: int = Field(ge=10)
+
+
+class BehaviourPolicy(_Section):
+    """Minimum pass rate per kind of behavioural case; null = that kind is reported, not gated."""
+    mft: float | None = Field(default=None, ge=0, le=1)
+    inv: float | None = Field(default=None, ge=0, le=1)
+    dir: float | None = Field(default=None, ge=0, le=1)
 
 
 class GateConfig(_Section):
     min_accuracy: float = Field(ge=0, le=1)
     min_macro_f1: float = Field(ge=0, le=1)
     max_ece: float = Field(ge=0, le=1)
+    # null = reported by evaluate, not gated
+    max_p95_latency_ms: float | None = Field(gt=0)
+    max_model_size_mb: float | None = Field(gt=0)
+    min_behaviour_pass_rate: BehaviourPolicy | None
     non_inferiority_margin: float = Field(ge=0, le=1)
+    slice_non_inferiority_margin: float = Field(ge=0, le=1)
+    min_slice_examples: int = Field(ge=1)
     confidence: float = Field(gt=0, lt=1)
     bootstrap_resamples: int = Field(ge=100)
 
@@ -192,7 +224,7 @@ def _set_dotted(tree: dict[str, Any], parts: list[str], value: Any, source: str)
 
 def _is_free_mapping(parts: list[str]) -> bool:
     # Mappings whose keys are data, not schema (e.g. ingest.labels.<raw value>).
-    return parts[:-1] in (["ingest", "labels"], ["ingest", "hub_splits"])
+    return parts[:-1] in (["ingest", "labels"], ["ingest", "hub_splits"], ["evaluate", "slices"])
 
 
 def _merge(base: dict[str, Any], patch: dict[str, Any], source: str, prefix: str = "") -> None:

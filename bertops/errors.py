@@ -4,6 +4,8 @@ from __future__ import annotations
 from bertops.config import ConfigError
 from bertops.data.sources import DataSourceError
 from bertops.data.validation import ValidationFailed
+from bertops.evaluation.behaviour import BehaviourCasesError
+from bertops.evaluation.gate import IncompleteReport
 from bertops.lineage import ArtifactMismatch
 from bertops.packaging import GateRejected
 from bertops.registry import RegistryError
@@ -19,6 +21,6 @@ class PipelineError(RuntimeError):
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DataSourceError, ValidationFailed, ArtifactMismatch, GateRejected, RegistryError, ServeError,
-    FileNotFoundError, PipelineError,
+    FileNotFoundError, PipelineError, IncompleteReport, BehaviourCasesError,
 )
 

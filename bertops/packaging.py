@@ -39,6 +39,15 @@ def read_gate_decision(config: Config, root: Path) -> dict:
         raise GateRejected(f"{path} is not valid JSON; re-run `bertops gate`") from None
 
 
+def validation_summary(report: Path) -> dict:
+    """The gist of the data-validation report a model's corpus passed (the full one stays on disk)."""
+    if not report.is_file():
+        return {"report": str(report), "found": False}
+    data = json.loads(report.read_text())
+    return {"report": str(report), "success": data.get("success"), "data_hash": data.get("data_hash"),
+            "expectations": len(data.get("checks", [])), "rows": data.get("rows")}
+
+
 def _flat_metadata(lineage: dict) -> dict:
     """BentoML metadata keeps simple values; nested params stay in lineage.json inside the model."""
     out = {k: v for k, v in lineage.items() if isinstance(v, (str, int, float, bool)) and v is not None}
@@ -53,14 +62,17 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     decision = read_gate_decision(config, root)
     if decision.get("approved") is not True:
         raise GateRejected("the gate rejected this model, so it is not packaged: " + "; ".join(decision.get("reasons", [])))
+    from bertops.models.classifier import verify_weights
+
     model_dir = root / config.paths.models / config.ingest.dataset
-    lineage = json.loads((model_dir / "lineage.json").read_text())
+    lineage = verify_weights(model_dir)  # damaged or swapped weights are never packaged
     if decision.get("model_sha256") != lineage.get("model_sha256"):
         raise GateRejected(f"the gate decision is for other weights than {model_dir} holds (it was re-trained "
                            "since); re-run `bertops evaluate` and `bertops gate`")
     evaluation = json.loads((root / config.paths.reports / "evaluate" / "metrics.json").read_text())
     lineage["evaluation"] = evaluation
     lineage["gate"] = decision
+    lineage["validation"] = validation_summary(root / lineage["validation_report"]) if lineage.get("validation_report") else None
 
     name = config.package.model_name
     with bentoml.models.create(name, labels={"dataset": config.ingest.dataset}, metadata=_flat_metadata(lineage)) as saved:
@@ -81,7 +93,8 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     )
     Registry(root / config.paths.registry).register(
         name, saved.tag.version,
-        {"model_tag": model_tag, "bento_tag": str(bento.tag), "lineage": {k: v for k, v in lineage.items() if k != "params"},
+        {"model_tag": model_tag, "bento_tag": str(bento.tag),
+         "lineage": {k: v for k, v in lineage.items() if k not in ("evaluation", "gate")},
          "gate": decision, "metrics": evaluation},
     )
     result = PackageResult(model_tag, str(bento.tag), saved.tag.version)

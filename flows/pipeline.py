@@ -100,11 +100,30 @@ def _execute(stage: str, ctx: RunContext) -> str:
     return "ran"
 
 
+# Reports shown on the Prefect dashboard as keyed markdown artifacts after their stage ran (or failed).
+STAGE_ARTIFACTS = {
+    "evaluate": ("bertops-evaluation", "evaluate/summary.md", "Evaluation: metrics, slices, behaviour, serving cost"),
+    "gate": ("bertops-gate-decision", "gate/decision.md", "Gate decision with each check, CI and p-value"),
+}
+
+
+def publish_stage_artifact(stage: str, ctx: RunContext, since: float) -> None:
+    if stage not in STAGE_ARTIFACTS:
+        return
+    key, rel, description = STAGE_ARTIFACTS[stage]
+    path = Path(ctx.root) / ctx.config().paths.reports / rel
+    if path.is_file() and path.stat().st_mtime >= since:  # written by this run, not left from an earlier one
+        create_markdown_artifact(key=key, markdown=path.read_text(), description=description)
+
+
 def _stage_task(stage: str, retries: int = 0, doc: str = ""):
     def run(ctx: RunContext) -> tuple[str, float, str]:
         logger = get_run_logger()
-        started = time.perf_counter()
-        outcome = _execute(stage, ctx)
+        started, wall = time.perf_counter(), time.time()
+        try:
+            outcome = _execute(stage, ctx)
+        finally:
+            publish_stage_artifact(stage, ctx, wall - 1)
         seconds = time.perf_counter() - started
         logger.info("%s %s in %.1fs", stage, outcome, seconds)
         return stage, seconds, outcome

@@ -48,7 +48,8 @@ def smoke_config(overrides: list[str] = (), profile: bool = True):
     """params.yaml + configs/smoke.yaml + overrides; the SST-2 search path points at the datasets."""
     from bertops.config import load_config
 
-    base = [f"ingest.search_paths=['{datasets_root() / 'sst2'}']"]
+    base = [f"ingest.search_paths=['{datasets_root() / 'sst2'}']",
+            f"evaluate.behaviour={REPO / 'data' / 'behaviour' / 'sst2.yaml'}"]
     return load_config(REPO / "params.yaml", REPO / "configs" / "smoke.yaml" if profile else None, base + list(overrides))
 
 

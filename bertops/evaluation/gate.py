@@ -1,13 +1,26 @@
 """`gate`: a pure decision on whether an evaluated model may be promoted.
 
-Absolute thresholds from `params.yaml` (the champion/challenger comparison builds on this).
+`decide(report, policy)` applies the policy of `params.yaml` (section `gate`) to an evaluation
+report (reports/evaluate/metrics.json):
+- absolute thresholds: accuracy, macro-F1, ECE, p95 latency, model size, behavioural pass rates;
+- champion/challenger, when a production model was scored on the same examples: the candidate
+  must be non-inferior (lower bound of the paired-bootstrap CI of the accuracy difference
+  >= -margin) overall and on every slice large enough to judge; McNemar's p is reported;
+- the first model of a registry (no champion) is judged on the thresholds alone.
+A metric the policy needs but the report lacks is an error (IncompleteReport), not a verdict.
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from bertops.config import GateConfig
+
+
+class IncompleteReport(ValueError):
+    """The evaluation report lacks a metric the gate policy needs."""
 
 
 @dataclass(frozen=True)
@@ -24,7 +37,7 @@ class GateDecision:
     approved: bool
     checks: list[GateCheck] = field(default_factory=list)
     model_sha256: str | None = None   # the weights this decision is about
-    comparison: dict | None = None    # vs. production: difference, CI, McNemar p, verdict
+    comparison: dict | None = None    # vs. production: overall and per-slice differences, CIs, p-values, verdicts
 
     @property
     def reasons(self) -> list[str]:
@@ -40,47 +53,89 @@ class GateDecision:
                   for c in self.checks]
         if self.comparison:
             c = self.comparison
-            lines += ["", f"vs. production {c['version']}: accuracy difference {c['difference']:+.4f} "
-                      f"({c['confidence']:.0%} CI [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]), McNemar p = {c['mcnemar_p']:.4g} "
-                      f"-> **{c['verdict']}**"]
+            lines += ["", f"### vs. production {c['version']} (same {c['examples']} examples, "
+                          f"{c['confidence']:.0%} paired-bootstrap CI of the accuracy difference)", "",
+                      "| scope | examples | candidate | production | difference | CI | McNemar p | verdict |",
+                      "| --- | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
+            for scope, r in [("overall", c), *c.get("slices", {}).items()]:
+                lines.append(f"| {scope} | {r['examples']} | {r['accuracy'] + r['difference']:.4f} | {r['accuracy']:.4f} | "
+                             f"{r['difference']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['mcnemar_p']:.4g} | "
+                             f"{r['verdict']} |")
         else:
             lines += ["", "No production model yet: judged on thresholds alone."]
+        if not self.approved:
+            lines += ["", "Rejected because:", *[f"- {r}" for r in self.reasons]]
         return "\n".join(lines) + "\n"
 
 
-def decide(metrics: dict, policy: GateConfig) -> GateDecision:
-    """Approve only if every threshold holds and, when a production model was scored on the same
-    examples (`metrics["champion"]`), the candidate is non-inferior to it. A missing or NaN
-    metric fails its check. The first model of a registry is judged on thresholds alone."""
-    rules = [("accuracy", policy.min_accuracy, ">="), ("macro_f1", policy.min_macro_f1, ">="), ("ece", policy.max_ece, "<=")]
-    checks = []
-    for name, threshold, comparison in rules:
-        value = metrics.get(name)
-        valid = isinstance(value, (int, float)) and value == value  # NaN != NaN
-        passed = valid and (value >= threshold if comparison == ">=" else value <= threshold)
-        checks.append(GateCheck(name, float(value) if valid else float("nan"), threshold, comparison, bool(passed)))
-    champion = metrics.get("champion")
+def _lookup(report: dict, path: str):
+    node = report
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node or node[part] is None:
+            raise IncompleteReport(f"the evaluation report has no {path!r}, which the gate policy needs; re-run "
+                                   "`bertops evaluate` with this bertops version, or set the matching gate "
+                                   "threshold to null in params.yaml")
+        node = node[part]
+    return node
+
+
+def _check(name: str, value, threshold: float, comparison: str) -> GateCheck:
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    passed = valid and (value >= threshold if comparison == ">=" else value <= threshold)
+    return GateCheck(name, float(value) if valid else float("nan"), threshold, comparison, bool(passed))
+
+
+def _verdict(ci_low: float, margin: float) -> str:
+    if not (isinstance(ci_low, (int, float)) and math.isfinite(ci_low)):
+        return "inferior"
+    return "better" if ci_low > 0 else "non-inferior" if ci_low >= -margin else "inferior"
+
+
+def decide(report: dict, policy: GateConfig) -> GateDecision:
+    """Approve only if every threshold holds and the candidate is non-inferior to production
+    (when there is one) overall and on every slice of at least `min_slice_examples`."""
+    rules = [("accuracy", "accuracy", policy.min_accuracy, ">="), ("macro_f1", "macro_f1", policy.min_macro_f1, ">="),
+             ("ece", "ece", policy.max_ece, "<="),
+             ("p95 latency ms", "serving.latency.p95_ms", policy.max_p95_latency_ms, "<="),
+             ("model size MB", "serving.model_size_mb", policy.max_model_size_mb, "<=")]
+    if policy.min_behaviour_pass_rate is not None:
+        rules += [(f"behaviour {kind} pass rate", f"behaviour.{kind}.pass_rate", threshold, ">=")
+                  for kind, threshold in policy.min_behaviour_pass_rate.model_dump().items()]
+    checks = [_check(name, _lookup(report, path), threshold, op)
+              for name, path, threshold, op in rules if threshold is not None]
+
     comparison = None
+    champion = report.get("champion")
     if champion:
-        low = champion.get("ci_low")
-        valid = isinstance(low, (int, float)) and low == low
-        passed = valid and low >= -policy.non_inferiority_margin
-        checks.append(GateCheck(f"accuracy vs production {champion.get('version')} (CI low of difference)",
-                                float(low) if valid else float("nan"), -policy.non_inferiority_margin, ">=", bool(passed)))
-        verdict = ("better" if valid and low > 0 else "non-inferior" if passed else "inferior")
-        comparison = {**champion, "verdict": verdict}
-    return GateDecision(all(c.passed for c in checks), checks, metrics.get("model_sha256"), comparison)
+        margin = policy.non_inferiority_margin
+        low = _lookup(report, "champion.ci_low")
+        checks.append(_check(f"accuracy vs production {champion.get('version')} (CI low of difference)", low, -margin, ">="))
+        comparison = {**champion, "verdict": _verdict(low, margin), "slices": {}}
+        for name, result in (champion.get("slices") or {}).items():
+            if result["examples"] < policy.min_slice_examples:
+                verdict = f"not judged (< {policy.min_slice_examples} examples)"
+            else:
+                slice_margin = policy.slice_non_inferiority_margin
+                verdict = _verdict(result["ci_low"], slice_margin)
+                checks.append(_check(f"slice {name}: accuracy vs production (CI low of difference)", result["ci_low"],
+                                     -slice_margin, ">="))
+            comparison["slices"][name] = {**result, "verdict": verdict}
+    return GateDecision(all(c.passed for c in checks), checks, report.get("model_sha256"), comparison)
 
 
 def gate(config, root=None) -> GateDecision:
-    """The `gate` stage: decide on reports/evaluate/metrics.json, write decision JSON + markdown."""
-    from pathlib import Path
+    """The `gate` stage: decide on reports/evaluate/metrics.json, write decision JSON + markdown.
 
+    An incomplete report raises before anything is written, so an earlier decision stays as it was."""
     root = Path(".") if root is None else Path(root)
     metrics_path = root / config.paths.reports / "evaluate" / "metrics.json"
     if not metrics_path.is_file():
         raise FileNotFoundError(f"no evaluation at {metrics_path}; run `bertops evaluate` first")
-    decision = decide(json.loads(metrics_path.read_text()), config.gate)
+    try:
+        report = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError:
+        raise IncompleteReport(f"{metrics_path} is not valid JSON; re-run `bertops evaluate`") from None
+    decision = decide(report, config.gate)
     out = root / config.paths.reports / "gate"
     out.mkdir(parents=True, exist_ok=True)
     (out / "decision.json").write_text(decision.to_json())

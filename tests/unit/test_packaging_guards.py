@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from bertops.lineage import ArtifactMismatch, file_sha256
 from bertops.packaging import GateRejected, package
 from tests.conftest import smoke_config
 
@@ -25,7 +26,20 @@ def test_a_rejection_is_never_packaged(tmp_path: Path):
 
 def test_an_approval_for_other_weights_is_not_reused(tmp_path: Path):
     _write(tmp_path / "reports/gate/decision.json", {"approved": True, "reasons": [], "model_sha256": "aaa"})
-    _write(tmp_path / "models/sst2/lineage.json", {"model_sha256": "bbb"})
+    weights = tmp_path / "models/sst2/model.safetensors"
+    _write(weights, "weights")
+    _write(tmp_path / "models/sst2/lineage.json", {"model_sha256": file_sha256(weights)})
     with pytest.raises(GateRejected, match="other weights"):
+        package(smoke_config(), tmp_path)
+    assert not (tmp_path / "registry").exists()
+
+
+def test_weights_changed_since_training_are_never_packaged(tmp_path: Path):
+    weights = tmp_path / "models/sst2/model.safetensors"
+    _write(weights, "weights")
+    _write(tmp_path / "models/sst2/lineage.json", {"model_sha256": file_sha256(weights)})
+    _write(tmp_path / "reports/gate/decision.json", {"approved": True, "reasons": [], "model_sha256": file_sha256(weights)})
+    weights.write_text("tampered")
+    with pytest.raises(ArtifactMismatch, match="does not match the sha256"):
         package(smoke_config(), tmp_path)
     assert not (tmp_path / "registry").exists()

@@ -1,0 +1,48 @@
+"""What a model costs to serve: weights on disk and the latency of one request on the serving path.
+
+The latency is timed in-process on the same steps the endpoint runs per request (normalise ->
+tokenize -> forward -> softmax, batch of one, `torch.inference_mode`, the default thread pool),
+without HTTP, so it measures the model and not the network stack; `bench/` measures the HTTP path.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt")
+
+
+def model_size_mb(model_dir: Path) -> float:
+    """Megabytes (10^6 bytes) of weight files in the model folder."""
+    size = sum(p.stat().st_size for p in Path(model_dir).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    return round(size / 1e6, 2)
+
+
+def latency_profile(request: Callable[[str], object], texts: list[str], requests: int, warmup: int = 10) -> dict:
+    """p50/p95/mean milliseconds of `request(text)` over `requests` calls cycling through `texts`."""
+    if not texts:
+        raise ValueError("latency_profile needs at least one text")
+    for i in range(warmup):
+        request(texts[i % len(texts)])
+    timings = np.empty(requests)
+    for i in range(requests):
+        started = time.perf_counter()
+        request(texts[i % len(texts)])
+        timings[i] = (time.perf_counter() - started) * 1000.0
+    return {"requests": requests, "p50_ms": round(float(np.percentile(timings, 50)), 3),
+            "p95_ms": round(float(np.percentile(timings, 95)), 3), "mean_ms": round(float(timings.mean()), 3)}
+
+
+def serving_request(model, tokenizer, max_length: int, normalize: Callable[[str], str]) -> Callable[[str], np.ndarray]:
+    """One request as the endpoint handles it: text -> probabilities."""
+    import torch
+
+    def request(text: str) -> np.ndarray:
+        encoded = tokenizer([normalize(text)], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        with torch.inference_mode():
+            return torch.softmax(model(**encoded).logits.float(), dim=-1).numpy()
+
+    return request

@@ -1,0 +1,117 @@
+"""Slices, behavioural checks and serving cost: the pure parts of `evaluate`."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from bertops.config import ConfigError, SliceConfig
+from bertops.evaluation.behaviour import BehaviourCasesError, load_cases, perturb, run_behaviour
+from bertops.evaluation.serving_cost import latency_profile, model_size_mb
+from bertops.evaluation.slices import slice_masks, slice_metrics
+from tests.conftest import REPO, smoke_config
+
+TEXTS = ["it is not good", "a fine film", "does n't work , but the cast is great", "Nothing works", "noted"]
+
+
+def test_slices_combine_token_bounds_and_whole_word_keywords():
+    slices = {"short": SliceConfig(max_tokens=5), "negation": SliceConfig(keywords=["not", "n't", "nothing"]),
+              "long_negation": SliceConfig(min_tokens=6, keywords=["n't"])}
+    masks = slice_masks(TEXTS, np.array([6, 5, 12, 4, 3]), slices)
+    assert masks["short"].tolist() == [False, True, False, True, True]
+    # "noted" does not match "not"; "Nothing" matches case-insensitively; "n't" matches as a word
+    assert masks["negation"].tolist() == [True, False, True, True, False]
+    assert masks["long_negation"].tolist() == [False, False, True, False, False]
+
+
+def test_slice_metrics_per_slice_and_empty_slices():
+    y_true, y_pred = np.array([0, 1, 1, 0, 1]), np.array([0, 1, 0, 0, 0])
+    masks = {"all": np.ones(5, bool), "first_two": np.array([1, 1, 0, 0, 0], bool), "none": np.zeros(5, bool)}
+    out = slice_metrics(y_true, y_pred, masks, 2)
+    assert out["all"]["accuracy"] == pytest.approx(0.6) and out["all"]["examples"] == 5
+    assert out["first_two"] == {"examples": 2, "accuracy": 1.0, "macro_f1": 1.0}
+    assert out["none"] == {"examples": 0, "accuracy": None, "macro_f1": None}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("evaluate.slices={empty: {}}", "needs min_tokens, max_tokens or keywords"),
+    ("evaluate.slices={bad: {min_tokens: 9, max_tokens: 3}}", "min_tokens must be <= max_tokens"),
+    ("evaluate.slices={bad: {max_token: 3}}", "unknown key"),
+])
+def test_a_bad_slice_definition_names_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        smoke_config([override])
+
+
+def test_typo_and_name_perturbations_are_deterministic_and_real():
+    text = "Mary gives a wonderful performance with John."
+    typo = perturb(text, "typo", [])
+    assert typo != text and len(typo) == len(text) and sorted(typo) == sorted(text)
+    assert typo == perturb(text, "typo", [])
+    swapped = perturb(text, "names", ["Mary", "John", "Olga"])
+    assert "Mary" not in swapped.split()[0] and swapped.endswith(".") and swapped == perturb(text, "names", ["Mary", "John", "Olga"])
+
+
+def _keyword_model(texts: list[str]) -> np.ndarray:
+    """A toy sentiment model: positive iff it sees "good" and no "not"."""
+    positive = np.array([0.9 if ("good" in t and "not" not in t) else 0.2 for t in texts])
+    return np.stack([1 - positive, positive], axis=1)
+
+
+def _write_cases(tmp_path: Path, cases: dict) -> Path:
+    path = tmp_path / "cases.yaml"
+    path.write_text(yaml.safe_dump(cases))
+    return path
+
+
+def test_behaviour_pass_rates_and_failures_per_kind(tmp_path: Path):
+    path = _write_cases(tmp_path, {
+        "labels": ["negative", "positive"], "names": ["Ann", "Bob"], "min_change": 0.1,
+        "mft": [{"text": "good film", "label": "positive"}, {"text": "great film", "label": "positive"}],
+        "inv": [{"text": "Ann was good", "perturb": "names"}, {"text": "a good film", "perturb": "typo"}],
+        "dir": [{"text": "good", "edited": "not good", "label": "positive", "direction": "down"},
+                {"text": "bad", "edited": "bad!", "label": "positive", "direction": "up"},
+                {"text": "good", "edited": "good!", "label": "positive", "direction": "up"}],  # saturated: passes
+    })
+    report = run_behaviour(load_cases(path), _keyword_model, ["negative", "positive"])
+    assert report["mft"]["pass_rate"] == 0.5 and report["mft"]["failures"][0]["text"] == "great film"
+    # the typo hits "good" (the only word the toy model reads) or "film": either way it is recorded honestly
+    assert report["inv"]["cases"] == 2 and report["inv"]["passed"] in (1, 2)
+    assert report["dir"]["passed"] == 2 and [f["edited"] for f in report["dir"]["failures"]] == ["bad!"]
+
+
+@pytest.mark.parametrize("cases, message", [
+    ({"labels": ["negative", "positive"], "mft": [{"text": "x", "label": "neutral"}]}, "not in `labels`"),
+    ({"labels": ["negative", "positive"], "inv": [{"text": "no names here", "perturb": "names"}], "names": ["A", "B"]},
+     "contains none of the listed names"),
+    ({"labels": ["negative", "positive"], "inv": [{"text": "a b c", "perturb": "typo"}]}, "no word of 4"),
+    ({"labels": ["negative", "positive"], "mft": [{"txt": "x", "label": "positive"}]}, "mft.0"),
+])
+def test_a_bad_cases_file_is_named(tmp_path: Path, cases, message):
+    with pytest.raises(BehaviourCasesError, match=message):
+        load_cases(_write_cases(tmp_path, cases))
+
+
+def test_cases_for_other_labels_are_refused(tmp_path: Path):
+    cases = load_cases(_write_cases(tmp_path, {"labels": ["neg", "pos"], "mft": [{"text": "x", "label": "pos"}]}))
+    with pytest.raises(BehaviourCasesError, match="written for labels"):
+        run_behaviour(cases, _keyword_model, ["negative", "positive"])
+
+
+def test_the_shipped_sst2_cases_load():
+    cases = load_cases(REPO / "data" / "behaviour" / "sst2.yaml")
+    assert len(cases.mft) >= 30 and len(cases.inv) >= 30 and len(cases.dir) >= 20
+
+
+def test_model_size_counts_weight_files_only(tmp_path: Path):
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 2_500_000)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "extra.bin").write_bytes(b"\0" * 500_000)
+    (tmp_path / "tokenizer.json").write_bytes(b"\0" * 9_000_000)
+    assert model_size_mb(tmp_path) == 3.0
+
+
+def test_latency_profile_orders_percentiles():
+    calls = []
+    out = latency_profile(lambda t: calls.append(t), ["a", "b"], requests=50, warmup=3)
+    assert len(calls) == 53 and out["requests"] == 50 and 0 <= out["p50_ms"] <= out["p95_ms"]
