@@ -28,7 +28,7 @@ def repo(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("dvcrepo")
     for item in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / item, root / item)
-    for folder in ("serving", "bertops"):
+    for folder in ("serving", "bertops", "data/behaviour"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "bertops_serving.json"))
     (root / "params.yaml").write_text(yaml.safe_dump(smoke_config().to_dict(), sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
