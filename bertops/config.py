@@ -160,9 +160,16 @@ class PromoteConfig(_Section):
 class ServeConfig(_Section):
     host: str
     port: int = Field(ge=1, le=65535)
+    workers: int = Field(ge=1)
+    runtime: Literal["auto", "onnx-int8", "onnx", "torch"]
     max_batch_size: int = Field(ge=1)
     max_latency_ms: int = Field(ge=1)
     max_texts_per_request: int = Field(ge=1)
+    max_text_chars: int = Field(ge=1)
+    normalize_embeddings: bool
+    api_token_env: str | None = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    onnx_max_abs_diff: float = Field(gt=0)
+    int8_max_accuracy_drop: float = Field(ge=0, le=1)
 
 
 class Config(_Section):

@@ -7,6 +7,7 @@ from bertops.data.validation import ValidationFailed
 from bertops.evaluation.behaviour import BehaviourCasesError
 from bertops.evaluation.gate import IncompleteReport
 from bertops.lineage import ArtifactMismatch
+from bertops.models.export import ExportCheckFailed
 from bertops.packaging import GateRejected
 from bertops.registry import RegistryError
 from bertops.server import ServeError
@@ -22,5 +23,6 @@ class PipelineError(RuntimeError):
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DataSourceError, ValidationFailed, ArtifactMismatch, GateRejected, RegistryError, ServeError,
     FileNotFoundError, PipelineError, IncompleteReport, BehaviourCasesError,
+    ExportCheckFailed,
 )
 

@@ -39,6 +39,28 @@ def read_gate_decision(config: Config, root: Path) -> dict:
         raise GateRejected(f"{path} is not valid JSON; re-run `bertops gate`") from None
 
 
+def export_checked(config: Config, root: Path, model_dir: Path) -> dict:
+    """Export ONNX fp32 + int8 into the model folder and check both against PyTorch on the eval
+    split; pick the CPU runtime. A runtime asked for by name that failed its check is refused."""
+    from bertops.data.prepare import load_prepared
+    from bertops.models.export import ExportCheckFailed, export_for_serving
+
+    frames, _, _ = load_prepared(config, root)
+    evals = frames["eval"]
+    serve = config.serve
+    report = export_for_serving(model_dir, evals["text"].tolist(), evals["label"].to_numpy(), config.prepare.max_length,
+                                serve.onnx_max_abs_diff, serve.int8_max_accuracy_drop)
+    passed = [r for r in ("onnx-int8", "onnx") if report["runtimes"][r]["passed"]]
+    if serve.runtime in ("onnx-int8", "onnx") and serve.runtime not in passed:
+        detail = report["runtimes"][serve.runtime]
+        raise ExportCheckFailed(
+            f"serve.runtime={serve.runtime} failed its agreement check with PyTorch (max |logit diff| "
+            f"{detail['max_abs_logit_diff']:.2e}, accuracy {detail['accuracy']:.4f} vs {report['torch_accuracy']:.4f}); "
+            f"it is not served. Use serve.runtime=auto or torch")
+    report["cpu_runtime"] = serve.runtime if serve.runtime != "auto" else (passed[0] if passed else "torch")
+    return report
+
+
 def validation_summary(report: Path) -> dict:
     """The gist of the data-validation report a model's corpus passed (the full one stays on disk)."""
     if not report.is_file():
@@ -75,15 +97,20 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     lineage["validation"] = validation_summary(root / lineage["validation_report"]) if lineage.get("validation_report") else None
 
     name = config.package.model_name
+    # An exception inside this block (a failed export check) discards the half-made store entry.
     with bentoml.models.create(name, labels={"dataset": config.ingest.dataset}, metadata=_flat_metadata(lineage)) as saved:
         shutil.copytree(model_dir, saved.path, dirs_exist_ok=True)
+        agreement = export_checked(config, root, Path(saved.path))
+        lineage["serving_export"] = agreement
         (Path(saved.path) / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
     model_tag = str(saved.tag)
 
     serving_dir = serving_dir or root / "serving"
     # The service normalises text exactly as `prepare` did for training.
     settings = {"model_tag": model_tag, "serve": config.serve.model_dump(), "max_length": config.prepare.max_length,
-                "unicode_form": config.prepare.unicode_form, "lowercase": config.prepare.lowercase}
+                "unicode_form": config.prepare.unicode_form, "lowercase": config.prepare.lowercase,
+                "cpu_runtime": agreement["cpu_runtime"],
+                "onnx_files": {k: v["file"] for k, v in agreement["runtimes"].items() if v["passed"]}}
     (serving_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     build = yaml.safe_load((serving_dir / "bentofile.yaml").read_text())
     bento = bentoml.bentos.build(

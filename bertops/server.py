@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,8 +74,10 @@ def start_detached(config: Config, timeout: float = 180) -> str:
     log = log_path(config)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
+        # From an empty folder: the Bento carries everything it serves (nothing is read from here).
         process = subprocess.Popen(_command(config, bento), stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                   cwd=tempfile.mkdtemp(prefix="bertops-serve-"))
     pid_path(config).parent.mkdir(parents=True, exist_ok=True)
     pid_path(config).write_text(str(process.pid))
     url = f"http://{config.serve.host}:{config.serve.port}"

@@ -1,13 +1,28 @@
-"""The bertops production endpoint (BentoML 1.4): `POST /classify` with adaptive batching.
+"""The bertops production endpoint (BentoML 1.4).
 
-`bertops package` writes `bertops_serving.json` beside this file (the model tag it packages and
-the `serve` section of params.yaml) and builds a Bento from this folder, so a Bento always
-carries exactly one model and its serving settings. BentoML adds /healthz, /livez, /readyz
-and /metrics.
+- `POST /classify`: texts -> label, probability per label, model version, and whether the text was
+  truncated to the model's maximum length; `POST /embed`: texts -> one sentence embedding each
+  (mean of the encoder's token states; L2-normalised when `serve.normalize_embeddings`). Both
+  batch adaptively (`batchable=True`, `serve.max_batch_size`, `serve.max_latency_ms`).
+- `GET /metadata`: model version, runtime, lineage, labels, max sequence length.
+- BentoML adds `/healthz`, `/livez`, `/readyz` and `/metrics` (Prometheus: BentoML's own series
+  plus `bertops_requests_total{endpoint,outcome}`, `bertops_batch_size`, `bertops_inference_seconds`,
+  `bertops_truncated_texts_total`).
+- Optional bearer-token authentication: when the environment variable named by
+  `serve.api_token_env` is set for the server, every path but the health probes needs
+  `Authorization: Bearer <token>` (401 otherwise).
+
+Runtime: ONNX Runtime (int8 or fp32, checked against PyTorch by `bertops package`) on CPU; the
+PyTorch model with bf16/fp16 autocast on a GPU. `bertops package` writes `bertops_serving.json`
+beside this file (the model tag and the serving settings) and builds a Bento from this folder.
+This file needs no bertops code: a Bento runs anywhere its requirements are installed.
 """
 from __future__ import annotations
 
+import hmac
 import json
+import os
+import time
 import unicodedata
 from pathlib import Path
 from typing import Annotated
@@ -19,21 +34,165 @@ from pydantic import Field
 with bentoml.importing():
     import numpy as np
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 _SETTINGS_FILE = Path(__file__).with_name("bertops_serving.json")
 if not _SETTINGS_FILE.is_file():
     raise RuntimeError(f"{_SETTINGS_FILE} is missing: build the service with `bertops package`, not by hand")
 SETTINGS = json.loads(_SETTINGS_FILE.read_text())
 SERVE = SETTINGS["serve"]
+OPEN_PATHS = ("/healthz", "/livez", "/readyz")  # probes stay open when a token is required
+API_PATHS = ("/classify", "/embed", "/metadata", "/metrics")
 
-# Read-only GET routes beside BentoML's POST APIs (mounted as an ASGI app).
-info_app = FastAPI()
+Text = Annotated[str, Field(min_length=1, max_length=SERVE["max_text_chars"], pattern=r"\S",
+                            description="one non-blank text")]
+Texts = Annotated[list[Text], Field(min_length=1, max_length=SERVE["max_texts_per_request"])]
 
-Text = Annotated[str, Field(min_length=1, description="one text to classify (non-empty)")]
+info_app = FastAPI()  # read-only GET routes beside BentoML's POST APIs (mounted as an ASGI app)
 
 
-@bentoml.service(name="bertops", traffic={"timeout": 60})
+class _Metrics:
+    """bertops' Prometheus series, created in the worker (after BentoML set up multiprocess mode)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.requests = Counter("bertops_requests_total", "HTTP requests by endpoint and outcome",
+                                ["endpoint", "outcome"])
+        self.batch_size = Histogram("bertops_batch_size", "texts per model call (after adaptive batching)",
+                                    ["endpoint"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.inference = Histogram("bertops_inference_seconds", "seconds per model call", ["endpoint"],
+                                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.truncated = Counter("bertops_truncated_texts_total", "texts truncated to the model's max length")
+
+
+_metrics: _Metrics | None = None
+
+
+def metrics() -> _Metrics:
+    global _metrics
+    if _metrics is None:
+        _metrics = _Metrics()
+    return _metrics
+
+
+class Guard:
+    """ASGI middleware: bearer-token check (when configured) and request counts by outcome."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        token = os.environ.get(SERVE["api_token_env"] or "", "")
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        endpoint = path if path in API_PATHS + OPEN_PATHS else "other"
+        if self.token is not None and path not in OPEN_PATHS and not self._authorized(scope):
+            return await self._refuse(send, endpoint, 401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                                      [(b"www-authenticate", b"Bearer")])
+        if scope.get("method") == "POST" and path in ("/classify", "/embed") and not self._json(scope):
+            return await self._refuse(send, endpoint, 415, "send the texts as JSON with 'Content-Type: application/json', "
+                                                          'e.g. {"texts": ["a text"]}')
+        status = {}
+
+        async def watch(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            code = status.get("code", 500)
+            metrics().requests.labels(endpoint, f"{code // 100}xx").inc()
+
+    @staticmethod
+    async def _refuse(send, endpoint: str, status: int, message: str, headers: list | None = None) -> None:
+        metrics().requests.labels(endpoint, f"{status // 100}xx").inc()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), *(headers or [])]})
+        await send({"type": "http.response.body", "body": json.dumps({"error": message}).encode()})
+
+    @staticmethod
+    def _json(scope) -> bool:
+        content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
+        return content_type.split(b";")[0].strip().lower() == b"application/json"
+
+    def _authorized(self, scope) -> bool:
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, credentials = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token)
+
+
+class Engine:
+    """Tokenize (with explicit truncation, so each text can say whether it was cut) and run the
+    model on the chosen runtime."""
+
+    def __init__(self, path: str) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.model_max_length = 10**9  # we truncate ourselves, below
+        self.max_length = SETTINGS["max_length"]
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        runtime = SERVE["runtime"]
+        if runtime == "auto":
+            runtime = "torch" if self.device == "cuda" else SETTINGS["cpu_runtime"]
+        self.runtime = runtime
+        config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        if runtime == "torch":
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                path, trust_remote_code=True, attn_implementation="sdpa"  # the head's code is inside the folder
+            ).to(self.device).eval()
+            self.dtype = None
+            if self.device == "cuda":
+                self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            file = SETTINGS["onnx_files"][runtime]
+            self.session = ort.InferenceSession(str(Path(path) / file), options, providers=["CPUExecutionProvider"])
+
+    def encode(self, texts: list[str]) -> tuple[dict[str, np.ndarray], list[bool]]:
+        ids = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        truncated = [len(row) > self.max_length for row in ids]
+        ids = [row[: self.max_length - 1] + row[-1:] if cut else row for row, cut in zip(ids, truncated)]
+        width = max(len(row) for row in ids)
+        input_ids = np.full((len(ids), width), self.tokenizer.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for i, row in enumerate(ids):
+            input_ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}, truncated
+
+    def run(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+        """output: "logits" or "embedding" (mean of the encoder's token states)."""
+        if self.runtime != "torch":
+            return self.session.run([output], feeds)[0]
+        tensors = {k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()}
+        with torch.inference_mode(), torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype is not None):
+            if output == "logits":
+                return self.model(**tensors).logits.float().cpu().numpy()
+            hidden = self.model.base_model(**tensors).last_hidden_state.float()
+            mask = tensors["attention_mask"].unsqueeze(-1).float()
+            return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).cpu().numpy()
+
+
+def normalize(text: str) -> str:
+    """The same normalisation `bertops prepare` applied to the training text."""
+    text = " ".join(unicodedata.normalize(SETTINGS["unicode_form"], text).split())
+    return text.lower() if SETTINGS["lowercase"] else text
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+@bentoml.service(name="bertops", traffic={"timeout": 60}, workers=SERVE["workers"])
 @bentoml.asgi_app(info_app, path="/")
 class Classifier:
     # Declared as a class attribute so that `bentoml build` packages the model into the Bento.
@@ -41,41 +200,50 @@ class Classifier:
 
     def __init__(self) -> None:
         path = self.model_ref.path
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, trust_remote_code=True, attn_implementation="sdpa"  # the head's code is inside the model folder
-        ).eval()
-        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        self.engine = Engine(path)
+        self.labels = self.engine.labels
         self.version = str(self.model_ref.tag)
         self.lineage = json.loads((Path(path) / "lineage.json").read_text())
-        self.max_length = SETTINGS["max_length"]
+
+    def _infer(self, endpoint: str, texts: list[str], output: str) -> tuple[np.ndarray, list[bool]]:
+        started = time.perf_counter()
+        feeds, truncated = self.engine.encode([normalize(t) for t in texts])
+        values = self.engine.run(feeds, output)
+        m = metrics()
+        m.batch_size.labels(endpoint).observe(len(texts))
+        m.inference.labels(endpoint).observe(time.perf_counter() - started)
+        if any(truncated):
+            m.truncated.inc(sum(truncated))
+        return values, truncated
 
     @bentoml.api(batchable=True, max_batch_size=SERVE["max_batch_size"], max_latency_ms=SERVE["max_latency_ms"])
-    def classify(
-        self, texts: Annotated[list[Text], Field(min_length=1, max_length=SERVE["max_texts_per_request"])]
-    ) -> list[dict]:
+    def classify(self, texts: Texts) -> list[dict]:
         """Label and per-label probabilities for each text (the model version answers too)."""
-        texts = [self.normalize(t) for t in texts]
-        encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        with torch.inference_mode():  # per call: API methods run in worker threads
-            probs = torch.softmax(self.model(**encoded).logits.float(), dim=-1).numpy()
+        probs, truncated = self._infer("/classify", texts, "logits")
+        probs = _softmax(probs)
         return [
-            {
-                "label": self.labels[int(np.argmax(p))],
-                "probabilities": {name: round(float(v), 6) for name, v in zip(self.labels, p)},
-                "model_version": self.version,
-            }
-            for p in probs
+            {"label": self.labels[int(np.argmax(p))],
+             "probabilities": {name: round(float(v), 6) for name, v in zip(self.labels, p)},
+             "model_version": self.version, "truncated": cut}
+            for p, cut in zip(probs, truncated)
         ]
 
-    @staticmethod
-    def normalize(text: str) -> str:
-        """The same normalisation `bertops prepare` applied to the training text."""
-        text = " ".join(unicodedata.normalize(SETTINGS["unicode_form"], text).split())
-        return text.lower() if SETTINGS["lowercase"] else text
+    @bentoml.api(batchable=True, max_batch_size=SERVE["max_batch_size"], max_latency_ms=SERVE["max_latency_ms"])
+    def embed(self, texts: Texts) -> list[dict]:
+        """One sentence embedding per text: the mean of the encoder's token states."""
+        vectors, truncated = self._infer("/embed", texts, "embedding")
+        if SERVE["normalize_embeddings"]:
+            vectors = vectors / np.clip(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12, None)
+        return [{"embedding": [round(float(x), 6) for x in v], "model_version": self.version, "truncated": cut,
+                 "normalized": SERVE["normalize_embeddings"]} for v, cut in zip(vectors, truncated)]
 
     @info_app.get("/metadata")
     def metadata(self) -> dict:
-        """The model version, its lineage, label map and max sequence length."""
-        return {"model_version": self.version, "labels": self.labels, "max_length": self.max_length,
+        """The model version, runtime, lineage, label map and max sequence length."""
+        return {"model_version": self.version, "runtime": self.engine.runtime, "labels": self.labels,
+                "max_length": self.engine.max_length, "max_texts_per_request": SERVE["max_texts_per_request"],
+                "embedding_normalized": SERVE["normalize_embeddings"],
                 "lineage": {k: v for k, v in self.lineage.items() if k != "params"}}
+
+
+Classifier.add_asgi_middleware(Guard)

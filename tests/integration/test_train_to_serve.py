@@ -121,18 +121,16 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
         reply = httpx.post(f"{url}/classify", json={"texts": ["a gripping, beautifully acted film", "dull"]}, timeout=60)
         assert reply.status_code == 200
         body = reply.json()
-        assert [set(item) for item in body] == [{"label", "probabilities", "model_version"}] * 2
-        assert body[0]["model_version"] == packaged.model_tag
+        assert [set(item) for item in body] == [{"label", "probabilities", "model_version", "truncated"}] * 2
+        assert body[0]["model_version"] == packaged.model_tag and not body[0]["truncated"]
         assert all(abs(sum(item["probabilities"].values()) - 1) < 1e-4 for item in body)
-        for bad in ({"texts": []}, {"texts": [""]}, {"texts": [1]}, {"wrong": ["x"]},
-                    {"texts": ["x"] * (cfg.serve.max_texts_per_request + 1)}):
-            assert httpx.post(f"{url}/classify", json=bad, timeout=30).status_code == 400, bad
-        assert httpx.post(f"{url}/classify", content=b"\xff{not json", headers={"Content-Type": "application/json"},
-                          timeout=30).status_code == 400
-        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200  # server survived the bad requests
         metadata = httpx.get(f"{url}/metadata", timeout=10).json()
         assert metadata["model_version"] == packaged.model_tag and metadata["labels"] == ["negative", "positive"]
         assert metadata["lineage"]["dataset"] == "sst2" and metadata["lineage"]["gate"]["approved"] is True
+        export = metadata["lineage"]["serving_export"]
+        assert metadata["runtime"] == export["cpu_runtime"] and export["runtimes"]["onnx"]["max_abs_logit_diff"] < 1e-3
+        _embeddings_are_unit_sentence_vectors(url)
+        _bad_requests_get_4xx_and_the_server_keeps_answering(url, cfg)
 
         # A damaged challenger (2 optimizer steps) loses to the champion on the same examples: the gate
         # rejects it, nothing is packaged or promoted, and the endpoint keeps answering as before.
@@ -176,3 +174,80 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
     finally:
         print(server.stop(cfg))
         os.chdir(cwd)
+
+
+def _embeddings_are_unit_sentence_vectors(url: str) -> None:
+    import numpy as np
+
+    texts = ["a great film", "a wonderful movie", "the stock market fell sharply on tuesday"]
+    reply = httpx.post(f"{url}/embed", json={"texts": texts}, timeout=60)
+    assert reply.status_code == 200
+    vectors = np.array([item["embedding"] for item in reply.json()])
+    assert vectors.shape == (3, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    similarity = vectors @ vectors.T
+    assert similarity[0, 1] > similarity[0, 2]  # paraphrases sit closer than unrelated text
+
+
+def _bad_requests_get_4xx_and_the_server_keeps_answering(url: str, cfg) -> None:
+    limit = cfg.serve.max_texts_per_request
+    bad_json = [{"texts": []}, {"texts": [""]}, {"texts": ["   "]}, {"texts": [1]}, {"texts": [None]}, {"wrong": ["x"]},
+                ["not", "an", "object"], {"texts": ["x"] * (limit + 1)}, {"texts": ["x" * (cfg.serve.max_text_chars + 1)]}]
+    for endpoint in ("classify", "embed"):
+        for bad in bad_json:
+            reply = httpx.post(f"{url}/{endpoint}", json=bad, timeout=30)
+            assert reply.status_code == 400 and reply.json()["error"], (endpoint, bad)
+        for content, ctype, status in [(b"{not json", "application/json", 400), (bytes(range(256)) * 8, "application/json", 400),
+                                       (b"hello", "text/plain", 415), (b'{"texts": ["x"]}', "application/x-www-form-urlencoded", 415)]:
+            reply = httpx.post(f"{url}/{endpoint}", content=content, headers={"Content-Type": ctype}, timeout=30)
+            assert reply.status_code == status and reply.json()["error"], (endpoint, content[:20], ctype)
+    # A text far beyond the model's max length is truncated, and the answer says so.
+    long_text = " ".join(["remarkably"] * 400)  # 4,400 characters: within max_text_chars, far beyond max_length
+    reply = httpx.post(f"{url}/classify", json={"texts": [long_text, "short"]}, timeout=60)
+    assert reply.status_code == 200 and [item["truncated"] for item in reply.json()] == [True, False]
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    assert httpx.post(f"{url}/classify", json={"texts": ["still answering"]}, timeout=30).status_code == 200
+    exposition = httpx.get(f"{url}/metrics", timeout=10).text
+    assert 'bertops_requests_total{endpoint="/classify",outcome="4xx"}' in exposition
+    assert "bertops_truncated_texts_total 1.0" in exposition and "bertops_batch_size_bucket" in exposition
+
+
+def test_bearer_token_is_required_when_configured(trained_workspace, monkeypatch):
+    """Runs after the serve test: restarts the production endpoint with a token in its environment."""
+    import os
+
+    from bertops import server
+
+    root, cfg, _ = trained_workspace
+    monkeypatch.chdir(root)
+    monkeypatch.setenv(cfg.serve.api_token_env, "s3cret-token")
+    try:
+        url = server.start_detached(cfg, timeout=240)
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200  # probes stay open
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-token"}):
+            reply = httpx.post(f"{url}/classify", json={"texts": ["fine"]}, headers=headers, timeout=30)
+            assert reply.status_code == 401 and "bearer token" in reply.json()["error"]
+        assert httpx.get(f"{url}/metadata", timeout=10).status_code == 401
+        ok = httpx.post(f"{url}/classify", json={"texts": ["fine"]}, headers={"Authorization": "Bearer s3cret-token"},
+                        timeout=60)
+        assert ok.status_code == 200 and ok.json()[0]["label"] in ("negative", "positive")
+    finally:
+        print(server.stop(cfg))
+        assert os.environ[cfg.serve.api_token_env] == "s3cret-token"
+
+
+def test_a_runtime_that_fails_its_export_check_is_never_packaged(trained_workspace):
+    import bentoml
+
+    from bertops.models.export import ExportCheckFailed
+    from bertops.packaging import package
+    from bertops.registry import Registry
+    from tests.conftest import smoke_config
+
+    root, _, _ = trained_workspace
+    strict = smoke_config(["serve.runtime=onnx", "serve.onnx_max_abs_diff=1e-12"])
+    before = {str(m.tag) for m in bentoml.models.list("bertops-sst2")}
+    versions = set(Registry(root / "registry").versions("bertops-sst2"))
+    with pytest.raises(ExportCheckFailed, match="serve.runtime=onnx failed its agreement check"):
+        package(strict, root)
+    assert {str(m.tag) for m in bentoml.models.list("bertops-sst2")} == before
+    assert set(Registry(root / "registry").versions("bertops-sst2")) == versions
