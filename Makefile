@@ -39,6 +39,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/finetune_throughput.py
+	$(BIN)/python bench/endpoint.py   # needs a production model: `make run` first
 
 clean:
 	rm -rf data/raw data/prepared models reports registry serving/bertops_serving.json

@@ -135,9 +135,14 @@ class Engine:
         self.tokenizer.model_max_length = 10**9  # we truncate ourselves, below
         self.max_length = SETTINGS["max_length"]
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        runtime = SERVE["runtime"]
+        # BERTOPS_SERVE_RUNTIME overrides the packaged choice at start (ops, benchmarks); an ONNX
+        # runtime is only served if it passed its agreement check at package time.
+        runtime = os.environ.get("BERTOPS_SERVE_RUNTIME") or SERVE["runtime"]
         if runtime == "auto":
             runtime = "torch" if self.device == "cuda" else SETTINGS["cpu_runtime"]
+        if runtime != "torch" and runtime not in SETTINGS["onnx_files"]:
+            raise RuntimeError(f"runtime {runtime!r} is not servable for this model: it is unknown or failed its "
+                               f"agreement check at package time (servable: torch, {', '.join(SETTINGS['onnx_files'])})")
         self.runtime = runtime
         config = AutoConfig.from_pretrained(path, trust_remote_code=True)
         self.labels = [config.id2label[i] for i in range(config.num_labels)]

@@ -1,0 +1,276 @@
+"""Endpoint benchmarks: the bertops endpoint against a named baseline, in the same run.
+
+1. Latency at one client, per runtime (PyTorch fp32, ONNX Runtime fp32, ONNX Runtime int8): p50/p95
+   of one SST-2 dev sentence per request over HTTP, and each runtime's accuracy on SST-2 dev.
+2. Throughput at 32 concurrent clients, each sending single SST-2 dev sentences: the bertops
+   endpoint vs. the naive server (bench/naive_server.py: a transformers `pipeline` called once
+   per request in a plain FastAPI app, same model). Requests/s, p50/p99, ratio.
+3. Compute efficiency: useful GFLOP/s of the bertops endpoint at saturation (analytic FLOPs of
+   the real tokens it processed) as a fraction of this machine's fp32 matmul peak measured here.
+4. Load: 20,000 requests at 64 concurrent clients: status counts (zero 5xx, zero lost), server
+   RSS before/after.
+
+Traffic goes to 127.0.0.1 only. It serves the registry's production Bento (run `make run` first).
+
+    python bench/endpoint.py [--requests 3000] [--load-requests 20000] [--naive-requests 1000]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+HOST = "127.0.0.1"
+
+
+# -- a small keep-alive HTTP/1.1 load generator (cheap on CPU, so the server gets the cores) -----
+async def _one(reader, writer, path: str, body: bytes) -> int:
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    await writer.drain()
+    status = int((await reader.readline()).split()[1])
+    length, chunked = 0, False
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+        elif name.lower() == "transfer-encoding" and "chunked" in value.lower():
+            chunked = True
+    if chunked:
+        while (size := int((await reader.readline()).strip() or b"0", 16)) > 0:
+            await reader.readexactly(size + 2)
+        await reader.readline()
+    else:
+        await reader.readexactly(length)
+    return status
+
+
+async def _load(port: int, path: str, bodies: list[bytes], total: int, clients: int) -> dict:
+    latencies, statuses, lost = [], {}, 0
+    next_index = iter(range(total))
+
+    async def client() -> None:
+        nonlocal lost
+        reader, writer = await asyncio.open_connection(HOST, port)
+        for i in next_index:
+            started = time.perf_counter()
+            try:
+                status = await _one(reader, writer, path, bodies[i % len(bodies)])
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+                lost += 1
+                writer.close()
+                reader, writer = await asyncio.open_connection(HOST, port)
+                continue
+            latencies.append(time.perf_counter() - started)
+            statuses[status] = statuses.get(status, 0) + 1
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {"requests": total, "clients": clients, "seconds": round(wall, 2), "rps": round(len(latencies) / wall, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2), "statuses": statuses, "lost": lost}
+
+
+def load(port: int, path: str, bodies: list[bytes], total: int, clients: int) -> dict:
+    return asyncio.run(_load(port, path, bodies, total, clients))
+
+
+# -- servers ----------------------------------------------------------------------------------
+def wait_ready(port: int, process: subprocess.Popen, timeout: float = 240) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://{HOST}:{port}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"server on port {port} not ready after {timeout}s")
+
+
+class Server:
+    def __init__(self, args: list[str], port: int, env: dict | None = None):
+        self.port = port
+        self.process = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True,
+                                        cwd=tempfile.mkdtemp(prefix="bertops-bench-"))
+        wait_ready(port, self.process)
+
+    def rss_mb(self) -> float:
+        import psutil
+
+        parent = psutil.Process(self.process.pid)
+        return round(sum(p.memory_info().rss for p in [parent, *parent.children(recursive=True)]) / 2**20, 1)
+
+    def stop(self) -> None:
+        import signal
+
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def bertops_server(bento: str, port: int, runtime: str | None = None) -> Server:
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    env = {"BERTOPS_SERVE_RUNTIME": runtime} if runtime else {}
+    return Server([bentoml, "serve", bento, "--host", HOST, "--port", str(port)], port, env)
+
+
+# -- figures ----------------------------------------------------------------------------------
+def matmul_peak_gflops(size: int = 1024, seconds: float = 3.0) -> float:
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - started) / 1e9
+
+
+def flops_per_text(tokens: int, layers: int, hidden: int, intermediate: int) -> float:
+    """Forward FLOPs of a BERT encoder on one sequence: the dense layers plus attention scores."""
+    dense = 2 * tokens * (4 * hidden * hidden + 2 * hidden * intermediate)
+    attention = 2 * 2 * tokens * tokens * hidden
+    return layers * (dense + attention)
+
+
+def accuracy(port: int, texts: list[str], labels: list[str]) -> float:
+    import httpx
+
+    predicted = []
+    for start in range(0, len(texts), 64):
+        reply = httpx.post(f"http://{HOST}:{port}/classify", json={"texts": texts[start:start + 64]}, timeout=120)
+        reply.raise_for_status()
+        predicted += [item["label"] for item in reply.json()]
+    return float(np.mean([p == t for p, t in zip(predicted, labels)]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=3000, help="bertops requests at 32 clients")
+    parser.add_argument("--naive-requests", type=int, default=1000)
+    parser.add_argument("--load-requests", type=int, default=20000)
+    parser.add_argument("--latency-requests", type=int, default=300)
+    parser.add_argument("--port", type=int, default=3981)
+    args = parser.parse_args()
+
+    import bentoml
+    import pandas as pd
+
+    from bertops.config import load_config
+    from bertops.packaging import production_bento
+    from bertops.registry import Registry
+
+    cfg = load_config(REPO / "params.yaml")
+    bento = production_bento(cfg)
+    version = Registry(cfg.paths.registry).production(cfg.package.model_name)
+    model_dir = bentoml.models.get(Registry(cfg.paths.registry).versions(cfg.package.model_name)[version]["model_tag"]).path
+    datasets = Path(os.environ.get("BERTOPS_DATASETS", REPO.parent / "shared" / "datasets"))
+    dev = pd.read_csv(datasets / "sst2" / "dev.tsv", sep="\t", quoting=3)
+    texts = dev["sentence"].tolist()
+    names = json.loads((Path(model_dir) / "config.json").read_text())["id2label"]
+    labels = [names[str(v)] for v in dev["label"]]
+    single = [json.dumps({"texts": [t]}).encode() for t in texts]
+    results: dict = {"bento": bento, "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+                     "date": time.strftime("%Y-%m-%d")}
+
+    print("1/4 latency at one client, per runtime", flush=True)
+    results["runtimes"] = {}
+    for runtime in ("torch", "onnx", "onnx-int8"):
+        server = bertops_server(bento, args.port, runtime)
+        try:
+            load(args.port, "/classify", single, 30, 1)  # warm up
+            lat = load(args.port, "/classify", single, args.latency_requests, 1)
+            results["runtimes"][runtime] = {"p50_ms": lat["p50_ms"], "p95_ms": lat["p95_ms"],
+                                            "accuracy": accuracy(args.port, texts, labels)}
+        finally:
+            server.stop()
+        print(f"   {runtime}: {results['runtimes'][runtime]}", flush=True)
+
+    print("2/4 throughput at 32 clients: bertops endpoint vs naive pipeline server", flush=True)
+    naive = Server([sys.executable, str(REPO / "bench" / "naive_server.py"), "--model", model_dir, "--port",
+                    str(args.port + 1)], args.port + 1)
+    try:
+        naive_bodies = [json.dumps({"text": t}).encode() for t in texts]
+        load(args.port + 1, "/classify", naive_bodies, 64, 32)
+        results["naive"] = load(args.port + 1, "/classify", naive_bodies, args.naive_requests, 32)
+    finally:
+        naive.stop()
+    print(f"   naive: {results['naive']}", flush=True)
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    server = bertops_server(bento, args.port)
+    try:
+        load(args.port, "/classify", single, 256, 32)
+        results["bertops"] = load(args.port, "/classify", single, args.requests, 32)
+        print(f"   bertops: {results['bertops']}", flush=True)
+        results["throughput_ratio"] = round(results["bertops"]["rps"] / results["naive"]["rps"], 2)
+
+        print("3/4 compute efficiency", flush=True)
+        model_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        lengths = [min(len(ids), cfg.prepare.max_length) for ids in tokenizer(texts)["input_ids"]]
+        per_text = np.mean([flops_per_text(n, model_config.num_hidden_layers, model_config.hidden_size,
+                                           model_config.intermediate_size) for n in lengths])
+        achieved = per_text * results["bertops"]["rps"] / 1e9
+        peak = matmul_peak_gflops()
+        results["efficiency"] = {"gflop_per_request": round(per_text / 1e9, 4), "achieved_gflops": round(achieved, 1),
+                                 "fp32_matmul_peak_gflops": round(peak, 1), "fraction_of_peak": round(achieved / peak, 3)}
+        print(f"   {results['efficiency']}", flush=True)
+
+        print(f"4/4 load: {args.load_requests} requests at 64 clients", flush=True)
+        rss_before = server.rss_mb()
+        results["load"] = load(args.port, "/classify", single, args.load_requests, 64)
+        results["load"].update({"rss_before_mb": rss_before, "rss_after_mb": server.rss_mb(),
+                                "server_5xx": sum(v for k, v in results["load"]["statuses"].items() if k >= 500)})
+        print(f"   {results['load']}", flush=True)
+    finally:
+        server.stop()
+
+    out = REPO / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "endpoint.json").write_text(json.dumps(results, indent=2) + "\n")
+    r = results["runtimes"]
+    print("\n| measure | value |\n| --- | --- |")
+    for runtime in r:
+        print(f"| {runtime}: p50 / p95 ms, SST-2 dev accuracy | {r[runtime]['p50_ms']} / {r[runtime]['p95_ms']}, "
+              f"{r[runtime]['accuracy']:.4f} |")
+    print(f"| int8 speed-up vs PyTorch fp32 at batch 1 (p50) | {r['torch']['p50_ms'] / r['onnx-int8']['p50_ms']:.2f}x |")
+    print(f"| 32 clients: bertops req/s (p99 ms) | {results['bertops']['rps']} ({results['bertops']['p99_ms']}) |")
+    print(f"| 32 clients: naive pipeline req/s (p99 ms) | {results['naive']['rps']} ({results['naive']['p99_ms']}) |")
+    print(f"| throughput ratio | **{results['throughput_ratio']}x** |")
+    e = results["efficiency"]
+    print(f"| useful GFLOP/s at saturation / fp32 matmul peak | {e['achieved_gflops']} / {e['fp32_matmul_peak_gflops']} "
+          f"= {e['fraction_of_peak']:.1%} |")
+    ld = results["load"]
+    print(f"| load: {ld['requests']} requests at 64 clients | {ld['rps']} req/s, statuses {ld['statuses']}, lost "
+          f"{ld['lost']}, RSS {ld['rss_before_mb']} -> {ld['rss_after_mb']} MiB |")
+
+
+if __name__ == "__main__":
+    main()
