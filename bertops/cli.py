@@ -175,16 +175,82 @@ def serve(
 
 @app.command("run")
 def run_pipeline(
+    flow_name: str = typer.Argument("retrain", help="the flow to run: retrain (ingest ... promote)"),
     executor: str = typer.Option("auto", help="dvc (dvc repro per stage) | direct (call stages in-process) | auto"),
+    force: bool = typer.Option(False, "--force", help="run every stage even if nothing changed"),
     params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
 ) -> None:
-    """Run the whole pipeline as one Prefect flow: ingest ... promote, with a timing table."""
-    from flows.pipeline import pipeline
+    """Run the retrain flow once, now: one Prefect flow run with a task per stage and a timing table."""
+    if flow_name != "retrain":
+        typer.echo(f"error: unknown flow {flow_name!r}; the flows are: retrain", err=True)
+        raise typer.Exit(2)
+    from flows.pipeline import retrain
 
     _config(params, profile, set_)  # fail fast on bad config
-    summary = _run("run", lambda: pipeline(params=str(params), profile=str(profile) if profile else None,
-                                           overrides=list(set_), executor=executor))
-    typer.echo(summary["timing_table"])
+    state = retrain(params=str(params), profile=str(profile) if profile else None, overrides=list(set_),
+                    executor=executor, force=force, return_state=True)
+    if state.is_completed():
+        summary = state.result()
+        typer.echo(summary.get("timing_table") or state.message or "done")
+        return
+    if state.is_cancelled():
+        typer.echo(f"skipped: {state.message}")
+        return
+    typer.echo(f"error: the retrain run ended {state.name}: {state.message}", err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def schedule(
+    cron: Optional[str] = typer.Option(None, "--cron", help='cron schedule, e.g. "0 3 * * *" (default: schedule.cron)'),
+    interval: Optional[float] = typer.Option(None, "--interval", help="or: every N seconds"),
+    name: Optional[str] = typer.Option(None, "--name", help="deployment name (default: schedule.deployment)"),
+    executor: str = typer.Option("auto", help="passed to every run"),
+    params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
+) -> None:
+    """Serve the retrain flow as a Prefect deployment on a schedule (runs until stopped).
+
+    The params path, profile and overrides become the deployment's parameters, visible and
+    editable in the Prefect UI. One run at a time (deployment concurrency limit 1 + workspace lock)."""
+    from flows.pipeline import retrain
+
+    cfg = _config(params, profile, set_)
+    if cron and interval:
+        typer.echo("error: give --cron or --interval, not both", err=True)
+        raise typer.Exit(2)
+    timing = {"interval": interval} if interval else {"cron": cron or cfg.schedule.cron}
+    parameters = {"params": str(params), "profile": str(profile) if profile else None, "overrides": list(set_),
+                  "executor": executor}
+    typer.echo(f"serving deployment retrain/{name or cfg.schedule.deployment} ({timing}); Ctrl-C stops it")
+    retrain.serve(name=name or cfg.schedule.deployment, parameters=parameters, global_limit=1, limit=1,
+                  tags=["bertops", cfg.ingest.dataset], description="bertops scheduled retraining", **timing)
+
+
+@app.command()
+def dashboard(
+    detach: bool = typer.Option(False, "--detach", help="run in the background"),
+    stop: bool = typer.Option(False, "--stop", help="stop a dashboard started with --detach"),
+    params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
+) -> None:
+    """Start a local Prefect server with its UI (runs, artifacts, schedules) on dashboard.host:port."""
+    import os
+
+    from bertops import server
+
+    cfg = _config(params, profile, set_)
+    if stop:
+        typer.echo(server.stop_dashboard(cfg))
+        return
+    url = server.dashboard_url(cfg)
+    hint = (f"Prefect UI: {url}\npoint flows at it: export PREFECT_API_URL={url}/api\n"
+            "(a shared server instead: export PREFECT_API_URL=https://prefect.example.com/api)")
+    if detach:
+        _run("dashboard", lambda: server.start_dashboard(cfg))
+        typer.echo(f"{hint}\nstop: bertops dashboard --stop")
+        return
+    typer.echo(hint)
+    command = server.dashboard_command(cfg)
+    os.execv(command[0], command)
 
 
 @models_app.command("list")

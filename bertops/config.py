@@ -100,6 +100,7 @@ class FinetuneConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     num_threads: int = Field(ge=0)
     num_workers: int = Field(ge=0)
+    checkpoint_every: int = Field(ge=0)
     progress: bool
 
 
@@ -172,6 +173,24 @@ class ServeConfig(_Section):
     int8_max_accuracy_drop: float = Field(ge=0, le=1)
 
 
+class ScheduleConfig(_Section):
+    cron: str = Field(min_length=9)
+    deployment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    lock_wait_s: float = Field(ge=0)
+
+
+class NotifyConfig(_Section):
+    webhook_url: str | None = Field(pattern=r"^https?://")
+    on_failure: bool
+    on_promotion: bool
+    timeout_s: float = Field(gt=0)
+
+
+class DashboardConfig(_Section):
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
 class Config(_Section):
     paths: PathsConfig
     ingest: IngestConfig
@@ -183,6 +202,9 @@ class Config(_Section):
     package: PackageConfig
     promote: PromoteConfig
     serve: ServeConfig
+    schedule: ScheduleConfig
+    notify: NotifyConfig
+    dashboard: DashboardConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -91,7 +91,12 @@ def start_detached(config: Config, timeout: float = 180) -> str:
 
 def stop(config: Config) -> str:
     """Stop a detached server (its whole process group)."""
-    path = pid_path(config)
+    return stop_process(pid_path(config), "bentoml")
+
+
+def stop_process(path: Path, marker: str) -> str:
+    """Stop the detached process group whose leader's pid is in `path` (if its command line still
+    contains `marker`: a recycled pid belongs to someone else)."""
     if not path.is_file():
         return "no detached server running"
     pid = int(path.read_text())
@@ -100,7 +105,7 @@ def stop(config: Config) -> str:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return f"server {pid} had already stopped"
-    if "bentoml" not in cmdline:  # the pid was reused by an unrelated process: leave it alone
+    if marker not in cmdline:  # the pid was reused by an unrelated process: leave it alone
         return f"server {pid} had already stopped"
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -140,3 +145,42 @@ def follow_registry(config: Config) -> str | None:
     started = time.perf_counter()
     url = start_detached(config)
     return f"{url} now serves {describe(config)} (restart took {time.perf_counter() - started:.1f}s)"
+
+
+# -- the Prefect dashboard ---------------------------------------------------------------------
+def dashboard_url(config: Config) -> str:
+    return f"http://{config.dashboard.host}:{config.dashboard.port}"
+
+
+def dashboard_command(config: Config) -> list[str]:
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    return [prefect, "server", "start", "--host", config.dashboard.host, "--port", str(config.dashboard.port)]
+
+
+def start_dashboard(config: Config, timeout: float = 120) -> str:
+    """Start a local Prefect server + UI in the background; returns its URL once its API answers."""
+    stop_process(config.paths.registry / "dashboard.pid", "prefect")
+    log = config.paths.reports / "dashboard.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(dashboard_command(config), stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    config.paths.registry.mkdir(parents=True, exist_ok=True)
+    (config.paths.registry / "dashboard.pid").write_text(str(process.pid))
+    url = dashboard_url(config)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServeError(f"the Prefect server exited with code {process.returncode}; see {log}")
+        try:
+            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stop_process(config.paths.registry / "dashboard.pid", "prefect")
+    raise ServeError(f"the Prefect server at {url} was not ready after {timeout:.0f}s; see {log}")
+
+
+def stop_dashboard(config: Config) -> str:
+    return stop_process(config.paths.registry / "dashboard.pid", "prefect")

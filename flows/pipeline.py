@@ -1,4 +1,4 @@
-"""The bertops pipeline as one Prefect 3 flow: each task is one stage, named as the stage.
+"""The bertops retrain flow (Prefect 3): each task is one stage, named as the stage.
 
 Two executors run the same stages:
 - `dvc`: each task runs `dvc repro STAGE` (DVC decides what is stale, versions data and models,
@@ -20,6 +20,8 @@ from typing import Any, Callable
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, Completed
+from prefect.tasks import exponential_backoff
 
 from bertops.config import Config, load_config
 from bertops.errors import PipelineError
@@ -52,8 +54,8 @@ def _direct(stage: str) -> Callable[[Config, Path], Any]:
         from bertops import server
 
         record = promote(config, root)
-        server.follow_registry(config)  # a running endpoint switches to the new production version
-        return record
+        # a running endpoint switches to the new production version
+        return {**record, "followed": server.follow_registry(config)}
 
     def gate_or_raise(config: Config, root: Path):
         decision = gate(config, root)
@@ -80,7 +82,7 @@ def _stream(args: list[str], cwd: Path, env: dict) -> tuple[int, str]:
     return process.wait(), kept.decode("utf-8", errors="replace")
 
 
-def _execute(stage: str, ctx: RunContext) -> str:
+def _execute(stage: str, ctx: RunContext, extra: dict) -> str:
     """Run one stage with the chosen executor; returns "ran" or "cached" (DVC skipped it)."""
     root = Path(ctx.root)
     if ctx.executor == "dvc":
@@ -94,53 +96,82 @@ def _execute(stage: str, ctx: RunContext) -> str:
     from bertops.errors import USER_ERRORS
 
     try:
-        _direct(stage)(ctx.config(), root)
+        result = _direct(stage)(ctx.config(), root)
     except USER_ERRORS as exc:
         raise PipelineError(stage, str(exc)) from None
+    if stage == "promote":
+        extra["followed"] = result.get("followed")
     return "ran"
 
 
-# Reports shown on the Prefect dashboard as keyed markdown artifacts after their stage ran (or failed).
-STAGE_ARTIFACTS = {
-    "evaluate": ("bertops-evaluation", "evaluate/summary.md", "Evaluation: metrics, slices, behaviour, serving cost"),
-    "gate": ("bertops-gate-decision", "gate/decision.md", "Gate decision with each check, CI and p-value"),
-}
-
-
-def publish_stage_artifact(stage: str, ctx: RunContext, since: float) -> None:
-    if stage not in STAGE_ARTIFACTS:
-        return
-    key, rel, description = STAGE_ARTIFACTS[stage]
-    path = Path(ctx.root) / ctx.config().paths.reports / rel
-    if path.is_file() and path.stat().st_mtime >= since:  # written by this run, not left from an earlier one
-        create_markdown_artifact(key=key, markdown=path.read_text(), description=description)
-
-
-def _stage_task(stage: str, retries: int = 0, doc: str = ""):
+def _stage_task(stage: str, retries: int = 0, doc: str = "", retry_condition=None):
     def run(ctx: RunContext) -> tuple[str, float, str]:
+        from flows.artifacts import publish
+
         logger = get_run_logger()
         started, wall = time.perf_counter(), time.time()
+        extra: dict = {}
         try:
-            outcome = _execute(stage, ctx)
+            outcome = _execute(stage, ctx, extra)
         finally:
-            publish_stage_artifact(stage, ctx, wall - 1)
+            publish(stage, ctx.config(), Path(ctx.root), wall - 1, extra)  # also after a failure: its reports tell why
         seconds = time.perf_counter() - started
         logger.info("%s %s in %.1fs", stage, outcome, seconds)
         return stage, seconds, outcome
 
     run.__doc__ = doc
-    return task(name=stage, retries=retries, retry_delay_seconds=5, cache_policy=NO_CACHE)(run)
+    return task(name=stage, retries=retries, retry_delay_seconds=exponential_backoff(backoff_factor=5) if retries else 0,
+                retry_condition_fn=retry_condition, cache_policy=NO_CACHE)(run)
 
 
-ingest_task = _stage_task("ingest", retries=2, doc="Copy the corpus into data/raw (retried: sources can be flaky).")
-validate_task = _stage_task("validate", doc="Great Expectations suite; a failure ends the run.")
+def _transient(task, task_run, state) -> bool:
+    """Retry only what a retry can fix: I/O and connection trouble, not a bad corpus or a rejection."""
+    try:
+        state.result()
+    except (PipelineError,) as exc:
+        text = str(exc).lower()
+        return any(word in text for word in ("connection", "timed out", "timeout", "unreachable", "temporarily",
+                                             "could not be loaded", "ray"))
+    except (OSError, ConnectionError, TimeoutError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+ingest_task = _stage_task("ingest", retries=3, retry_condition=_transient,
+                          doc="Copy the corpus into data/raw (retried with backoff when the source is unreachable).")
+validate_task = _stage_task("validate", doc="Great Expectations suite; a failure ends the run (no retry).")
 prepare_task = _stage_task("prepare", doc="Normalise, de-duplicate, split, tokenize.")
-finetune_task = _stage_task("finetune", doc="Fine-tune the encoder (this process or Ray workers).")
-evaluate_task = _stage_task("evaluate", doc="Metrics on the held-out split.")
-gate_task = _stage_task("gate", doc="Approve or reject against params.yaml thresholds.")
-package_task = _stage_task("package", doc="BentoML model + Bento; registry candidate.")
-promote_task = _stage_task("promote", doc="Registry: the new version becomes production.")
+finetune_task = _stage_task("finetune", retries=2, retry_condition=_transient,
+                            doc="Fine-tune the encoder (this process or Ray workers; retried on connection trouble, "
+                                "resuming from its checkpoint).")
+evaluate_task = _stage_task("evaluate", doc="Metrics, slices, behaviour, serving cost, champion comparison.")
+gate_task = _stage_task("gate", doc="Approve or reject against the policy in params.yaml (no retry).")
+package_task = _stage_task("package", doc="ONNX export + checks, BentoML model + Bento; registry candidate.")
+promote_task = _stage_task("promote", doc="Registry: the new version becomes production; the endpoint follows.")
 TASKS = (ingest_task, validate_task, prepare_task, finetune_task, evaluate_task, gate_task, package_task, promote_task)
+
+
+@task(name="check-for-changes", cache_policy=NO_CACHE)
+def changes_task(ctx: RunContext) -> dict:
+    """Whether anything the pipeline depends on changed since the last successful run (DVC decides)."""
+    return pending_changes(ctx)
+
+
+def pending_changes(ctx: RunContext) -> dict:
+    """{stage: what changed}, by `dvc status`; ingest's "always changed" marker is not a change
+    when the source still matches the ingested copy byte for byte."""
+    from bertops.data.sources import source_unchanged
+
+    root = Path(ctx.root)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"dvc": [proc.stderr.strip()[-300:] or "dvc status failed"]}
+    status = json.loads(proc.stdout or "{}")
+    if status.get("ingest") == ["always changed"] and source_unchanged(ctx.config(), root):
+        status.pop("ingest")
+    return status
 
 
 def timing_table(timings: list[tuple[str, float, str]]) -> str:
@@ -181,10 +212,17 @@ def run_summary(config: Config, root: Path, timings, started: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-@flow(name="bertops-pipeline", log_prints=True)
-def pipeline(params: str = "params.yaml", profile: str | None = None, overrides: list[str] | None = None,
-             executor: str = "auto", root: str = ".") -> dict:
-    """ingest -> validate -> prepare -> finetune -> evaluate -> gate -> package -> promote."""
+@flow(name="retrain", log_prints=True)
+def retrain(params: str = "params.yaml", profile: str | None = None, overrides: list[str] | None = None,
+            executor: str = "auto", root: str = ".", force: bool = False):
+    """ingest -> validate -> prepare -> finetune -> evaluate -> gate -> package -> promote.
+
+    With the dvc executor, a run whose data, config and code did not change since the last
+    successful run ends early in a "No change" state (unless `force`). One run per workspace at
+    a time: a second one waits `schedule.lock_wait_s`, then ends as "Skipped"."""
+    from bertops.atomic import workspace_lock
+    from bertops.notify import notify
+
     overrides = list(overrides or [])
     if executor not in ("auto", "dvc", "direct"):
         raise PipelineError("run", f"unknown executor {executor!r}; choose one of auto, dvc, direct")
@@ -198,14 +236,40 @@ def pipeline(params: str = "params.yaml", profile: str | None = None, overrides:
     started = time.time()
     ctx = RunContext(params, profile, overrides, executor, root)
     config = ctx.config()
-    get_run_logger().info("executor: %s", executor)
-    timings: list[tuple[str, float, str]] = []
-    try:
-        for stage_task in TASKS:
-            timings.append(stage_task(ctx))
-    finally:
-        table = timing_table(timings)
-        create_markdown_artifact(key="bertops-run-summary", markdown=run_summary(config, Path(root), timings, started),
-                                 description=f"bertops pipeline run on {config.ingest.dataset}")
-        print(table)
-    return {"ok": True, "executor": executor, "timings": timings, "timing_table": table}
+    logger = get_run_logger()
+    logger.info("executor: %s", executor)
+    with workspace_lock(Path(root), config.schedule.lock_wait_s) as busy:
+        if busy:
+            logger.warning(busy)
+            return Cancelled(name="Skipped", message=busy)
+        timings: list[tuple[str, float, str]] = []
+        try:
+            if executor == "dvc" and not force:
+                changes = changes_task(ctx)
+                if not changes:
+                    message = "no change: data, config and code are as in the last successful run; nothing to do"
+                    create_markdown_artifact(key="bertops-run-summary", markdown=f"# bertops run: no change\n\n{message}\n",
+                                             description=f"bertops retrain on {config.ingest.dataset}")
+                    return Completed(name="No change", message=message,
+                                     data={"ok": True, "executor": executor, "changed": {}, "timings": []})
+                logger.info("changed since the last run: %s", ", ".join(sorted(changes)))
+            for stage_task in TASKS:
+                timings.append(stage_task(ctx))
+        except Exception as exc:
+            notify(config.notify, "failure", str(exc)[:2000], dataset=config.ingest.dataset,
+                   stage=getattr(exc, "stage", None))
+            raise
+        finally:
+            table = timing_table(timings)
+            if timings:
+                create_markdown_artifact(key="bertops-run-summary", markdown=run_summary(config, Path(root), timings, started),
+                                         description=f"bertops retrain on {config.ingest.dataset}")
+                print(table)
+        if timings[-1][2] == "ran":  # not when DVC found the promotion already done
+            promoted = json.loads((Path(root) / config.paths.reports / "promote" / "promote.json").read_text())
+            notify(config.notify, "promotion", f"{promoted['model']}:{promoted['version']} is now {promoted['stage']} "
+                   f"(was {promoted.get('previous') or 'none'})", **promoted)
+        return {"ok": True, "executor": executor, "timings": timings, "timing_table": table}
+
+
+pipeline = retrain  # the name this flow had before scheduling landed

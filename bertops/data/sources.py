@@ -184,6 +184,27 @@ def ingest(config: Config, root: Path = Path(".")) -> IngestResult:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def source_unchanged(config: Config, root: Path = Path(".")) -> bool:
+    """True when the local source resolves to the files already ingested, byte for byte (cheap:
+    no copy). Hub sources cannot be checked without downloading them: False."""
+    from bertops.lineage import file_sha256
+
+    out_dir = root / config.paths.raw / config.ingest.dataset
+    if not (out_dir / MANIFEST).is_file():
+        return False
+    try:
+        local = resolve_local(config.ingest, root)
+    except DataSourceError:
+        return False
+    if local is None:
+        return False
+    files = json.loads((out_dir / MANIFEST).read_text()).get("files", {})
+    if set(files) != set(local):
+        return False
+    return all(files[split] == f"{split}{src.suffix.lower()}" and (out_dir / files[split]).is_file()
+               and file_sha256(src) == file_sha256(out_dir / files[split]) for split, src in local.items())
+
+
 def load_raw(config: Config, root: Path = Path(".")) -> tuple[dict[str, pd.DataFrame], dict]:
     """The ingested splits as frames (source column names) and the ingest manifest."""
     out_dir = root / config.paths.raw / config.ingest.dataset

@@ -33,6 +33,7 @@ class TrainResult:
     device: str
     precision: str
     world_size: int
+    resumed_from_step: int = 0    # > 0: this run continued a killed one from its checkpoint
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -172,11 +173,27 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
     best = {"accuracy": -1.0, "step": 0, "state": None}
     real_tokens = fed_tokens = 0
     step, started = 0, time.perf_counter()
+    # A run killed mid-training resumes from its last checkpoint when nothing it depends on changed.
+    checkpoint = Checkpoint(root / config.paths.models / ".checkpoints" / config.ingest.dataset, config, meta, world)
+    start_epoch, skip_batches, resumed_from, resumed_tokens = 0, 0, 0, 0
+    saved = checkpoint.load() if cfg.checkpoint_every else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        step, start_epoch, skip_batches = saved["step"], saved["epoch"], saved["batch_in_epoch"]
+        best, history = saved["best"], saved["history"]
+        real_tokens, fed_tokens = saved["real_tokens"], saved["fed_tokens"]
+        restore_rng(saved["rng"])
+        resumed_from, resumed_tokens = step, real_tokens
+        if rank == 0:
+            print(f"finetune: resuming from the checkpoint at step {step} ({checkpoint.path})", flush=True)
     progress = None
     if cfg.progress and rank == 0:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=total, desc="finetune", unit="step", mininterval=2.0, dynamic_ncols=True)
+        progress = tqdm(total=total, initial=step, desc="finetune", unit="step", mininterval=2.0, dynamic_ncols=True)
 
     eval_seconds = 0.0
 
@@ -195,9 +212,11 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
 
     model.train()
     running_loss, running_n = 0.0, 0
-    for epoch in range(cfg.epochs):
+    for epoch in range(start_epoch, cfg.epochs):
         batches = shard(bucketed_batches(lengths, cfg.batch_size, cfg.bucket_size, seed=cfg.seed + epoch), rank, world)
-        for index in batches:
+        for position, index in enumerate(batches):
+            if epoch == start_epoch and position < skip_batches:
+                continue  # done before the checkpoint (the batch order is a function of the seed)
             batch = collate([train_ids[i] for i in index], train_labels[index].tolist(), pad_id).to(device)
             with autocast(device, precision):
                 loss = train_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -225,6 +244,11 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
                 running_loss, running_n = 0.0, 0
             if cfg.eval_every and step % cfg.eval_every == 0:
                 evaluate_now(epoch)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total and rank == 0:
+                checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                                 "epoch": epoch, "batch_in_epoch": position + 1, "best": best, "history": history,
+                                 "real_tokens": real_tokens, "fed_tokens": fed_tokens, "rng": rng_state()})
             if step >= total:
                 break
         if not history or history[-1].get("step") != step or "validation_accuracy" not in history[-1]:
@@ -238,17 +262,68 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
     # -- 5. save the best checkpoint with everything needed to rebuild and trace it ---------------
     model.load_state_dict(best["state"])
     # Training throughput: evaluation time is not training time.
-    tokens_per_second = real_tokens * world / max(seconds - eval_seconds, 1e-9)
+    tokens_per_second = (real_tokens - resumed_tokens) * world / max(seconds - eval_seconds, 1e-9)
     result = TrainResult(
         model_dir=str(root / config.paths.models / config.ingest.dataset),
         steps=step, best_step=best["step"], best_validation_accuracy=round(best["accuracy"], 4),
         train_seconds=round(seconds, 1), tokens_per_second=round(tokens_per_second, 1),
         padding_share=round(1 - real_tokens / max(fed_tokens, 1), 4), device=str(device),
-        precision=precision, world_size=world, history=history,
+        precision=precision, world_size=world, resumed_from_step=resumed_from, history=history,
     )
     if rank == 0:
         save_model(model, tokenizer, result, config, meta, root)
+        checkpoint.clear()  # the model is saved: nothing to resume
     return result
+
+
+class Checkpoint:
+    """The training state at a step, in one file written atomically, bound to what produced it:
+    a checkpoint from another corpus, other params or another world size is ignored."""
+
+    def __init__(self, folder: Path, config: Config, meta: dict, world: int):
+        import hashlib
+
+        self.path = folder / "state.pt"
+        params = config.finetune.model_dump(mode="json", exclude={"progress", "num_threads", "checkpoint_every"})
+        key = json.dumps({"prepared": meta.get("prepared_hash"), "finetune": params, "world": world}, sort_keys=True)
+        self.fingerprint = hashlib.sha256(key.encode()).hexdigest()
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception:  # a torn or foreign file: start over rather than fail
+            return None
+        return state if state.get("fingerprint") == self.fingerprint else None
+
+    def save(self, state: dict) -> None:
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def rng_state() -> dict:
+    import random
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_rng(state: dict) -> None:
+    import random
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_model(model, tokenizer, result: TrainResult, config: Config, meta: dict, root: Path) -> None:
