@@ -33,17 +33,41 @@ def workspace(tmp_path: Path):
     os.chdir(cwd)
 
 
-def _run(overrides: list[str]):
-    from flows.pipeline import pipeline
+def _run(overrides: list[str], **kwargs):
+    from flows.pipeline import retrain
 
-    return pipeline(params="params.yaml", profile="configs/smoke.yaml",
-                    overrides=[f"ingest.search_paths=['{datasets_root() / 'sst2'}']"] + overrides)
+    return retrain(params="params.yaml", profile="configs/smoke.yaml",
+                   overrides=[f"ingest.search_paths=['{datasets_root() / 'sst2'}']"] + overrides, **kwargs)
 
 
-def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path):
+@pytest.fixture()
+def webhook():
+    """A local HTTP receiver on 127.0.0.1 collecting the JSON events it is sent."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    events: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            events.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", events
+    server.shutdown()
+
+
+def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path, webhook):
     from prefect.client.orchestration import get_client
 
-    summary = _run([])
+    hook_url, events = webhook
+    summary = _run([f"notify.webhook_url={hook_url}"])
     assert summary["ok"] and summary["executor"] == "direct"
     assert [t[0] for t in summary["timings"]] == ["ingest", "validate", "prepare", "finetune", "evaluate", "gate",
                                                   "package", "promote"]
@@ -64,6 +88,14 @@ def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path)
     gate_md = asyncio.run(artifact("bertops-gate-decision"))
     assert gate_md.startswith("## Gate: APPROVED") and "| p95 latency ms |" in gate_md
     assert "### Behavioural checks" in asyncio.run(artifact("bertops-evaluation"))
+    validation_md = asyncio.run(artifact("bertops-validation"))
+    assert "Data validation: PASSED" in validation_md and "data_docs/local_site/index.html" in validation_md
+    curves = asyncio.run(artifact("bertops-training-curves"))
+    assert "validation accuracy" in curves and any(c in curves for c in "▁▂▃▄▅▆▇█")
+    assert registry["production"] in asyncio.run(artifact("bertops-promotion"))
+    assert asyncio.run(artifact("bertops-endpoint")).endswith("(http://127.0.0.1:3917)")
+    # One promotion event reached the webhook, naming the version.
+    assert [e["event"] for e in events] == ["promotion"] and events[0]["version"] == registry["production"]
 
     # A bad corpus stops the flow at validate; nothing downstream changes.
     model_bytes = (workspace / "models/sst2/model.safetensors").read_bytes()
@@ -74,7 +106,20 @@ def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path)
     from bertops.errors import PipelineError
 
     with pytest.raises(PipelineError, match=r"(?s)validate.*labels inside the declared label set"):
-        _run([f"ingest.path={bad}"])
+        _run([f"ingest.path={bad}", f"notify.webhook_url={hook_url}"])
+    assert events[-1]["event"] == "failure" and events[-1]["stage"] == "validate"
+    assert "labels inside the declared label set" in events[-1]["message"]
     after = json.loads((workspace / "registry/registry.json").read_text())["models"]["bertops-sst2"]
     assert after["production"] == registry["production"] and after["versions"].keys() == registry["versions"].keys()
     assert (workspace / "models/sst2/model.safetensors").read_bytes() == model_bytes
+
+
+
+def test_a_second_run_while_one_holds_the_workspace_is_skipped(harness, workspace: Path):
+    from bertops.atomic import workspace_lock
+
+    with workspace_lock(workspace) as busy:
+        assert busy is None
+        state = _run([], return_state=True)
+    assert state.is_cancelled() and state.name == "Skipped" and "workspace lock" in state.message
+    assert not (workspace / "models").exists()  # the skipped run touched nothing
