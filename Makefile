@@ -11,7 +11,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install run serve stop test test-fast bench clean
+.PHONY: install browser run serve stop dashboard schedule test test-fast bench clean
 
 install: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -31,7 +31,19 @@ serve: install
 stop:
 	$(BIN)/bertops serve --stop
 
-test: install
+# Headless Chromium for the dashboard test (Debian's package, driven by Playwright).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+
+dashboard: install
+	$(BIN)/bertops dashboard --detach
+
+schedule: install
+	$(BIN)/bertops schedule
+
+test: install browser
 	$(BIN)/python -m pytest tests
 
 test-fast: install

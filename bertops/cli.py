@@ -250,7 +250,7 @@ def dashboard(
         return
     typer.echo(hint)
     command = server.dashboard_command(cfg)
-    os.execv(command[0], command)
+    os.execve(command[0], command, server.dashboard_env(cfg))
 
 
 @models_app.command("list")

@@ -157,6 +157,13 @@ def dashboard_command(config: Config) -> list[str]:
     return [prefect, "server", "start", "--host", config.dashboard.host, "--port", str(config.dashboard.port)]
 
 
+def dashboard_env(config: Config) -> dict[str, str]:
+    """The UI must call the API where this server listens (by default it assumes port 4200)."""
+    url = dashboard_url(config)
+    return {**os.environ, "PREFECT_UI_API_URL": f"{url}/api", "PREFECT_SERVER_API_HOST": config.dashboard.host,
+            "PREFECT_SERVER_API_PORT": str(config.dashboard.port), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
 def start_dashboard(config: Config, timeout: float = 120) -> str:
     """Start a local Prefect server + UI in the background; returns its URL once its API answers."""
     stop_process(config.paths.registry / "dashboard.pid", "prefect")
@@ -164,7 +171,7 @@ def start_dashboard(config: Config, timeout: float = 120) -> str:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         process = subprocess.Popen(dashboard_command(config), stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, start_new_session=True, env=dashboard_env(config))
     config.paths.registry.mkdir(parents=True, exist_ok=True)
     (config.paths.registry / "dashboard.pid").write_text(str(process.pid))
     url = dashboard_url(config)

@@ -1,0 +1,143 @@
+"""The real Prefect server (`bertops dashboard`), a scheduled deployment (`bertops schedule`) that
+triggers runs by itself, and the Prefect UI in headless Chromium showing a run's artifacts."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, datasets_root
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+OUT = REPO / "tests" / "out"
+PORT = 4297
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACT_KEYS = {"bertops-validation", "bertops-training-curves", "bertops-evaluation", "bertops-gate-decision",
+                 "bertops-promotion", "bertops-run-summary"}
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory):
+    """`bertops dashboard --detach` in a workspace: a Prefect server + UI on 127.0.0.1:PORT."""
+    workspace = tmp_path_factory.mktemp("scheduled")
+    for item in ("params.yaml",):
+        shutil.copy(REPO / item, workspace / item)
+    for folder in ("configs", "serving", "data/behaviour"):
+        shutil.copytree(REPO / folder, workspace / folder, ignore=shutil.ignore_patterns("bertops_serving.json"))
+    env = {**os.environ, "PREFECT_HOME": str(workspace / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    bertops = str(Path(sys.executable).with_name("bertops"))
+    args = ["-s", f"dashboard.port={PORT}"]
+    started = subprocess.run([bertops, "dashboard", "--detach", *args], cwd=workspace, env=env, capture_output=True,
+                             text=True, timeout=240)
+    assert started.returncode == 0, started.stderr
+    assert f"export PREFECT_API_URL=http://127.0.0.1:{PORT}/api" in started.stdout
+    try:
+        yield workspace, env, f"http://127.0.0.1:{PORT}"
+    finally:
+        print(subprocess.run([bertops, "dashboard", "--stop", *args], cwd=workspace, env=env, capture_output=True,
+                             text=True).stdout)
+
+
+def _descendants(pid: int) -> set[int]:
+    import psutil
+
+    try:
+        return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def _alive(pids: set[int]) -> set[int]:
+    import psutil
+
+    alive = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.add(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _flow_runs(api: str, *states: str) -> list[dict]:
+    """Runs of a deployment in the given state types (a schedule also creates many future runs)."""
+    reply = httpx.post(f"{api}/flow_runs/filter", timeout=10, json={
+        "flow_runs": {"state": {"type": {"any_": list(states)}}, "deployment_id": {"is_null_": False}}, "limit": 20})
+    reply.raise_for_status()
+    return reply.json()
+
+
+def test_a_scheduled_deployment_runs_by_itself_and_stops_cleanly(dashboard):
+    workspace, env, url = dashboard
+    api = f"{url}/api"
+    bertops = str(Path(sys.executable).with_name("bertops"))
+    schedule = subprocess.Popen(
+        [bertops, "schedule", "--interval", "30", "--name", "ci", "--profile", "configs/smoke.yaml",
+         "-s", f"ingest.search_paths=['{datasets_root() / 'sst2'}']", "-s", "serve.port=3931"],
+        cwd=workspace, env={**env, "PREFECT_API_URL": api}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    seen: set[int] = set()
+    completed = None
+    try:
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline and completed is None:
+            assert schedule.poll() is None, "bertops schedule exited"
+            seen |= _descendants(schedule.pid)
+            completed = next(iter(_flow_runs(api, "COMPLETED")), None)
+            failed = _flow_runs(api, "FAILED", "CRASHED")
+            assert not failed, failed[0]["state"]
+            time.sleep(2)
+        assert completed is not None, "no scheduled run completed within the wait"
+        deployment = httpx.get(f"{api}/deployments/{completed['deployment_id']}", timeout=10).json()
+        assert deployment["name"] == "ci" and deployment["parameters"]["profile"] == "configs/smoke.yaml"
+    finally:
+        seen |= _descendants(schedule.pid)
+        os.killpg(schedule.pid, signal.SIGINT)  # Ctrl-C, as a user stops it
+        try:
+            schedule.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(schedule.pid, signal.SIGKILL)
+            pytest.fail("bertops schedule did not stop on Ctrl-C within 60 s")
+    deadline = time.monotonic() + 30
+    while _alive(seen | {schedule.pid}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _alive(seen | {schedule.pid}), "processes left behind after stopping the schedule"
+    (workspace / "completed_run_id").write_text(completed["id"])
+
+
+def test_the_prefect_ui_shows_the_runs_artifacts(dashboard):
+    from playwright.sync_api import sync_playwright
+
+    workspace, _, url = dashboard
+    assert Path(CHROMIUM).is_file(), "Chromium is missing: `make install` installs Debian's chromium"
+    run_id = (workspace / "completed_run_id").read_text()
+    artifacts = httpx.post(f"{url}/api/artifacts/filter",
+                           json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}, timeout=10).json()
+    assert ARTIFACT_KEYS <= {a["key"] for a in artifacts}
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{url}/runs/flow-run/{run_id}", wait_until="networkidle", timeout=90_000)
+            page.get_by_text("Artifacts", exact=True).first.click()  # the run page's Artifacts tab
+            for key in ("bertops-gate-decision", "bertops-evaluation", "bertops-training-curves"):
+                page.get_by_text(key).first.wait_for(timeout=30_000)
+            page.screenshot(path=str(OUT / "prefect-flow-run-artifacts.png"), full_page=True)
+            page.get_by_text("bertops-gate-decision").first.click()
+            page.get_by_text("Gate: APPROVED").first.wait_for(timeout=30_000)
+            page.screenshot(path=str(OUT / "prefect-gate-decision.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (OUT / "prefect-flow-run-artifacts.png").stat().st_size > 10_000
