@@ -86,6 +86,24 @@ def finetune(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set
 
 
 @app.command()
+def pretrain(
+    prepare_only: bool = typer.Option(False, "--prepare-only", help="build the corpus and tokenizer, do not train"),
+    params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
+) -> None:
+    """BERT pretraining (masked LM + next-sentence prediction) on the pretrain corpus."""
+    from bertops.pretraining.run import prepare_pretraining, pretrain as run
+
+    cfg = _config(params, profile, set_)
+    if prepare_only:
+        _echo_json(_run("pretrain", lambda: prepare_pretraining(cfg)))
+        return
+    metrics = _run("pretrain", lambda: run(cfg))
+    _echo_json(metrics)
+    typer.echo(f"fine-tune from it: bertops prepare -s finetune.model={cfg.paths.models}/pretrained/{cfg.pretrain.name} "
+               f"&& bertops finetune -s finetune.model={cfg.paths.models}/pretrained/{cfg.pretrain.name}")
+
+
+@app.command()
 def evaluate(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
     """Metrics, slices, behavioural checks, serving cost and the champion comparison on the eval split."""
     from bertops.evaluation.evaluate import evaluate as run, markdown_summary

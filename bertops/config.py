@@ -120,6 +120,37 @@ class SliceConfig(_Section):
         return self
 
 
+class PretrainConfig(_Section):
+    enabled: bool
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    train_file: str
+    heldout_file: str
+    search_paths: list[str]
+    hub_id: str | None
+    hub_config: str | None
+    tokenizer: str
+    vocab_size: int = Field(ge=100)
+    model: str
+    max_length: int = Field(ge=16, le=512)
+    short_seq_prob: float = Field(ge=0, le=1)
+    mask_prob: float = Field(gt=0, lt=1)
+    whole_word_masking: bool
+    batch_size: int = Field(ge=1)
+    grad_accum: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    max_grad_norm: float = Field(gt=0)
+    steps: int = Field(ge=1)
+    log_every: int = Field(ge=1)
+    checkpoint_every: int = Field(ge=0)
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    num_threads: int = Field(ge=0)
+    progress: bool
+
+
 class EvaluateConfig(_Section):
     batch_size: int = Field(ge=1)
     ece_bins: int = Field(ge=1)
@@ -197,6 +228,7 @@ class Config(_Section):
     validate_: ValidateConfig = Field(alias="validate")
     prepare: PrepareConfig
     finetune: FinetuneConfig
+    pretrain: PretrainConfig
     evaluate: EvaluateConfig
     gate: GateConfig
     package: PackageConfig

@@ -174,7 +174,8 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
     real_tokens = fed_tokens = 0
     step, started = 0, time.perf_counter()
     # A run killed mid-training resumes from its last checkpoint when nothing it depends on changed.
-    checkpoint = Checkpoint(root / config.paths.models / ".checkpoints" / config.ingest.dataset, config, meta, world)
+    checkpoint = Checkpoint(root / config.paths.models / ".checkpoints" / config.ingest.dataset,
+                            Checkpoint.key(cfg, meta.get("prepared_hash"), world))
     start_epoch, skip_batches, resumed_from, resumed_tokens = 0, 0, 0, 0
     saved = checkpoint.load() if cfg.checkpoint_every else None
     if saved is not None:
@@ -280,13 +281,17 @@ class Checkpoint:
     """The training state at a step, in one file written atomically, bound to what produced it:
     a checkpoint from another corpus, other params or another world size is ignored."""
 
-    def __init__(self, folder: Path, config: Config, meta: dict, world: int):
+    def __init__(self, folder: Path, key: dict):
         import hashlib
 
         self.path = folder / "state.pt"
-        params = config.finetune.model_dump(mode="json", exclude={"progress", "num_threads", "checkpoint_every"})
-        key = json.dumps({"prepared": meta.get("prepared_hash"), "finetune": params, "world": world}, sort_keys=True)
-        self.fingerprint = hashlib.sha256(key.encode()).hexdigest()
+        self.fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+    @staticmethod
+    def key(section, prepared_hash: str | None, world: int) -> dict:
+        """What a resumable state depends on: the data, the section's params (minus cosmetic ones), the world size."""
+        params = section.model_dump(mode="json", exclude={"progress", "num_threads", "checkpoint_every", "log_every"})
+        return {"prepared": prepared_hash, "params": params, "world": world}
 
     def load(self) -> dict | None:
         if not self.path.is_file():

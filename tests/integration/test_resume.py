@@ -64,7 +64,8 @@ def test_a_checkpoint_from_other_params_is_ignored(trained_workspace, tmp_path: 
     import json
 
     meta = json.loads((root / "data/prepared/sst2/meta.json").read_text())
-    stale = Checkpoint(root / "models/.checkpoints/sst2", smoke_config(["finetune.lr=0.5"]), meta, 1)
+    stale = Checkpoint(root / "models/.checkpoints/sst2",
+                       Checkpoint.key(smoke_config(["finetune.lr=0.5"]).finetune, meta.get("prepared_hash"), 1))
     stale.save({"step": 999})
     result = finetune(smoke_config(OVERRIDES + ["finetune.max_steps=12"]), root)
     assert result.resumed_from_step == 0 and result.steps == 12

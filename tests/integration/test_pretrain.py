@@ -1,0 +1,69 @@
+"""A short real pretraining run (MLM + NSP) on the WikiText-2 files, then a fine-tune from it."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import smoke_config
+
+pytestmark = pytest.mark.integration
+
+
+def _config(datasets: Path, extra: list[str] = ()):
+    return smoke_config([f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']", "pretrain.model=tiny",
+                         "pretrain.vocab_size=3000", "pretrain.steps=40", "pretrain.batch_size=16",
+                         "pretrain.max_length=64", "pretrain.log_every=10", "pretrain.checkpoint_every=0",
+                         "pretrain.lr=1e-3", "pretrain.progress=false", *extra])
+
+
+def test_pretrain_then_finetune_from_it(datasets: Path, trained_workspace, tmp_path: Path):
+    from transformers import BertForPreTraining
+
+    from bertops.pretraining.run import prepare_pretraining, pretrain
+
+    cfg = _config(datasets)
+    meta = prepare_pretraining(cfg, tmp_path)
+    train, heldout = meta["splits"]["train"], meta["splits"]["heldout"]
+    assert train["documents"] > 50 and train["examples"] > 1000 and heldout["examples"] > 1000
+    assert 0.4 < train["is_next_share"] < 0.6
+    assert (tmp_path / "data/pretrain/wikitext2-mini/tokenizer/vocab.txt").is_file()
+
+    metrics = pretrain(cfg, tmp_path)
+    assert metrics["steps"] == 40 and metrics["parameters"] < 2_000_000
+    log = (tmp_path / "reports/pretrain/log.csv").read_text().splitlines()[1:]
+    assert len(log) == 4
+    first, last = (float(line.split(",")[1]) for line in (log[0], log[-1]))
+    assert last < first  # the loss goes down within 40 steps
+    # A trained vocabulary of 3000: an untrained model's perplexity is in the thousands.
+    assert metrics["heldout_mlm_perplexity"] < 1500 and 0 <= metrics["heldout_nsp_accuracy"] <= 1
+    out = tmp_path / "models/pretrained/wikitext2-mini"
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["kind"] == "pretrained" and lineage["corpus_sha256"] == meta["source_sha256"]
+    BertForPreTraining.from_pretrained(out)  # a standard Hugging Face checkpoint
+
+    # Fine-tune the SST-2 smoke corpus from this encoder (its own tokenizer).
+    from bertops.data.prepare import prepare
+    from bertops.training.loop import finetune
+
+    source, _, _ = trained_workspace
+    for rel in ("data/raw/sst2", "reports/validate"):
+        shutil.copytree(source / rel, tmp_path / rel)
+    tuned = smoke_config([f"finetune.model={out}", "finetune.max_steps=10"])
+    prepare(tuned, tmp_path)
+    result = finetune(tuned, tmp_path)
+    assert result.steps == 10
+    # The fine-tuned model names its parent: this pretrained checkpoint, pinned by its weights' sha256.
+    parent = json.loads((tmp_path / "models/sst2/lineage.json").read_text())["parent_model"]
+    assert str(out) in parent and lineage["model_sha256"] in parent
+
+
+def test_pretraining_without_a_corpus_says_what_to_pass(tmp_path: Path, datasets: Path):
+    from bertops.data.sources import DataSourceError
+    from bertops.pretraining.run import prepare_pretraining
+
+    cfg = _config(datasets, ["pretrain.search_paths=['/nonexistent']", "pretrain.hub_id=null"])
+    with pytest.raises(DataSourceError, match="BERTOPS_DATASETS"):
+        prepare_pretraining(cfg, tmp_path)
