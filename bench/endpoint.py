@@ -92,19 +92,9 @@ def load(port: int, path: str, bodies: list[bytes], total: int, clients: int) ->
 
 # -- servers ----------------------------------------------------------------------------------
 def wait_ready(port: int, process: subprocess.Popen, timeout: float = 240) -> None:
-    import httpx
+    from bertops.server import wait_ready as ready
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server on port {port} exited with {process.returncode}")
-        try:
-            if httpx.get(f"http://{HOST}:{port}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"server on port {port} not ready after {timeout}s")
+    ready(f"http://{HOST}:{port}", timeout, process)
 
 
 class Server:

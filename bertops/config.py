@@ -82,26 +82,30 @@ class PrepareConfig(_Section):
     max_eval_rows: int = Field(ge=0)
 
 
-class FinetuneConfig(_Section):
-    model: str = Field(min_length=1)
-    pooling: Literal["mean", "cls"]
-    epochs: int = Field(ge=1)
+class _TrainingSection(_Section):
+    """What every training loop shares: optimiser, schedule, clipping, seed, device, checkpoints."""
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0, lt=1)
     weight_decay: float = Field(ge=0)
     warmup_ratio: float = Field(ge=0, lt=1)
     max_grad_norm: float = Field(gt=0)
-    dropout: float = Field(ge=0, lt=1)
-    bucket_size: int = Field(ge=1)
-    eval_every: int = Field(ge=0)
-    max_steps: int = Field(ge=0)
     seed: int
     device: Literal["auto", "cpu", "cuda"]
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     num_threads: int = Field(ge=0)
-    num_workers: int = Field(ge=0)
     checkpoint_every: int = Field(ge=0)
     progress: bool
+
+
+class FinetuneConfig(_TrainingSection):
+    model: str = Field(min_length=1)
+    pooling: Literal["mean", "cls"]
+    epochs: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    bucket_size: int = Field(ge=1)
+    eval_every: int = Field(ge=0)
+    max_steps: int = Field(ge=0)
+    num_workers: int = Field(ge=0)
 
 
 class SliceConfig(_Section):
@@ -120,7 +124,7 @@ class SliceConfig(_Section):
         return self
 
 
-class PretrainConfig(_Section):
+class PretrainConfig(_TrainingSection):
     enabled: bool
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     train_file: str
@@ -135,20 +139,9 @@ class PretrainConfig(_Section):
     short_seq_prob: float = Field(ge=0, le=1)
     mask_prob: float = Field(gt=0, lt=1)
     whole_word_masking: bool
-    batch_size: int = Field(ge=1)
     grad_accum: int = Field(ge=1)
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
-    warmup_ratio: float = Field(ge=0, lt=1)
-    max_grad_norm: float = Field(gt=0)
     steps: int = Field(ge=1)
     log_every: int = Field(ge=1)
-    checkpoint_every: int = Field(ge=0)
-    seed: int
-    device: Literal["auto", "cpu", "cuda"]
-    precision: Literal["auto", "fp32", "bf16", "fp16"]
-    num_threads: int = Field(ge=0)
-    progress: bool
 
 
 class EvaluateConfig(_Section):

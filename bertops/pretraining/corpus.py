@@ -9,7 +9,8 @@ Raw documents -> sentences -> next-sentence-prediction (NSP) examples:
   continuation (50%) or text from another document (50%), and the pair is trimmed to
   `max_length` - 3 tokens ([CLS] A [SEP] B [SEP]). As in the reference implementation, a
   share (`short_seq_prob`) of examples uses a shorter random target length, so the model also
-  sees short inputs.
+  sees short inputs. Unlike the reference code, the true/random choice is drawn before the pair is
+  built, so the classes stay balanced (the reference forces "random" for one-sentence chunks).
 """
 from __future__ import annotations
 
@@ -76,9 +77,18 @@ def nsp_examples(documents: list[list[list[int]]], max_length: int, short_seq_pr
             chunk.append(document[i])
             length += len(document[i])
             if i == len(document) - 1 or length >= target:
+                want_next = rng.random() < 0.5  # decided first, so true and random pairs stay 50/50
+                if want_next and len(chunk) == 1:
+                    if i + 1 < len(document):   # a single long sentence: its true continuation is the next one
+                        i += 1
+                        chunk.append(document[i])
+                    else:                       # the document's last sentence has no continuation: skip it
+                        target, chunk, length = target_length(), [], 0
+                        i += 1
+                        continue
                 cut = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
                 a = [t for s in chunk[:cut] for t in s]
-                if len(chunk) == 1 or rng.random() < 0.5:
+                if not want_next:
                     b, is_next = random_segment(documents, d, max(1, target - len(a)), rng), 0
                     i -= len(chunk) - cut  # the unused sentences start the next chunk
                 else:

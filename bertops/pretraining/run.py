@@ -61,7 +61,7 @@ def corpus_files(config: Config, root: Path) -> tuple[Path, Path]:
 
 def build_tokenizer(config: Config, train_text: Path, out_dir: Path):
     """WordPiece trained on the training text (uncased, BERT's special tokens), or a reused one."""
-    from transformers import BertTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     cfg = config.pretrain
     if cfg.tokenizer != "train":
@@ -75,8 +75,9 @@ def build_tokenizer(config: Config, train_text: Path, out_dir: Path):
         trainer.train([str(train_text)], vocab_size=cfg.vocab_size, min_frequency=2, show_progress=False,
                       special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
         out_dir.mkdir(parents=True, exist_ok=True)
-        trainer.save_model(str(out_dir))
-        tokenizer = BertTokenizerFast(vocab_file=str(out_dir / "vocab.txt"), do_lower_case=True)
+        trainer.save_model(str(out_dir))  # vocab.txt, for tools that want BERT's plain format
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=trainer._tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                                            cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     tokenizer.model_max_length = cfg.max_length
     tokenizer.save_pretrained(out_dir)
     return tokenizer
@@ -95,13 +96,18 @@ def prepare_pretraining(config: Config, root: Path = Path(".")) -> dict:
     def encode(sentences: list[str]) -> list[list[int]]:
         return tokenizer(sentences, add_special_tokens=False)["input_ids"]
 
+    probe = encode(["the first sentence of the corpus ."])[0]
+    if not probe or all(t == tokenizer.unk_token_id for t in probe):
+        raise ConfigError(f"the pretraining tokenizer ({cfg.tokenizer}) maps plain English to [UNK]; check pretrain.tokenizer")
     stats = {}
     for split, path, seed in (("train", train_text, cfg.seed), ("heldout", heldout_text, cfg.seed + 1)):
         documents = tokenize_documents(read_documents(path), encode)
         examples = nsp_examples(documents, cfg.max_length, cfg.short_seq_prob, seed)
         pd.DataFrame({"a": [e.a for e in examples], "b": [e.b for e in examples],
                       "is_next": [e.is_next for e in examples]}).to_parquet(tmp / f"{split}.parquet", index=False)
+        unk = sum(t == tokenizer.unk_token_id for e in examples for t in e.a + e.b)
         stats[split] = {"documents": len(documents), "examples": len(examples),
+                        "unk_share": round(unk / max(1, sum(len(e.a) + len(e.b) for e in examples)), 4),
                         "tokens": int(sum(len(e.a) + len(e.b) + 3 for e in examples)),
                         "is_next_share": round(float(np.mean([e.is_next for e in examples])), 3)}
     meta = {"name": cfg.name, "source": {"train": str(train_text), "heldout": str(heldout_text)},
@@ -184,8 +190,8 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from bertops.training.loop import (Checkpoint, autocast, build_optimizer, linear_warmup_decay, pick_device,
-                                       pick_precision, restore_rng, rng_state, set_seed)
+    from bertops.training.loop import (Checkpoint, autocast, build_optimizer, linear_warmup_decay, optimizer_step,
+                                       pick_device, pick_precision, restore_rng, rng_state, set_seed)
 
     cfg = config.pretrain
     hf_logging.set_verbosity_error()
@@ -263,12 +269,7 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
             window["nsp_total"] += out["nsp_total"]
             window["tokens"] += batch["real_tokens"]
             window["batches"] += 1
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        optimizer_step(model, optimizer, scheduler, scaler, cfg.max_grad_norm)
         step += 1
         if progress is not None:
             progress.update(1)

@@ -90,6 +90,16 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, devi
         return torch.optim.AdamW(groups, lr=lr, foreach=True)
 
 
+def optimizer_step(model, optimizer, scheduler, scaler, max_grad_norm: float) -> None:
+    """Unscale (fp16), clip the global gradient norm, step, clear gradients, advance the schedule."""
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+
+
 def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return torch.autocast(device.type, enabled=False)
@@ -223,12 +233,7 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
                 loss = train_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                    labels=batch.labels).loss
             scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            optimizer_step(model, optimizer, scheduler, scaler, cfg.max_grad_norm)
             step += 1
             real_tokens += batch.real_tokens
             fed_tokens += batch.input_ids.numel()

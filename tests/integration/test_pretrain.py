@@ -28,7 +28,7 @@ def test_pretrain_then_finetune_from_it(datasets: Path, trained_workspace, tmp_p
     meta = prepare_pretraining(cfg, tmp_path)
     train, heldout = meta["splits"]["train"], meta["splits"]["heldout"]
     assert train["documents"] > 50 and train["examples"] > 1000 and heldout["examples"] > 1000
-    assert 0.4 < train["is_next_share"] < 0.6
+    assert 0.4 < train["is_next_share"] < 0.6 and train["unk_share"] < 0.01 and heldout["unk_share"] < 0.05
     assert (tmp_path / "data/pretrain/wikitext2-mini/tokenizer/vocab.txt").is_file()
 
     metrics = pretrain(cfg, tmp_path)
@@ -39,6 +39,7 @@ def test_pretrain_then_finetune_from_it(datasets: Path, trained_workspace, tmp_p
     assert last < first  # the loss goes down within 40 steps
     # A trained vocabulary of 3000: an untrained model's perplexity is in the thousands.
     assert metrics["heldout_mlm_perplexity"] < 1500 and 0 <= metrics["heldout_nsp_accuracy"] <= 1
+    assert 0.01 < metrics["heldout_mlm_accuracy"] < 0.5  # learning, and no label leak
     out = tmp_path / "models/pretrained/wikitext2-mini"
     lineage = json.loads((out / "lineage.json").read_text())
     assert lineage["kind"] == "pretrained" and lineage["corpus_sha256"] == meta["source_sha256"]
