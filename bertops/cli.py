@@ -91,7 +91,7 @@ def pretrain(
     params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
 ) -> None:
     """BERT pretraining (masked LM + next-sentence prediction) on the pretrain corpus."""
-    from bertops.pretraining.run import prepare_pretraining, pretrain as run
+    from bertops.pretraining.run import prepare_pretraining, run_pretrain as run
 
     cfg = _config(params, profile, set_)
     if prepare_only:

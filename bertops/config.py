@@ -94,6 +94,7 @@ class _TrainingSection(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     num_threads: int = Field(ge=0)
     checkpoint_every: int = Field(ge=0)
+    num_workers: int = Field(ge=0)       # 0 = this process; N >= 1 = N Ray Train workers
     progress: bool
 
 
@@ -105,7 +106,6 @@ class FinetuneConfig(_TrainingSection):
     bucket_size: int = Field(ge=1)
     eval_every: int = Field(ge=0)
     max_steps: int = Field(ge=0)
-    num_workers: int = Field(ge=0)
 
 
 class SliceConfig(_Section):

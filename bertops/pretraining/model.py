@@ -33,11 +33,22 @@ def build_pretraining_model(preset: str | None, source: str | None, vocab_size: 
     return BertForPreTraining(config)  # decoder weights tied to the word embeddings, as in BERT
 
 
+class PretrainingObjective(nn.Module):
+    """MLM + NSP losses as one module, so DistributedDataParallel sees (and all-reduces) the whole
+    forward pass; `model` is the wrapped BertForPreTraining."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids, positions, labels, is_next):
+        return pretraining_losses(self.model, input_ids, attention_mask, token_type_ids, positions, labels, is_next)
+
+
 def pretraining_losses(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
                        positions: torch.Tensor, labels: torch.Tensor, is_next: torch.Tensor) -> dict[str, torch.Tensor]:
     """MLM loss/accuracy at `positions` (M, 2) and NSP loss/accuracy; `loss` = their sum."""
-    bert = model.bert if hasattr(model, "bert") else model.module.bert
-    heads = model.cls if hasattr(model, "cls") else model.module.cls
+    bert, heads = model.bert, model.cls
     sequence, pooled = bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                             return_dict=False)[:2]
     masked = sequence[positions[:, 0], positions[:, 1]]                 # (M, H): only what is predicted

@@ -24,7 +24,8 @@ import torch
 from bertops.config import Config, ConfigError
 from bertops.data.sources import DataSourceError
 from bertops.pretraining.corpus import nsp_examples, read_documents, tokenize_documents
-from bertops.pretraining.model import PRESETS, build_pretraining_model, flops_per_token, pretraining_losses
+from bertops.pretraining.model import (PRESETS, PretrainingObjective, build_pretraining_model, flops_per_token,
+                                      pretraining_losses)
 
 
 def corpus_files(config: Config, root: Path) -> tuple[Path, Path]:
@@ -190,17 +191,28 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from bertops.data.batching import shard
     from bertops.training.loop import (Checkpoint, autocast, build_optimizer, linear_warmup_decay, optimizer_step,
                                        pick_device, pick_precision, restore_rng, rng_state, set_seed)
 
     cfg = config.pretrain
     hf_logging.set_verbosity_error()
+    # When a torch.distributed group is up (Ray Train sets one), shard the batches by rank and wrap
+    # the objective in DDP; rank 0 alone logs, checkpoints and saves. Same code otherwise.
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    world = torch.distributed.get_world_size() if distributed else 1
     data_dir = root / "data" / "pretrain" / cfg.name
     if not (data_dir / "meta.json").is_file():
+        if distributed:
+            raise ConfigError(f"{data_dir} holds no prepared pretraining corpus; run `bertops pretrain --prepare-only` "
+                              "before training on Ray workers")
         prepare_pretraining(config, root)
     meta = json.loads((data_dir / "meta.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
     device = pick_device(cfg.device)
+    if device.type == "cuda" and distributed:
+        device = torch.device("cuda", torch.cuda.current_device())
     precision = pick_precision(cfg.precision, device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -216,6 +228,10 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
 
         model = build_pretraining_model(None, resolve_model_source(cfg.model), tokenizer.vocab_size, cfg.max_length)
     model.to(device).train()
+    objective = PretrainingObjective(model)
+    if distributed:
+        objective = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None)
     train = Batches(pd.read_parquet(data_dir / "train.parquet"), tokenizer, cfg.batch_size, cfg.mask_prob,
                     cfg.whole_word_masking, cfg.seed)
     heldout = Batches(pd.read_parquet(data_dir / "heldout.parquet"), tokenizer, 64, cfg.mask_prob,
@@ -224,12 +240,12 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
     scheduler = linear_warmup_decay(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     checkpoint = Checkpoint(root / config.paths.models / ".checkpoints" / f"pretrain-{cfg.name}",
-                            Checkpoint.key(cfg, meta["prepared_hash"], 1))
+                            Checkpoint.key(cfg, meta["prepared_hash"], world))
     per_token = flops_per_token(model)
     peak = _peak_flops(device)
 
     step, epoch, log, resumed_from = 0, 0, [], 0
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng([cfg.seed, rank])  # each rank draws its own masks
     saved = checkpoint.load() if cfg.checkpoint_every else None
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -239,14 +255,15 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
         rng.bit_generator.state = saved["mask_rng"]
         restore_rng(saved["rng"])
         resumed_from = step
-        print(f"pretrain: resuming from the checkpoint at step {step}", flush=True)
+        if rank == 0:
+            print(f"pretrain: resuming from the checkpoint at step {step}", flush=True)
 
     window = {"loss": 0.0, "mlm_correct": 0.0, "mlm_total": 0, "nsp_correct": 0.0, "nsp_total": 0, "tokens": 0,
               "batches": 0, "started": time.perf_counter()}
     started = time.perf_counter()
-    batches = iter(train.epoch(epoch))
+    batches = iter(shard(train.epoch(epoch), rank, world))
     progress = None
-    if cfg.progress:
+    if cfg.progress and rank == 0:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step", mininterval=2.0)
@@ -255,11 +272,11 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
             index = next(batches, None)
             if index is None:  # a new epoch: new batch order (and, as always, new masks)
                 epoch += 1
-                batches = iter(train.epoch(epoch))
+                batches = iter(shard(train.epoch(epoch), rank, world))
                 index = next(batches)
             batch = train.collate(np.asarray(index), rng)
             with autocast(device, precision):
-                out = pretraining_losses(model, *(batch[k].to(device) for k in (
+                out = objective(*(batch[k].to(device) for k in (
                     "input_ids", "attention_mask", "token_type_ids", "positions", "labels", "is_next")))
             scaler.scale(out["loss"] / cfg.grad_accum).backward()
             window["loss"] += float(out["loss"].detach())
@@ -275,7 +292,7 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
             progress.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             seconds = time.perf_counter() - window["started"]
-            tokens_per_second = window["tokens"] / max(seconds, 1e-9)
+            tokens_per_second = window["tokens"] * world / max(seconds, 1e-9)  # all workers (equal shards)
             log.append({"step": step, "loss": round(window["loss"] / window["batches"], 4),
                         "mlm_accuracy": round(window["mlm_correct"] / max(window["mlm_total"], 1), 4),
                         "nsp_accuracy": round(window["nsp_correct"] / max(window["nsp_total"], 1), 4),
@@ -283,7 +300,7 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
                         "mfu": round(tokens_per_second * per_token / peak, 4) if peak else None,
                         "lr": scheduler.get_last_lr()[0]})
             window = {k: 0 for k in window} | {"started": time.perf_counter()}
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps and rank == 0:
             checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch, "log": log,
                              "mask_rng": rng.bit_generator.state, "rng": rng_state()})
@@ -293,9 +310,11 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
     metrics = {"steps": step, "resumed_from_step": resumed_from, "train_seconds": round(seconds, 1),
                "examples": len(train.a), "preset": cfg.model,
                "parameters": sum(p.numel() for p in model.parameters()), "device": str(device), "precision": precision,
-               "last": log[-1] if log else None, **heldout_metrics(model, heldout, device)}
-    save_pretrained(model, tokenizer, config, meta, metrics, log, root)
-    checkpoint.clear()
+               "world_size": world, "last": log[-1] if log else None}
+    if rank == 0:
+        metrics.update(heldout_metrics(model, heldout, device))
+        save_pretrained(model, tokenizer, config, meta, metrics, log, root)
+        checkpoint.clear()
     return metrics
 
 
@@ -335,3 +354,15 @@ def save_pretrained(model, tokenizer, config: Config, meta: dict, metrics: dict,
             writer = csv.DictWriter(fh, fieldnames=list(log[0]))
             writer.writeheader()
             writer.writerows(log)
+
+
+def run_pretrain(config: Config, root: Path = Path(".")) -> dict:
+    """`bertops pretrain`: in this process, or on `pretrain.num_workers` Ray Train workers (the
+    driver prepares the corpus first; workers read it from the workspace)."""
+    if config.pretrain.num_workers == 0:
+        return pretrain(config, root)
+    from bertops.training.ray_adapter import pretrain_on_ray
+
+    if not (root / "data" / "pretrain" / config.pretrain.name / "meta.json").is_file():
+        prepare_pretraining(config, root)
+    return pretrain_on_ray(config, root)

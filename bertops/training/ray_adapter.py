@@ -14,47 +14,63 @@ from bertops.training.loop import TrainResult
 
 
 def _worker(loop_config: dict) -> None:
-    """What each Ray worker runs: the plain loop (rank 0 writes the model and its metrics)."""
+    """What each Ray worker runs: the plain loop of the stage (rank 0 writes the model and metrics)."""
     from bertops.config import config_from_dict
-    from bertops.training.loop import finetune
 
-    finetune(config_from_dict(loop_config["config"]), Path(loop_config["root"]))
+    config, root = config_from_dict(loop_config["config"]), Path(loop_config["root"])
+    if loop_config["stage"] == "pretrain":
+        from bertops.pretraining.run import pretrain
+
+        pretrain(config, root)
+    else:
+        from bertops.training.loop import finetune
+
+        finetune(config, root)
 
 
-def finetune_on_ray(config: Config, root: Path = Path(".")) -> TrainResult:
+def run_on_ray(config: Config, root: Path, stage: str, num_workers: int, device: str) -> None:
+    """Run `stage` ("finetune" or "pretrain") on `num_workers` Ray Train workers (TorchTrainer + DDP).
+    Ray connects to RAY_ADDRESS when set, else starts locally and is shut down afterwards."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    cfg = config.finetune
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, include_dashboard=False,
                  logging_level="ERROR", configure_logging=True)
     try:
         resources = ray.cluster_resources()
-        use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and resources.get("GPU", 0) > 0)
+        use_gpu = device == "cuda" or (device == "auto" and resources.get("GPU", 0) > 0)
         # Ray would wait forever for resources the cluster does not have: say so instead.
-        if resources.get("CPU", 0) < cfg.num_workers or (use_gpu and resources.get("GPU", 0) < cfg.num_workers):
+        if resources.get("CPU", 0) < num_workers or (use_gpu and resources.get("GPU", 0) < num_workers):
             raise ConfigError(
-                f"finetune.num_workers={cfg.num_workers} needs {cfg.num_workers} CPUs"
+                f"{stage}.num_workers={num_workers} needs {num_workers} CPUs"
                 f"{' and GPUs' if use_gpu else ''}; the Ray cluster has {resources.get('CPU', 0):.0f} CPUs and "
                 f"{resources.get('GPU', 0):.0f} GPUs. Lower num_workers or add nodes.")
         # On CPU each worker gets an equal share of threads (2 cores, 2 workers -> 1 thread each).
-        cpus = max(1, int(resources.get("CPU", 1)) // cfg.num_workers)
+        cpus = max(1, int(resources.get("CPU", 1)) // num_workers)
         trainer = TorchTrainer(
             train_loop_per_worker=_worker,
-            train_loop_config={"config": config.to_dict(), "root": str(root.resolve())},
-            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                         resources_per_worker={"CPU": cpus}),
-            run_config=RunConfig(name=f"finetune-{config.ingest.dataset}",
+            train_loop_config={"config": config.to_dict(), "root": str(root.resolve()), "stage": stage},
+            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+            run_config=RunConfig(name=f"{stage}-{config.ingest.dataset if stage == 'finetune' else config.pretrain.name}",
                                  storage_path=str((root / config.paths.models / "ray").resolve())),
         )
-        (root / config.paths.reports / "finetune" / "metrics.json").unlink(missing_ok=True)  # no stale figures
+        (root / config.paths.reports / stage / "metrics.json").unlink(missing_ok=True)  # no stale figures
         trainer.fit()
     finally:
         if started_here:
             ray.shutdown()
+
+
+def pretrain_on_ray(config: Config, root: Path = Path(".")) -> dict:
+    run_on_ray(config, root, "pretrain", config.pretrain.num_workers, config.pretrain.device)
+    return json.loads((root / config.paths.reports / "pretrain" / "metrics.json").read_text())
+
+
+def finetune_on_ray(config: Config, root: Path = Path(".")) -> TrainResult:
+    run_on_ray(config, root, "finetune", config.finetune.num_workers, config.finetune.device)
     # Rank 0 saved the model and its metrics into the workspace (a shared filesystem on a
     # cluster); Ray Train v2 keeps reported metrics only with checkpoints, so read them back.
     metrics_path = root / config.paths.reports / "finetune" / "metrics.json"

@@ -1,4 +1,4 @@
-"""The same finetune loop on Ray Train: two CPU workers (DDP over gloo) on the smoke profile."""
+"""The same finetune and pretrain loops on Ray Train: two CPU workers (DDP over gloo), tiny configs."""
 from __future__ import annotations
 
 import json
@@ -39,3 +39,16 @@ def test_two_ray_workers_train_and_save_one_model(ray_cluster, tmp_path: Path):
     lineage = json.loads((tmp_path / "models/sst2/lineage.json").read_text())
     assert lineage["metrics"]["world_size"] == 2
     assert ray_cluster.is_initialized()  # the adapter leaves a Ray it did not start running
+
+
+def test_two_ray_workers_pretrain_one_model(ray_cluster, tmp_path: Path, datasets: Path):
+    from bertops.pretraining.run import run_pretrain
+
+    cfg = smoke_config([f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']", "pretrain.model=tiny",
+                        "pretrain.vocab_size=2000", "pretrain.steps=6", "pretrain.batch_size=8",
+                        "pretrain.max_length=64", "pretrain.log_every=3", "pretrain.progress=false",
+                        "pretrain.num_workers=2"])
+    metrics = run_pretrain(cfg, tmp_path)
+    assert metrics["world_size"] == 2 and metrics["steps"] == 6 and metrics["heldout_examples"] > 0
+    assert (tmp_path / "models/pretrained/wikitext2-mini/model.safetensors").is_file()
+    assert ray_cluster.is_initialized()
