@@ -75,8 +75,9 @@ def trainer_baseline(cfg, root: Path) -> dict:
 
     args = TrainingArguments(output_dir=str(root / "trainer"), per_device_train_batch_size=cfg.pretrain.batch_size,
                              max_steps=cfg.pretrain.steps, learning_rate=cfg.pretrain.lr,
-                             weight_decay=cfg.pretrain.weight_decay, warmup_ratio=cfg.pretrain.warmup_ratio,
-                             max_grad_norm=cfg.pretrain.max_grad_norm, logging_steps=10**6, save_strategy="no",
+                             weight_decay=cfg.pretrain.weight_decay,
+                             warmup_steps=int(cfg.pretrain.warmup_ratio * cfg.pretrain.steps),
+                             max_grad_norm=cfg.pretrain.max_grad_norm, logging_strategy="no", save_strategy="no",
                              report_to=[], use_cpu=True, dataloader_num_workers=0, seed=cfg.pretrain.seed,
                              disable_tqdm=True, optim="adamw_torch_fused")
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=counting, processing_class=tokenizer)
