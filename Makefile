@@ -51,6 +51,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/finetune_throughput.py
+	$(BIN)/python bench/pretrain_throughput.py
 	$(BIN)/python bench/endpoint.py   # needs a production model: `make run` first
 
 clean:
