@@ -13,11 +13,15 @@ from bertops.config import Config, ConfigError
 from bertops.training.loop import TrainResult
 
 
+MAX_FAILURES = 3
+
+
 def _worker(loop_config: dict) -> None:
     """What each Ray worker runs: the plain loop of the stage (rank 0 writes the model and metrics)."""
     from bertops.config import config_from_dict
 
     config, root = config_from_dict(loop_config["config"]), Path(loop_config["root"])
+    _announce(root / config.paths.reports / loop_config["stage"] / "workers")
     if loop_config["stage"] == "pretrain":
         from bertops.pretraining.run import pretrain
 
@@ -28,11 +32,25 @@ def _worker(loop_config: dict) -> None:
         finetune(config, root)
 
 
+def _announce(folder: Path) -> None:
+    """Where this worker runs (rank, pid, node): for operators, and for the fault tests."""
+    import socket
+
+    import ray
+    import ray.train
+
+    context = ray.train.get_context()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank-{context.get_world_rank()}.json").write_text(json.dumps({
+        "rank": context.get_world_rank(), "pid": os.getpid(), "host": socket.gethostname(),
+        "node_id": ray.get_runtime_context().get_node_id()}))
+
+
 def run_on_ray(config: Config, root: Path, stage: str, num_workers: int, device: str) -> None:
     """Run `stage` ("finetune" or "pretrain") on `num_workers` Ray Train workers (TorchTrainer + DDP).
     Ray connects to RAY_ADDRESS when set, else starts locally and is shut down afterwards."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     started_here = not ray.is_initialized()
@@ -54,8 +72,11 @@ def run_on_ray(config: Config, root: Path, stage: str, num_workers: int, device:
             train_loop_per_worker=_worker,
             train_loop_config={"config": config.to_dict(), "root": str(root.resolve()), "stage": stage},
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+            # A worker that dies is restarted by Ray (the whole group, up to MAX_FAILURES times); the
+            # loop then resumes from its last checkpoint in the workspace.
             run_config=RunConfig(name=f"{stage}-{config.ingest.dataset if stage == 'finetune' else config.pretrain.name}",
-                                 storage_path=str((root / config.paths.models / "ray").resolve())),
+                                 storage_path=str((root / config.paths.models / "ray").resolve()),
+                                 failure_config=FailureConfig(max_failures=MAX_FAILURES)),
         )
         (root / config.paths.reports / stage / "metrics.json").unlink(missing_ok=True)  # no stale figures
         trainer.fit()

@@ -52,3 +52,73 @@ def test_two_ray_workers_pretrain_one_model(ray_cluster, tmp_path: Path, dataset
     assert metrics["world_size"] == 2 and metrics["steps"] == 6 and metrics["heldout_examples"] > 0
     assert (tmp_path / "models/pretrained/wikitext2-mini/model.safetensors").is_file()
     assert ray_cluster.is_initialized()
+
+
+def test_a_killed_worker_is_restarted_and_pretraining_resumes(ray_cluster, tmp_path: Path, datasets: Path):
+    import os
+    import signal
+    import threading
+    import time
+
+    from bertops.pretraining.run import prepare_pretraining, run_pretrain
+
+    cfg = smoke_config([f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']", "pretrain.model=tiny",
+                        "pretrain.vocab_size=2000", "pretrain.steps=60", "pretrain.batch_size=8",
+                        "pretrain.max_length=64", "pretrain.log_every=10", "pretrain.checkpoint_every=10",
+                        "pretrain.progress=false", "pretrain.num_workers=2"])
+    prepare_pretraining(cfg, tmp_path)
+    state = tmp_path / "models/.checkpoints/pretrain-wikitext2-mini/state.pt"
+    rank1 = tmp_path / "reports/pretrain/workers/rank-1.json"
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(metrics=run_pretrain(cfg, tmp_path)))
+    runner.start()
+    deadline = time.monotonic() + 300
+    while not (state.is_file() and rank1.is_file()) and runner.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert state.is_file(), "no checkpoint before the run ended"
+    killed = json.loads(rank1.read_text())["pid"]
+    os.kill(killed, signal.SIGKILL)
+    runner.join(600)
+    metrics = outcome["metrics"]
+    assert metrics["steps"] == 60 and metrics["resumed_from_step"] >= 10
+    assert json.loads(rank1.read_text())["pid"] != killed  # a new worker process took rank 1
+    assert not state.exists()
+
+
+def test_pretraining_spans_a_two_node_ray_cluster(tmp_path: Path, datasets: Path):
+    """Two Ray nodes on this machine (a head and a second node, 1 CPU each), one worker per node,
+    driven through RAY_ADDRESS-style connection in its own process; both nodes must have trained."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    overrides = [f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']", "pretrain.model=tiny",
+                 "pretrain.vocab_size=2000", "pretrain.steps=6", "pretrain.batch_size=8", "pretrain.max_length=64",
+                 "pretrain.log_every=3", "pretrain.progress=false", "pretrain.num_workers=2"]
+    script = f"""
+import json
+from pathlib import Path
+import ray
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1, "include_dashboard": False}})
+cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+from tests.conftest import smoke_config
+from bertops.pretraining.run import run_pretrain
+metrics = run_pretrain(smoke_config({overrides!r}), Path({str(tmp_path)!r}))
+nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+ray.shutdown()
+cluster.shutdown()
+print("RESULT " + json.dumps({{"nodes": nodes, "world_size": metrics["world_size"], "steps": metrics["steps"]}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert len(result["nodes"]) == 2 and result["world_size"] == 2 and result["steps"] == 6
+    workers = [json.loads((tmp_path / f"reports/pretrain/workers/rank-{r}.json").read_text()) for r in (0, 1)]
+    assert {w["node_id"] for w in workers} == set(result["nodes"])  # one worker on each node
+    from transformers import BertForPreTraining
+
+    BertForPreTraining.from_pretrained(tmp_path / "models/pretrained/wikitext2-mini")  # a valid checkpoint
