@@ -193,15 +193,13 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
 
     from bertops.data.batching import shard
     from bertops.training.loop import (Checkpoint, autocast, build_optimizer, linear_warmup_decay, optimizer_step,
-                                       pick_device, pick_precision, restore_rng, rng_state, set_seed)
+                                       restore_rng, rng_state, training_setup)
 
     cfg = config.pretrain
     hf_logging.set_verbosity_error()
     # When a torch.distributed group is up (Ray Train sets one), shard the batches by rank and wrap
     # the objective in DDP; rank 0 alone logs, checkpoints and saves. Same code otherwise.
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    rank = torch.distributed.get_rank() if distributed else 0
-    world = torch.distributed.get_world_size() if distributed else 1
+    distributed, rank, world, device, precision = training_setup(cfg)
     data_dir = root / "data" / "pretrain" / cfg.name
     if not (data_dir / "meta.json").is_file():
         if distributed:
@@ -210,13 +208,6 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
         prepare_pretraining(config, root)
     meta = json.loads((data_dir / "meta.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
-    device = pick_device(cfg.device)
-    if device.type == "cuda" and distributed:
-        device = torch.device("cuda", torch.cuda.current_device())
-    precision = pick_precision(cfg.precision, device)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    set_seed(cfg.seed)
 
     if cfg.model in PRESETS:
         model = build_pretraining_model(cfg.model, None, tokenizer.vocab_size, cfg.max_length)

@@ -59,6 +59,22 @@ def pick_precision(requested: str, device: torch.device) -> str:
     return requested
 
 
+def training_setup(cfg) -> tuple[bool, int, int, torch.device, str]:
+    """(distributed, rank, world size, device, precision) for a training section; sets threads
+    and seeds. Distributed when a torch.distributed group is up (Ray Train sets one)."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    world = torch.distributed.get_world_size() if distributed else 1
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and distributed:
+        device = torch.device("cuda", torch.cuda.current_device())
+    precision = pick_precision(cfg.precision, device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    set_seed(cfg.seed)
+    return distributed, rank, world, device, precision
+
+
 def set_seed(seed: int) -> None:
     import random
 
@@ -136,16 +152,7 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
     hf_logging.disable_progress_bar()
 
     # -- 1. where and how: device, precision, distributed rank ---------------------------------
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    rank = torch.distributed.get_rank() if distributed else 0
-    world = torch.distributed.get_world_size() if distributed else 1
-    device = pick_device(cfg.device)
-    if device.type == "cuda" and distributed:
-        device = torch.device("cuda", torch.cuda.current_device())
-    precision = pick_precision(cfg.precision, device)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    set_seed(cfg.seed)
+    distributed, rank, world, device, precision = training_setup(cfg)
 
     # -- 2. data ---------------------------------------------------------------------------------
     frames, id2label, meta = load_prepared(config, root)
