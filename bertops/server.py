@@ -51,13 +51,13 @@ def run_foreground(config: Config) -> None:
     os.execv(_bentoml(), _command(config, bento))
 
 
-def wait_ready(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+def wait_ready(url: str, timeout: float, process: subprocess.Popen | None = None, probe: str = "/readyz") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise ServeError(f"the server exited with code {process.returncode} before it was ready")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{probe}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -71,20 +71,26 @@ def start_detached(config: Config, timeout: float = 180) -> str:
 
     bento = production_bento(config)
     stop(config)
-    log = log_path(config)
+    url = f"http://{config.serve.host}:{config.serve.port}"
+    # From an empty folder: the Bento carries everything it serves (nothing is read from here).
+    return _spawn_and_wait(_command(config, bento), url, "/readyz", timeout, pid_path(config), log_path(config),
+                           lambda: stop(config), cwd=tempfile.mkdtemp(prefix="bertops-serve-"))
+
+
+def _spawn_and_wait(command: list[str], url: str, probe: str, timeout: float, pid_file: Path, log: Path,
+                    on_failure, **popen) -> str:
+    """Start `command` in its own session (output to `log`, pid to `pid_file`) and return `url`
+    once `probe` answers 200; on failure stop it and say where the log is."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        # From an empty folder: the Bento carries everything it serves (nothing is read from here).
-        process = subprocess.Popen(_command(config, bento), stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True,
-                                   cwd=tempfile.mkdtemp(prefix="bertops-serve-"))
-    pid_path(config).parent.mkdir(parents=True, exist_ok=True)
-    pid_path(config).write_text(str(process.pid))
-    url = f"http://{config.serve.host}:{config.serve.port}"
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, **popen)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(str(process.pid))
     try:
-        wait_ready(url, timeout, process)
+        wait_ready(url, timeout, process, probe)
     except ServeError as exc:
-        stop(config)
+        on_failure()
         raise ServeError(f"{exc}; see {log}") from None
     return url
 
@@ -166,27 +172,11 @@ def dashboard_env(config: Config) -> dict[str, str]:
 
 def start_dashboard(config: Config, timeout: float = 120) -> str:
     """Start a local Prefect server + UI in the background; returns its URL once its API answers."""
-    stop_process(config.paths.registry / "dashboard.pid", "prefect")
-    log = config.paths.reports / "dashboard.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        process = subprocess.Popen(dashboard_command(config), stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, env=dashboard_env(config))
-    config.paths.registry.mkdir(parents=True, exist_ok=True)
-    (config.paths.registry / "dashboard.pid").write_text(str(process.pid))
-    url = dashboard_url(config)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServeError(f"the Prefect server exited with code {process.returncode}; see {log}")
-        try:
-            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                return url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop_process(config.paths.registry / "dashboard.pid", "prefect")
-    raise ServeError(f"the Prefect server at {url} was not ready after {timeout:.0f}s; see {log}")
+    pid_file = config.paths.registry / "dashboard.pid"
+    stop_process(pid_file, "prefect")
+    return _spawn_and_wait(dashboard_command(config), dashboard_url(config), "/api/health", timeout, pid_file,
+                           config.paths.reports / "dashboard.log", lambda: stop_process(pid_file, "prefect"),
+                           env=dashboard_env(config))
 
 
 def stop_dashboard(config: Config) -> str:
