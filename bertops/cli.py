@@ -88,19 +88,22 @@ def finetune(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set
 @app.command()
 def pretrain(
     prepare_only: bool = typer.Option(False, "--prepare-only", help="build the corpus and tokenizer, do not train"),
+    if_enabled: bool = typer.Option(False, "--if-enabled", help="the pipeline stage: only when pretrain.enabled"),
     params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
 ) -> None:
     """BERT pretraining (masked LM + next-sentence prediction) on the pretrain corpus."""
-    from bertops.pretraining.run import prepare_pretraining, run_pretrain as run
+    from bertops.pretraining.run import ensure_prepared, pretrain_stage, run_pretrain as run
 
     cfg = _config(params, profile, set_)
     if prepare_only:
-        _echo_json(_run("pretrain", lambda: prepare_pretraining(cfg)))
+        _echo_json(_run("pretrain", lambda: ensure_prepared(cfg, Path("."))))
         return
-    metrics = _run("pretrain", lambda: run(cfg))
+    metrics = _run("pretrain", lambda: pretrain_stage(cfg) if if_enabled else run(cfg))
     _echo_json(metrics)
-    typer.echo(f"fine-tune from it: bertops prepare -s finetune.model={cfg.paths.models}/pretrained/{cfg.pretrain.name} "
-               f"&& bertops finetune -s finetune.model={cfg.paths.models}/pretrained/{cfg.pretrain.name}")
+    if metrics.get("enabled") is not False and not cfg.pretrain.enabled:
+        typer.echo("fine-tune from it: bertops prepare -s finetune.model=pretrained && "
+                   "bertops finetune -s finetune.model=pretrained (or pretrain.enabled: true and "
+                   "finetune.model: pretrained in params.yaml, to chain it in the pipeline)")
 
 
 @app.command()

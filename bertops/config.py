@@ -124,6 +124,9 @@ class SliceConfig(_Section):
         return self
 
 
+PRETRAINED = "pretrained"  # finetune.model value: the encoder that `bertops pretrain` wrote
+
+
 class PretrainConfig(_TrainingSection):
     enabled: bool
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -233,6 +236,24 @@ class Config(_Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _chain_pretraining(cls, tree: Any) -> Any:
+        """`finetune.model: pretrained` = the encoder `pretrain` writes (models/pretrained/<name>);
+        with `pretrain.enabled` the flow runs pretrain first, so finetune must start from its output."""
+        if not isinstance(tree, dict):
+            return tree
+        finetune, pretrain = tree.get("finetune") or {}, tree.get("pretrain") or {}
+        models = (tree.get("paths") or {}).get("models", "models")
+        output = str(Path(models) / "pretrained" / str(pretrain.get("name", "")))
+        if finetune.get("model") == PRETRAINED:
+            tree["finetune"] = {**finetune, "model": output}
+        elif pretrain.get("enabled") and str(finetune.get("model")) != output:
+            raise ValueError(f"pretrain.enabled=true chains pretrain -> finetune, so finetune.model must be "
+                             f"'pretrained' (= {output}), not {finetune.get('model')!r}; set finetune.model=pretrained "
+                             "or pretrain.enabled=false")
+        return tree
+
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-ready values keyed as in params.yaml (for lineage records)."""
         return self.model_dump(mode="json", by_alias=True)
@@ -333,5 +354,6 @@ def config_from_dict(tree: dict[str, Any], source: str = "config") -> Config:
                 msg = "unknown key; remove it or fix its spelling (see params.yaml)"
             elif err["type"] == "missing":
                 msg = "required key is missing"
-            lines.append(f"  {key}: {msg} (got {err.get('input')!r})" if err["type"] != "missing" else f"  {key}: {msg}")
+            shown = err["type"] != "missing" and err["loc"]  # a top-level error's input is the whole tree
+            lines.append(f"  {key}: {msg} (got {err.get('input')!r})" if shown else f"  {key}: {msg}")
         raise ConfigError(f"invalid config in {source}:\n" + "\n".join(lines)) from None

@@ -85,6 +85,18 @@ def promotion_markdown(record: dict, url: str, followed: str | None) -> str:
     ]) + "\n"
 
 
+def pretraining_markdown(metrics: dict) -> str:
+    last = metrics.get("last") or {}
+    return "\n".join([
+        f"# Pretraining: {metrics.get('preset')} ({metrics.get('parameters', 0) / 1e6:.1f}M parameters)", "",
+        f"- steps: {metrics.get('steps')} (resumed from {metrics.get('resumed_from_step') or 'none'}), "
+        f"{metrics.get('train_seconds')} s on {metrics.get('world_size')} x {metrics.get('device')} ({metrics.get('precision')})",
+        f"- held-out: MLM perplexity {metrics.get('heldout_mlm_perplexity')}, MLM accuracy "
+        f"{metrics.get('heldout_mlm_accuracy')}, NSP accuracy {metrics.get('heldout_nsp_accuracy')}",
+        f"- last window: loss {last.get('loss')}, {last.get('tokens_per_second')} tokens/s, MFU {last.get('mfu') or 'n/a'}",
+    ]) + "\n"
+
+
 def publish(stage: str, config: Config, root: Path, since: float, extra: dict | None = None) -> None:
     """Publish the artifacts of `stage`, from reports written since `since` (this run)."""
     reports = root / config.paths.reports
@@ -96,6 +108,9 @@ def publish(stage: str, config: Config, root: Path, since: float, extra: dict | 
     if stage == "validate" and (path := fresh("validate/report.json")):
         create_markdown_artifact(key="bertops-validation", markdown=validation_markdown(json.loads(path.read_text()), root),
                                  description="Great Expectations verdict, corpus version, Data Docs")
+    elif stage == "pretrain" and (path := fresh("pretrain/metrics.json")):
+        create_markdown_artifact(key="bertops-pretraining", markdown=pretraining_markdown(json.loads(path.read_text())),
+                                 description="MLM + NSP pretraining: held-out metrics, throughput, MFU")
     elif stage == "finetune" and fresh("finetune/metrics.json"):
         table, markdown = training_curves(reports)
         create_table_artifact(key="bertops-training-curves-table", table=table, description="training curve points")

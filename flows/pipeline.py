@@ -26,7 +26,7 @@ from prefect.tasks import exponential_backoff
 from bertops.config import Config, load_config
 from bertops.errors import PipelineError
 
-STAGES = ("ingest", "validate", "prepare", "finetune", "evaluate", "gate", "package", "promote")
+STAGES = ("ingest", "validate", "pretrain", "prepare", "finetune", "evaluate", "gate", "package", "promote")
 
 
 @dataclass
@@ -48,6 +48,7 @@ def _direct(stage: str) -> Callable[[Config, Path], Any]:
     from bertops.evaluation.evaluate import evaluate
     from bertops.evaluation.gate import gate
     from bertops.packaging import GateRejected, package, promote
+    from bertops.pretraining.run import pretrain_stage
     from bertops.training.run import train
 
     def promote_and_follow(config: Config, root: Path):
@@ -63,7 +64,7 @@ def _direct(stage: str) -> Callable[[Config, Path], Any]:
             raise GateRejected("gate rejected the model: " + "; ".join(decision.reasons))
         return decision
 
-    return {"ingest": ingest, "validate": validate, "prepare": prepare, "finetune": train, "evaluate": evaluate,
+    return {"ingest": ingest, "validate": validate, "pretrain": pretrain_stage, "prepare": prepare, "finetune": train, "evaluate": evaluate,
             "gate": gate_or_raise, "package": package, "promote": promote_and_follow}[stage]
 
 
@@ -101,6 +102,8 @@ def _execute(stage: str, ctx: RunContext, extra: dict) -> str:
         raise PipelineError(stage, str(exc)) from None
     if stage == "promote":
         extra["followed"] = result.get("followed")
+    if stage == "pretrain" and result.get("enabled") is False:
+        return "disabled"
     return "ran"
 
 
@@ -142,6 +145,9 @@ def _transient(task, task_run, state) -> bool:
 ingest_task = _stage_task("ingest", retries=3, retry_condition=_transient,
                           doc="Copy the corpus into data/raw (retried with backoff when the source is unreachable).")
 validate_task = _stage_task("validate", doc="Great Expectations suite; a failure ends the run (no retry).")
+pretrain_task = _stage_task("pretrain", retries=2, retry_condition=_transient,
+                            doc="BERT pretraining (MLM + NSP) when pretrain.enabled; finetune then starts from it "
+                                "(retried on connection trouble, resuming from its checkpoint).")
 prepare_task = _stage_task("prepare", doc="Normalise, de-duplicate, split, tokenize.")
 finetune_task = _stage_task("finetune", retries=2, retry_condition=_transient,
                             doc="Fine-tune the encoder (this process or Ray workers; retried on connection trouble, "
@@ -150,7 +156,7 @@ evaluate_task = _stage_task("evaluate", doc="Metrics, slices, behaviour, serving
 gate_task = _stage_task("gate", doc="Approve or reject against the policy in params.yaml (no retry).")
 package_task = _stage_task("package", doc="ONNX export + checks, BentoML model + Bento; registry candidate.")
 promote_task = _stage_task("promote", doc="Registry: the new version becomes production; the endpoint follows.")
-TASKS = (ingest_task, validate_task, prepare_task, finetune_task, evaluate_task, gate_task, package_task, promote_task)
+TASKS = (ingest_task, validate_task, pretrain_task, prepare_task, finetune_task, evaluate_task, gate_task, package_task, promote_task)
 
 
 @task(name="check-for-changes", cache_policy=NO_CACHE)
@@ -215,7 +221,7 @@ def run_summary(config: Config, root: Path, timings, started: float) -> str:
 @flow(name="retrain", log_prints=True)
 def retrain(params: str = "params.yaml", profile: str | None = None, overrides: list[str] | None = None,
             executor: str = "auto", root: str = ".", force: bool = False):
-    """ingest -> validate -> prepare -> finetune -> evaluate -> gate -> package -> promote.
+    """ingest -> validate -> pretrain (when enabled) -> prepare -> finetune -> evaluate -> gate -> package -> promote.
 
     With the dvc executor, a run whose data, config and code did not change since the last
     successful run ends early in a "No change" state (unless `force`). One run per workspace at

@@ -84,6 +84,26 @@ def build_tokenizer(config: Config, train_text: Path, out_dir: Path):
     return tokenizer
 
 
+def recipe(config: Config) -> dict:
+    """The params the prepared corpus depends on: when any differs, it is built again."""
+    return config.pretrain.model_dump(mode="json", include={"train_file", "heldout_file", "tokenizer", "vocab_size",
+                                                             "max_length", "short_seq_prob", "seed"})
+
+
+def ensure_prepared(config: Config, root: Path) -> dict:
+    """The prepared corpus's meta, (re)built when missing or made with other params or another source."""
+    meta_file = root / "data" / "pretrain" / config.pretrain.name / "meta.json"
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        if meta.get("recipe") == recipe(config):
+            from bertops.lineage import files_sha256
+
+            train_text, heldout_text = corpus_files(config, root)
+            if files_sha256([train_text, heldout_text]) == meta["source_sha256"]:
+                return meta
+    return prepare_pretraining(config, root)
+
+
 def prepare_pretraining(config: Config, root: Path = Path(".")) -> dict:
     from bertops.atomic import replace_dir, staging_dir
     from bertops.lineage import files_sha256
@@ -112,7 +132,8 @@ def prepare_pretraining(config: Config, root: Path = Path(".")) -> dict:
                         "tokens": int(sum(len(e.a) + len(e.b) + 3 for e in examples)),
                         "is_next_share": round(float(np.mean([e.is_next for e in examples])), 3)}
     meta = {"name": cfg.name, "source": {"train": str(train_text), "heldout": str(heldout_text)},
-            "source_sha256": files_sha256([train_text, heldout_text]), "tokenizer": cfg.tokenizer,
+            "source_sha256": files_sha256([train_text, heldout_text]), "recipe": recipe(config),
+            "tokenizer": cfg.tokenizer,
             "vocab_size": tokenizer.vocab_size, "max_length": cfg.max_length, "splits": stats}
     meta["prepared_hash"] = files_sha256([tmp / "train.parquet", tmp / "heldout.parquet", tmp / "tokenizer" / "vocab.txt"]
                                          if (tmp / "tokenizer" / "vocab.txt").is_file() else
@@ -201,12 +222,13 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
     # the objective in DDP; rank 0 alone logs, checkpoints and saves. Same code otherwise.
     distributed, rank, world, device, precision = training_setup(cfg)
     data_dir = root / "data" / "pretrain" / cfg.name
-    if not (data_dir / "meta.json").is_file():
-        if distributed:
+    if distributed:  # the driver prepared it (see run_pretrain)
+        if not (data_dir / "meta.json").is_file():
             raise ConfigError(f"{data_dir} holds no prepared pretraining corpus; run `bertops pretrain --prepare-only` "
                               "before training on Ray workers")
-        prepare_pretraining(config, root)
-    meta = json.loads((data_dir / "meta.json").read_text())
+        meta = json.loads((data_dir / "meta.json").read_text())
+    else:
+        meta = ensure_prepared(config, root)
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
 
     if cfg.model in PRESETS:
@@ -349,11 +371,28 @@ def save_pretrained(model, tokenizer, config: Config, meta: dict, metrics: dict,
 
 def run_pretrain(config: Config, root: Path = Path(".")) -> dict:
     """`bertops pretrain`: in this process, or on `pretrain.num_workers` Ray Train workers (the
-    driver prepares the corpus first; workers read it from the workspace)."""
+    driver prepares the corpus first and ships it to the workers)."""
     if config.pretrain.num_workers == 0:
         return pretrain(config, root)
     from bertops.training.ray_adapter import pretrain_on_ray
 
-    if not (root / "data" / "pretrain" / config.pretrain.name / "meta.json").is_file():
-        prepare_pretraining(config, root)
+    ensure_prepared(config, root)
     return pretrain_on_ray(config, root)
+
+
+DISABLED_NOTE = "pretraining is disabled (pretrain.enabled=false); fine-tuning starts from finetune.model\n"
+
+
+def pretrain_stage(config: Config, root: Path = Path(".")) -> dict:
+    """The pipeline's pretrain stage: pretrain when `pretrain.enabled`, else leave a note.
+
+    DVC wants a stage's outputs to exist, so a disabled stage writes a small note in each output
+    folder that does not exist yet; a model pretrained earlier by hand is left alone."""
+    if config.pretrain.enabled:
+        return run_pretrain(config, root)
+    for folder in (root / "data" / "pretrain" / config.pretrain.name,
+                   root / config.paths.models / "pretrained" / config.pretrain.name):
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            (folder / "DISABLED").write_text(DISABLED_NOTE)
+    return {"enabled": False}

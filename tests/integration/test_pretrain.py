@@ -19,19 +19,22 @@ def _config(datasets: Path, extra: list[str] = ()):
                          "pretrain.lr=1e-3", "pretrain.progress=false", *extra])
 
 
-def test_pretrain_then_finetune_from_it(datasets: Path, trained_workspace, tmp_path: Path):
+def test_pretrain_then_finetune_from_it(datasets: Path, trained_workspace, tmp_path: Path, monkeypatch):
+    """The pipeline's chain: pretrain.enabled + finetune.model=pretrained."""
     from transformers import BertForPreTraining
 
-    from bertops.pretraining.run import prepare_pretraining, pretrain
+    from bertops.pretraining.run import ensure_prepared, pretrain_stage
 
-    cfg = _config(datasets)
-    meta = prepare_pretraining(cfg, tmp_path)
+    monkeypatch.chdir(tmp_path)  # finetune.model=pretrained is a workspace-relative folder
+    cfg = _config(datasets, ["pretrain.enabled=true", "finetune.model=pretrained"])
+    meta = ensure_prepared(cfg, tmp_path)
     train, heldout = meta["splits"]["train"], meta["splits"]["heldout"]
     assert train["documents"] > 50 and train["examples"] > 1000 and heldout["examples"] > 1000
     assert 0.4 < train["is_next_share"] < 0.6 and train["unk_share"] < 0.01 and heldout["unk_share"] < 0.05
     assert (tmp_path / "data/pretrain/wikitext2-mini/tokenizer/vocab.txt").is_file()
 
-    metrics = pretrain(cfg, tmp_path)
+    assert ensure_prepared(cfg, tmp_path) == meta  # same recipe and source: reused, not rebuilt
+    metrics = pretrain_stage(cfg, tmp_path)
     assert metrics["steps"] == 40 and metrics["parameters"] < 2_000_000
     log = (tmp_path / "reports/pretrain/log.csv").read_text().splitlines()[1:]
     assert len(log) == 4
@@ -52,13 +55,42 @@ def test_pretrain_then_finetune_from_it(datasets: Path, trained_workspace, tmp_p
     source, _, _ = trained_workspace
     for rel in ("data/raw/sst2", "reports/validate"):
         shutil.copytree(source / rel, tmp_path / rel)
-    tuned = smoke_config([f"finetune.model={out}", "finetune.max_steps=10"])
+    tuned = _config(datasets, ["pretrain.enabled=true", "finetune.model=pretrained", "finetune.max_steps=10"])
+    assert tuned.finetune.model == "models/pretrained/wikitext2-mini"
     prepare(tuned, tmp_path)
     result = finetune(tuned, tmp_path)
     assert result.steps == 10
     # The fine-tuned model names its parent: this pretrained checkpoint, pinned by its weights' sha256.
     parent = json.loads((tmp_path / "models/sst2/lineage.json").read_text())["parent_model"]
-    assert str(out) in parent and lineage["model_sha256"] in parent
+    assert tuned.finetune.model in parent and lineage["model_sha256"] in parent
+
+
+def test_a_changed_recipe_rebuilds_the_prepared_corpus(datasets: Path, tmp_path: Path):
+    from bertops.pretraining.run import ensure_prepared
+
+    first = ensure_prepared(_config(datasets, ["pretrain.max_length=32"]), tmp_path)
+    second = ensure_prepared(_config(datasets, ["pretrain.max_length=48"]), tmp_path)
+    assert first["max_length"] == 32 and second["max_length"] == 48
+    assert second["splits"]["train"]["examples"] < first["splits"]["train"]["examples"]  # longer examples, fewer
+
+
+def test_disabled_stage_leaves_notes_and_keeps_a_model_pretrained_by_hand(datasets: Path, tmp_path: Path):
+    from bertops.pretraining.run import pretrain_stage
+
+    cfg = _config(datasets)  # pretrain.enabled=false in params.yaml
+    kept = tmp_path / "models/pretrained/wikitext2-mini"
+    kept.mkdir(parents=True)
+    (kept / "model.safetensors").write_bytes(b"weights")
+    assert pretrain_stage(cfg, tmp_path) == {"enabled": False}
+    assert (tmp_path / "data/pretrain/wikitext2-mini/DISABLED").is_file()
+    assert sorted(p.name for p in kept.iterdir()) == ["model.safetensors"]
+
+
+def test_enabling_pretraining_requires_finetuning_from_it(datasets: Path):
+    from bertops.config import ConfigError
+
+    with pytest.raises(ConfigError, match="finetune.model=pretrained"):
+        _config(datasets, ["pretrain.enabled=true"])
 
 
 def test_pretraining_without_a_corpus_says_what_to_pass(tmp_path: Path, datasets: Path):
