@@ -53,7 +53,7 @@ def trainer_baseline(cfg, root: Path) -> dict:
     from bertops.pretraining.model import build_pretraining_model
 
     hf_logging.set_verbosity_error()
-    data_dir = root / "data" / "pretrain" / cfg.pretrain.name
+    data_dir = root / cfg.paths.pretrain_data / cfg.pretrain.name
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
     frame = pd.read_parquet(data_dir / "train.parquet")
     rows = {"input_ids": [], "token_type_ids": [], "next_sentence_label": []}

@@ -28,6 +28,7 @@ class _Section(BaseModel):
 class PathsConfig(_Section):
     raw: Path
     prepared: Path
+    pretrain_data: Path
     models: Path
     reports: Path
     registry: Path

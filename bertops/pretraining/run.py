@@ -92,7 +92,7 @@ def recipe(config: Config) -> dict:
 
 def ensure_prepared(config: Config, root: Path) -> dict:
     """The prepared corpus's meta, (re)built when missing or made with other params or another source."""
-    meta_file = root / "data" / "pretrain" / config.pretrain.name / "meta.json"
+    meta_file = root / config.paths.pretrain_data / config.pretrain.name / "meta.json"
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
         if meta.get("recipe") == recipe(config):
@@ -110,7 +110,7 @@ def prepare_pretraining(config: Config, root: Path = Path(".")) -> dict:
 
     cfg = config.pretrain
     train_text, heldout_text = corpus_files(config, root)
-    out_dir = root / "data" / "pretrain" / cfg.name
+    out_dir = root / config.paths.pretrain_data / cfg.name
     tmp = staging_dir(out_dir)
     tokenizer = build_tokenizer(config, train_text, tmp / "tokenizer")
 
@@ -221,7 +221,7 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
     # When a torch.distributed group is up (Ray Train sets one), shard the batches by rank and wrap
     # the objective in DDP; rank 0 alone logs, checkpoints and saves. Same code otherwise.
     distributed, rank, world, device, precision = training_setup(cfg)
-    data_dir = root / "data" / "pretrain" / cfg.name
+    data_dir = root / config.paths.pretrain_data / cfg.name
     if distributed:  # the driver prepared it (see run_pretrain)
         if not (data_dir / "meta.json").is_file():
             raise ConfigError(f"{data_dir} holds no prepared pretraining corpus; run `bertops pretrain --prepare-only` "
@@ -390,7 +390,7 @@ def pretrain_stage(config: Config, root: Path = Path(".")) -> dict:
     folder that does not exist yet; a model pretrained earlier by hand is left alone."""
     if config.pretrain.enabled:
         return run_pretrain(config, root)
-    for folder in (root / "data" / "pretrain" / config.pretrain.name,
+    for folder in (root / config.paths.pretrain_data / config.pretrain.name,
                    root / config.paths.models / "pretrained" / config.pretrain.name):
         if not folder.exists():
             folder.mkdir(parents=True)

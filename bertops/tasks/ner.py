@@ -335,11 +335,13 @@ _WORD = re.compile(r"""
     (?:[A-Za-z]\.){2,}(?![A-Za-z])                      # U.S. / a.m. / F.C.: letter-dot runs
   | (?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Inc|Corp|Co|Ltd|vs)\.(?!\w)  # common abbreviations keep their dot
   | [A-Z]\.(?!\w)                                       # an initial: J. Smith
-  | \w+(?:[-'./&]\w+|(?<=\d),\d+)*                      # words and numbers: 1,000 3.5 1996-08-22 O'Brien S&P 1/2
+  | (?<!\w)[A-Z]{1,2}\$                                 # currencies: C$ US$ HK$
+  | (?<![\w.])\.\d+                                     # decimals without a leading zero: .500
+  | \w+(?:[-'’./&]\w+|(?<=\d),\d+)*                     # words and numbers: 1,000 3.5 1996-08-22 O'Brien S&P 1/2
   | \.{2,} | -{2,}                                      # ... and --
   | \S                                                  # anything else is a one-character token
 """, re.VERBOSE)
-_CLITIC = re.compile(r"(?i)(?<=\w)(n't|'s|'re|'m|'ve|'ll|'d)$")
+_CLITIC = re.compile(r"(?i)(?<=\w)(n['’]t|['’](?:s|re|m|ve|ll|d))$")  # typographic ’ too
 
 
 def split_words(text: str) -> list[tuple[str, int, int]]:
@@ -347,9 +349,10 @@ def split_words(text: str) -> list[tuple[str, int, int]]:
 
     The rule: split on whitespace; punctuation and symbols are tokens of their own; a word keeps
     inner hyphens, dots, slashes, ampersands and apostrophes (1996-08-22, 3.5, 1/2, S&P, O'Brien),
-    commas between digits (1,000), and the trailing dot of letter-dot abbreviations (U.S.), a few
-    titles (Mr., Inc., vs.) and initials (J.); clitics split off Treebank-style ("Germany's" ->
-    "Germany" "'s", "don't" -> "do" "n't"), because the model learned them as separate words.
+    commas between digits (1,000), currency prefixes (US$), and the trailing dot of letter-dot
+    abbreviations (U.S.), a few titles (Mr., Inc., vs.) and initials (J.); clitics split off
+    Treebank-style ("Germany's" -> "Germany" "'s", "don't" -> "do" "n't"), because CoNLL has them
+    as separate words and so the model learned them that way.
     """
     words = []
     for match in _WORD.finditer(text):

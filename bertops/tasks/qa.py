@@ -34,7 +34,9 @@ class QAExample:
 
 def _get(obj: object, key: str, kind: type, where: str):
     """obj[key] checked to be a `kind`; a SquadFormatError naming `where` otherwise."""
-    if not isinstance(obj, dict) or key not in obj:
+    if not isinstance(obj, dict):
+        raise SquadFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if key not in obj:
         raise SquadFormatError(f"{where}: missing key {key!r}; SQuAD v1.1 needs data -> paragraphs -> qas")
     value = obj[key]
     # bool is an int subclass, but `"answer_start": true` is a broken file, not offset 1.
@@ -85,7 +87,8 @@ def _answer_problem(example: QAExample, number: int, text: str, start: int) -> s
         where = context.find(text)
         hint = (f"set answer_start to {where}, where the text occurs" if where >= 0
                 else "the text does not occur in the context at all; fix the answer text")
-        return f"answer {number} text {text!r} does not match the context at answer_start {start}, which reads {found!r}; {hint}"
+        return (f"answer {number} text {text!r} does not match the context at answer_start {start}, "
+                f"which reads {found!r}; {hint}")
     return None
 
 
@@ -97,7 +100,8 @@ def validate_examples(examples: list[QAExample], source: str, limit: int = MAX_R
     for example in examples:
         row = f"{source}: question {example.id!r} (article {example.title!r})"
         if example.id in first_seen:
-            problems.append(f"{row}: duplicate id, first seen in article {first_seen[example.id]!r}; ids must be unique, rename or drop one")
+            problems.append(f"{row}: duplicate id, first seen in article {first_seen[example.id]!r}; "
+                            "ids must be unique, rename or drop one")
             continue
         first_seen[example.id] = example.title
         if not example.question.strip():
@@ -213,7 +217,8 @@ def build_features(tokenizer, examples: list[QAExample], max_length: int, doc_st
             }
             if training:
                 text, start_char = batch[local_index].answers[0]
-                feature["start_position"], feature["end_position"] = _answer_tokens(offsets, start_char, start_char + len(text))
+                start, end = _answer_tokens(offsets, start_char, start_char + len(text))
+                feature["start_position"], feature["end_position"] = start, end
             features.append(feature)
     return features
 

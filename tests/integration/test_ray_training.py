@@ -33,6 +33,10 @@ def test_two_ray_workers_train_and_save_one_model(ray_cluster, tmp_path: Path):
     prepare(cfg, tmp_path)
     result = train(cfg, tmp_path)
     assert result.world_size == 2 and result.device == "cpu"
+    # The workers read the corpus from their node-local copy (shipped through the object store).
+    for rank in (0, 1):
+        worker = json.loads((tmp_path / f"reports/finetune/workers/rank-{rank}.json").read_text())
+        assert not worker["data"].startswith(str(tmp_path)) and Path(worker["data"], "sst2", "train.parquet").is_file()
     # 400 rows * 0.8 (validation carved out) / (16 per batch * 2 workers) = 10 steps per worker.
     assert result.steps == 10
     assert (tmp_path / "models/sst2/model.safetensors").is_file()
@@ -122,3 +126,38 @@ print("RESULT " + json.dumps({{"nodes": nodes, "world_size": metrics["world_size
     from transformers import BertForPreTraining
 
     BertForPreTraining.from_pretrained(tmp_path / "models/pretrained/wikitext2-mini")  # a valid checkpoint
+
+
+def test_a_killed_driver_resumes_pretraining_when_started_again(tmp_path: Path, datasets: Path):
+    """`bertops pretrain` on a Ray worker; the driver (and the local Ray it started: the machine
+    "crashed") is SIGKILLed after a checkpoint; the same command again resumes instead of starting over."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    command = [str(Path(sys.executable).with_name("bertops")), "pretrain", "--params", str(REPO / "params.yaml"),
+               "-s", f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']", "-s", "pretrain.model=tiny",
+               "-s", "pretrain.vocab_size=2000", "-s", "pretrain.steps=80", "-s", "pretrain.batch_size=8",
+               "-s", "pretrain.max_length=64", "-s", "pretrain.log_every=10", "-s", "pretrain.checkpoint_every=10",
+               "-s", "pretrain.progress=false", "-s", "pretrain.num_workers=1", "-s", "pretrain.num_threads=1"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    state = tmp_path / "models/.checkpoints/pretrain-wikitext2-mini/state.pt"
+    driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not state.is_file() and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert state.is_file(), "no checkpoint before the run ended"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started
+    driver.wait()
+    assert not (tmp_path / "models/pretrained/wikitext2-mini/model.safetensors").exists()
+
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    metrics = json.loads((tmp_path / "reports/pretrain/metrics.json").read_text())
+    assert metrics["steps"] == 80 and metrics["resumed_from_step"] >= 10
+    assert (tmp_path / "models/pretrained/wikitext2-mini/model.safetensors").is_file() and not state.exists()
