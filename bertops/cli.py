@@ -86,6 +86,28 @@ def finetune(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set
 
 
 @app.command()
+def distill(
+    if_enabled: bool = typer.Option(False, "--if-enabled", help="the pipeline stage: only when distill.enabled"),
+    params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
+) -> None:
+    """Distil the fine-tuned teacher into a smaller student (models/<dataset>-student)."""
+    from dataclasses import asdict
+
+    from bertops.training.distill import distill_stage, run_distill
+
+    cfg = _config(params, profile, set_)
+    if if_enabled:
+        _echo_json(_run("distill", lambda: distill_stage(cfg)))
+        return
+    result = _run("distill", lambda: run_distill(cfg))
+    _echo_json({k: v for k, v in asdict(result).items() if k != "history"})
+    if not cfg.distill.enabled:
+        typer.echo("judge and ship the student: bertops evaluate -s distill.enabled=true && bertops gate -s "
+                   "distill.enabled=true && bertops package -s distill.enabled=true (or distill.enabled: true in "
+                   "params.yaml, to chain it in the pipeline)")
+
+
+@app.command()
 def pretrain(
     prepare_only: bool = typer.Option(False, "--prepare-only", help="build the corpus and tokenizer, do not train"),
     if_enabled: bool = typer.Option(False, "--if-enabled", help="the pipeline stage: only when pretrain.enabled"),

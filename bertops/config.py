@@ -109,6 +109,29 @@ class FinetuneConfig(_TrainingSection):
     max_steps: int = Field(ge=0)
 
 
+class DistillConfig(_TrainingSection):
+    """Knowledge distillation of a fine-tuned teacher into a smaller student (`bertops distill`)."""
+    enabled: bool
+    teacher: str | None                  # a bertops model folder; null = models/<dataset> (the fine-tuned model)
+    student_layers: int = Field(ge=1)
+    layer_map: Literal["every-other", "first", "last"]
+    hidden_size: int | None = Field(ge=32)   # null = the teacher's (layers copied); else from scratch
+    temperature: float = Field(gt=0)
+    alpha: float = Field(ge=0, le=1)     # weight of the soft-target loss; 1 - alpha on the hard labels
+    hidden_weight: float = Field(ge=0)   # hidden-state transfer (MSE to the mapped teacher layers); 0 = off
+    epochs: int = Field(ge=1)
+    bucket_size: int = Field(ge=1)
+    eval_every: int = Field(ge=0)
+    max_steps: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _transfer_needs_same_width(self) -> DistillConfig:
+        if self.hidden_weight and self.hidden_size is not None:
+            raise ValueError("distill.hidden_weight > 0 compares student and teacher hidden states, which needs the "
+                             "teacher's width: set distill.hidden_size=null or distill.hidden_weight=0")
+        return self
+
+
 class SliceConfig(_Section):
     """A named subset of the eval split: every given condition must hold (token counts include
     [CLS]/[SEP]; keywords match whole words, case-insensitively, any of them)."""
@@ -163,6 +186,12 @@ class BehaviourPolicy(_Section):
     dir: float | None = Field(default=None, ge=0, le=1)
 
 
+class SpeedTrade(_Section):
+    """Accept a faster challenger that is a little less accurate than production."""
+    min_speedup: float = Field(gt=1)             # production p95 / candidate p95, serving path
+    min_accuracy_ratio: float = Field(gt=0, le=1)  # candidate accuracy / production accuracy
+
+
 class GateConfig(_Section):
     min_accuracy: float = Field(ge=0, le=1)
     min_macro_f1: float = Field(ge=0, le=1)
@@ -176,6 +205,7 @@ class GateConfig(_Section):
     min_slice_examples: int = Field(ge=1)
     confidence: float = Field(gt=0, lt=1)
     bootstrap_resamples: int = Field(ge=100)
+    speed_trade: SpeedTrade | None       # null = a challenger must always be non-inferior
 
 
 class PackageConfig(_Section):
@@ -226,6 +256,7 @@ class Config(_Section):
     prepare: PrepareConfig
     finetune: FinetuneConfig
     pretrain: PretrainConfig
+    distill: DistillConfig
     evaluate: EvaluateConfig
     gate: GateConfig
     package: PackageConfig

@@ -84,9 +84,9 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     decision = read_gate_decision(config, root)
     if decision.get("approved") is not True:
         raise GateRejected("the gate rejected this model, so it is not packaged: " + "; ".join(decision.get("reasons", [])))
-    from bertops.models.classifier import verify_weights
+    from bertops.models.classifier import candidate_dir, verify_weights
 
-    model_dir = root / config.paths.models / config.ingest.dataset
+    model_dir = candidate_dir(config, root)
     lineage = verify_weights(model_dir)  # damaged or swapped weights are never packaged
     if decision.get("model_sha256") != lineage.get("model_sha256"):
         raise GateRejected(f"the gate decision is for other weights than {model_dir} holds (it was re-trained "

@@ -26,7 +26,7 @@ from prefect.tasks import exponential_backoff
 from bertops.config import Config, load_config
 from bertops.errors import PipelineError
 
-STAGES = ("ingest", "validate", "pretrain", "prepare", "finetune", "evaluate", "gate", "package", "promote")
+STAGES = ("ingest", "validate", "pretrain", "prepare", "finetune", "distill", "evaluate", "gate", "package", "promote")
 
 
 @dataclass
@@ -49,6 +49,7 @@ def _direct(stage: str) -> Callable[[Config, Path], Any]:
     from bertops.evaluation.gate import gate
     from bertops.packaging import GateRejected, package, promote
     from bertops.pretraining.run import pretrain_stage
+    from bertops.training.distill import distill_stage
     from bertops.training.run import train
 
     def promote_and_follow(config: Config, root: Path):
@@ -64,7 +65,8 @@ def _direct(stage: str) -> Callable[[Config, Path], Any]:
             raise GateRejected("gate rejected the model: " + "; ".join(decision.reasons))
         return decision
 
-    return {"ingest": ingest, "validate": validate, "pretrain": pretrain_stage, "prepare": prepare, "finetune": train, "evaluate": evaluate,
+    return {"ingest": ingest, "validate": validate, "pretrain": pretrain_stage, "prepare": prepare, "finetune": train,
+            "distill": distill_stage, "evaluate": evaluate,
             "gate": gate_or_raise, "package": package, "promote": promote_and_follow}[stage]
 
 
@@ -102,7 +104,7 @@ def _execute(stage: str, ctx: RunContext, extra: dict) -> str:
         raise PipelineError(stage, str(exc)) from None
     if stage == "promote":
         extra["followed"] = result.get("followed")
-    if stage == "pretrain" and result.get("enabled") is False:
+    if stage in ("pretrain", "distill") and isinstance(result, dict) and result.get("enabled") is False:
         return "disabled"
     return "ran"
 
@@ -152,11 +154,15 @@ prepare_task = _stage_task("prepare", doc="Normalise, de-duplicate, split, token
 finetune_task = _stage_task("finetune", retries=2, retry_condition=_transient,
                             doc="Fine-tune the encoder (this process or Ray workers; retried on connection trouble, "
                                 "resuming from its checkpoint).")
+distill_task = _stage_task("distill", retries=2, retry_condition=_transient,
+                           doc="Knowledge distillation into a smaller student when distill.enabled; evaluate, gate "
+                               "and package then judge and ship the student.")
 evaluate_task = _stage_task("evaluate", doc="Metrics, slices, behaviour, serving cost, champion comparison.")
 gate_task = _stage_task("gate", doc="Approve or reject against the policy in params.yaml (no retry).")
 package_task = _stage_task("package", doc="ONNX export + checks, BentoML model + Bento; registry candidate.")
 promote_task = _stage_task("promote", doc="Registry: the new version becomes production; the endpoint follows.")
-TASKS = (ingest_task, validate_task, pretrain_task, prepare_task, finetune_task, evaluate_task, gate_task, package_task, promote_task)
+TASKS = (ingest_task, validate_task, pretrain_task, prepare_task, finetune_task, distill_task, evaluate_task, gate_task,
+         package_task, promote_task)
 
 
 @task(name="check-for-changes", cache_policy=NO_CACHE)
@@ -221,7 +227,8 @@ def run_summary(config: Config, root: Path, timings, started: float) -> str:
 @flow(name="retrain", log_prints=True)
 def retrain(params: str = "params.yaml", profile: str | None = None, overrides: list[str] | None = None,
             executor: str = "auto", root: str = ".", force: bool = False):
-    """ingest -> validate -> pretrain (when enabled) -> prepare -> finetune -> evaluate -> gate -> package -> promote.
+    """ingest -> validate -> pretrain? -> prepare -> finetune -> distill? -> evaluate -> gate -> package -> promote
+    (? = when enabled in params.yaml).
 
     With the dvc executor, a run whose data, config and code did not change since the last
     successful run ends early in a "No change" state (unless `force`). One run per workspace at

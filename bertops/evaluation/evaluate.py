@@ -19,7 +19,7 @@ from bertops.config import Config
 from bertops.evaluation.metrics import classification_metrics, softmax
 from bertops.evaluation.slices import slice_masks, slice_metrics
 from bertops.lineage import ArtifactMismatch
-from bertops.models.classifier import load_classifier, verify_weights
+from bertops.models.classifier import candidate_dir, load_classifier, verify_weights
 
 # metrics.json: what the gate reads (the full report.json adds per-class figures and failures).
 GATE_KEYS = ("accuracy", "macro_f1", "ece", "examples", "model_sha256", "slices", "behaviour", "serving", "champion")
@@ -58,6 +58,8 @@ def score_champion(config: Config, root: Path, texts: list[str], y_true: np.ndar
         raise ArtifactMismatch(f"production {version} predicts labels {model.config.id2label}, the candidate {labels}; "
                                "they cannot be compared on the same examples")
     champion_correct = probability_fn(model, tokenizer, config)(texts).argmax(-1) == y_true
+    # The champion's serving latency, timed the same way and in the same run (the speed trade compares them).
+    latency = serving_cost(model, tokenizer, path, texts, config)["latency"]
     gate = config.gate
 
     def paired(mask: np.ndarray) -> dict:
@@ -65,7 +67,7 @@ def score_champion(config: Config, root: Path, texts: list[str], y_true: np.ndar
                          seed=0)
         return {"accuracy": float(champion_correct[mask].mean()), **result.__dict__}
 
-    return {"version": version, **paired(np.ones(len(y_true), dtype=bool)),
+    return {"version": version, "latency": latency, **paired(np.ones(len(y_true), dtype=bool)),
             "slices": {name: paired(mask) for name, mask in masks.items() if mask.any()}}
 
 
@@ -94,7 +96,7 @@ def evaluate(config: Config, root: Path = Path(".")) -> dict:
     from bertops.data.prepare import load_prepared
 
     frames, id2label, meta = load_prepared(config, root)
-    model_dir = root / config.paths.models / config.ingest.dataset
+    model_dir = candidate_dir(config, root)
     lineage = verify_weights(model_dir)
     model, tokenizer = load_classifier(model_dir)
     # Scoring a model on a corpus it was not trained against (re-prepared, re-split) could put its
@@ -103,7 +105,7 @@ def evaluate(config: Config, root: Path = Path(".")) -> dict:
         raise ArtifactMismatch(
             f"{model_dir} was trained on prepared corpus {lineage.get('prepared_hash', '?')[:12]}, but "
             f"{config.paths.prepared}/{config.ingest.dataset} is now {meta.get('prepared_hash', '?')[:12]}; "
-            "re-run `bertops finetune` (or `dvc repro`) before evaluating")
+            f"re-run `bertops {lineage.get('stage', 'finetune')}` (or `dvc repro`) before evaluating")
     evals = frames["eval"]
     texts, y_true = evals["text"].tolist(), evals["label"].to_numpy()
     labels = [id2label[i] for i in range(len(id2label))]

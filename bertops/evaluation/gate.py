@@ -6,6 +6,9 @@ report (reports/evaluate/metrics.json):
 - champion/challenger, when a production model was scored on the same examples: the candidate
   must be non-inferior (lower bound of the paired-bootstrap CI of the accuracy difference
   >= -margin) overall and on every slice large enough to judge; McNemar's p is reported;
+- speed for accuracy (`speed_trade`, for distilled students): a challenger whose serving p95 is
+  at least `min_speedup` times lower than production's (both timed by the same evaluate run)
+  is judged on its accuracy ratio to production instead of non-inferiority;
 - the first model of a registry (no champion) is judged on the thresholds alone.
 A metric the policy needs but the report lacks is an error (IncompleteReport), not a verdict.
 """
@@ -107,20 +110,50 @@ def decide(report: dict, policy: GateConfig) -> GateDecision:
     comparison = None
     champion = report.get("champion")
     if champion:
-        margin = policy.non_inferiority_margin
-        low = _lookup(report, "champion.ci_low")
-        checks.append(_check(f"accuracy vs production {champion.get('version')} (CI low of difference)", low, -margin, ">="))
-        comparison = {**champion, "verdict": _verdict(low, margin), "slices": {}}
+        version = champion.get("version")
+        speedup = _speedup(report, champion) if policy.speed_trade else None
+        traded = speedup is not None and speedup >= policy.speed_trade.min_speedup
+        if traded:
+            # Speed for accuracy: a much faster challenger may give up a little accuracy.
+            trade = policy.speed_trade
+            checks.append(_check(f"speed-up vs production {version} (p95 serving latency ratio)", speedup,
+                                 trade.min_speedup, ">="))
+            candidate_accuracy = _lookup(report, "accuracy")
+            ratio = candidate_accuracy / max(_lookup(report, "champion.accuracy"), 1e-12)
+            checks.append(_check(f"accuracy ratio vs production {version} (speed trade)", ratio,
+                                 trade.min_accuracy_ratio, ">="))
+            comparison = {**champion, "verdict": f"speed trade: {speedup:.2f}x faster, {ratio:.1%} of its accuracy",
+                          "speedup": speedup, "accuracy_ratio": ratio, "slices": {}}
+        else:
+            margin = policy.non_inferiority_margin
+            low = _lookup(report, "champion.ci_low")
+            checks.append(_check(f"accuracy vs production {version} (CI low of difference)", low, -margin, ">="))
+            comparison = {**champion, "verdict": _verdict(low, margin), "speedup": speedup, "slices": {}}
         for name, result in (champion.get("slices") or {}).items():
+            slice_margin = policy.slice_non_inferiority_margin
             if result["examples"] < policy.min_slice_examples:
                 verdict = f"not judged (< {policy.min_slice_examples} examples)"
+            elif traded:  # a traded challenger loses a little everywhere: judge the point difference
+                verdict = "within the slice margin" if result["difference"] >= -slice_margin else "inferior"
+                checks.append(_check(f"slice {name}: accuracy difference vs production (speed trade)",
+                                     result["difference"], -slice_margin, ">="))
             else:
-                slice_margin = policy.slice_non_inferiority_margin
                 verdict = _verdict(result["ci_low"], slice_margin)
                 checks.append(_check(f"slice {name}: accuracy vs production (CI low of difference)", result["ci_low"],
                                      -slice_margin, ">="))
             comparison["slices"][name] = {**result, "verdict": verdict}
     return GateDecision(all(c.passed for c in checks), checks, report.get("model_sha256"), comparison)
+
+
+def _speedup(report: dict, champion: dict) -> float | None:
+    """Production p95 / candidate p95 on the serving path, both timed by the same evaluate run."""
+    try:
+        ours, theirs = report["serving"]["latency"]["p95_ms"], champion["latency"]["p95_ms"]
+    except (KeyError, TypeError):
+        raise IncompleteReport("gate.speed_trade needs the serving p95 latency of the candidate and of production "
+                               "(champion.latency); re-run `bertops evaluate` with this bertops version, or set "
+                               "gate.speed_trade to null") from None
+    return theirs / ours if ours > 0 else None
 
 
 def gate(config, root=None) -> GateDecision:

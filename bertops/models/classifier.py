@@ -8,6 +8,13 @@ from bertops.lineage import ArtifactMismatch
 from bertops.models.pretrained import resolve_model_source
 
 
+def candidate_dir(config, root: Path) -> Path:
+    """The model that evaluate, gate and package judge: the distilled student when
+    `distill.enabled`, else the fine-tuned model (models/<dataset>)."""
+    name = f"{config.ingest.dataset}-student" if config.distill.enabled else config.ingest.dataset
+    return root / config.paths.models / name
+
+
 def build_classifier(model: str, pooling: str, id2label: dict[int, str], dropout: float):
     """A fresh head on `model`'s encoder: "cls" = the stock BERT head, "mean" = mean-pooled states."""
     from transformers import AutoConfig, AutoModelForSequenceClassification

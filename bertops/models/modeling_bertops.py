@@ -35,17 +35,19 @@ class MeanPoolingBertForSequenceClassification(BertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutput:
-        hidden = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                           return_dict=True).last_hidden_state                      # (B, T, H)
+        encoded = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            output_hidden_states=output_hidden_states, return_dict=True)
+        hidden = encoded.last_hidden_state                                         # (B, T, H)
         if attention_mask is None:
             attention_mask = torch.ones(hidden.shape[:2], device=hidden.device, dtype=torch.long)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)                       # (B, T, 1)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)        # (B, H)
         logits = self.classifier(self.dropout(pooled))                             # (B, num_labels)
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
 
 
 MeanPoolingBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")

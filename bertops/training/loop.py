@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from bertops.config import Config, ConfigError
-from bertops.data.batching import bucketed_batches, collate, shard
+from bertops.data.batching import Batch, bucketed_batches, collate, shard
 
 
 @dataclass
@@ -139,15 +140,42 @@ def predict_logits(model, sequences: list[list[int]], pad_id: int, batch_size: i
     return out
 
 
+@dataclass
+class ClassifierRun:
+    """What differs between fine-tuning and distillation; the training loop is the same."""
+    stage: str                                   # "finetune" | "distill": checkpoint and report names
+    section: Any                                 # its config section (epochs, batch size, lr, ...)
+    build: Callable[[dict[int, str]], torch.nn.Module]   # id2label -> the model to train (on CPU)
+    tokenizer: str                               # the model whose tokenizer the prepared corpus must match
+    out_dir: Path
+    parent: str                                  # lineage: what the weights started from
+    # (model being trained, batch, row indices of the batch in train) -> loss; None = the model's own loss
+    loss: Callable[[torch.nn.Module, Batch, np.ndarray], torch.Tensor] | None = None
+    prepare: Callable[[list[list[int]], torch.device, str], None] | None = None  # once, before training
+    lineage: dict = field(default_factory=dict)  # extra lineage fields (e.g. the teacher)
+
+
 def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
     """Fine-tune `finetune.model` on the prepared corpus; save the best checkpoint + lineage."""
+    from bertops.models.classifier import build_classifier
+    from bertops.models.pretrained import describe_model_source
+
+    cfg = config.finetune
+    return train_classifier(config, root, ClassifierRun(
+        stage="finetune", section=cfg, tokenizer=cfg.model, parent=describe_model_source(cfg.model),
+        build=lambda id2label: build_classifier(cfg.model, cfg.pooling, id2label, cfg.dropout),
+        out_dir=root / config.paths.models / config.ingest.dataset))
+
+
+def train_classifier(config: Config, root: Path, run: ClassifierRun) -> TrainResult:
+    """The sequence-classification loop: bucketed batches, AdamW + warmup/decay, evaluation on the
+    validation rows, checkpoints, the best weights saved with their lineage."""
     from transformers.utils import logging as hf_logging
 
     from bertops.data.prepare import load_prepared
-    from bertops.models.classifier import build_classifier
     from bertops.models.pretrained import load_tokenizer
 
-    cfg = config.finetune
+    cfg = run.section
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
@@ -156,11 +184,11 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
 
     # -- 2. data ---------------------------------------------------------------------------------
     frames, id2label, meta = load_prepared(config, root)
-    tokenizer = load_tokenizer(cfg.model)
-    if meta["tokenizer"] != cfg.model:
+    tokenizer = load_tokenizer(run.tokenizer)
+    if meta["tokenizer"] != run.tokenizer:
         raise ConfigError(
-            f"the prepared corpus was tokenized for {meta['tokenizer']!r} but finetune.model={cfg.model!r}; "
-            "re-run `bertops prepare` with the same finetune.model"
+            f"the prepared corpus was tokenized for {meta['tokenizer']!r} but {run.stage} needs {run.tokenizer!r}'s "
+            "tokenizer; re-run `bertops prepare` with finetune.model set to the same model"
         )
     train_ids = frames["train"]["input_ids"].map(list).tolist()
     train_labels = frames["train"]["label"].to_numpy()
@@ -173,7 +201,9 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
     pad_id = tokenizer.pad_token_id
 
     # -- 3. model, optimizer, schedule -------------------------------------------------------------
-    model = build_classifier(cfg.model, cfg.pooling, id2label, cfg.dropout).to(device)
+    model = run.build(id2label).to(device)
+    if run.prepare is not None:
+        run.prepare(train_ids, device, precision)
     train_model = model
     if distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -191,7 +221,8 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
     real_tokens = fed_tokens = 0
     step, started = 0, time.perf_counter()
     # A run killed mid-training resumes from its last checkpoint when nothing it depends on changed.
-    checkpoint = Checkpoint(root / config.paths.models / ".checkpoints" / config.ingest.dataset,
+    name = config.ingest.dataset if run.stage == "finetune" else f"{config.ingest.dataset}-{run.stage}"
+    checkpoint = Checkpoint(root / config.paths.models / ".checkpoints" / name,
                             Checkpoint.key(cfg, meta.get("prepared_hash"), world))
     start_epoch, skip_batches, resumed_from, resumed_tokens = 0, 0, 0, 0
     saved = checkpoint.load() if cfg.checkpoint_every else None
@@ -206,12 +237,12 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
         restore_rng(saved["rng"])
         resumed_from, resumed_tokens = step, real_tokens
         if rank == 0:
-            print(f"finetune: resuming from the checkpoint at step {step} ({checkpoint.path})", flush=True)
+            print(f"{run.stage}: resuming from the checkpoint at step {step} ({checkpoint.path})", flush=True)
     progress = None
     if cfg.progress and rank == 0:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=total, initial=step, desc="finetune", unit="step", mininterval=2.0, dynamic_ncols=True)
+        progress = tqdm(total=total, initial=step, desc=run.stage, unit="step", mininterval=2.0, dynamic_ncols=True)
 
     eval_seconds = 0.0
 
@@ -237,8 +268,11 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
                 continue  # done before the checkpoint (the batch order is a function of the seed)
             batch = collate([train_ids[i] for i in index], train_labels[index].tolist(), pad_id).to(device)
             with autocast(device, precision):
-                loss = train_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                   labels=batch.labels).loss
+                if run.loss is None:
+                    loss = train_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                       labels=batch.labels).loss
+                else:
+                    loss = run.loss(train_model, batch, index)
             scaler.scale(loss).backward()
             optimizer_step(model, optimizer, scheduler, scaler, cfg.max_grad_norm)
             step += 1
@@ -277,14 +311,14 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
     # Training throughput: evaluation time is not training time.
     tokens_per_second = (real_tokens - resumed_tokens) * world / max(seconds - eval_seconds, 1e-9)
     result = TrainResult(
-        model_dir=str(root / config.paths.models / config.ingest.dataset),
+        model_dir=str(run.out_dir),
         steps=step, best_step=best["step"], best_validation_accuracy=round(best["accuracy"], 4),
         train_seconds=round(seconds, 1), tokens_per_second=round(tokens_per_second, 1),
         padding_share=round(1 - real_tokens / max(fed_tokens, 1), 4), device=str(device),
         precision=precision, world_size=world, resumed_from_step=resumed_from, history=history,
     )
     if rank == 0:
-        save_model(model, tokenizer, result, config, meta, root)
+        save_model(model, tokenizer, result, config, meta, root, run)
         checkpoint.clear()  # the model is saved: nothing to resume
     return result
 
@@ -343,11 +377,11 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_model(model, tokenizer, result: TrainResult, config: Config, meta: dict, root: Path) -> None:
+def save_model(model, tokenizer, result: TrainResult, config: Config, meta: dict, root: Path,
+               run: ClassifierRun) -> None:
     """Write HF-format weights (safetensors), tokenizer, label map and lineage atomically."""
     from bertops.atomic import replace_dir, staging_dir
     from bertops.lineage import build_lineage, file_sha256
-    from bertops.models.pretrained import describe_model_source
 
     out_dir = Path(result.model_dir)
     tmp = staging_dir(out_dir)
@@ -356,16 +390,17 @@ def save_model(model, tokenizer, result: TrainResult, config: Config, meta: dict
     metrics = {k: v for k, v in asdict(result).items() if k not in ("history", "model_dir")}
     raw_path = str(config.paths.raw / config.ingest.dataset)
     lineage = build_lineage(config.ingest.dataset, meta["data_hash"], raw_path, config.to_dict(), metrics, root,
-                            parent=describe_model_source(config.finetune.model),
+                            parent=run.parent,
                             validation_report=str(config.paths.reports / "validate" / "report.json"))
     lineage["prepared_hash"] = meta.get("prepared_hash")
+    lineage.update(stage=run.stage, **run.lineage)
     # The fingerprint that evaluate -> gate -> package carry, so an approval cannot be reused
     # for other weights.
     lineage["model_sha256"] = file_sha256(tmp / "model.safetensors")
     (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
     replace_dir(tmp, out_dir)
 
-    reports = root / config.paths.reports / "finetune"
+    reports = root / config.paths.reports / run.stage
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     # Two plot files (DVC plots want one complete series per file).

@@ -34,6 +34,10 @@ def _worker(loop_config: dict) -> None:
         from bertops.pretraining.run import pretrain
 
         pretrain(config, root)
+    elif loop_config["stage"] == "distill":
+        from bertops.training.distill import distill
+
+        distill(config, root)
     else:
         from bertops.training.loop import finetune
 
@@ -41,7 +45,7 @@ def _worker(loop_config: dict) -> None:
 
 
 # The config path that holds each stage's prepared corpus (shipped to the workers).
-DATA_PATH = {"finetune": "prepared", "pretrain": "pretrain_data"}
+DATA_PATH = {"finetune": "prepared", "distill": "prepared", "pretrain": "pretrain_data"}
 
 
 def pack_data(folder: Path) -> dict:
@@ -129,7 +133,7 @@ def connect() -> None:
 
 
 def run_on_ray(config: Config, root: Path, stage: str, num_workers: int, device: str) -> None:
-    """Run `stage` ("finetune" or "pretrain") on `num_workers` Ray Train workers (TorchTrainer + DDP).
+    """Run `stage` ("finetune", "distill" or "pretrain") on `num_workers` Ray Train workers (TorchTrainer + DDP).
     Ray connects to RAY_ADDRESS when set, else starts locally and is shut down afterwards."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -149,7 +153,7 @@ def run_on_ray(config: Config, root: Path, stage: str, num_workers: int, device:
                 f"{resources.get('GPU', 0):.0f} GPUs. Lower num_workers or add nodes.")
         # On CPU each worker gets an equal share of threads (2 cores, 2 workers -> 1 thread each).
         cpus = max(1, int(resources.get("CPU", 1)) // num_workers)
-        name = config.ingest.dataset if stage == "finetune" else config.pretrain.name
+        name = config.pretrain.name if stage == "pretrain" else config.ingest.dataset
         data = ray.put(pack_data(root / getattr(config.paths, DATA_PATH[stage]) / name))
         trainer = TorchTrainer(
             train_loop_per_worker=_worker,
@@ -157,7 +161,7 @@ def run_on_ray(config: Config, root: Path, stage: str, num_workers: int, device:
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
             # A worker that dies is restarted by Ray (the whole group, up to MAX_FAILURES times); the
             # loop then resumes from its last checkpoint in the workspace.
-            run_config=RunConfig(name=f"{stage}-{config.ingest.dataset if stage == 'finetune' else config.pretrain.name}",
+            run_config=RunConfig(name=f"{stage}-{name}",
                                  storage_path=str((root / config.paths.models / "ray").resolve()),
                                  failure_config=FailureConfig(max_failures=MAX_FAILURES)),
         )
@@ -175,11 +179,22 @@ def pretrain_on_ray(config: Config, root: Path = Path(".")) -> dict:
 
 def finetune_on_ray(config: Config, root: Path = Path(".")) -> TrainResult:
     run_on_ray(config, root, "finetune", config.finetune.num_workers, config.finetune.device)
+    return _train_result(config, root, "finetune", root / config.paths.models / config.ingest.dataset)
+
+
+def distill_on_ray(config: Config, root: Path = Path(".")) -> TrainResult:
+    from bertops.training.distill import student_dir
+
+    run_on_ray(config, root, "distill", config.distill.num_workers, config.distill.device)
+    return _train_result(config, root, "distill", student_dir(config, root))
+
+
+def _train_result(config: Config, root: Path, stage: str, model_dir: Path) -> TrainResult:
     # Rank 0 saved the model and its metrics into the workspace (a shared filesystem on a
     # cluster); Ray Train v2 keeps reported metrics only with checkpoints, so read them back.
-    metrics_path = root / config.paths.reports / "finetune" / "metrics.json"
+    metrics_path = root / config.paths.reports / stage / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
-    return TrainResult(model_dir=str(root / config.paths.models / config.ingest.dataset),
+    return TrainResult(model_dir=str(model_dir),
                        **{k: metrics[k] for k in ("steps", "best_step", "best_validation_accuracy", "train_seconds",
                                                   "tokens_per_second", "padding_share", "device", "precision",
                                                   "world_size")})

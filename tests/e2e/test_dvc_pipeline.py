@@ -17,7 +17,7 @@ import yaml
 from tests.conftest import REPO, datasets_root, smoke_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-STAGES = ["ingest", "validate", "pretrain", "prepare", "finetune", "evaluate", "gate", "package", "promote"]
+STAGES = ["ingest", "validate", "pretrain", "prepare", "finetune", "distill", "evaluate", "gate", "package", "promote"]
 
 
 def _sh(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:

@@ -69,7 +69,7 @@ def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path,
     hook_url, events = webhook
     summary = _run([f"notify.webhook_url={hook_url}"])
     assert summary["ok"] and summary["executor"] == "direct"
-    assert [t[0] for t in summary["timings"]] == ["ingest", "validate", "pretrain", "prepare", "finetune", "evaluate", "gate",
+    assert [t[0] for t in summary["timings"]] == ["ingest", "validate", "pretrain", "prepare", "finetune", "distill", "evaluate", "gate",
                                                   "package", "promote"]
     registry = json.loads((workspace / "registry/registry.json").read_text())["models"]["bertops-sst2"]
     assert registry["production"] is not None

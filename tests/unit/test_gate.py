@@ -88,8 +88,43 @@ def _paired(low: float, high: float, diff: float, examples: int = 872) -> dict:
             "mcnemar_p": 0.5, "only_challenger_right": 5, "only_champion_right": 4, "examples": examples}
 
 
-def _champion(low: float, high: float, diff: float, slices: dict | None = None) -> dict:
-    return {"version": "v1", **_paired(low, high, diff), "slices": slices or {}}
+def _champion(low: float, high: float, diff: float, slices: dict | None = None, p95_ms: float = 12.0) -> dict:
+    return {"version": "v1", "latency": {"p50_ms": p95_ms * 0.8, "p95_ms": p95_ms}, **_paired(low, high, diff),
+            "slices": slices or {}}
+
+
+# A distilled student: 2.5 points less accurate than production (0.92 vs 0.945), CI below the
+# non-inferiority margin, p95 12 ms vs production's 24 ms.
+STUDENT = {**GOOD, "champion": _champion(-0.045, -0.005, -0.025, p95_ms=24.0)}
+
+
+def test_speed_trade_accepts_a_much_faster_student_within_the_accuracy_ratio():
+    assert not decide(STUDENT, POLICY.model_copy(update={"speed_trade": None})).approved  # plain non-inferiority
+    decision = decide(STUDENT, POLICY)
+    assert decision.approved, decision.reasons
+    names = {c.name: c for c in decision.checks}
+    assert names["speed-up vs production v1 (p95 serving latency ratio)"].value == pytest.approx(2.0)
+    assert names["accuracy ratio vs production v1 (speed trade)"].value == pytest.approx(0.92 / 0.945)
+    assert "speed trade: 2.00x faster" in decision.to_markdown()
+
+
+def test_speed_trade_rejects_a_student_too_slow_or_too_inaccurate():
+    slow = {**GOOD, "champion": _champion(-0.045, -0.005, -0.025, p95_ms=18.0)}  # 1.5x: must be non-inferior
+    decision = decide(slow, POLICY)
+    assert not decision.approved and any("CI low of difference" in r for r in decision.reasons)
+    weak = {**GOOD, "champion": _champion(-0.08, -0.03, -0.055, p95_ms=24.0)}  # 0.92 / 0.975 = 94.4%
+    decision = decide(weak, POLICY)
+    assert not decision.approved and any("accuracy ratio" in r for r in decision.reasons)
+    slices = {"negation": _paired(-0.2, -0.02, -0.08, examples=183)}  # a slice 8 points down
+    decision = decide({**GOOD, "champion": _champion(-0.045, -0.005, -0.025, slices, p95_ms=24.0)}, POLICY)
+    assert not decision.approved and any("slice negation" in r for r in decision.reasons)
+
+
+def test_speed_trade_needs_both_latencies():
+    champion = _champion(-0.045, -0.005, -0.025)
+    del champion["latency"]
+    with pytest.raises(IncompleteReport, match="speed_trade"):
+        decide({**GOOD, "champion": champion}, POLICY)
 
 
 def test_first_model_is_judged_on_thresholds_alone():
@@ -146,6 +181,7 @@ def test_a_real_paired_comparison_within_the_noise_reads_non_inferior():
     challenger[wrong[:4]] = True    # 4 newly right: 2 examples (0.2 points) worse overall
     result = compare(challenger, champion, 0.95, 2000, seed=0)
     assert result.difference == pytest.approx(-2 / 872) and result.mcnemar_p > 0.5
-    champion_record = {"version": "v1", "accuracy": float(champion.mean()), **result.__dict__, "slices": {}}
+    champion_record = {"version": "v1", "accuracy": float(champion.mean()), "latency": {"p95_ms": 12.0},
+                       **result.__dict__, "slices": {}}
     decision = decide({**GOOD, "champion": champion_record}, POLICY)
     assert decision.approved and decision.comparison["verdict"] == "non-inferior"

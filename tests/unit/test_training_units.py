@@ -55,3 +55,19 @@ def test_packed_data_unpacks_once_per_content(tmp_path):
     assert (local / "sst2" / "tokenizer" / "vocab.txt").read_text() == "[PAD]\n"
     (corpus / "train.parquet").write_bytes(b"other rows")
     assert pack_data(corpus)["sha256"] != bundle["sha256"] and unpack_data(pack_data(corpus)) != local
+
+
+def test_layer_maps_and_the_distillation_loss():
+    from bertops.training.distill import distillation_loss, layer_map
+
+    assert layer_map(6, 3, "every-other") == [1, 3, 5] and layer_map(12, 4, "every-other") == [2, 5, 8, 11]
+    assert layer_map(6, 2, "first") == [0, 1] and layer_map(6, 2, "last") == [4, 5]
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
+    labels = torch.tensor([0, 1])
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    assert torch.isclose(distillation_loss(logits, logits * 3, labels, 2.0, 0.0), ce)  # alpha 0: labels only
+    assert float(distillation_loss(logits, logits, labels, 2.0, 1.0)) == pytest.approx(0.0, abs=1e-6)  # same logits
+    # T^2 scaling: the soft term at T=4 is on the scale of T=1's, not 16x smaller
+    far = torch.tensor([[3.0, -3.0], [-3.0, 3.0]])
+    t1, t4 = (float(distillation_loss(logits, far, labels, t, 1.0)) for t in (1.0, 4.0))
+    assert 0.1 < t4 / t1 < 10
