@@ -42,6 +42,7 @@ class IngestConfig(_Section):
     hub_config: str | None
     hub_splits: dict[Literal["train", "eval"], str]
     text_column: str = Field(min_length=1)
+    text_pair_column: str | None = Field(default=None, min_length=1)   # sentence pairs (e.g. RTE's sentence2)
     label_column: str = Field(min_length=1)
     labels: dict[str, str] = Field(min_length=2)
 
@@ -49,6 +50,8 @@ class IngestConfig(_Section):
     def _distinct(self) -> IngestConfig:
         if self.text_column == self.label_column:
             raise ValueError("text_column and label_column must name different columns")
+        if self.text_pair_column in (self.text_column, self.label_column):
+            raise ValueError("text_pair_column must name a third column (the second sentence of each pair)")
         if len(set(self.labels.values())) != len(self.labels):
             raise ValueError(f"label names must be unique, got {list(self.labels.values())}")
         return self

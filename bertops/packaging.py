@@ -42,13 +42,13 @@ def read_gate_decision(config: Config, root: Path) -> dict:
 def export_checked(config: Config, root: Path, model_dir: Path) -> dict:
     """Export ONNX fp32 + int8 into the model folder and check both against PyTorch on the eval
     split; pick the CPU runtime. A runtime asked for by name that failed its check is refused."""
-    from bertops.data.prepare import load_prepared
+    from bertops.data.prepare import load_prepared, model_inputs
     from bertops.models.export import ExportCheckFailed, export_for_serving
 
     frames, _, _ = load_prepared(config, root)
     evals = frames["eval"]
     serve = config.serve
-    report = export_for_serving(model_dir, evals["text"].tolist(), evals["label"].to_numpy(), config.prepare.max_length,
+    report = export_for_serving(model_dir, model_inputs(evals), evals["label"].to_numpy(), config.prepare.max_length,
                                 serve.onnx_max_abs_diff, serve.int8_max_accuracy_drop)
     passed = [r for r in ("onnx-int8", "onnx") if report["runtimes"][r]["passed"]]
     if serve.runtime in ("onnx-int8", "onnx") and serve.runtime not in passed:
@@ -109,6 +109,7 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     # The service normalises text exactly as `prepare` did for training.
     settings = {"model_tag": model_tag, "serve": config.serve.model_dump(), "max_length": config.prepare.max_length,
                 "unicode_form": config.prepare.unicode_form, "lowercase": config.prepare.lowercase,
+                "text_pairs": bool(config.ingest.text_pair_column),
                 "cpu_runtime": agreement["cpu_runtime"],
                 "onnx_files": {k: v["file"] for k, v in agreement["runtimes"].items() if v["passed"]}}
     (serving_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")

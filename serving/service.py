@@ -1,7 +1,8 @@
 """The bertops production endpoint (BentoML 1.4).
 
-- `POST /classify`: texts -> label, probability per label, model version, and whether the text was
-  truncated to the model's maximum length; `POST /embed`: texts -> one sentence embedding each
+- `POST /classify`: texts (or [first, second] pairs for a sentence-pair model such as RTE) ->
+  label, probability per label, model version, and whether the input was truncated to the
+  model's maximum length; `POST /embed`: texts -> one sentence embedding each
   (mean of the encoder's token states; L2-normalised when `serve.normalize_embeddings`). Both
   batch adaptively (`batchable=True`, `serve.max_batch_size`, `serve.max_latency_ms`).
 - `GET /metadata`: model version, runtime, lineage, labels, max sequence length.
@@ -47,6 +48,12 @@ API_PATHS = ("/classify", "/embed", "/metadata", "/metrics")
 Text = Annotated[str, Field(min_length=1, max_length=SERVE["max_text_chars"], pattern=r"\S",
                             description="one non-blank text")]
 Texts = Annotated[list[Text], Field(min_length=1, max_length=SERVE["max_texts_per_request"])]
+# A sentence-pair model (e.g. RTE) classifies [first, second] pairs; anything else is a 400 from
+# the request's own validation (never a failure of the adaptive batch it would have joined).
+TEXT_PAIRS = bool(SETTINGS.get("text_pairs"))
+TextPair = Annotated[list[Text], Field(min_length=2, max_length=2, description="[first sentence, second sentence]")]
+ClassifyInputs = Annotated[list[TextPair] if TEXT_PAIRS else list[Text],
+                           Field(min_length=1, max_length=SERVE["max_texts_per_request"])]
 
 info_app = FastAPI()  # read-only GET routes beside BentoML's POST APIs (mounted as an ASGI app)
 
@@ -161,17 +168,30 @@ class Engine:
             file = SETTINGS["onnx_files"][runtime]
             self.session = ort.InferenceSession(str(Path(path) / file), options, providers=["CPUExecutionProvider"])
 
-    def encode(self, texts: list[str]) -> tuple[dict[str, np.ndarray], list[bool]]:
-        ids = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
-        truncated = [len(row) > self.max_length for row in ids]
-        ids = [row[: self.max_length - 1] + row[-1:] if cut else row for row, cut in zip(ids, truncated)]
+    def encode(self, texts: list) -> tuple[dict[str, np.ndarray], list[bool]]:
+        """Texts, or [first, second] pairs ([CLS] a [SEP] b [SEP], segment ids 0/1; the longer
+        sentence is cut first, as in training)."""
+        pairs = bool(texts) and isinstance(texts[0], (list, tuple))
+        if pairs:
+            firsts, seconds = [p[0] for p in texts], [p[1] for p in texts]
+            full = self.tokenizer(firsts, seconds)["input_ids"]
+            encoded = self.tokenizer(firsts, seconds, truncation="longest_first", max_length=self.max_length)
+            ids, types = encoded["input_ids"], encoded["token_type_ids"]
+            truncated = [len(row) > self.max_length for row in full]
+        else:
+            ids = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+            truncated = [len(row) > self.max_length for row in ids]
+            ids = [row[: self.max_length - 1] + row[-1:] if cut else row for row, cut in zip(ids, truncated)]
+            types = [[0] * len(row) for row in ids]
         width = max(len(row) for row in ids)
         input_ids = np.full((len(ids), width), self.tokenizer.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(ids), width), dtype=np.int64)
-        for i, row in enumerate(ids):
+        token_types = np.zeros((len(ids), width), dtype=np.int64)
+        for i, (row, segment) in enumerate(zip(ids, types)):
             input_ids[i, : len(row)] = row
             mask[i, : len(row)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}, truncated
+            token_types[i, : len(row)] = segment
+        return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_types}, truncated
 
     def run(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
         """output: "logits" or "embedding" (mean of the encoder's token states)."""
@@ -210,9 +230,10 @@ class Classifier:
         self.version = str(self.model_ref.tag)
         self.lineage = json.loads((Path(path) / "lineage.json").read_text())
 
-    def _infer(self, endpoint: str, texts: list[str], output: str) -> tuple[np.ndarray, list[bool]]:
+    def _infer(self, endpoint: str, texts: list, output: str) -> tuple[np.ndarray, list[bool]]:
         started = time.perf_counter()
-        feeds, truncated = self.engine.encode([normalize(t) for t in texts])
+        feeds, truncated = self.engine.encode([[normalize(x) for x in t] if isinstance(t, list) else normalize(t)
+                                               for t in texts])
         values = self.engine.run(feeds, output)
         m = metrics()
         m.batch_size.labels(endpoint).observe(len(texts))
@@ -222,8 +243,9 @@ class Classifier:
         return values, truncated
 
     @bentoml.api(batchable=True, max_batch_size=SERVE["max_batch_size"], max_latency_ms=SERVE["max_latency_ms"])
-    def classify(self, texts: Texts) -> list[dict]:
-        """Label and per-label probabilities for each text (the model version answers too)."""
+    def classify(self, texts: ClassifyInputs) -> list[dict]:
+        """Label and per-label probabilities for each text, or each [first, second] pair for a
+        sentence-pair model (the model version answers too)."""
         probs, truncated = self._infer("/classify", texts, "logits")
         probs = _softmax(probs)
         return [
@@ -247,6 +269,7 @@ class Classifier:
         """The model version, runtime, lineage, label map and max sequence length."""
         return {"model_version": self.version, "runtime": self.engine.runtime, "labels": self.labels,
                 "max_length": self.engine.max_length, "max_texts_per_request": SERVE["max_texts_per_request"],
+                "input": "[first, second] sentence pairs" if TEXT_PAIRS else "texts",
                 "embedding_normalized": SERVE["normalize_embeddings"],
                 "lineage": {k: v for k, v in self.lineage.items() if k != "params"}}
 

@@ -46,18 +46,39 @@ def to_examples(frame: pd.DataFrame, config: Config) -> pd.DataFrame:
     if unknown:
         raise DataSourceError(f"labels {unknown[:5]} are not in ingest.labels {sorted(label_ids)}; "
                               "run `bertops validate` for the offending rows, or declare them in ingest.labels")
-    out = pd.DataFrame(
-        {
-            "text": [normalize_text(t, prep.unicode_form, prep.lowercase) for t in frame[ing.text_column]],
-            "label": [label_ids[str(v)] for v in frame[ing.label_column]],
-        }
-    )
-    return out[out["text"] != ""].reset_index(drop=True)
+    columns = {"text": [normalize_text(t, prep.unicode_form, prep.lowercase) for t in frame[ing.text_column]]}
+    if ing.text_pair_column:
+        columns["text_pair"] = [normalize_text(str(t), prep.unicode_form, prep.lowercase) if isinstance(t, str) else ""
+                                for t in frame[ing.text_pair_column]]
+    out = pd.DataFrame({**columns, "label": [label_ids[str(v)] for v in frame[ing.label_column]]})
+    keep = out["text"] != ""
+    if ing.text_pair_column:
+        keep &= out["text_pair"] != ""
+    return out[keep].reset_index(drop=True)
+
+
+def example_keys(frame: pd.DataFrame) -> pd.Series:
+    """What makes an example itself: its text, or its (text, second sentence) pair."""
+    return frame["text"] + " ||| " + frame["text_pair"] if "text_pair" in frame.columns else frame["text"]
+
+
+def model_inputs(frame: pd.DataFrame) -> list:
+    """The model's inputs for a prepared frame: texts, or (text, second sentence) pairs."""
+    if "text_pair" in frame.columns:
+        return list(zip(frame["text"], frame["text_pair"]))
+    return frame["text"].tolist()
+
+
+def encode_inputs(tokenizer, inputs: list, **kwargs):
+    """Tokenize texts or (text, text_pair) tuples (BERT's [CLS] a [SEP] b [SEP] with segment ids)."""
+    if inputs and isinstance(inputs[0], (tuple, list)):
+        return tokenizer([a for a, _ in inputs], [b for _, b in inputs], **kwargs)
+    return tokenizer(list(inputs), **kwargs)
 
 
 def deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Drop repeated texts, keeping the first occurrence."""
-    kept = frame.drop_duplicates(subset="text", keep="first").reset_index(drop=True)
+    """Drop repeated examples, keeping the first occurrence."""
+    kept = frame[~example_keys(frame).duplicated(keep="first")].reset_index(drop=True)
     return kept, len(frame) - len(kept)
 
 
@@ -85,8 +106,8 @@ def subsample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
 
 
 def remove_leaks(train: pd.DataFrame, evals: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Drop train rows whose (normalised) text is also an eval text; eval stays comparable."""
-    leaked = train["text"].isin(set(evals["text"]))
+    """Drop train rows whose (normalised) example is also an eval example; eval stays comparable."""
+    leaked = example_keys(train).isin(set(example_keys(evals)))
     return train[~leaked].reset_index(drop=True), int(leaked.sum())
 
 
@@ -132,9 +153,14 @@ def prepare(config: Config, root: Path = Path(".")) -> PrepareResult:
     staging = staging_dir(out_dir)  # written in full, then swapped in: never a mix of old and new
     for split, frame in (("train", train), ("validation", validation), ("eval", evals)):
         # Lengths before truncation, for honest statistics; ids truncated to max_length.
-        full = tokenizer(frame["text"].tolist(), add_special_tokens=True, truncation=False)["input_ids"]
+        inputs = model_inputs(frame)
+        full = encode_inputs(tokenizer, inputs, add_special_tokens=True, truncation=False)["input_ids"]
         lengths = [len(ids) for ids in full]
-        frame = frame.assign(input_ids=[ids[: prep.max_length - 1] + [ids[-1]] if len(ids) > prep.max_length else ids for ids in full])
+        if "text_pair" in frame.columns:  # cut the longer sentence first, keep both and both [SEP]s
+            ids = encode_inputs(tokenizer, inputs, truncation="longest_first", max_length=prep.max_length)["input_ids"]
+        else:
+            ids = [ids[: prep.max_length - 1] + [ids[-1]] if len(ids) > prep.max_length else ids for ids in full]
+        frame = frame.assign(input_ids=ids)
         frame.to_parquet(staging / f"{split}.parquet", index=False)
         stats[split] = token_stats(lengths, prep.max_length)
         counts, edges = np.histogram(lengths, bins=np.arange(0, max(lengths) + 9, 8))

@@ -16,6 +16,7 @@ import pandas as pd
 from bertops.config import Config
 
 LEAK_COLUMN = "leaks_from_train"
+EXAMPLE_COLUMN = "example"   # the whole input: the text, or "text ||| second sentence" for pairs
 SHARE_TABLE = "label_shares"
 
 
@@ -97,10 +98,19 @@ def build_checks(config: Config, splits: list[str]) -> list[Check]:
             Check(split, "labels inside the declared label set", "ExpectColumnValuesToBeInSet",
                   {"column": label, "value_set": sorted(ing.labels)}),
             Check(split, "duplicate rate under max_duplicate_rate", "ExpectColumnProportionOfUniqueValuesToBeBetween",
-                  {"column": text, "min_value": 1.0 - val.max_duplicate_rate}),
+                  {"column": EXAMPLE_COLUMN, "min_value": 1.0 - val.max_duplicate_rate}),
         ]
+        if ing.text_pair_column:
+            pair = ing.text_pair_column
+            checks += [
+                Check(split, f"second-sentence column {pair!r} present", "ExpectColumnToExist", {"column": pair}),
+                Check(split, "every pair has its second sentence", "ExpectColumnValuesToNotBeNull", {"column": pair}),
+                Check(split, "second sentence is not blank", "ExpectColumnValuesToMatchRegex", {"column": pair, "regex": r"\S"}),
+                Check(split, "second sentence length within bounds", "ExpectColumnValueLengthsToBeBetween",
+                      {"column": pair, "min_value": val.min_text_chars, "max_value": val.max_text_chars}),
+            ]
     if "eval" in splits:
-        checks.append(Check("eval", "no exact duplicates of train texts (leakage)", "ExpectColumnValuesToBeInSet",
+        checks.append(Check("eval", "no exact duplicates of train examples (leakage)", "ExpectColumnValuesToBeInSet",
                             {"column": LEAK_COLUMN, "value_set": [False]}))
     checks.append(Check(SHARE_TABLE, "class balance within bounds", "ExpectColumnValuesToBeBetween",
                         {"column": "share", "min_value": val.min_class_share, "max_value": val.max_class_share}))
@@ -109,12 +119,18 @@ def build_checks(config: Config, splits: list[str]) -> list[Check]:
 
 def derived_tables(config: Config, frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """The tables the checks run on: the splits (eval gains a leakage flag) and label shares."""
-    text, label = config.ingest.text_column, config.ingest.label_column
+    text, label, pair = config.ingest.text_column, config.ingest.label_column, config.ingest.text_pair_column
     tables = {split: frame.copy() for split, frame in frames.items()}
-    train = frames["train"]
-    if "eval" in tables and text in tables["eval"].columns:
-        train_texts = set(train[text]) if text in train.columns else set()
-        tables["eval"][LEAK_COLUMN] = tables["eval"][text].isin(train_texts)
+    for table in tables.values():
+        if text in table.columns:
+            key = table[text].astype(str)
+            if pair and pair in table.columns:
+                key = key + " ||| " + table[pair].astype(str)
+            table[EXAMPLE_COLUMN] = key.where(table[text].notna(), None)
+    train = tables["train"]
+    if "eval" in tables and EXAMPLE_COLUMN in tables["eval"].columns:
+        train_examples = set(train[EXAMPLE_COLUMN]) if EXAMPLE_COLUMN in train.columns else set()
+        tables["eval"][LEAK_COLUMN] = tables["eval"][EXAMPLE_COLUMN].isin(train_examples)
     counts = train[label].value_counts() if label in train.columns else pd.Series(dtype=int)
     total = max(int(counts.sum()), 1)
     tables[SHARE_TABLE] = pd.DataFrame(
@@ -153,7 +169,8 @@ def validate(config: Config, root: Path = Path(".")) -> ValidationReport:
     checks = build_checks(config, list(frames))
     tables = derived_tables(config, frames)
     results, docs = gx_adapter.run_checks(
-        checks, tables, out_dir / "gx", example_columns=[config.ingest.text_column, config.ingest.label_column],
+        checks, tables, out_dir / "gx",
+        example_columns=[c for c in (config.ingest.text_column, config.ingest.text_pair_column, config.ingest.label_column) if c],
         examples_per_failure=config.validate_.examples_per_failure,
     )
     report = verdict(config.ingest.dataset, manifest["data_hash"], results, {k: len(v) for k, v in frames.items()})

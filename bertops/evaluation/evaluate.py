@@ -25,24 +25,29 @@ from bertops.models.classifier import candidate_dir, load_classifier, verify_wei
 GATE_KEYS = ("accuracy", "macro_f1", "ece", "examples", "model_sha256", "slices", "behaviour", "serving", "champion")
 
 
-def probability_fn(model, tokenizer, config: Config) -> Callable[[list[str]], np.ndarray]:
-    """texts -> probabilities, normalised and tokenized exactly as training and serving do."""
+def probability_fn(model, tokenizer, config: Config) -> Callable[[list], np.ndarray]:
+    """texts (or (text, second sentence) pairs) -> probabilities, normalised and tokenized exactly
+    as training and serving do."""
     import torch
 
-    from bertops.data.prepare import normalize_text
+    from bertops.data.prepare import encode_inputs, normalize_text
     from bertops.training.loop import predict_logits
 
     prep = config.prepare
 
-    def predict(texts: list[str]) -> np.ndarray:
-        texts = [normalize_text(t, prep.unicode_form, prep.lowercase) for t in texts]
-        ids = tokenizer(texts, truncation=True, max_length=prep.max_length)["input_ids"]
-        return softmax(predict_logits(model, ids, tokenizer.pad_token_id, config.evaluate.batch_size, torch.device("cpu")))
+    def norm(text: str) -> str:
+        return normalize_text(text, prep.unicode_form, prep.lowercase)
+
+    def predict(inputs: list) -> np.ndarray:
+        inputs = [tuple(norm(t) for t in x) if isinstance(x, (tuple, list)) else norm(x) for x in inputs]
+        ids = encode_inputs(tokenizer, inputs, truncation=True, max_length=prep.max_length)["input_ids"]
+        return softmax(predict_logits(model, ids, tokenizer.pad_token_id, config.evaluate.batch_size, torch.device("cpu"),
+                                      sep_id=tokenizer.sep_token_id))
 
     return predict
 
 
-def score_champion(config: Config, root: Path, texts: list[str], y_true: np.ndarray, candidate_correct: np.ndarray,
+def score_champion(config: Config, root: Path, texts: list, y_true: np.ndarray, candidate_correct: np.ndarray,
                    labels: list[str], masks: dict[str, np.ndarray]) -> dict | None:
     """Score the production model on the very same eval examples and compare (paired), overall
     and per slice."""
@@ -71,7 +76,7 @@ def score_champion(config: Config, root: Path, texts: list[str], y_true: np.ndar
             "slices": {name: paired(mask) for name, mask in masks.items() if mask.any()}}
 
 
-def serving_cost(model, tokenizer, model_dir: Path, texts: list[str], config: Config) -> dict:
+def serving_cost(model, tokenizer, model_dir: Path, texts: list, config: Config) -> dict:
     from bertops.data.prepare import normalize_text
     from bertops.evaluation.serving_cost import latency_profile, model_size_mb, serving_request
 
@@ -93,7 +98,7 @@ def behaviour_report(config: Config, root: Path, predict, labels: list[str]) -> 
 
 def evaluate(config: Config, root: Path = Path(".")) -> dict:
     """Evaluate models/<dataset> on the prepared eval split; write reports/evaluate/*."""
-    from bertops.data.prepare import load_prepared
+    from bertops.data.prepare import load_prepared, model_inputs
 
     frames, id2label, meta = load_prepared(config, root)
     model_dir = candidate_dir(config, root)
@@ -108,18 +113,19 @@ def evaluate(config: Config, root: Path = Path(".")) -> dict:
             f"re-run `bertops {lineage.get('stage', 'finetune')}` (or `dvc repro`) before evaluating")
     evals = frames["eval"]
     texts, y_true = evals["text"].tolist(), evals["label"].to_numpy()
+    inputs = model_inputs(evals)  # the texts, or (text, second sentence) pairs
     labels = [id2label[i] for i in range(len(id2label))]
     predict = probability_fn(model, tokenizer, config)
-    probs = predict(texts)
+    probs = predict(inputs)
     y_pred = probs.argmax(-1)
     metrics = classification_metrics(np.log(np.clip(probs, 1e-12, None)), y_true, labels, config.evaluate.ece_bins)
     masks = slice_masks(texts, evals["input_ids"].map(len).to_numpy(), config.evaluate.slices)
     metrics["slices"] = slice_metrics(y_true, y_pred, masks, len(labels))
     metrics["behaviour"] = behaviour_report(config, root, predict, labels)
-    metrics["serving"] = serving_cost(model, tokenizer, model_dir, texts, config)
+    metrics["serving"] = serving_cost(model, tokenizer, model_dir, inputs, config)
     metrics["model_dir"] = str(model_dir)
     metrics["model_sha256"] = lineage["model_sha256"]
-    metrics["champion"] = score_champion(config, root, texts, y_true, y_pred == y_true, labels, masks)
+    metrics["champion"] = score_champion(config, root, inputs, y_true, y_pred == y_true, labels, masks)
 
     out_dir = root / config.paths.reports / "evaluate"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ def model_size_mb(model_dir: Path) -> float:
     return round(size / 1e6, 2)
 
 
-def latency_profile(request: Callable[[str], object], texts: list[str], requests: int, warmup: int = 10) -> dict:
+def latency_profile(request: Callable[[object], object], texts: list, requests: int, warmup: int = 10) -> dict:
     """p50/p95/mean milliseconds of `request(text)` over `requests` calls cycling through `texts`."""
     if not texts:
         raise ValueError("latency_profile needs at least one text")
@@ -36,12 +36,14 @@ def latency_profile(request: Callable[[str], object], texts: list[str], requests
             "p95_ms": round(float(np.percentile(timings, 95)), 3), "mean_ms": round(float(timings.mean()), 3)}
 
 
-def serving_request(model, tokenizer, max_length: int, normalize: Callable[[str], str]) -> Callable[[str], np.ndarray]:
-    """One request as the endpoint handles it: text -> probabilities."""
+def serving_request(model, tokenizer, max_length: int, normalize: Callable[[str], str]) -> Callable[[object], np.ndarray]:
+    """One request as the endpoint handles it: text (or a (text, second sentence) pair) -> probabilities."""
     import torch
 
-    def request(text: str) -> np.ndarray:
-        encoded = tokenizer([normalize(text)], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    def request(text) -> np.ndarray:
+        pair = isinstance(text, (tuple, list))
+        encoded = tokenizer([normalize(text[0] if pair else text)], [normalize(text[1])] if pair else None, padding=True,
+                            truncation=True, max_length=max_length, return_tensors="pt")
         with torch.inference_mode():
             return torch.softmax(model(**encoded).logits.float(), dim=-1).numpy()
 

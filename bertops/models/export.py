@@ -93,17 +93,20 @@ def onnx_session(path: Path, threads: int = 0):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _batches(tokenizer, texts: list[str], max_length: int, batch_size: int):
-    order = np.argsort([len(t) for t in texts])  # similar lengths together: little padding
+def _batches(tokenizer, texts: list, max_length: int, batch_size: int):
+    """Feeds for texts or (text, second sentence) pairs, similar lengths together (little padding)."""
+    from bertops.data.prepare import encode_inputs
+
+    order = np.argsort([len(t) if isinstance(t, str) else sum(map(len, t)) for t in texts])
     for start in range(0, len(texts), batch_size):
         index = order[start:start + batch_size]
-        encoded = tokenizer([texts[i] for i in index], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="np")
+        encoded = encode_inputs(tokenizer, [texts[i] for i in index], padding=True, truncation=True,
+                                max_length=max_length, return_tensors="np")
         feeds = {name: encoded.get(name, np.zeros_like(encoded["input_ids"])).astype(np.int64) for name in INPUTS}
         yield index, feeds
 
 
-def torch_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+def torch_logits(model, tokenizer, texts: list, max_length: int, batch_size: int = 64) -> np.ndarray:
     import torch
 
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
@@ -113,7 +116,7 @@ def torch_logits(model, tokenizer, texts: list[str], max_length: int, batch_size
     return out
 
 
-def session_logits(session, tokenizer, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+def session_logits(session, tokenizer, texts: list, max_length: int, batch_size: int = 64) -> np.ndarray:
     out = None
     for index, feeds in _batches(tokenizer, texts, max_length, batch_size):
         logits = session.run(["logits"], feeds)[0]
@@ -122,7 +125,7 @@ def session_logits(session, tokenizer, texts: list[str], max_length: int, batch_
     return out
 
 
-def export_for_serving(model_dir: Path, texts: list[str], labels: np.ndarray, max_length: int,
+def export_for_serving(model_dir: Path, texts: list, labels: np.ndarray, max_length: int,
                        max_abs_diff: float, max_accuracy_drop: float) -> dict:
     """Export fp32 + int8 ONNX into model_dir/onnx and check both against PyTorch on `texts`."""
     from bertops.models.classifier import load_classifier

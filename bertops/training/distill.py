@@ -98,12 +98,6 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return alpha * soft + (1 - alpha) * hard
 
 
-def _hidden_states(model: nn.Module, batch) -> tuple[torch.Tensor, ...]:
-    encoder = model.module.bert if hasattr(model, "module") else model.bert
-    return encoder(batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True,
-                   return_dict=True).hidden_states
-
-
 def distill(config: Config, root: Path = Path(".")) -> TrainResult:
     """Train models/<dataset>-student from the teacher on the prepared corpus."""
     from bertops.data.prepare import load_prepared
@@ -131,18 +125,18 @@ def distill(config: Config, root: Path = Path(".")) -> TrainResult:
     def prepare(train_ids: list[list[int]], device: torch.device, precision: str) -> None:
         teacher.to(device).eval()
         if not cfg.hidden_weight:  # the teacher's logits never change: compute them once
-            cached["logits"] = torch.from_numpy(predict_logits(teacher, train_ids, teacher_tokenizer.pad_token_id,
-                                                               config.evaluate.batch_size, device, precision))
+            cached["logits"] = torch.from_numpy(predict_logits(
+                teacher, train_ids, teacher_tokenizer.pad_token_id, config.evaluate.batch_size, device, precision,
+                teacher_tokenizer.sep_token_id))
 
     def loss(model: nn.Module, batch, index: np.ndarray) -> torch.Tensor:
         if not cfg.hidden_weight:
-            student_logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            student_logits = model(**batch.inputs()).logits
             return distillation_loss(student_logits, cached["logits"][index].to(student_logits.device), batch.labels,
                                      cfg.temperature, cfg.alpha)
         with torch.no_grad():
-            teacher_out = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                  output_hidden_states=True)
-        student_out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
+            teacher_out = teacher(**batch.inputs(), output_hidden_states=True)
+        student_out = model(**batch.inputs(), output_hidden_states=True)
         total = distillation_loss(student_out.logits, teacher_out.logits, batch.labels, cfg.temperature, cfg.alpha)
         mask = batch.attention_mask.unsqueeze(-1).float()
         # hidden_states[0] is the embedding output; student layer i teaches from teacher layer mapping[i]

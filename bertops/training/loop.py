@@ -125,16 +125,16 @@ def autocast(device: torch.device, precision: str):
 
 @torch.no_grad()
 def predict_logits(model, sequences: list[list[int]], pad_id: int, batch_size: int, device: torch.device,
-                   precision: str = "fp32") -> np.ndarray:
+                   precision: str = "fp32", sep_id: int | None = None) -> np.ndarray:
     """Logits (N, num_labels) in input order; batches are length-sorted to avoid padding."""
     was_training = model.training
     model.eval()
     lengths = [len(s) for s in sequences]
     out = np.zeros((len(sequences), model.config.num_labels), dtype=np.float32)
     for index in bucketed_batches(lengths, batch_size, 1, seed=0, shuffle=False):
-        batch = collate([sequences[i] for i in index], None, pad_id).to(device)
+        batch = collate([sequences[i] for i in index], None, pad_id, sep_id).to(device)
         with autocast(device, precision):
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logits = model(**batch.inputs()).logits
         out[index] = logits.float().cpu().numpy()
     model.train(was_training)
     return out
@@ -198,7 +198,7 @@ def train_classifier(config: Config, root: Path, run: ClassifierRun) -> TrainRes
         raise ConfigError(f"the prepared corpus has {len(train_ids)} train and {len(val_ids)} validation rows; "
                           "both must be non-empty (check prepare.max_train_rows and prepare.validation_fraction)")
     lengths = np.array([len(s) for s in train_ids])
-    pad_id = tokenizer.pad_token_id
+    pad_id, sep_id = tokenizer.pad_token_id, tokenizer.sep_token_id
 
     # -- 3. model, optimizer, schedule -------------------------------------------------------------
     model = run.build(id2label).to(device)
@@ -249,7 +249,7 @@ def train_classifier(config: Config, root: Path, run: ClassifierRun) -> TrainRes
     def evaluate_now(epoch: int) -> None:
         nonlocal eval_seconds
         eval_started = time.perf_counter()
-        logits = predict_logits(model, val_ids, pad_id, config.evaluate.batch_size, device, precision)
+        logits = predict_logits(model, val_ids, pad_id, config.evaluate.batch_size, device, precision, sep_id)
         accuracy = float((logits.argmax(-1) == val_labels).mean())
         history.append({"step": step, "epoch": epoch, "validation_accuracy": round(accuracy, 4),
                         "elapsed_s": round(time.perf_counter() - started, 1)})
@@ -266,11 +266,10 @@ def train_classifier(config: Config, root: Path, run: ClassifierRun) -> TrainRes
         for position, index in enumerate(batches):
             if epoch == start_epoch and position < skip_batches:
                 continue  # done before the checkpoint (the batch order is a function of the seed)
-            batch = collate([train_ids[i] for i in index], train_labels[index].tolist(), pad_id).to(device)
+            batch = collate([train_ids[i] for i in index], train_labels[index].tolist(), pad_id, sep_id).to(device)
             with autocast(device, precision):
                 if run.loss is None:
-                    loss = train_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                       labels=batch.labels).loss
+                    loss = train_model(**batch.inputs(), labels=batch.labels).loss
                 else:
                     loss = run.loss(train_model, batch, index)
             scaler.scale(loss).backward()

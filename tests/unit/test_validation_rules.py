@@ -12,8 +12,19 @@ def test_suite_covers_every_rule_for_each_split():
                      "text length within bounds", "text is not blank", "text is valid UTF-8",
                      "labels inside the declared label set", "duplicate rate under max_duplicate_rate"):
             assert (split, rule) in names
-    assert ("eval", "no exact duplicates of train texts (leakage)") in names
+    assert ("eval", "no exact duplicates of train examples (leakage)") in names
     assert (SHARE_TABLE, "class balance within bounds") in names
+
+
+def test_sentence_pairs_get_second_sentence_checks_and_pair_keys():
+    cfg = smoke_config(["ingest.text_pair_column=sentence2"])
+    names = {(c.table, c.name) for c in build_checks(cfg, ["train"])}
+    assert ("train", "every pair has its second sentence") in names and ("train", "second sentence is not blank") in names
+    frames = {"train": pd.DataFrame({"sentence": ["p", "p"], "sentence2": ["h1", "h2"], "label": ["1", "0"]}),
+              "eval": pd.DataFrame({"sentence": ["p", "p"], "sentence2": ["h1", "h3"], "label": ["1", "0"]})}
+    tables = derived_tables(cfg, frames)
+    # the same premise with another hypothesis is neither a duplicate nor a leak
+    assert tables["train"]["example"].nunique() == 2 and tables["eval"][LEAK_COLUMN].tolist() == [True, False]
 
 
 def test_no_leakage_check_without_an_eval_split():
