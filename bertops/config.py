@@ -35,12 +35,17 @@ class PathsConfig(_Section):
 
 
 class IngestConfig(_Section):
+    # classification: one text (or a text pair) -> one label; ner: CoNLL tokens -> IOB2 tags
+    task: Literal["classification", "ner"] = "classification"
     dataset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # split -> file name inside the source folder (e.g. CoNLL's train.txt / valid.txt / test.txt);
+    # null = find train.* and dev/eval/validation/test.* tables
+    files: dict[Literal["train", "validation", "eval"], str] | None = None
     path: Path | None
     search_paths: list[str]
     hub_id: str | None
     hub_config: str | None
-    hub_splits: dict[Literal["train", "eval"], str]
+    hub_splits: dict[Literal["train", "validation", "eval"], str]
     text_column: str = Field(min_length=1)
     text_pair_column: str | None = Field(default=None, min_length=1)   # sentence pairs (e.g. RTE's sentence2)
     label_column: str = Field(min_length=1)
@@ -208,6 +213,7 @@ class GateConfig(_Section):
     min_slice_examples: int = Field(ge=1)
     confidence: float = Field(gt=0, lt=1)
     bootstrap_resamples: int = Field(ge=100)
+    min_entity_f1: float | None = Field(default=None, ge=0, le=1)   # ner: entity-level micro F1 on eval
     speed_trade: SpeedTrade | None       # null = a challenger must always be non-inferior
 
 
@@ -334,7 +340,7 @@ def _set_dotted(tree: dict[str, Any], parts: list[str], value: Any, source: str)
 
 def _is_free_mapping(parts: list[str]) -> bool:
     # Mappings whose keys are data, not schema (e.g. ingest.labels.<raw value>).
-    return parts[:-1] in (["ingest", "labels"], ["ingest", "hub_splits"], ["evaluate", "slices"])
+    return parts[:-1] in (["ingest", "labels"], ["ingest", "hub_splits"], ["ingest", "files"], ["evaluate", "slices"])
 
 
 def _merge(base: dict[str, Any], patch: dict[str, Any], source: str, prefix: str = "") -> None:

@@ -100,7 +100,11 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     # An exception inside this block (a failed export check) discards the half-made store entry.
     with bentoml.models.create(name, labels={"dataset": config.ingest.dataset}, metadata=_flat_metadata(lineage)) as saved:
         shutil.copytree(model_dir, saved.path, dirs_exist_ok=True)
-        agreement = export_checked(config, root, Path(saved.path))
+        if config.ingest.task == "classification":
+            agreement = export_checked(config, root, Path(saved.path))
+        else:  # the ONNX export and its agreement check cover sequence classifiers; others serve PyTorch
+            agreement = {"cpu_runtime": "torch", "runtimes": {},
+                         "note": f"no ONNX export for {config.ingest.task} models yet: served by PyTorch"}
         lineage["serving_export"] = agreement
         (Path(saved.path) / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
     model_tag = str(saved.tag)
@@ -109,14 +113,20 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     # The service normalises text exactly as `prepare` did for training.
     settings = {"model_tag": model_tag, "serve": config.serve.model_dump(), "max_length": config.prepare.max_length,
                 "unicode_form": config.prepare.unicode_form, "lowercase": config.prepare.lowercase,
-                "text_pairs": bool(config.ingest.text_pair_column),
+                "text_pairs": bool(config.ingest.text_pair_column), "task": config.ingest.task,
                 "cpu_runtime": agreement["cpu_runtime"],
                 "onnx_files": {k: v["file"] for k, v in agreement["runtimes"].items() if v["passed"]}}
     (serving_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     build = yaml.safe_load((serving_dir / "bentofile.yaml").read_text())
+    include = list(build.get("include") or [])
+    if config.ingest.task == "ner":  # the service's word splitting and entity spans: bertops' own, copied
+        from bertops.tasks import ner
+
+        shutil.copyfile(ner.__file__, serving_dir / "bertops_ner.py")
+        include.append("bertops_ner.py")
     bento = bentoml.bentos.build(
         service=build["service"], name=name, version=saved.tag.version, build_ctx=str(serving_dir),
-        include=build.get("include"), python=build.get("python"), docker=build.get("docker"),
+        include=include, python=build.get("python"), docker=build.get("docker"),
         labels={"dataset": config.ingest.dataset, "model": model_tag},
     )
     Registry(root / config.paths.registry).register(

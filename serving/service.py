@@ -5,6 +5,8 @@
   model's maximum length; `POST /embed`: texts -> one sentence embedding each
   (mean of the encoder's token states; L2-normalised when `serve.normalize_embeddings`). Both
   batch adaptively (`batchable=True`, `serve.max_batch_size`, `serve.max_latency_ms`).
+- `POST /tag` (ner models, instead of /classify): raw texts -> entities, each with its type,
+  surface text, [start, end) character offsets into the text and a score.
 - `GET /metadata`: model version, runtime, lineage, labels, max sequence length.
 - BentoML adds `/healthz`, `/livez`, `/readyz` and `/metrics` (Prometheus: BentoML's own series
   plus `bertops_requests_total{endpoint,outcome}`, `bertops_batch_size`, `bertops_inference_seconds`,
@@ -35,15 +37,18 @@ from pydantic import Field
 with bentoml.importing():
     import numpy as np
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
 _SETTINGS_FILE = Path(__file__).with_name("bertops_serving.json")
 if not _SETTINGS_FILE.is_file():
     raise RuntimeError(f"{_SETTINGS_FILE} is missing: build the service with `bertops package`, not by hand")
 SETTINGS = json.loads(_SETTINGS_FILE.read_text())
 SERVE = SETTINGS["serve"]
+TASK = SETTINGS.get("task", "classification")  # "ner" serves POST /tag instead of /classify
+if TASK == "ner":
+    import bertops_ner  # word splitting and entity spans; a copy of bertops/tasks/ner.py put here by `bertops package`
 OPEN_PATHS = ("/healthz", "/livez", "/readyz")  # probes stay open when a token is required
-API_PATHS = ("/classify", "/embed", "/metadata", "/metrics")
+API_PATHS = ("/classify", "/tag", "/embed", "/metadata", "/metrics")
 
 Text = Annotated[str, Field(min_length=1, max_length=SERVE["max_text_chars"], pattern=r"\S",
                             description="one non-blank text")]
@@ -99,7 +104,7 @@ class Guard:
         if self.token is not None and path not in OPEN_PATHS and not self._authorized(scope):
             return await self._refuse(send, endpoint, 401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
                                       [(b"www-authenticate", b"Bearer")])
-        if scope.get("method") == "POST" and path in ("/classify", "/embed") and not self._json(scope):
+        if scope.get("method") == "POST" and path in ("/classify", "/tag", "/embed") and not self._json(scope):
             return await self._refuse(send, endpoint, 415, "send the texts as JSON with 'Content-Type: application/json', "
                                                           'e.g. {"texts": ["a text"]}')
         status = {}
@@ -154,7 +159,8 @@ class Engine:
         config = AutoConfig.from_pretrained(path, trust_remote_code=True)
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         if runtime == "torch":
-            self.model = AutoModelForSequenceClassification.from_pretrained(
+            head = AutoModelForTokenClassification if TASK == "ner" else AutoModelForSequenceClassification
+            self.model = head.from_pretrained(
                 path, trust_remote_code=True, attn_implementation="sdpa"  # the head's code is inside the folder
             ).to(self.device).eval()
             self.dtype = None
@@ -192,6 +198,16 @@ class Engine:
             mask[i, : len(row)] = 1
             token_types[i, : len(row)] = segment
         return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_types}, truncated
+
+    def encode_words(self, texts: list[str]) -> tuple[dict[str, np.ndarray], list, list[bool]]:
+        """Raw texts -> CoNLL-style words with character offsets -> word pieces (for /tag)."""
+        words = [bertops_ner.split_words(t) for t in texts]
+        encoded = self.tokenizer([[w for w, _, _ in row] or [""] for row in words], is_split_into_words=True,
+                                 truncation=True, max_length=self.max_length, padding=True, return_tensors="np")
+        word_ids = [encoded.word_ids(i) for i in range(len(texts))]
+        truncated = [len({w for w in ids if w is not None}) < len(row) for ids, row in zip(word_ids, words)]
+        feeds = {k: encoded[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        return feeds, list(zip(words, word_ids)), truncated
 
     def run(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
         """output: "logits" or "embedding" (mean of the encoder's token states)."""
@@ -242,10 +258,33 @@ class Classifier:
             m.truncated.inc(sum(truncated))
         return values, truncated
 
+    if TASK == "ner":
+        @bentoml.api(batchable=True, max_batch_size=SERVE["max_batch_size"], max_latency_ms=SERVE["max_latency_ms"])
+        def tag(self, texts: Texts) -> list[dict]:
+            """Named entities in each raw text: type, surface text, [start, end) character offsets, score."""
+            started = time.perf_counter()
+            feeds, aligned, truncated = self.engine.encode_words(texts)
+            logits = self.engine.run(feeds, "logits")
+            m = metrics()
+            m.batch_size.labels("/tag").observe(len(texts))
+            m.inference.labels("/tag").observe(time.perf_counter() - started)
+            if any(truncated):
+                m.truncated.inc(sum(truncated))
+            out = []
+            for text, row, (words, word_ids), cut in zip(texts, logits, aligned, truncated):
+                ids, scores = bertops_ner.word_scores(row, word_ids, num_words=len(words))
+                tags = [self.labels[i] for i in ids]
+                entities = bertops_ner.spans_to_entities(text, words, tags, scores) if words else []
+                out.append({"entities": [{**e, "score": round(e["score"], 6)} for e in entities],
+                            "model_version": self.version, "truncated": cut})
+            return out
+
     @bentoml.api(batchable=True, max_batch_size=SERVE["max_batch_size"], max_latency_ms=SERVE["max_latency_ms"])
     def classify(self, texts: ClassifyInputs) -> list[dict]:
         """Label and per-label probabilities for each text, or each [first, second] pair for a
         sentence-pair model (the model version answers too)."""
+        if TASK != "classification":
+            raise bentoml.exceptions.InvalidArgument(f"this is a {TASK} model: POST /tag")
         probs, truncated = self._infer("/classify", texts, "logits")
         probs = _softmax(probs)
         return [
@@ -269,7 +308,7 @@ class Classifier:
         """The model version, runtime, lineage, label map and max sequence length."""
         return {"model_version": self.version, "runtime": self.engine.runtime, "labels": self.labels,
                 "max_length": self.engine.max_length, "max_texts_per_request": SERVE["max_texts_per_request"],
-                "input": "[first, second] sentence pairs" if TEXT_PAIRS else "texts",
+                "input": "[first, second] sentence pairs" if TEXT_PAIRS else "texts", "task": TASK,
                 "embedding_normalized": SERVE["normalize_embeddings"],
                 "lineage": {k: v for k, v in self.lineage.items() if k != "params"}}
 

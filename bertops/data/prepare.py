@@ -127,6 +127,10 @@ def prepare(config: Config, root: Path = Path(".")) -> PrepareResult:
     from bertops.data.sources import load_raw
     from bertops.models.pretrained import load_tokenizer
 
+    if config.ingest.task == "ner":
+        from bertops.tasks.token_classification import prepare_ner
+
+        return prepare_ner(config, root)
     frames, manifest = load_raw(config, root)
     require_validated(config, root, manifest["data_hash"])
     prep = config.prepare

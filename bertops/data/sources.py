@@ -112,10 +112,11 @@ def resolve_local(cfg: IngestConfig, root: Path) -> dict[str, Path] | None:
     if cfg.path is not None:
         path = cfg.path if cfg.path.is_absolute() else root / cfg.path
         if path.is_file():
-            file_format(path)
+            if cfg.task == "classification":
+                file_format(path)
             return {"train": path}
         if path.is_dir():
-            return find_split_files(path)
+            return named_files(path, cfg.files) if cfg.files else find_split_files(path)
         raise DataSourceError(f"ingest.path={cfg.path}: no such file or folder")
     for candidate in cfg.search_paths:
         expanded = os.path.expandvars(candidate)
@@ -124,8 +125,19 @@ def resolve_local(cfg: IngestConfig, root: Path) -> dict[str, Path] | None:
         folder = Path(expanded)
         folder = folder if folder.is_absolute() else root / folder
         if folder.is_dir():
-            return find_split_files(folder)
+            return named_files(folder, cfg.files) if cfg.files else find_split_files(folder)
     return None
+
+
+def named_files(folder: Path, files: dict[str, str]) -> dict[str, Path]:
+    """The split files `ingest.files` names, all of which must exist."""
+    missing = [name for name in files.values() if not (folder / name).is_file()]
+    if missing:
+        raise DataSourceError(f"{folder}: no {', '.join(missing)} (named by ingest.files {files}); fix ingest.files "
+                              "or point ingest.search_paths / ingest.path at the folder holding them")
+    if "train" not in files:
+        raise DataSourceError(f"ingest.files {files} names no train file; add train: <file name>")
+    return {split: folder / name for split, name in files.items()}
 
 
 def _download_hub(cfg: IngestConfig, dest: Path) -> dict[str, str]:
@@ -135,6 +147,15 @@ def _download_hub(cfg: IngestConfig, dest: Path) -> dict[str, str]:
         raise DataSourceError("reading a hub dataset needs the `datasets` package: pip install datasets") from exc
     files = {}
     for split, hub_split in cfg.hub_splits.items():
+        if cfg.task == "ner":  # token lists + ClassLabel tags -> a two-column CoNLL file
+            rows = datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=hub_split)
+            names = rows.features["ner_tags"].feature.names
+            lines = []
+            for row in rows:
+                lines += [f"{token} {names[tag]}" for token, tag in zip(row["tokens"], row["ner_tags"])] + [""]
+            (dest / f"{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            files[split] = f"{split}.txt"
+            continue
         frame = datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=hub_split).to_pandas()
         name = f"{split}.parquet"
         frame.to_parquet(dest / name, index=False)

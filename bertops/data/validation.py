@@ -149,6 +149,7 @@ def offending_examples(frame: pd.DataFrame, indices: list[Any], columns: list[st
         for column in columns:
             if column in frame.columns:
                 value = frame.at[index, column]
+                value = value.item() if hasattr(value, "item") and not isinstance(value, str) else value  # numpy scalars
                 record[column] = value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
         rows.append(record)
     return rows
@@ -164,6 +165,10 @@ def validate(config: Config, root: Path = Path(".")) -> ValidationReport:
     from bertops.data import gx_adapter
     from bertops.data.sources import load_raw
 
+    if config.ingest.task == "ner":
+        from bertops.tasks.token_classification import validate_ner
+
+        return validate_ner(config, root)
     frames, manifest = load_raw(config, root)
     out_dir = root / config.paths.reports / "validate"
     checks = build_checks(config, list(frames))

@@ -100,6 +100,10 @@ def evaluate(config: Config, root: Path = Path(".")) -> dict:
     """Evaluate models/<dataset> on the prepared eval split; write reports/evaluate/*."""
     from bertops.data.prepare import load_prepared, model_inputs
 
+    if config.ingest.task == "ner":
+        from bertops.tasks.token_classification import evaluate_ner
+
+        return evaluate_ner(config, root)
     frames, id2label, meta = load_prepared(config, root)
     model_dir = candidate_dir(config, root)
     lineage = verify_weights(model_dir)

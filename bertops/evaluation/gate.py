@@ -97,10 +97,12 @@ def _verdict(ci_low: float, margin: float) -> str:
 def decide(report: dict, policy: GateConfig) -> GateDecision:
     """Approve only if every threshold holds and the candidate is non-inferior to production
     (when there is one) overall and on every slice of at least `min_slice_examples`."""
+    cost = [("p95 latency ms", "serving.latency.p95_ms", policy.max_p95_latency_ms, "<="),
+            ("model size MB", "serving.model_size_mb", policy.max_model_size_mb, "<=")]
+    if report.get("task") == "ner":
+        return _decide_ner(report, policy, cost)
     rules = [("accuracy", "accuracy", policy.min_accuracy, ">="), ("macro_f1", "macro_f1", policy.min_macro_f1, ">="),
-             ("ece", "ece", policy.max_ece, "<="),
-             ("p95 latency ms", "serving.latency.p95_ms", policy.max_p95_latency_ms, "<="),
-             ("model size MB", "serving.model_size_mb", policy.max_model_size_mb, "<=")]
+             ("ece", "ece", policy.max_ece, "<="), *cost]
     if policy.min_behaviour_pass_rate is not None:
         rules += [(f"behaviour {kind} pass rate", f"behaviour.{kind}.pass_rate", threshold, ">=")
                   for kind, threshold in policy.min_behaviour_pass_rate.model_dump().items()]
@@ -143,6 +145,23 @@ def decide(report: dict, policy: GateConfig) -> GateDecision:
                                      -slice_margin, ">="))
             comparison["slices"][name] = {**result, "verdict": verdict}
     return GateDecision(all(c.passed for c in checks), checks, report.get("model_sha256"), comparison)
+
+
+def _decide_ner(report: dict, policy: GateConfig, cost: list) -> GateDecision:
+    """Token classification: entity F1 floor, serving cost, and no worse than production's entity
+    F1 by more than the non-inferiority margin (point estimate on the same sentences)."""
+    if policy.min_entity_f1 is None:
+        raise IncompleteReport("gate.min_entity_f1 is null: a ner model needs an entity-F1 floor; set it in params.yaml "
+                               "or the task's profile (configs/conll2003.yaml)")
+    rules = [("entity F1", "entity_f1", policy.min_entity_f1, ">="), *cost]
+    checks = [_check(name, _lookup(report, path), threshold, op) for name, path, threshold, op in rules
+              if threshold is not None]
+    champion = report.get("champion")
+    if champion:
+        difference = _lookup(report, "entity_f1") - _lookup(report, "champion.entity_f1")
+        checks.append(_check(f"entity F1 vs production {champion.get('version')} (difference)", difference,
+                             -policy.non_inferiority_margin, ">="))
+    return GateDecision(all(c.passed for c in checks), checks, report.get("model_sha256"), None)
 
 
 def _speedup(report: dict, champion: dict) -> float | None:

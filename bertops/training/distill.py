@@ -105,6 +105,8 @@ def distill(config: Config, root: Path = Path(".")) -> TrainResult:
     from bertops.models.pretrained import describe_model_source, load_tokenizer
 
     cfg = config.distill
+    if config.ingest.task != "classification":
+        raise ConfigError(f"distill handles classification models; ingest.task={config.ingest.task!r} is not supported yet")
     source = teacher_dir(config, root)
     teacher_lineage = verify_weights(source)  # a damaged teacher teaches nothing
     teacher, teacher_tokenizer = load_classifier(source)

@@ -35,6 +35,7 @@ class TrainResult:
     precision: str
     world_size: int
     resumed_from_step: int = 0    # > 0: this run continued a killed one from its checkpoint
+    validation_metric: str = "accuracy"   # what best_validation_accuracy measures (entity F1 for NER)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -153,6 +154,11 @@ class ClassifierRun:
     loss: Callable[[torch.nn.Module, Batch, np.ndarray], torch.Tensor] | None = None
     prepare: Callable[[list[list[int]], torch.device, str], None] | None = None  # once, before training
     lineage: dict = field(default_factory=dict)  # extra lineage fields (e.g. the teacher)
+    # Other tasks (token classification): per-row targets, their batching, the validation score.
+    targets: Callable[[Any], list] | None = None           # frame -> one target per row; None = frame["label"]
+    collate: Callable[..., Batch] | None = None             # (sequences, targets, pad_id, sep_id) -> Batch
+    score: Callable[[torch.nn.Module, Any, torch.device, str], float] | None = None  # (model, frame, ...) -> score
+    metric: str = "accuracy"                                # what `score` measures (higher is better)
 
 
 def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
@@ -160,6 +166,10 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
     from bertops.models.classifier import build_classifier
     from bertops.models.pretrained import describe_model_source
 
+    if config.ingest.task == "ner":
+        from bertops.tasks.token_classification import finetune_ner
+
+        return finetune_ner(config, root)
     cfg = config.finetune
     return train_classifier(config, root, ClassifierRun(
         stage="finetune", section=cfg, tokenizer=cfg.model, parent=describe_model_source(cfg.model),
@@ -191,9 +201,11 @@ def train_classifier(config: Config, root: Path, run: ClassifierRun) -> TrainRes
             "tokenizer; re-run `bertops prepare` with finetune.model set to the same model"
         )
     train_ids = frames["train"]["input_ids"].map(list).tolist()
-    train_labels = frames["train"]["label"].to_numpy()
+    targets = run.targets or (lambda frame: frame["label"].tolist())
+    train_labels = targets(frames["train"])
     val_ids = frames["validation"]["input_ids"].map(list).tolist()
-    val_labels = frames["validation"]["label"].to_numpy()
+    val_labels = np.asarray(frames["validation"]["label"]) if run.score is None else None
+    batcher = run.collate or collate
     if not train_ids or not val_ids:
         raise ConfigError(f"the prepared corpus has {len(train_ids)} train and {len(val_ids)} validation rows; "
                           "both must be non-empty (check prepare.max_train_rows and prepare.validation_fraction)")
@@ -249,8 +261,11 @@ def train_classifier(config: Config, root: Path, run: ClassifierRun) -> TrainRes
     def evaluate_now(epoch: int) -> None:
         nonlocal eval_seconds
         eval_started = time.perf_counter()
-        logits = predict_logits(model, val_ids, pad_id, config.evaluate.batch_size, device, precision, sep_id)
-        accuracy = float((logits.argmax(-1) == val_labels).mean())
+        if run.score is None:
+            logits = predict_logits(model, val_ids, pad_id, config.evaluate.batch_size, device, precision, sep_id)
+            accuracy = float((logits.argmax(-1) == val_labels).mean())
+        else:
+            accuracy = float(run.score(model, frames["validation"], device, precision))
         history.append({"step": step, "epoch": epoch, "validation_accuracy": round(accuracy, 4),
                         "elapsed_s": round(time.perf_counter() - started, 1)})
         if accuracy > best["accuracy"]:
@@ -266,7 +281,7 @@ def train_classifier(config: Config, root: Path, run: ClassifierRun) -> TrainRes
         for position, index in enumerate(batches):
             if epoch == start_epoch and position < skip_batches:
                 continue  # done before the checkpoint (the batch order is a function of the seed)
-            batch = collate([train_ids[i] for i in index], train_labels[index].tolist(), pad_id, sep_id).to(device)
+            batch = batcher([train_ids[i] for i in index], [train_labels[i] for i in index], pad_id, sep_id).to(device)
             with autocast(device, precision):
                 if run.loss is None:
                     loss = train_model(**batch.inputs(), labels=batch.labels).loss
@@ -315,6 +330,7 @@ def train_classifier(config: Config, root: Path, run: ClassifierRun) -> TrainRes
         train_seconds=round(seconds, 1), tokens_per_second=round(tokens_per_second, 1),
         padding_share=round(1 - real_tokens / max(fed_tokens, 1), 4), device=str(device),
         precision=precision, world_size=world, resumed_from_step=resumed_from, history=history,
+        validation_metric=run.metric,
     )
     if rank == 0:
         save_model(model, tokenizer, result, config, meta, root, run)
