@@ -35,8 +35,9 @@ class PathsConfig(_Section):
 
 
 class IngestConfig(_Section):
-    # classification: one text (or a text pair) -> one label; ner: CoNLL tokens -> IOB2 tags
-    task: Literal["classification", "ner"] = "classification"
+    # classification: one text (or a text pair) -> one label; ner: CoNLL tokens -> IOB2 tags;
+    # qa: SQuAD v1.1 question + context -> the answer span
+    task: Literal["classification", "ner", "qa"] = "classification"
     dataset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     # split -> file name inside the source folder (e.g. CoNLL's train.txt / valid.txt / test.txt);
     # null = find train.* and dev/eval/validation/test.* tables
@@ -89,6 +90,8 @@ class PrepareConfig(_Section):
     max_length: int = Field(ge=8, le=8192)
     max_train_rows: int = Field(ge=0)
     max_eval_rows: int = Field(ge=0)
+    doc_stride: int = Field(default=128, ge=1)        # qa: context tokens shared by consecutive windows
+    max_query_length: int = Field(default=64, ge=4)   # qa: question tokens kept
 
 
 class _TrainingSection(_Section):
@@ -185,6 +188,7 @@ class EvaluateConfig(_Section):
     slices: dict[str, SliceConfig]
     behaviour: Path | None
     latency_requests: int = Field(ge=10)
+    max_answer_tokens: int = Field(default=30, ge=1)  # qa: longest answer span considered
 
 
 class BehaviourPolicy(_Section):
@@ -214,6 +218,7 @@ class GateConfig(_Section):
     confidence: float = Field(gt=0, lt=1)
     bootstrap_resamples: int = Field(ge=100)
     min_entity_f1: float | None = Field(default=None, ge=0, le=1)   # ner: entity-level micro F1 on eval
+    min_qa_f1: float | None = Field(default=None, ge=0, le=1)       # qa: SQuAD token F1 (0-1) on eval
     speed_trade: SpeedTrade | None       # null = a challenger must always be non-inferior
 
 

@@ -114,16 +114,19 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     settings = {"model_tag": model_tag, "serve": config.serve.model_dump(), "max_length": config.prepare.max_length,
                 "unicode_form": config.prepare.unicode_form, "lowercase": config.prepare.lowercase,
                 "text_pairs": bool(config.ingest.text_pair_column), "task": config.ingest.task,
+                "doc_stride": config.prepare.doc_stride, "max_query_length": config.prepare.max_query_length,
+                "max_answer_tokens": config.evaluate.max_answer_tokens,
                 "cpu_runtime": agreement["cpu_runtime"],
                 "onnx_files": {k: v["file"] for k, v in agreement["runtimes"].items() if v["passed"]}}
     (serving_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     build = yaml.safe_load((serving_dir / "bentofile.yaml").read_text())
     include = list(build.get("include") or [])
-    if config.ingest.task == "ner":  # the service's word splitting and entity spans: bertops' own, copied
-        from bertops.tasks import ner
+    if config.ingest.task in ("ner", "qa"):  # the service's task helpers: bertops' own pure module, copied
+        import importlib
 
-        shutil.copyfile(ner.__file__, serving_dir / "bertops_ner.py")
-        include.append("bertops_ner.py")
+        helper = importlib.import_module(f"bertops.tasks.{config.ingest.task}")
+        shutil.copyfile(helper.__file__, serving_dir / f"bertops_{config.ingest.task}.py")
+        include.append(f"bertops_{config.ingest.task}.py")
     bento = bentoml.bentos.build(
         service=build["service"], name=name, version=saved.tag.version, build_ctx=str(serving_dir),
         include=include, python=build.get("python"), docker=build.get("docker"),

@@ -7,6 +7,8 @@
   batch adaptively (`batchable=True`, `serve.max_batch_size`, `serve.max_latency_ms`).
 - `POST /tag` (ner models, instead of /classify): raw texts -> entities, each with its type,
   surface text, [start, end) character offsets into the text and a score.
+- `POST /answer` (qa models): {"questions": [{"question", "context"}]} -> the best answer span
+  of each context (text, character offsets, score); long contexts are read in doc-stride windows.
 - `GET /metadata`: model version, runtime, lineage, labels, max sequence length.
 - BentoML adds `/healthz`, `/livez`, `/readyz` and `/metrics` (Prometheus: BentoML's own series
   plus `bertops_requests_total{endpoint,outcome}`, `bertops_batch_size`, `bertops_inference_seconds`,
@@ -32,12 +34,13 @@ from typing import Annotated
 
 import bentoml
 from fastapi import FastAPI
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 with bentoml.importing():
     import numpy as np
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+    from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification, AutoTokenizer)
 
 _SETTINGS_FILE = Path(__file__).with_name("bertops_serving.json")
 if not _SETTINGS_FILE.is_file():
@@ -47,8 +50,10 @@ SERVE = SETTINGS["serve"]
 TASK = SETTINGS.get("task", "classification")  # "ner" serves POST /tag instead of /classify
 if TASK == "ner":
     import bertops_ner  # word splitting and entity spans; a copy of bertops/tasks/ner.py put here by `bertops package`
+if TASK == "qa":
+    import bertops_qa  # doc-stride windows and span post-processing; a copy of bertops/tasks/qa.py
 OPEN_PATHS = ("/healthz", "/livez", "/readyz")  # probes stay open when a token is required
-API_PATHS = ("/classify", "/tag", "/embed", "/metadata", "/metrics")
+API_PATHS = ("/classify", "/tag", "/answer", "/embed", "/metadata", "/metrics")
 
 Text = Annotated[str, Field(min_length=1, max_length=SERVE["max_text_chars"], pattern=r"\S",
                             description="one non-blank text")]
@@ -57,6 +62,15 @@ Texts = Annotated[list[Text], Field(min_length=1, max_length=SERVE["max_texts_pe
 # the request's own validation (never a failure of the adaptive batch it would have joined).
 TEXT_PAIRS = bool(SETTINGS.get("text_pairs"))
 TextPair = Annotated[list[Text], Field(min_length=2, max_length=2, description="[first sentence, second sentence]")]
+
+
+class Question(BaseModel):
+    """One extractive-QA request item: the answer is a span of `context`."""
+    question: Text
+    context: Annotated[str, Field(min_length=1, max_length=SERVE["max_text_chars"], pattern=r"\S")]
+
+
+Questions = Annotated[list[Question], Field(min_length=1, max_length=SERVE["max_texts_per_request"])]
 ClassifyInputs = Annotated[list[TextPair] if TEXT_PAIRS else list[Text],
                            Field(min_length=1, max_length=SERVE["max_texts_per_request"])]
 
@@ -104,7 +118,7 @@ class Guard:
         if self.token is not None and path not in OPEN_PATHS and not self._authorized(scope):
             return await self._refuse(send, endpoint, 401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
                                       [(b"www-authenticate", b"Bearer")])
-        if scope.get("method") == "POST" and path in ("/classify", "/tag", "/embed") and not self._json(scope):
+        if scope.get("method") == "POST" and path in ("/classify", "/tag", "/answer", "/embed") and not self._json(scope):
             return await self._refuse(send, endpoint, 415, "send the texts as JSON with 'Content-Type: application/json', "
                                                           'e.g. {"texts": ["a text"]}')
         status = {}
@@ -157,9 +171,10 @@ class Engine:
                                f"agreement check at package time (servable: torch, {', '.join(SETTINGS['onnx_files'])})")
         self.runtime = runtime
         config = AutoConfig.from_pretrained(path, trust_remote_code=True)
-        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        self.labels = [config.id2label[i] for i in range(config.num_labels)] if TASK != "qa" else []
         if runtime == "torch":
-            head = AutoModelForTokenClassification if TASK == "ner" else AutoModelForSequenceClassification
+            head = {"ner": AutoModelForTokenClassification, "qa": AutoModelForQuestionAnswering}.get(
+                TASK, AutoModelForSequenceClassification)
             self.model = head.from_pretrained(
                 path, trust_remote_code=True, attn_implementation="sdpa"  # the head's code is inside the folder
             ).to(self.device).eval()
@@ -279,12 +294,40 @@ class Classifier:
                             "model_version": self.version, "truncated": cut})
             return out
 
+    if TASK == "qa":
+        @bentoml.api(batchable=True, max_batch_size=SERVE["max_batch_size"], max_latency_ms=SERVE["max_latency_ms"])
+        def answer(self, questions: Questions) -> list[dict]:
+            """The best answer span of each context: text, [start, end) character offsets, score."""
+            started = time.perf_counter()
+            examples = [bertops_qa.QAExample(str(i), "", q.context, q.question, []) for i, q in enumerate(questions)]
+            features = bertops_qa.build_features(self.engine.tokenizer, examples, self.engine.max_length,
+                                                 SETTINGS["doc_stride"], SETTINGS["max_query_length"], training=False)
+            ids = [f["input_ids"] for f in features]
+            width = max(len(row) for row in ids)
+            feeds = {k: np.zeros((len(ids), width), dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+            feeds["input_ids"][:] = self.engine.tokenizer.pad_token_id
+            for i, f in enumerate(features):
+                n = len(f["input_ids"])
+                feeds["input_ids"][i, :n], feeds["attention_mask"][i, :n] = f["input_ids"], 1
+                feeds["token_type_ids"][i, :n] = f["token_type_ids"]
+            tensors = {k: torch.from_numpy(v).to(self.engine.device) for k, v in feeds.items()}
+            with torch.inference_mode():
+                out = self.engine.model(**tensors)
+            starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+            predictions = bertops_qa.postprocess(examples, features, list(starts), list(ends),
+                                                 max_answer_length=SETTINGS["max_answer_tokens"])
+            m = metrics()
+            m.batch_size.labels("/answer").observe(len(questions))
+            m.inference.labels("/answer").observe(time.perf_counter() - started)
+            return [{**predictions[e.id], "score": round(predictions[e.id]["score"], 6), "model_version": self.version,
+                     "windows": sum(f["example_index"] == i for f in features)} for i, e in enumerate(examples)]
+
     @bentoml.api(batchable=True, max_batch_size=SERVE["max_batch_size"], max_latency_ms=SERVE["max_latency_ms"])
     def classify(self, texts: ClassifyInputs) -> list[dict]:
         """Label and per-label probabilities for each text, or each [first, second] pair for a
         sentence-pair model (the model version answers too)."""
         if TASK != "classification":
-            raise bentoml.exceptions.InvalidArgument(f"this is a {TASK} model: POST /tag")
+            raise bentoml.exceptions.InvalidArgument(f"this is a {TASK} model: POST {'/tag' if TASK == 'ner' else '/answer'}")
         probs, truncated = self._infer("/classify", texts, "logits")
         probs = _softmax(probs)
         return [

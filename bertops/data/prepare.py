@@ -131,6 +131,10 @@ def prepare(config: Config, root: Path = Path(".")) -> PrepareResult:
         from bertops.tasks.token_classification import prepare_ner
 
         return prepare_ner(config, root)
+    if config.ingest.task == "qa":
+        from bertops.tasks.question_answering import prepare_qa
+
+        return prepare_qa(config, root)
     frames, manifest = load_raw(config, root)
     require_validated(config, root, manifest["data_hash"])
     prep = config.prepare

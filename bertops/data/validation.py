@@ -169,6 +169,10 @@ def validate(config: Config, root: Path = Path(".")) -> ValidationReport:
         from bertops.tasks.token_classification import validate_ner
 
         return validate_ner(config, root)
+    if config.ingest.task == "qa":
+        from bertops.tasks.question_answering import validate_qa
+
+        return validate_qa(config, root)
     frames, manifest = load_raw(config, root)
     out_dir = root / config.paths.reports / "validate"
     checks = build_checks(config, list(frames))

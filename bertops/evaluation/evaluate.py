@@ -104,6 +104,10 @@ def evaluate(config: Config, root: Path = Path(".")) -> dict:
         from bertops.tasks.token_classification import evaluate_ner
 
         return evaluate_ner(config, root)
+    if config.ingest.task == "qa":
+        from bertops.tasks.question_answering import evaluate_qa
+
+        return evaluate_qa(config, root)
     frames, id2label, meta = load_prepared(config, root)
     model_dir = candidate_dir(config, root)
     lineage = verify_weights(model_dir)

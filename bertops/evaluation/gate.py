@@ -100,7 +100,9 @@ def decide(report: dict, policy: GateConfig) -> GateDecision:
     cost = [("p95 latency ms", "serving.latency.p95_ms", policy.max_p95_latency_ms, "<="),
             ("model size MB", "serving.model_size_mb", policy.max_model_size_mb, "<=")]
     if report.get("task") == "ner":
-        return _decide_ner(report, policy, cost)
+        return _decide_task(report, policy, cost, "entity F1", "entity_f1", policy.min_entity_f1, "min_entity_f1")
+    if report.get("task") == "qa":
+        return _decide_task(report, policy, cost, "SQuAD F1", "f1", policy.min_qa_f1, "min_qa_f1")
     rules = [("accuracy", "accuracy", policy.min_accuracy, ">="), ("macro_f1", "macro_f1", policy.min_macro_f1, ">="),
              ("ece", "ece", policy.max_ece, "<="), *cost]
     if policy.min_behaviour_pass_rate is not None:
@@ -147,19 +149,20 @@ def decide(report: dict, policy: GateConfig) -> GateDecision:
     return GateDecision(all(c.passed for c in checks), checks, report.get("model_sha256"), comparison)
 
 
-def _decide_ner(report: dict, policy: GateConfig, cost: list) -> GateDecision:
-    """Token classification: entity F1 floor, serving cost, and no worse than production's entity
-    F1 by more than the non-inferiority margin (point estimate on the same sentences)."""
-    if policy.min_entity_f1 is None:
-        raise IncompleteReport("gate.min_entity_f1 is null: a ner model needs an entity-F1 floor; set it in params.yaml "
-                               "or the task's profile (configs/conll2003.yaml)")
-    rules = [("entity F1", "entity_f1", policy.min_entity_f1, ">="), *cost]
-    checks = [_check(name, _lookup(report, path), threshold, op) for name, path, threshold, op in rules
+def _decide_task(report: dict, policy: GateConfig, cost: list, name: str, key: str, floor: float | None,
+                 setting: str) -> GateDecision:
+    """NER and QA: a floor on the task's F1, serving cost, and no worse than production's F1 by
+    more than the non-inferiority margin (point estimate on the same eval examples)."""
+    if floor is None:
+        raise IncompleteReport(f"gate.{setting} is null: a {report.get('task')} model needs a floor on its {name}; "
+                               "set it in params.yaml or the task's profile (configs/)")
+    rules = [(name, key, floor, ">="), *cost]
+    checks = [_check(label, _lookup(report, path), threshold, op) for label, path, threshold, op in rules
               if threshold is not None]
     champion = report.get("champion")
     if champion:
-        difference = _lookup(report, "entity_f1") - _lookup(report, "champion.entity_f1")
-        checks.append(_check(f"entity F1 vs production {champion.get('version')} (difference)", difference,
+        difference = _lookup(report, key) - _lookup(report, f"champion.{key}")
+        checks.append(_check(f"{name} vs production {champion.get('version')} (difference)", difference,
                              -policy.non_inferiority_margin, ">="))
     return GateDecision(all(c.passed for c in checks), checks, report.get("model_sha256"), None)
 

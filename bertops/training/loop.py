@@ -170,6 +170,10 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
         from bertops.tasks.token_classification import finetune_ner
 
         return finetune_ner(config, root)
+    if config.ingest.task == "qa":
+        from bertops.tasks.question_answering import finetune_qa
+
+        return finetune_qa(config, root)
     cfg = config.finetune
     return train_classifier(config, root, ClassifierRun(
         stage="finetune", section=cfg, tokenizer=cfg.model, parent=describe_model_source(cfg.model),
