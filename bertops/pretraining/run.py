@@ -123,6 +123,9 @@ def prepare_pretraining(config: Config, root: Path = Path(".")) -> dict:
     stats = {}
     for split, path, seed in (("train", train_text, cfg.seed), ("heldout", heldout_text, cfg.seed + 1)):
         documents = tokenize_documents(read_documents(path), encode)
+        if len(documents) < 2:
+            raise DataSourceError(f"{path}: {len(documents)} document(s) found, but next-sentence prediction needs at "
+                                  "least 2 (articles start at ' = Title = ' lines); use a larger corpus")
         examples = nsp_examples(documents, cfg.max_length, cfg.short_seq_prob, seed)
         pd.DataFrame({"a": [e.a for e in examples], "b": [e.b for e in examples],
                       "is_next": [e.is_next for e in examples]}).to_parquet(tmp / f"{split}.parquet", index=False)
@@ -240,6 +243,9 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
         from bertops.models.pretrained import resolve_model_source
 
         model = build_pretraining_model(None, resolve_model_source(cfg.model), tokenizer.vocab_size, cfg.max_length)
+        if cfg.max_length > model.config.max_position_embeddings:
+            raise ConfigError(f"pretrain.max_length={cfg.max_length} exceeds {cfg.model}'s "
+                              f"{model.config.max_position_embeddings} positions; lower pretrain.max_length")
     model.to(device).train()
     objective = PretrainingObjective(model)
     if distributed:

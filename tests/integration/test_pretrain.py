@@ -100,3 +100,19 @@ def test_pretraining_without_a_corpus_says_what_to_pass(tmp_path: Path, datasets
     cfg = _config(datasets, ["pretrain.search_paths=['/nonexistent']", "pretrain.hub_id=null"])
     with pytest.raises(DataSourceError, match="BERTOPS_DATASETS"):
         prepare_pretraining(cfg, tmp_path)
+
+
+def test_too_few_documents_or_too_long_sequences_are_refused_before_training(tmp_path: Path, datasets: Path):
+    from bertops.config import ConfigError
+    from bertops.data.sources import DataSourceError
+    from bertops.pretraining.run import prepare_pretraining
+
+    corpus = tmp_path / "one-article"
+    corpus.mkdir()
+    text = " = Only Article = \n This is one sentence . And another one follows here . \n"
+    (corpus / "wiki.valid.raw").write_text(text * 3)
+    (corpus / "wiki.test.raw").write_text(text)
+    with pytest.raises(DataSourceError, match="next-sentence prediction needs at least 2"):
+        prepare_pretraining(_config(datasets, [f"pretrain.search_paths=['{corpus}']"]), tmp_path)
+    with pytest.raises(ConfigError, match="pretrain.max_length: Input should be less than or equal to 512"):
+        _config(datasets, ["pretrain.max_length=600"])  # BERT's position limit, at config load
