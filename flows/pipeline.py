@@ -215,7 +215,9 @@ def run_summary(config: Config, root: Path, timings, started: float) -> str:
         f"- data version (sha256): `{validation.get('data_hash', '?')}`",
         f"- validation: {('passed' if validation.get('success') else 'FAILED') if validation else 'not reached'} "
         f"({len(validation.get('checks', []))} expectations, rows {validation.get('rows')})",
-        f"- eval metrics: accuracy {metrics.get('accuracy')}, macro-F1 {metrics.get('macro_f1')}, ECE {metrics.get('ece')}",
+        "- eval metrics: " + (", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "macro_f1", "ece", "entity_f1",
+                                                                          "exact_match", "f1") if k in metrics)
+                              or "not reached"),
         f"- gate: {('approved' if decision.get('approved') else 'rejected') if decision else 'not reached'} "
         f"{decision.get('reasons') or ''}",
         f"- promoted: {promoted.get('model', '-')}:{promoted.get('version', '-')} -> {promoted.get('stage', '-')}",

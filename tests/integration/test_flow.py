@@ -113,6 +113,16 @@ def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path,
     assert after["production"] == registry["production"] and after["versions"].keys() == registry["versions"].keys()
     assert (workspace / "models/sst2/model.safetensors").read_bytes() == model_bytes
 
+    # distill.enabled chains finetune -> distill, and evaluate/gate/package/promote ship the student.
+    summary = _run(["distill.enabled=true", "distill.student_layers=2", "gate.non_inferiority_margin=1.0",
+                    "gate.slice_non_inferiority_margin=1.0"])
+    outcomes = {stage: outcome for stage, _, outcome in summary["timings"]}
+    assert outcomes["pretrain"] == "disabled" and outcomes["distill"] == "ran"
+    shipped = json.loads((workspace / "registry/registry.json").read_text())["models"]["bertops-sst2"]
+    lineage = shipped["versions"][shipped["production"]]["lineage"]
+    assert shipped["production"] != registry["production"] and lineage["stage"] == "distill"
+    assert lineage["student"]["layers"] == 2 and lineage["teacher"]["layers"] == 6
+
 
 
 def test_a_second_run_while_one_holds_the_workspace_is_skipped(harness, workspace: Path):
