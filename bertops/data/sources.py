@@ -226,12 +226,16 @@ def source_unchanged(config: Config, root: Path = Path(".")) -> bool:
                and file_sha256(src) == file_sha256(out_dir / files[split]) for split, src in local.items())
 
 
+def raw_manifest(config: Config, root: Path = Path(".")) -> tuple[Path, dict]:
+    """(the ingested corpus's folder, its manifest); an error saying to ingest first if there is none."""
+    out_dir = root / config.paths.raw / config.ingest.dataset
+    if not (out_dir / MANIFEST).is_file():
+        raise DataSourceError(f"{out_dir} holds no ingested corpus; run `bertops ingest` first")
+    return out_dir, json.loads((out_dir / MANIFEST).read_text())
+
+
 def load_raw(config: Config, root: Path = Path(".")) -> tuple[dict[str, pd.DataFrame], dict]:
     """The ingested splits as frames (source column names) and the ingest manifest."""
-    out_dir = root / config.paths.raw / config.ingest.dataset
-    manifest_path = out_dir / MANIFEST
-    if not manifest_path.is_file():
-        raise DataSourceError(f"{out_dir} holds no ingested corpus; run `bertops ingest` first")
-    manifest = json.loads(manifest_path.read_text())
+    out_dir, manifest = raw_manifest(config, root)
     frames = {split: read_table(out_dir / name) for split, name in manifest["files"].items()}
     return frames, manifest

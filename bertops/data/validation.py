@@ -155,6 +155,17 @@ def offending_examples(frame: pd.DataFrame, indices: list[Any], columns: list[st
     return rows
 
 
+def unreadable(config: Config, root: Path, rule: str, error: Exception) -> None:
+    """A corpus file that cannot be parsed: a failed report naming where, written, then raised."""
+    manifest = json.loads((root / config.paths.raw / config.ingest.dataset / "manifest.json").read_text())
+    report = verdict(config.ingest.dataset, manifest["data_hash"],
+                     [CheckResult("files", rule, "parse", False, observed=str(error))], {})
+    out_dir = root / config.paths.reports / "validate"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(report.to_json(), encoding="utf-8")
+    raise ValidationFailed(report) from None
+
+
 def verdict(dataset: str, data_hash: str, results: list[CheckResult], rows: dict[str, int]) -> ValidationReport:
     """Pure: the corpus passes only if every check passed."""
     return ValidationReport(dataset, data_hash, all(r.success for r in results), results, rows=rows)

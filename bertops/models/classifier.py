@@ -36,20 +36,27 @@ def build_classifier(model: str, pooling: str, id2label: dict[int, str], dropout
 
 
 def load_classifier(model_dir: Path, device: str = "cpu"):
-    """(model, tokenizer) from a saved bertops model folder, in eval mode.
+    """(model, tokenizer) from a saved bertops sequence classifier, in eval mode.
 
     trust_remote_code loads the head's code that bertops saved *inside the folder itself*
     (modeling_bertops.py), never code from a hub.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
+
+    return load_model_folder(model_dir, AutoModelForSequenceClassification, device, trust_remote_code=True)
+
+
+def load_model_folder(model_dir: Path, head, device: str = "cpu", **kwargs):
+    """(model, tokenizer) from a saved bertops model folder with the given Auto* head class, in
+    eval mode; a folder that cannot be loaded is an ArtifactMismatch saying how to restore it."""
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} holds no trained model; run `bertops finetune` first")
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True,
-                                                                   attn_implementation="sdpa").to(device)
+        model = head.from_pretrained(model_dir, attn_implementation="sdpa", **kwargs).to(device)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except Exception as exc:  # truncated weights, bad JSON, missing vocab: all mean a damaged folder
         raise ArtifactMismatch(f"{model_dir} is damaged and cannot be loaded ({type(exc).__name__}: "

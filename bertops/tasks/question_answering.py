@@ -29,17 +29,11 @@ SPLITS = ("train", "validation", "eval")
 
 
 def raw_examples(config: Config, root: Path) -> tuple[list[QAExample], dict]:
-    out_dir = root / config.paths.raw / config.ingest.dataset
-    manifest_path = out_dir / "manifest.json"
-    if not manifest_path.is_file():
-        from bertops.data.sources import DataSourceError
+    """Every question of the ingested SQuAD files (pooled; prepare splits them by article)."""
+    from bertops.data.sources import raw_manifest
 
-        raise DataSourceError(f"{out_dir} holds no ingested corpus; run `bertops ingest` first")
-    manifest = json.loads(manifest_path.read_text())
-    examples = []
-    for name in manifest["files"].values():  # all given files are pooled, then split by article
-        examples += read_squad(out_dir / name)
-    return examples, manifest
+    out_dir, manifest = raw_manifest(config, root)
+    return [e for name in manifest["files"].values() for e in read_squad(out_dir / name)], manifest
 
 
 # -- validate ------------------------------------------------------------------------------------
@@ -63,19 +57,14 @@ def question_table(examples: list[QAExample]) -> pd.DataFrame:
 
 def validate_qa(config: Config, root: Path):
     from bertops.data import gx_adapter
-    from bertops.data.validation import Check, CheckResult, ValidationFailed, verdict
+    from bertops.data.validation import Check, ValidationFailed, unreadable, verdict
 
     out_dir = root / config.paths.reports / "validate"
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         examples, manifest = raw_examples(config, root)
     except SquadFormatError as exc:
-        manifest = json.loads((root / config.paths.raw / config.ingest.dataset / "manifest.json").read_text())
-        report = verdict(config.ingest.dataset, manifest["data_hash"],
-                         [CheckResult("files", "SQuAD v1.1 structure (data -> paragraphs -> qas)", "parse", False,
-                                      observed=str(exc))], {})
-        (out_dir / "report.json").write_text(report.to_json(), encoding="utf-8")
-        raise ValidationFailed(report) from None
+        unreadable(config, root, "SQuAD v1.1 structure (data -> paragraphs -> qas)", exc)
     table = "train"
     checks = [
         Check(table, "at least min_rows questions", "ExpectTableRowCountToBeBetween", {"min_value": config.validate_.min_rows}),
@@ -240,17 +229,11 @@ def finetune_qa(config: Config, root: Path):
 # -- evaluate ------------------------------------------------------------------------------------
 
 def load_reader(model_dir: Path, device: str = "cpu"):
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    from transformers import AutoModelForQuestionAnswering
 
-    from bertops.lineage import ArtifactMismatch
+    from bertops.models.classifier import load_model_folder
 
-    try:
-        model = AutoModelForQuestionAnswering.from_pretrained(model_dir, attn_implementation="sdpa").to(device)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except Exception as exc:  # truncated weights, bad JSON, missing vocab: a damaged folder
-        raise ArtifactMismatch(f"{model_dir} is damaged and cannot be loaded ({type(exc).__name__}: "
-                               f"{str(exc)[:200]}); re-run `bertops finetune`, or restore it with `dvc checkout`") from None
-    return model.eval(), tokenizer
+    return load_model_folder(model_dir, AutoModelForQuestionAnswering, device)
 
 
 def answer_request(model, tokenizer, config: Config):

@@ -29,13 +29,9 @@ SPLITS = ("train", "validation", "eval")
 
 def raw_sentences(config: Config, root: Path) -> tuple[dict[str, list[Sentence]], dict]:
     """The ingested CoNLL files, parsed per split, and the ingest manifest."""
-    out_dir = root / config.paths.raw / config.ingest.dataset
-    manifest_path = out_dir / "manifest.json"
-    if not manifest_path.is_file():
-        from bertops.data.sources import DataSourceError
+    from bertops.data.sources import raw_manifest
 
-        raise DataSourceError(f"{out_dir} holds no ingested corpus; run `bertops ingest` first")
-    manifest = json.loads(manifest_path.read_text())
+    out_dir, manifest = raw_manifest(config, root)
     return {split: read_conll(out_dir / name) for split, name in manifest["files"].items()}, manifest
 
 
@@ -67,19 +63,14 @@ def token_table(sentences: list[Sentence]) -> pd.DataFrame:
 def validate_ner(config: Config, root: Path):
     """GX checks per split on the token table; a file that cannot be parsed fails with its line."""
     from bertops.data import gx_adapter
-    from bertops.data.validation import Check, CheckResult, ValidationFailed, verdict
+    from bertops.data.validation import Check, CheckResult, ValidationFailed, unreadable, verdict
 
     out_dir = root / config.paths.reports / "validate"
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         splits, manifest = raw_sentences(config, root)
     except ConllFormatError as exc:  # a row with the wrong number of columns: named by file and line
-        manifest = json.loads((root / config.paths.raw / config.ingest.dataset / "manifest.json").read_text())
-        report = verdict(config.ingest.dataset, manifest["data_hash"],
-                         [CheckResult("files", "CoNLL rows have the same number of columns", "parse", False,
-                                      observed=str(exc))], {})
-        (out_dir / "report.json").write_text(report.to_json(), encoding="utf-8")
-        raise ValidationFailed(report) from None
+        unreadable(config, root, "CoNLL rows have the same number of columns", exc)
     tags = declared_tags(config)
     checks, tables = [], {}
     for split, sentences in splits.items():
@@ -242,17 +233,11 @@ def finetune_ner(config: Config, root: Path):
 # -- evaluate ------------------------------------------------------------------------------------
 
 def load_tagger(model_dir: Path, device: str = "cpu"):
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
+    from transformers import AutoModelForTokenClassification
 
-    from bertops.lineage import ArtifactMismatch
+    from bertops.models.classifier import load_model_folder
 
-    try:
-        model = AutoModelForTokenClassification.from_pretrained(model_dir, attn_implementation="sdpa").to(device)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except Exception as exc:  # truncated weights, bad JSON, missing vocab: a damaged folder
-        raise ArtifactMismatch(f"{model_dir} is damaged and cannot be loaded ({type(exc).__name__}: "
-                               f"{str(exc)[:200]}); re-run `bertops finetune`, or restore it with `dvc checkout`") from None
-    return model.eval(), tokenizer
+    return load_model_folder(model_dir, AutoModelForTokenClassification, device)
 
 
 def tag_request(model, tokenizer, max_length: int):

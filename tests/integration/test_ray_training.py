@@ -45,6 +45,21 @@ def test_two_ray_workers_train_and_save_one_model(ray_cluster, tmp_path: Path):
     assert ray_cluster.is_initialized()  # the adapter leaves a Ray it did not start running
 
 
+def test_distillation_runs_on_two_ray_workers(ray_cluster, trained_workspace, tmp_path: Path):
+    import shutil
+
+    from bertops.training.distill import run_distill
+
+    source, _, _ = trained_workspace
+    for rel in ("data/raw/sst2", "data/prepared/sst2", "reports/validate", "models/sst2"):
+        shutil.copytree(source / rel, tmp_path / rel)
+    result = run_distill(smoke_config(["distill.num_workers=2", "distill.student_layers=2"]), tmp_path)
+    assert result.world_size == 2 and result.steps > 0
+    lineage = json.loads((tmp_path / "models/sst2-student/lineage.json").read_text())
+    assert lineage["stage"] == "distill" and lineage["metrics"]["world_size"] == 2
+    assert lineage["teacher"]["model_sha256"] == json.loads((tmp_path / "models/sst2/lineage.json").read_text())["model_sha256"]
+
+
 def test_two_ray_workers_pretrain_one_model(ray_cluster, tmp_path: Path, datasets: Path):
     from bertops.pretraining.run import run_pretrain
 

@@ -49,3 +49,13 @@ def test_shard_gives_each_rank_an_equal_disjoint_share():
     parts = [shard(batches, r, 3) for r in range(3)]
     assert [len(p) for p in parts] == [3, 3, 3]
     assert len({int(b[0]) for p in parts for b in p}) == 9
+
+
+def test_segment_ids_follow_the_first_sep():
+    from bertops.data.batching import collate
+
+    cls, sep, pad = 101, 102, 0
+    batch = collate([[cls, 5, 6, sep, 7, 8, sep], [cls, 9, sep]], [1, 0], pad, sep)
+    assert batch.token_type_ids.tolist() == [[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0]]  # pads: 0
+    assert set(batch.inputs()) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert collate([[cls, 5, sep]], None, pad).token_type_ids is None  # no sep id: the model's default
