@@ -19,7 +19,7 @@ from bertops.config import Config
 from bertops.evaluation.metrics import classification_metrics, softmax
 from bertops.evaluation.slices import slice_masks, slice_metrics
 from bertops.lineage import ArtifactMismatch
-from bertops.models.classifier import candidate_dir, load_classifier, verify_weights
+from bertops.models.classifier import checked_candidate, load_classifier
 
 # metrics.json: what the gate reads (the full report.json adds per-class figures and failures).
 GATE_KEYS = ("accuracy", "macro_f1", "ece", "examples", "model_sha256", "slices", "behaviour", "serving", "champion")
@@ -109,16 +109,11 @@ def evaluate(config: Config, root: Path = Path(".")) -> dict:
 
         return evaluate_qa(config, root)
     frames, id2label, meta = load_prepared(config, root)
-    model_dir = candidate_dir(config, root)
-    lineage = verify_weights(model_dir)
+    model_dir, lineage = checked_candidate(config, root, meta.get("prepared_hash"))
     model, tokenizer = load_classifier(model_dir)
-    # Scoring a model on a corpus it was not trained against (re-prepared, re-split) could put its
-    # training rows in the eval split and inflate every figure: refuse.
-    if lineage.get("prepared_hash") != meta.get("prepared_hash") or model.config.num_labels != len(id2label):
-        raise ArtifactMismatch(
-            f"{model_dir} was trained on prepared corpus {lineage.get('prepared_hash', '?')[:12]}, but "
-            f"{config.paths.prepared}/{config.ingest.dataset} is now {meta.get('prepared_hash', '?')[:12]}; "
-            f"re-run `bertops {lineage.get('stage', 'finetune')}` (or `dvc repro`) before evaluating")
+    if model.config.num_labels != len(id2label):
+        raise ArtifactMismatch(f"{model_dir} predicts {model.config.num_labels} labels, the corpus has {len(id2label)}; "
+                               "re-run `bertops finetune` (or `dvc repro`) before evaluating")
     evals = frames["eval"]
     texts, y_true = evals["text"].tolist(), evals["label"].to_numpy()
     inputs = model_inputs(evals)  # the texts, or (text, second sentence) pairs

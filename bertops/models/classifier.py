@@ -15,6 +15,20 @@ def candidate_dir(config, root: Path) -> Path:
     return root / config.paths.models / name
 
 
+def checked_candidate(config, root: Path, prepared_hash: str | None) -> tuple[Path, dict]:
+    """(candidate folder, its lineage) after checking its weights and that it was trained on this
+    prepared corpus: scoring a model on a re-prepared, re-split corpus could put its training rows
+    in the eval split and inflate every figure."""
+    model_dir = candidate_dir(config, root)
+    lineage = verify_weights(model_dir)
+    if lineage.get("prepared_hash") != prepared_hash:
+        raise ArtifactMismatch(
+            f"{model_dir} was trained on prepared corpus {str(lineage.get('prepared_hash'))[:12]}, but "
+            f"{config.paths.prepared}/{config.ingest.dataset} is now {str(prepared_hash)[:12]}; re-run "
+            f"`bertops {lineage.get('stage', 'finetune')}` (or `dvc repro`) before evaluating")
+    return model_dir, lineage
+
+
 def build_classifier(model: str, pooling: str, id2label: dict[int, str], dropout: float):
     """A fresh head on `model`'s encoder: "cls" = the stock BERT head, "mean" = mean-pooled states."""
     from transformers import AutoConfig, AutoModelForSequenceClassification

@@ -262,15 +262,10 @@ def evaluate_ner(config: Config, root: Path) -> dict:
     """Entity P/R/F1 on the eval split (overall and per type), serving cost, champion comparison."""
     from bertops.data.prepare import load_prepared
     from bertops.evaluation.serving_cost import latency_profile, model_size_mb
-    from bertops.lineage import ArtifactMismatch
-    from bertops.models.classifier import candidate_dir, verify_weights
+    from bertops.models.classifier import checked_candidate
 
     frames, id2label, meta = load_prepared(config, root)
-    model_dir = candidate_dir(config, root)
-    lineage = verify_weights(model_dir)
-    if lineage.get("prepared_hash") != meta.get("prepared_hash"):
-        raise ArtifactMismatch(f"{model_dir} was trained on another prepared corpus than "
-                               f"{config.paths.prepared}/{config.ingest.dataset}; re-run `bertops finetune`")
+    model_dir, lineage = checked_candidate(config, root, meta.get("prepared_hash"))
     model, tokenizer = load_tagger(model_dir)
     evals = frames["eval"]
     gold = evals["tags"].map(list).tolist()
