@@ -15,14 +15,16 @@ from tests.conftest import REPO, datasets_root
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+OVERRIDES = [f"ingest.search_paths=['{datasets_root() / 'conll2003'}']", "prepare.max_train_rows=400",
+             "prepare.max_eval_rows=120", "finetune.max_steps=30", "finetune.batch_size=16", "finetune.progress=false",
+             "finetune.lr=3e-4", "finetune.checkpoint_every=0", "evaluate.latency_requests=10", "gate.min_entity_f1=0.0",
+             "gate.max_p95_latency_ms=5000", "serve.port=3923"]
+
+
 def conll(extra: list[str] = ()):
     from bertops.config import load_config
 
-    return load_config(REPO / "params.yaml", REPO / "configs" / "conll2003.yaml", [
-        f"ingest.search_paths=['{datasets_root() / 'conll2003'}']", "prepare.max_train_rows=400",
-        "prepare.max_eval_rows=120", "finetune.max_steps=30", "finetune.batch_size=16", "finetune.progress=false",
-        "finetune.lr=3e-4", "finetune.checkpoint_every=0", "evaluate.latency_requests=10", "gate.min_entity_f1=0.0",
-        "gate.max_p95_latency_ms=5000", "serve.port=3923", *extra])
+    return load_config(REPO / "params.yaml", REPO / "configs" / "conll2003.yaml", [*OVERRIDES, *extra])
 
 
 def _corpus(tmp_path: Path, edit) -> Path:
@@ -105,6 +107,14 @@ def test_ner_trains_evaluates_gates_and_serves_entities(tmp_path: Path):
         assert httpx.post(f"{url}/tag", json={"texts": ["   "]}, timeout=30).status_code == 400
         assert httpx.post(f"{url}/classify", json={"texts": ["a"]}, timeout=30).status_code == 400
         assert json.loads(httpx.get(f"{url}/metadata", timeout=10).text)["task"] == "ner"
+        # the CLI verb prints the task's own summary (run in the workspace, like a user would)
+        from typer.testing import CliRunner
+
+        from bertops.cli import app
+
+        args = ["evaluate", "--params", str(REPO / "params.yaml"), "--profile", str(REPO / "configs/conll2003.yaml")]
+        cli = CliRunner().invoke(app, args + [a for o in OVERRIDES for a in ("-s", o)])
+        assert cli.exit_code == 0 and "Entity-level evaluation on 120 sentences" in cli.output, cli.output
         assert httpx.post(f"{url}/tag", json={"texts": [text]}, timeout=30).status_code == 200  # still answering
     finally:
         server.stop(cfg)
