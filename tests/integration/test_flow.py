@@ -114,8 +114,9 @@ def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path,
     assert (workspace / "models/sst2/model.safetensors").read_bytes() == model_bytes
 
     # distill.enabled chains finetune -> distill, and evaluate/gate/package/promote ship the student.
+    # (the policy itself is the gate's unit tests' business: here any student may pass)
     summary = _run(["distill.enabled=true", "distill.student_layers=2", "gate.non_inferiority_margin=1.0",
-                    "gate.slice_non_inferiority_margin=1.0"])
+                    "gate.speed_trade=null", "gate.slice_non_inferiority_margin=1.0"])
     outcomes = {stage: outcome for stage, _, outcome in summary["timings"]}
     assert outcomes["pretrain"] == "disabled" and outcomes["distill"] == "ran"
     shipped = json.loads((workspace / "registry/registry.json").read_text())["models"]["bertops-sst2"]
