@@ -266,6 +266,12 @@ def schedule(
     parameters = {"params": str(params), "profile": str(profile) if profile else None, "overrides": list(set_),
                   "executor": executor}
     typer.echo(f"serving deployment retrain/{name or cfg.schedule.deployment} ({timing}); Ctrl-C stops it")
+    # A process started in the background by a non-interactive shell (nohup, `cmd &` in a script,
+    # some CI runners) inherits SIGINT *ignored*, and Python keeps it so: Ctrl-C / `kill -INT`
+    # would then never stop the schedule. Make "Ctrl-C stops it" true wherever it was started.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     retrain.serve(name=name or cfg.schedule.deployment, parameters=parameters, global_limit=1, limit=1,
                   tags=["bertops", cfg.ingest.dataset], description="bertops scheduled retraining", **timing)
 
