@@ -13,10 +13,8 @@ evaluate: exact match and F1 as the official v1.1 script, serving latency, champ
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -111,7 +109,7 @@ def _features_frame(features: list[dict], training: bool) -> pd.DataFrame:
 
 def prepare_qa(config: Config, root: Path):
     from bertops.atomic import replace_dir, staging_dir
-    from bertops.data.prepare import PrepareResult, require_validated, token_stats
+    from bertops.data.prepare import require_validated, sample_splits, token_stats, write_prepare_reports
     from bertops.lineage import files_sha256
     from bertops.models.pretrained import load_tokenizer
 
@@ -121,10 +119,7 @@ def prepare_qa(config: Config, root: Path):
     rest, evals = split_by_article(examples, prep.eval_fraction, prep.seed)
     train, validation = split_by_article(rest, prep.validation_fraction, prep.seed + 1)
     splits = {"train": train, "validation": validation, "eval": evals}
-    for split, rows in (("train", prep.max_train_rows), ("validation", prep.max_eval_rows), ("eval", prep.max_eval_rows)):
-        if rows and len(splits[split]) > rows:  # smoke runs: a reproducible sample, in file order
-            keep = sorted(np.random.default_rng(prep.seed).choice(len(splits[split]), rows, replace=False))
-            splits[split] = [splits[split][i] for i in keep]
+    sample_splits(splits, prep)  # smoke runs
     tokenizer = load_tokenizer(config.finetune.model)
     out_dir = root / config.paths.prepared / config.ingest.dataset
     staging = staging_dir(out_dir)
@@ -147,16 +142,7 @@ def prepare_qa(config: Config, root: Path):
         "doc_stride": prep.doc_stride, "max_query_length": prep.max_query_length, "windows": windows,
         "articles": articles}, indent=2) + "\n")
     replace_dir(staging, out_dir)
-    rows = {split: len(splits[split]) for split in SPLITS}
-    result = PrepareResult(str(out_dir), rows, {split: 0 for split in SPLITS}, 0, stats)
-    reports = root / config.paths.reports / "prepare"
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / "token_stats.json").write_text(json.dumps({"rows": rows, "windows": windows, "articles": articles,
-                                                          "tokens": stats}, indent=2) + "\n")
-    pd.DataFrame([{"split": s, "tokens": 0, "examples": n} for s, n in rows.items()]).to_csv(
-        reports / "token_lengths.csv", index=False)
-    (reports / "prepare.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
-    return result
+    return write_prepare_reports(config, root, out_dir, {split: splits[split] for split in SPLITS}, stats, {"windows": windows, "articles": articles})
 
 
 def load_split(config: Config, root: Path, split: str) -> tuple[list[QAExample], pd.DataFrame]:

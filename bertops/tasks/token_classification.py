@@ -102,10 +102,9 @@ def validate_ner(config: Config, root: Path):
 
 def prepare_ner(config: Config, root: Path):
     """CoNLL sentences -> word pieces + aligned labels, train / validation / eval parquet files."""
-    from dataclasses import asdict
 
     from bertops.atomic import replace_dir, staging_dir
-    from bertops.data.prepare import PrepareResult, require_validated, token_stats
+    from bertops.data.prepare import require_validated, sample_splits, token_stats, write_prepare_reports
     from bertops.data.sources import DataSourceError
     from bertops.lineage import files_sha256
     from bertops.models.pretrained import load_tokenizer
@@ -121,10 +120,7 @@ def prepare_ner(config: Config, root: Path):
         cut = max(1, int(len(order) * prep.validation_fraction))
         splits["validation"] = [splits["train"][i] for i in sorted(order[:cut])]
         splits["train"] = [splits["train"][i] for i in sorted(order[cut:])]
-    for split, rows in (("train", prep.max_train_rows), ("eval", prep.max_eval_rows), ("validation", prep.max_eval_rows)):
-        if rows and len(splits[split]) > rows:  # smoke runs: a reproducible sample, in file order
-            keep = sorted(np.random.default_rng(prep.seed).choice(len(splits[split]), rows, replace=False))
-            splits[split] = [splits[split][i] for i in keep]
+    sample_splits(splits, prep)  # smoke runs
 
     tags = declared_tags(config)
     label2id = {tag: i for i, tag in enumerate(tags)}
@@ -151,15 +147,7 @@ def prepare_ner(config: Config, root: Path):
         "prepared_hash": prepared_hash, "tokenizer": config.finetune.model, "max_length": prep.max_length,
         "sentences_with_cut_words": truncated}, indent=2) + "\n")
     replace_dir(staging, out_dir)
-    rows = {split: len(splits[split]) for split in SPLITS}
-    result = PrepareResult(str(out_dir), rows, {split: 0 for split in SPLITS}, 0, stats)
-    reports = root / config.paths.reports / "prepare"
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / "token_stats.json").write_text(json.dumps({"rows": rows, "tokens": stats}, indent=2) + "\n")
-    pd.DataFrame([{"split": s, "tokens": 0, "examples": n} for s, n in rows.items()]).to_csv(
-        reports / "token_lengths.csv", index=False)
-    (reports / "prepare.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
-    return result
+    return write_prepare_reports(config, root, out_dir, {split: splits[split] for split in SPLITS}, stats, None)
 
 
 # -- finetune ------------------------------------------------------------------------------------
