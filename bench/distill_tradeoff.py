@@ -3,7 +3,9 @@
 Both models are scored on the same prepared eval split, then timed on the CPU serving path
 (the runtime the endpoint uses: ONNX Runtime int8, exported and checked as `bertops package`
 does; plus PyTorch fp32 for reference) in the same run: requests of one text (latency) and
-batches of 32 (throughput). Prints accuracy ratio and speed-up; the goal (DistilBERT's
+batches of 32 (throughput). The two models are timed in alternating rounds and each figure is
+the median over the rounds, so that a slow spell of the machine (another process, frequency
+changes) lands on both models instead of biasing the ratio. Prints accuracy ratio and speed-up; the goal (DistilBERT's
 trade-off) is >= 97% of the teacher's accuracy at >= 1.8x its throughput with at most half the layers.
 
 Run after `bertops finetune` and `bertops distill` (defaults: models/sst2 and models/sst2-student):
@@ -27,18 +29,29 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def timed(run, items: list, repeats: int) -> float:
-    """Items per second of `run(item)` over `repeats` passes (after one warm-up pass)."""
+def timed(run, items: list) -> float:
+    """Items per second of `run(item)` over one pass (after a short warm-up)."""
     for item in items[:5]:
         run(item)
     started = time.perf_counter()
-    for _ in range(repeats):
-        for item in items:
-            run(item)
-    return len(items) * repeats / (time.perf_counter() - started)
+    for item in items:
+        run(item)
+    return len(items) / (time.perf_counter() - started)
 
 
-def measure(model_dir: Path, texts: list[str], labels: np.ndarray, max_length: int, workdir: Path) -> dict:
+def alternating(timers: dict[str, dict], rounds: int) -> dict[str, dict]:
+    """{model: {figure: median over `rounds`}}: each round times every model's every figure once."""
+    samples = {model: {figure: [] for figure in figures} for model, figures in timers.items()}
+    for _ in range(rounds):
+        for model, figures in timers.items():
+            for figure, run in figures.items():
+                samples[model][figure].append(run())
+    return {model: {figure: round(float(np.median(values)), 1) for figure, values in figures.items()}
+            for model, figures in samples.items()}
+
+
+def measure(model_dir: Path, texts: list[str], labels: np.ndarray, max_length: int, workdir: Path) -> tuple[dict, dict]:
+    """(accuracy and size figures, {throughput figure: a callable timing one round of it})."""
     import shutil
 
     import torch
@@ -68,16 +81,19 @@ def measure(model_dir: Path, texts: list[str], labels: np.ndarray, max_length: i
         with torch.inference_mode():
             model(**feeds)
 
-    return {
+    figures = {
         "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size,
         "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
         "accuracy_torch": round(float((reference.argmax(-1) == labels).mean()), 4),
         "accuracy_onnx_int8": round(float((int8.argmax(-1) == labels).mean()), 4),
-        "onnx_int8_requests_per_s": round(timed(lambda t: ort_call([t]), singles, 3), 1),
-        "onnx_int8_texts_per_s_batch32": round(timed(ort_call, batches, 3) * 32, 1),
-        "torch_requests_per_s": round(timed(lambda t: torch_call([t]), singles, 3), 1),
-        "torch_texts_per_s_batch32": round(timed(torch_call, batches, 3) * 32, 1),
     }
+    timers = {
+        "onnx_int8_requests_per_s": lambda: timed(lambda t: ort_call([t]), singles),
+        "onnx_int8_texts_per_s_batch32": lambda: timed(ort_call, batches) * 32,
+        "torch_requests_per_s": lambda: timed(lambda t: torch_call([t]), singles),
+        "torch_texts_per_s_batch32": lambda: timed(torch_call, batches) * 32,
+    }
+    return figures, timers
 
 
 def main() -> None:
@@ -85,6 +101,7 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, default=REPO / "models/sst2")
     parser.add_argument("--student", type=Path, default=REPO / "models/sst2-student")
     parser.add_argument("--prepared", type=Path, default=REPO / "data/prepared/sst2")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating timing rounds (median reported)")
     args = parser.parse_args()
     import pandas as pd
     import torch
@@ -93,12 +110,15 @@ def main() -> None:
     texts, labels = evals["text"].tolist(), evals["label"].to_numpy()
     max_length = json.loads((args.prepared / "meta.json").read_text())["max_length"]
     with tempfile.TemporaryDirectory(prefix="bertops-bench-") as tmp:
-        teacher = measure(args.teacher, texts, labels, max_length, Path(tmp))
-        student = measure(args.student, texts, labels, max_length, Path(tmp))
+        teacher, teacher_timers = measure(args.teacher, texts, labels, max_length, Path(tmp))
+        student, student_timers = measure(args.student, texts, labels, max_length, Path(tmp))
+        timings = alternating({"teacher": teacher_timers, "student": student_timers}, args.rounds)
+        teacher.update(timings["teacher"])
+        student.update(timings["student"])
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, cpu",
-        "eval_examples": len(texts), "teacher": teacher, "student": student,
+        "eval_examples": len(texts), "timing_rounds": args.rounds, "teacher": teacher, "student": student,
         "accuracy_ratio": round(student["accuracy_onnx_int8"] / teacher["accuracy_onnx_int8"], 4),
         "accuracy_ratio_torch": round(student["accuracy_torch"] / teacher["accuracy_torch"], 4),
         "speedup_requests": round(student["onnx_int8_requests_per_s"] / teacher["onnx_int8_requests_per_s"], 2),

@@ -112,7 +112,7 @@ class _TrainingSection(_Section):
 
 class FinetuneConfig(_TrainingSection):
     model: str = Field(min_length=1)
-    pooling: Literal["mean", "cls"]
+    pooling: Literal["mean", "cls", "siamese"]
     epochs: int = Field(ge=1)
     dropout: float = Field(ge=0, lt=1)
     bucket_size: int = Field(ge=1)
@@ -299,6 +299,14 @@ class Config(_Section):
                              f"'pretrained' (= {output}), not {finetune.get('model')!r}; set finetune.model=pretrained "
                              "or pretrain.enabled=false")
         return tree
+
+    @model_validator(mode="after")
+    def _siamese_needs_pairs(self) -> "Config":
+        if self.finetune.pooling == "siamese" and (self.ingest.task != "classification" or not self.ingest.text_pair_column):
+            raise ValueError("finetune.pooling=siamese encodes the two sentences of a pair apart, so it needs "
+                             "sentence pairs: set ingest.text_pair_column (task classification), or use "
+                             "finetune.pooling=mean")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-ready values keyed as in params.yaml (for lineage records)."""

@@ -30,7 +30,9 @@ def checked_candidate(config, root: Path, prepared_hash: str | None) -> tuple[Pa
 
 
 def build_classifier(model: str, pooling: str, id2label: dict[int, str], dropout: float):
-    """A fresh head on `model`'s encoder: "cls" = the stock BERT head, "mean" = mean-pooled states."""
+    """A fresh head on `model`'s encoder: "cls" = the stock BERT head, "mean" = mean-pooled states,
+    "siamese" = the cosine of a pair's two separately encoded sentences (fit its head with
+    `fit_pair_head` before training)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     source = resolve_model_source(model)
@@ -38,15 +40,57 @@ def build_classifier(model: str, pooling: str, id2label: dict[int, str], dropout
               "hidden_dropout_prob": dropout}
     if pooling == "cls":
         return AutoModelForSequenceClassification.from_pretrained(source, attn_implementation="sdpa", **labels)
-    if pooling == "mean":
-        from bertops.models.modeling_bertops import MeanPoolingBertForSequenceClassification
+    if pooling in ("mean", "siamese"):
+        from bertops.models.modeling_bertops import (MeanPoolingBertForSequenceClassification,
+                                                     SiameseBertForSequenceClassification)
 
         config = AutoConfig.from_pretrained(source, **labels)
         if config.model_type != "bert":
-            raise ConfigError(f"finetune.pooling=mean needs a BERT encoder, {model!r} is {config.model_type!r}; "
+            raise ConfigError(f"finetune.pooling={pooling} needs a BERT encoder, {model!r} is {config.model_type!r}; "
                               "use finetune.pooling=cls")
-        return MeanPoolingBertForSequenceClassification.from_pretrained(source, config=config, attn_implementation="sdpa")
-    raise ConfigError(f"unknown finetune.pooling {pooling!r}; choose one of cls, mean")
+        head = MeanPoolingBertForSequenceClassification if pooling == "mean" else SiameseBertForSequenceClassification
+        return head.from_pretrained(source, config=config, attn_implementation="sdpa")
+    raise ConfigError(f"unknown finetune.pooling {pooling!r}; choose one of cls, mean, siamese")
+
+
+def fit_pair_head(model, train_ids: list[list[int]], labels: list[int], pad_id: int, sep_id: int,
+                  device, batch_size: int = 64) -> dict:
+    """Linear probe, then fine-tune (Kumar et al. 2022): fit a siamese model's head to the frozen
+    encoder's cosine similarities of the training pairs by logistic regression, so that training
+    starts from the encoder's own pair knowledge instead of a random head whose gradients would
+    first scramble it. Returns the probe's training accuracy."""
+    import torch
+
+    from bertops.data.batching import collate
+
+    was_training = model.training
+    model.eval()
+    features = []
+    with torch.inference_mode():
+        for start in range(0, len(train_ids), batch_size):
+            batch = collate(train_ids[start:start + batch_size], labels[start:start + batch_size], pad_id, sep_id).to(device)
+            inputs = batch.inputs()
+            features.append(model.similarity(inputs["input_ids"], inputs["attention_mask"],
+                                             inputs.get("token_type_ids")).float().cpu())
+    x = torch.cat(features).double()
+    y = torch.as_tensor(labels, dtype=torch.long)
+    weight = torch.zeros(model.config.num_labels, 1, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(model.config.num_labels, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=500, line_search_fn="strong_wolfe")
+
+    def objective():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ weight.T + bias, y) + 1e-4 * (weight ** 2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(objective)
+    with torch.no_grad():
+        model.classifier.weight.copy_(weight.to(model.classifier.weight.dtype))
+        model.classifier.bias.copy_(bias.to(model.classifier.bias.dtype))
+        accuracy = float(((x @ weight.T + bias).argmax(-1) == y).double().mean())
+    model.train(was_training)
+    return {"probe_train_accuracy": round(accuracy, 4)}
 
 
 def load_classifier(model_dir: Path, device: str = "cpu"):

@@ -1,4 +1,10 @@
-"""A BERT sequence classifier over the mean of the token states (sentence-transformers pooling).
+"""BERT sequence classifiers over mean-pooled token states (sentence-transformers pooling).
+
+- MeanPoolingBertForSequenceClassification: one text (or a packed pair), the mean of its token
+  states -> a linear head.
+- SiameseBertForSequenceClassification: a sentence pair packed as usual ([CLS] a [SEP] b [SEP],
+  segment ids 0/1) but encoded as two *separate* sentences ([CLS] a [SEP] and [CLS] b [SEP]), so
+  each gets exactly the vector a bi-encoder gives it alone; the head reads their cosine similarity.
 
 Self-contained on purpose (torch + transformers only): `save_pretrained` copies this file into
 every saved model folder (`auto_map` in its config.json), so the model loads anywhere with
@@ -50,4 +56,69 @@ class MeanPoolingBertForSequenceClassification(BertPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
 
 
+class SiameseBertForSequenceClassification(BertPreTrainedModel):
+    """Sentence pairs through a bi-encoder: logits = Linear(cos(mean(a), mean(b))).
+
+    Why: encoders trained as bi-encoders (all-MiniLM-L6-v2 saw NLI pairs as *separate* sentences
+    under a cosine objective) carry their pair knowledge in that cosine; packing both sentences
+    into one cross-attended input throws it away, and 2.5k RTE pairs cannot teach it again
+    (README figures). Packed inputs are kept so that prepare, batching, export and the endpoint
+    treat it like any pair classifier; a row without a second segment has a zero second vector.
+    """
+    config_class = BertConfig
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.classifier = nn.Linear(1, config.num_labels)  # per label: weight * cosine + bias
+        self.post_init()
+
+    def pair_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                        token_type_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(first sentence vectors, second sentence vectors), each the mean of its own token states.
+
+        One encoder call over two views of the packed rows: the first sees [CLS] a [SEP]; the second
+        sees the same [CLS] then b [SEP] at positions 1.. (exactly `[CLS] b [SEP]` encoded alone:
+        [CLS] is the attention sink these encoders were trained with, so it must stay).
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        real = attention_mask.bool()
+        segment = (token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)) * attention_mask
+        index = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)     # (1, T)
+        first = real & (segment == 0)
+        second = (real & (segment == 1)) | (index == 0)
+        first_length = first.sum(dim=1, keepdim=True)
+        second_positions = torch.where(segment == 1, index - first_length + 1, torch.zeros_like(index))
+        hidden = self.bert(torch.cat([input_ids, input_ids]), attention_mask=torch.cat([first, second]).long(),
+                           token_type_ids=torch.zeros_like(torch.cat([input_ids, input_ids])),
+                           position_ids=torch.cat([index.expand_as(input_ids), second_positions]),
+                           return_dict=True).last_hidden_state
+        rows = input_ids.shape[0]
+        vectors = []
+        for states, mask in ((hidden[:rows], first), (hidden[rows:], second)):
+            weights = mask.unsqueeze(-1).to(states.dtype)
+            vectors.append((states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0))
+        return vectors[0], vectors[1]
+
+    def similarity(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """(B, 1) cosine similarity of the pair's two sentence vectors: what the head reads."""
+        first, second = self.pair_embeddings(input_ids, attention_mask, token_type_ids)
+        return nn.functional.cosine_similarity(first, second, dim=-1, eps=1e-6).unsqueeze(-1)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        logits = self.classifier(self.similarity(input_ids, attention_mask, token_type_ids))
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
 MeanPoolingBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+SiameseBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")

@@ -54,7 +54,8 @@ def build_student(teacher: nn.Module, layers: int, how: str, hidden_size: int | 
 
     from transformers import AutoModelForSequenceClassification
 
-    from bertops.models.modeling_bertops import MeanPoolingBertForSequenceClassification
+    from bertops.models.modeling_bertops import (MeanPoolingBertForSequenceClassification,
+                                                 SiameseBertForSequenceClassification)
 
     mapping = layer_map(teacher.config.num_hidden_layers, layers, how)
     config = copy.deepcopy(teacher.config)
@@ -65,9 +66,10 @@ def build_student(teacher: nn.Module, layers: int, how: str, hidden_size: int | 
             raise ConfigError(f"distill.hidden_size={hidden_size} must be a multiple of 64 (one attention head per "
                               "64 dimensions), e.g. 128, 256 or 384")
         config.hidden_size, config.num_attention_heads, config.intermediate_size = hidden_size, heads, 4 * hidden_size
-    mean_pooling = (teacher.config.architectures or [""])[0] == MeanPoolingBertForSequenceClassification.__name__
-    student = (MeanPoolingBertForSequenceClassification(config) if mean_pooling
-               else AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa"))
+    # bertops' own heads (mean pooling, siamese) by class; anything else through the Auto class
+    own = {cls.__name__: cls for cls in (MeanPoolingBertForSequenceClassification, SiameseBertForSequenceClassification)}
+    head = own.get((teacher.config.architectures or [""])[0])
+    student = head(config) if head else AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
     if hidden_size is None:  # copy embeddings, the mapped layers and the head
         state = teacher.state_dict()
         renamed = {}
@@ -124,7 +126,7 @@ def distill(config: Config, root: Path = Path(".")) -> TrainResult:
     student_width = cfg.hidden_size or teacher.config.hidden_size
     cached: dict[str, torch.Tensor] = {}
 
-    def prepare(train_ids: list[list[int]], device: torch.device, precision: str) -> None:
+    def prepare(_model: nn.Module, train_ids: list[list[int]], _labels: list, device: torch.device, precision: str) -> None:
         teacher.to(device).eval()
         if not cfg.hidden_weight:  # the teacher's logits never change: compute them once
             cached["logits"] = torch.from_numpy(predict_logits(

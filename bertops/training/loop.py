@@ -152,8 +152,12 @@ class ClassifierRun:
     parent: str                                  # lineage: what the weights started from
     # (model being trained, batch, row indices of the batch in train) -> loss; None = the model's own loss
     loss: Callable[[torch.nn.Module, Batch, np.ndarray], torch.Tensor] | None = None
-    prepare: Callable[[list[list[int]], torch.device, str], None] | None = None  # once, before training
+    # once, before training: (model, train sequences, train targets, device, precision) -> None
+    prepare: Callable[[torch.nn.Module, list[list[int]], list, torch.device, str], None] | None = None
     lineage: dict = field(default_factory=dict)  # extra lineage fields (e.g. the teacher)
+    # Score the model before the first step too, so that a start already worth keeping (a
+    # linear-probed head) is kept when fine-tuning only makes it worse.
+    evaluate_start: bool = False
     # Other tasks (token classification): per-row targets, their batching, the validation score.
     targets: Callable[[Any], list] | None = None           # frame -> one target per row; None = frame["label"]
     collate: Callable[..., Batch] | None = None             # (sequences, targets, pad_id, sep_id) -> Batch
@@ -175,10 +179,23 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
 
         return finetune_qa(config, root)
     cfg = config.finetune
+    lineage: dict = {}
+
+    def probe_head(model, train_ids, train_labels, device, precision) -> None:
+        """finetune.pooling=siamese: start from a head fit to the frozen encoder (linear probe)."""
+        from bertops.models.classifier import fit_pair_head
+        from bertops.models.pretrained import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)
+        lineage["linear_probe"] = fit_pair_head(model, train_ids, train_labels, tokenizer.pad_token_id,
+                                                tokenizer.sep_token_id, device, config.evaluate.batch_size)
+
     return train_classifier(config, root, ClassifierRun(
         stage="finetune", section=cfg, tokenizer=cfg.model, parent=describe_model_source(cfg.model),
         build=lambda id2label: build_classifier(cfg.model, cfg.pooling, id2label, cfg.dropout),
-        out_dir=root / config.paths.models / config.ingest.dataset))
+        out_dir=root / config.paths.models / config.ingest.dataset,
+        prepare=probe_head if cfg.pooling == "siamese" else None, evaluate_start=cfg.pooling == "siamese",
+        lineage=lineage))
 
 
 def train_classifier(config: Config, root: Path, run: ClassifierRun) -> TrainResult:
@@ -219,7 +236,7 @@ def train_classifier(config: Config, root: Path, run: ClassifierRun) -> TrainRes
     # -- 3. model, optimizer, schedule -------------------------------------------------------------
     model = run.build(id2label).to(device)
     if run.prepare is not None:
-        run.prepare(train_ids, device, precision)
+        run.prepare(model, train_ids, train_labels, device, precision)
     train_model = model
     if distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -278,6 +295,8 @@ def train_classifier(config: Config, root: Path, run: ClassifierRun) -> TrainRes
                         state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
         eval_seconds += time.perf_counter() - eval_started
 
+    if run.evaluate_start and step == 0:
+        evaluate_now(0)
     model.train()
     running_loss, running_n = 0.0, 0
     for epoch in range(start_epoch, cfg.epochs):

@@ -1,6 +1,7 @@
 """Sentence-pair classification (GLUE RTE) through every stage: validation rules for pairs,
-pair tokenization with segment ids, training, evaluation, ONNX export, and the served
-/classify taking [premise, hypothesis] pairs."""
+pair tokenization with segment ids, training (the profile's siamese bi-encoder, and a cross-encoder
+over the packed pair), evaluation, ONNX export, and the served /classify taking
+[premise, hypothesis] pairs."""
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ def rte(extra: list[str] = ()):
             "prepare.max_eval_rows": 120, "prepare.validation_fraction": 0.2, "finetune.batch_size": 16,
             "finetune.eval_every": 0, "finetune.progress": "false", "finetune.max_steps": 12,
             "evaluate.slices": "{long: {min_tokens: 49}}", "serve.port": 3921,
+            "finetune.pooling": "siamese",
             "ingest.search_paths": f"['{datasets_root() / 'rte'}']"}.items()), *extra])
 
 
@@ -48,6 +50,25 @@ def test_a_pair_missing_its_second_sentence_is_caught_with_its_row(tmp_path: Pat
         validate(cfg, tmp_path)
     message = str(failure.value)
     assert "second sentence is not blank" in message and "\"row\": 7" in message, message
+
+
+def test_a_cross_encoder_trains_on_the_packed_pairs(tmp_path: Path):
+    from bertops.data.prepare import prepare
+    from bertops.data.sources import ingest
+    from bertops.data.validation import validate
+    from bertops.evaluation.evaluate import evaluate
+    from bertops.training.loop import finetune
+
+    cfg = rte(["finetune.pooling=mean", "prepare.max_train_rows=120", "prepare.max_eval_rows=60"])
+    ingest(cfg, tmp_path)
+    validate(cfg, tmp_path)
+    prepare(cfg, tmp_path)
+    result = finetune(cfg, tmp_path)
+    lineage = json.loads((tmp_path / "models/rte/lineage.json").read_text())
+    assert result.steps == 12 and "linear_probe" not in lineage  # no probe: a fresh linear head
+    assert json.loads((tmp_path / "models/rte/config.json").read_text())["architectures"] == [
+        "MeanPoolingBertForSequenceClassification"]
+    assert evaluate(cfg, tmp_path)["examples"] == 60
 
 
 def test_rte_trains_evaluates_exports_and_serves_pairs(tmp_path: Path):
@@ -70,6 +91,12 @@ def test_rte_trains_evaluates_exports_and_serves_pairs(tmp_path: Path):
     assert ids.count(102) == 2 and ids[-1] == 102 and len(ids) <= 128  # [CLS] a [SEP] b [SEP]
     result = finetune(cfg, tmp_path)
     assert result.steps == 12
+    # the profile's siamese head: probed on the frozen encoder first, the probed start scored too
+    lineage = json.loads((tmp_path / "models/rte/lineage.json").read_text())
+    assert 0.4 <= lineage["linear_probe"]["probe_train_accuracy"] <= 1
+    assert json.loads((tmp_path / "models/rte/config.json").read_text())["architectures"] == [
+        "SiameseBertForSequenceClassification"]
+    assert [row["step"] for row in result.history if "validation_accuracy" in row][0] == 0
     report = evaluate(cfg, tmp_path)
     assert report["examples"] == 120 and 0 <= report["accuracy"] <= 1 and report["behaviour"] is None
     assert gate(cfg, tmp_path).approved
