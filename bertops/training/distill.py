@@ -122,6 +122,9 @@ def distill(config: Config, root: Path = Path(".")) -> TrainResult:
                           f"({meta['tokenizer']}); prepare the corpus with the teacher's tokenizer")
     if teacher.config.model_type != "bert":
         raise ConfigError(f"distill needs a BERT teacher, {source} is {teacher.config.model_type!r}")
+    if cfg.hidden_weight and (teacher.config.architectures or [""])[0] == "SiameseBertForSequenceClassification":
+        raise ConfigError(f"distill.hidden_weight > 0 matches the student's token states to the teacher's, but {source} "
+                          "is a siamese pair model (two encoder views per pair); set distill.hidden_weight=0")
     mapping = layer_map(teacher.config.num_hidden_layers, cfg.student_layers, cfg.layer_map)
     student_width = cfg.hidden_size or teacher.config.hidden_size
     cached: dict[str, torch.Tensor] = {}
