@@ -28,7 +28,7 @@ def bertops_loop(root: Path, steps: int, batch_size: int, datasets: Path) -> dic
     from bertops.data.prepare import prepare
     from bertops.data.sources import ingest
     from bertops.data.validation import validate
-    from bertops.training.loop import finetune
+    from bertops.training.finetune import finetune
 
     cfg = load_config(REPO / "params.yaml", overrides=[
         f"ingest.search_paths=['{datasets / 'sst2'}']", f"finetune.max_steps={steps}", f"finetune.batch_size={batch_size}",
@@ -46,7 +46,7 @@ def bertops_loop(root: Path, steps: int, batch_size: int, datasets: Path) -> dic
 def bertops_on_ray(root: Path, steps: int, batch_size: int, datasets: Path) -> dict:
     """The same loop as one Ray Train worker (TorchTrainer, local Ray started and stopped here)."""
     from bertops.config import load_config
-    from bertops.training.run import train
+    from bertops.training.finetune import finetune as train
 
     cfg = load_config(REPO / "params.yaml", overrides=[
         f"ingest.search_paths=['{datasets / 'sst2'}']", f"finetune.max_steps={steps}", f"finetune.batch_size={batch_size}",

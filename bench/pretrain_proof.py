@@ -29,7 +29,7 @@ def finetune_from(model_dir: Path, root: Path, datasets: Path, epochs: int, pool
     from bertops.data.sources import ingest
     from bertops.data.validation import validate
     from bertops.evaluation.evaluate import evaluate
-    from bertops.training.loop import finetune
+    from bertops.training.finetune import finetune
 
     cfg = load_config(REPO / "params.yaml", overrides=[
         f"ingest.search_paths=['{datasets / 'sst2'}']", f"finetune.model={model_dir}", f"finetune.pooling={pooling}",

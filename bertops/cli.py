@@ -42,6 +42,14 @@ def _run(stage: str, fn: Callable[[], object]) -> object:
         raise typer.Exit(1) from None
 
 
+def _retrain_flow():
+    """The Prefect flow (the scheduler layer, package `bertops_flows`): reached by name at call
+    time, so the library never imports its orchestrator."""
+    import importlib
+
+    return importlib.import_module("bertops_flows.pipeline").retrain
+
+
 def _echo_json(value: object) -> None:
     typer.echo(json.dumps(value if isinstance(value, dict) else getattr(value, "__dict__", value), indent=2, default=str))
 
@@ -77,11 +85,11 @@ def prepare(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_
 
 @app.command()
 def finetune(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
-    """Fine-tune the encoder for sequence classification (this process, or Ray workers)."""
-    from bertops.training.run import train
+    """Fine-tune the encoder for the corpus's task (this process, or Ray workers)."""
+    from bertops.training.finetune import finetune as run
 
     cfg = _config(params, profile, set_)
-    result = _run("finetune", lambda: train(cfg))
+    result = _run("finetune", lambda: run(cfg))
     _echo_json({k: v for k, v in result.__dict__.items() if k != "history"})
 
 
@@ -228,8 +236,7 @@ def run_pipeline(
     if flow_name != "retrain":
         typer.echo(f"error: unknown flow {flow_name!r}; the flows are: retrain", err=True)
         raise typer.Exit(2)
-    from flows.pipeline import retrain
-
+    retrain = _retrain_flow()
     _config(params, profile, set_)  # fail fast on bad config
     state = retrain(params=str(params), profile=str(profile) if profile else None, overrides=list(set_),
                     executor=executor, force=force, return_state=True)
@@ -256,8 +263,7 @@ def schedule(
 
     The params path, profile and overrides become the deployment's parameters, visible and
     editable in the Prefect UI. One run at a time (deployment concurrency limit 1 + workspace lock)."""
-    from flows.pipeline import retrain
-
+    retrain = _retrain_flow()
     cfg = _config(params, profile, set_)
     if cron and interval:
         typer.echo("error: give --cron or --interval, not both", err=True)

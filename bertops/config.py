@@ -12,11 +12,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bertops.errors import ConfigError
+
 DEFAULT_PARAMS = Path("params.yaml")
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message says which key and why."""
 
 
 class _Section(BaseModel):
@@ -37,7 +35,7 @@ class PathsConfig(_Section):
 class IngestConfig(_Section):
     # classification: one text (or a text pair) -> one label; ner: CoNLL tokens -> IOB2 tags;
     # qa: SQuAD v1.1 question + context -> the answer span
-    task: Literal["classification", "ner", "qa"] = "classification"
+    task: str = Field(default="classification", pattern=r"^[a-z][a-z0-9_]*$")  # a registered task (bertops.tasks)
     dataset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     # split -> file name inside the source folder (e.g. CoNLL's train.txt / valid.txt / test.txt);
     # null = find train.* and dev/eval/validation/test.* tables

@@ -1,18 +1,18 @@
-"""The failures a user can fix, gathered so the CLI and flows report them as messages, not tracebacks."""
+"""The one base class of the failures a user can fix: the CLI prints their message and exits 1,
+the flows report them as a failed stage with that message, never as a traceback."""
+
 from __future__ import annotations
 
-from bertops.config import ConfigError
-from bertops.data.sources import DataSourceError
-from bertops.data.validation import ValidationFailed
-from bertops.evaluation.behaviour import BehaviourCasesError
-from bertops.evaluation.gate import IncompleteReport
-from bertops.lineage import ArtifactMismatch
-from bertops.models.export import ExportCheckFailed
-from bertops.packaging import GateRejected
-from bertops.registry import RegistryError
-from bertops.server import ServeError
 
-class PipelineError(RuntimeError):
+class BertopsError(Exception):
+    """A failure the user can fix; the message names what is wrong and how to fix it."""
+
+
+class ConfigError(BertopsError, ValueError):
+    """A config file or override that cannot be used; the message says which key and why."""
+
+
+class PipelineError(BertopsError, RuntimeError):
     """A pipeline stage failed; carries the stage name and its own message."""
 
     def __init__(self, stage: str, message: str):
@@ -20,9 +20,6 @@ class PipelineError(RuntimeError):
         super().__init__(f"stage {stage!r} failed: {message}")
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, DataSourceError, ValidationFailed, ArtifactMismatch, GateRejected, RegistryError, ServeError,
-    FileNotFoundError, PipelineError, IncompleteReport, BehaviourCasesError,
-    ExportCheckFailed,
-)
-
+# What the CLI and the flows turn into a message: every BertopsError, and a missing file (a stage
+# run before the one that writes its input).
+USER_ERRORS: tuple[type[BaseException], ...] = (BertopsError, FileNotFoundError)

@@ -4,6 +4,8 @@ Read-only helpers over git and `dvc.lock`; no DVC import (the lock file is plain
 """
 from __future__ import annotations
 
+from bertops.errors import BertopsError
+
 import datetime as dt
 import hashlib
 import subprocess
@@ -13,7 +15,7 @@ from typing import Any
 import yaml
 
 
-class ArtifactMismatch(RuntimeError):
+class ArtifactMismatch(BertopsError, RuntimeError):
     """Two artifacts that must belong together do not (e.g. a gate decision for other weights)."""
 
 

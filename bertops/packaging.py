@@ -4,6 +4,8 @@ The only module that imports bentoml. A model is packaged only when its gate dec
 """
 from __future__ import annotations
 
+from bertops.errors import BertopsError
+
 import json
 import os
 import shutil
@@ -18,7 +20,7 @@ from bertops.registry import Registry, RegistryError
 SETTINGS_FILE = "bertops_serving.json"
 
 
-class GateRejected(RuntimeError):
+class GateRejected(BertopsError, RuntimeError):
     """The model did not pass the gate, so it is not packaged or promoted."""
 
 
@@ -37,28 +39,6 @@ def read_gate_decision(config: Config, root: Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
         raise GateRejected(f"{path} is not valid JSON; re-run `bertops gate`") from None
-
-
-def export_checked(config: Config, root: Path, model_dir: Path) -> dict:
-    """Export ONNX fp32 + int8 into the model folder and check both against PyTorch on the eval
-    split; pick the CPU runtime. A runtime asked for by name that failed its check is refused."""
-    from bertops.data.prepare import load_prepared, model_inputs
-    from bertops.models.export import ExportCheckFailed, export_for_serving
-
-    frames, _, _ = load_prepared(config, root)
-    evals = frames["eval"]
-    serve = config.serve
-    report = export_for_serving(model_dir, model_inputs(evals), evals["label"].to_numpy(), config.prepare.max_length,
-                                serve.onnx_max_abs_diff, serve.int8_max_accuracy_drop)
-    passed = [r for r in ("onnx-int8", "onnx") if report["runtimes"][r]["passed"]]
-    if serve.runtime in ("onnx-int8", "onnx") and serve.runtime not in passed:
-        detail = report["runtimes"][serve.runtime]
-        raise ExportCheckFailed(
-            f"serve.runtime={serve.runtime} failed its agreement check with PyTorch (max |logit diff| "
-            f"{detail['max_abs_logit_diff']:.2e}, accuracy {detail['accuracy']:.4f} vs {report['torch_accuracy']:.4f}); "
-            f"it is not served. Use serve.runtime=auto or torch")
-    report["cpu_runtime"] = serve.runtime if serve.runtime != "auto" else (passed[0] if passed else "torch")
-    return report
 
 
 def validation_summary(report: Path) -> dict:
@@ -96,39 +76,37 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     lineage["gate"] = decision
     lineage["validation"] = validation_summary(root / lineage["validation_report"]) if lineage.get("validation_report") else None
 
+    from bertops.tasks import get_task
+
+    task = get_task(config.ingest.task)
     name = config.package.model_name
     # An exception inside this block (a failed export check) discards the half-made store entry.
     with bentoml.models.create(name, labels={"dataset": config.ingest.dataset}, metadata=_flat_metadata(lineage)) as saved:
         shutil.copytree(model_dir, saved.path, dirs_exist_ok=True)
-        if config.ingest.task == "classification":
-            agreement = export_checked(config, root, Path(saved.path))
-        else:  # the ONNX export and its agreement check cover sequence classifiers; others serve PyTorch
-            agreement = {"cpu_runtime": "torch", "runtimes": {},
-                         "note": f"no ONNX export for {config.ingest.task} models yet: served by PyTorch"}
+        agreement = task.export_for_serving(config, root, Path(saved.path))
         lineage["serving_export"] = agreement
         (Path(saved.path) / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
     model_tag = str(saved.tag)
 
     serving_dir = serving_dir or root / "serving"
-    # The service normalises text exactly as `prepare` did for training.
-    settings = {"model_tag": model_tag, "serve": config.serve.model_dump(), "max_length": config.prepare.max_length,
-                "unicode_form": config.prepare.unicode_form, "lowercase": config.prepare.lowercase,
-                "text_pairs": bool(config.ingest.text_pair_column), "task": config.ingest.task,
-                "doc_stride": config.prepare.doc_stride, "max_query_length": config.prepare.max_query_length,
-                "max_answer_tokens": config.evaluate.max_answer_tokens,
-                "cpu_runtime": agreement["cpu_runtime"],
-                "onnx_files": {k: v["file"] for k, v in agreement["runtimes"].items() if v["passed"]}}
+    # The service encodes text exactly as `prepare` did for training (the same bertops.encoding module).
+    settings = {"model_tag": model_tag, "task": task.name, "serve": config.serve.model_dump(),
+                "max_length": config.prepare.max_length, "unicode_form": config.prepare.unicode_form,
+                "lowercase": config.prepare.lowercase, "cpu_runtime": agreement["cpu_runtime"],
+                "onnx_files": {k: v["file"] for k, v in agreement["runtimes"].items() if v["passed"]},
+                **task.serving_settings(config)}
     (serving_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     build = yaml.safe_load((serving_dir / "bentofile.yaml").read_text())
     include = list(build.get("include") or [])
-    if config.ingest.task in ("ner", "qa"):  # the service's task helpers: bertops' own pure module, copied
-        import importlib
+    # Pure modules the service imports, copied in as they are: the encoding and the task's core.
+    from bertops import encoding
 
-        helper = importlib.import_module(f"bertops.tasks.{config.ingest.task}")
-        shutil.copyfile(helper.__file__, serving_dir / f"bertops_{config.ingest.task}.py")
-        include.append(f"bertops_{config.ingest.task}.py")
+    for bento_name, source in {"bertops_encoding.py": Path(encoding.__file__), **task.bento_files()}.items():
+        if Path(source).resolve() != (serving_dir / bento_name).resolve():
+            shutil.copyfile(source, serving_dir / bento_name)
+        include.append(bento_name)
     bento = bentoml.bentos.build(
-        service=build["service"], name=name, version=saved.tag.version, build_ctx=str(serving_dir),
+        service=task.service, name=name, version=saved.tag.version, build_ctx=str(serving_dir),
         include=include, python=build.get("python"), docker=build.get("docker"),
         labels={"dataset": config.ingest.dataset, "model": model_tag},
     )

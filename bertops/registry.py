@@ -6,6 +6,8 @@ crash leaves the old or the new state, never a mix, and concurrent promotions se
 """
 from __future__ import annotations
 
+from bertops.errors import BertopsError
+
 import contextlib
 import datetime as dt
 import fcntl
@@ -20,7 +22,7 @@ from typing import Any, Iterator
 STAGES = ("candidate", "staging", "production", "archived")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(BertopsError, RuntimeError):
     """A registry operation that cannot be done; the message says why and what to do."""
 
 

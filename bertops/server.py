@@ -5,6 +5,8 @@ production. After `promote`/`rollback`, `bertops serve --detach` restarts it on 
 """
 from __future__ import annotations
 
+from bertops.errors import BertopsError
+
 import os
 import signal
 import subprocess
@@ -18,7 +20,7 @@ import httpx
 from bertops.config import Config
 
 
-class ServeError(RuntimeError):
+class ServeError(BertopsError, RuntimeError):
     """The endpoint could not be started or stopped; the message says why."""
 
 

@@ -50,7 +50,7 @@ def _direct(stage: str) -> Callable[[Config, Path], Any]:
     from bertops.packaging import GateRejected, package, promote
     from bertops.pretraining.run import pretrain_stage
     from bertops.training.distill import distill_stage
-    from bertops.training.run import train
+    from bertops.training.finetune import finetune as train
 
     def promote_and_follow(config: Config, root: Path):
         from bertops import server
@@ -111,7 +111,7 @@ def _execute(stage: str, ctx: RunContext, extra: dict) -> str:
 
 def _stage_task(stage: str, retries: int = 0, doc: str = "", retry_condition=None):
     def run(ctx: RunContext) -> tuple[str, float, str]:
-        from flows.artifacts import publish
+        from bertops_flows.artifacts import publish
 
         logger = get_run_logger()
         started, wall = time.perf_counter(), time.time()

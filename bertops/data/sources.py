@@ -6,6 +6,8 @@ Raw files are copied byte for byte, so that `validate` sees exactly what the sou
 """
 from __future__ import annotations
 
+from bertops.errors import BertopsError
+
 import csv
 import io
 import json
@@ -26,7 +28,7 @@ SPLIT_NAMES = {"train": ("train",), "eval": ("eval", "dev", "validation", "valid
 MANIFEST = "manifest.json"
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(BertopsError, RuntimeError):
     """A corpus that cannot be found or read; the message says what to pass instead."""
 
 

@@ -1,10 +1,12 @@
-"""`validate`: the corpus checks (what is expected) and the verdict (pure), run through the
-Great Expectations adapter in `bertops.data.gx_adapter`.
+"""`validate`: run a task's corpus checks through Great Expectations and give the verdict.
 
-The checks are declared here as plain `Check` records so the rules are readable and testable;
-the adapter turns each one into a GX expectation and returns what GX observed.
+Each task declares its checks as plain `Check` records (readable and testable) on tables it builds
+(`Task.validation_suite`); this stage runs them through `bertops.data.gx_adapter`, writes the
+report and Data Docs, and fails naming every broken expectation with example rows.
 """
 from __future__ import annotations
+
+from bertops.errors import BertopsError
 
 import json
 from dataclasses import asdict, dataclass, field
@@ -15,12 +17,7 @@ import pandas as pd
 
 from bertops.config import Config
 
-LEAK_COLUMN = "leaks_from_train"
-EXAMPLE_COLUMN = "example"   # the whole input: the text, or "text ||| second sentence" for pairs
-SHARE_TABLE = "label_shares"
-
-
-class ValidationFailed(RuntimeError):
+class ValidationFailed(BertopsError, RuntimeError):
     """The corpus broke at least one expectation; the message names each one."""
 
     def __init__(self, report: ValidationReport):
@@ -79,66 +76,6 @@ class ValidationReport:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False, default=str) + "\n"
 
 
-def build_checks(config: Config, splits: list[str]) -> list[Check]:
-    """The suite, from config: one list of checks per table."""
-    ing, val = config.ingest, config.validate_
-    text, label = ing.text_column, ing.label_column
-    checks: list[Check] = []
-    for split in splits:
-        checks += [
-            Check(split, "at least min_rows rows", "ExpectTableRowCountToBeBetween", {"min_value": val.min_rows}),
-            Check(split, f"text column {text!r} present", "ExpectColumnToExist", {"column": text}),
-            Check(split, f"label column {label!r} present", "ExpectColumnToExist", {"column": label}),
-            Check(split, "text is never null", "ExpectColumnValuesToNotBeNull", {"column": text}),
-            Check(split, "text length within bounds", "ExpectColumnValueLengthsToBeBetween",
-                  {"column": text, "min_value": val.min_text_chars, "max_value": val.max_text_chars}),
-            Check(split, "text is not blank", "ExpectColumnValuesToMatchRegex", {"column": text, "regex": r"\S"}),
-            # Undecodable bytes were read as U+FFFD (see sources.read_table).
-            Check(split, "text is valid UTF-8", "ExpectColumnValuesToNotMatchRegex", {"column": text, "regex": "\ufffd"}),
-            Check(split, "labels inside the declared label set", "ExpectColumnValuesToBeInSet",
-                  {"column": label, "value_set": sorted(ing.labels)}),
-            Check(split, "duplicate rate under max_duplicate_rate", "ExpectColumnProportionOfUniqueValuesToBeBetween",
-                  {"column": EXAMPLE_COLUMN, "min_value": 1.0 - val.max_duplicate_rate}),
-        ]
-        if ing.text_pair_column:
-            pair = ing.text_pair_column
-            checks += [
-                Check(split, f"second-sentence column {pair!r} present", "ExpectColumnToExist", {"column": pair}),
-                Check(split, "every pair has its second sentence", "ExpectColumnValuesToNotBeNull", {"column": pair}),
-                Check(split, "second sentence is not blank", "ExpectColumnValuesToMatchRegex", {"column": pair, "regex": r"\S"}),
-                Check(split, "second sentence length within bounds", "ExpectColumnValueLengthsToBeBetween",
-                      {"column": pair, "min_value": val.min_text_chars, "max_value": val.max_text_chars}),
-            ]
-    if "eval" in splits:
-        checks.append(Check("eval", "no exact duplicates of train examples (leakage)", "ExpectColumnValuesToBeInSet",
-                            {"column": LEAK_COLUMN, "value_set": [False]}))
-    checks.append(Check(SHARE_TABLE, "class balance within bounds", "ExpectColumnValuesToBeBetween",
-                        {"column": "share", "min_value": val.min_class_share, "max_value": val.max_class_share}))
-    return checks
-
-
-def derived_tables(config: Config, frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """The tables the checks run on: the splits (eval gains a leakage flag) and label shares."""
-    text, label, pair = config.ingest.text_column, config.ingest.label_column, config.ingest.text_pair_column
-    tables = {split: frame.copy() for split, frame in frames.items()}
-    for table in tables.values():
-        if text in table.columns:
-            key = table[text].astype(str)
-            if pair and pair in table.columns:
-                key = key + " ||| " + table[pair].astype(str)
-            table[EXAMPLE_COLUMN] = key.where(table[text].notna(), None)
-    train = tables["train"]
-    if "eval" in tables and EXAMPLE_COLUMN in tables["eval"].columns:
-        train_examples = set(train[EXAMPLE_COLUMN]) if EXAMPLE_COLUMN in train.columns else set()
-        tables["eval"][LEAK_COLUMN] = tables["eval"][EXAMPLE_COLUMN].isin(train_examples)
-    counts = train[label].value_counts() if label in train.columns else pd.Series(dtype=int)
-    total = max(int(counts.sum()), 1)
-    tables[SHARE_TABLE] = pd.DataFrame(
-        {"label": list(config.ingest.labels), "share": [counts.get(k, 0) / total for k in config.ingest.labels]}
-    )
-    return tables
-
-
 def offending_examples(frame: pd.DataFrame, indices: list[Any], columns: list[str], limit: int) -> list[dict]:
     """A few offending rows, with their 1-based data row number (header excluded)."""
     rows = []
@@ -155,15 +92,25 @@ def offending_examples(frame: pd.DataFrame, indices: list[Any], columns: list[st
     return rows
 
 
-def unreadable(config: Config, root: Path, rule: str, error: Exception) -> None:
-    """A corpus file that cannot be parsed: a failed report naming where, written, then raised."""
-    manifest = json.loads((root / config.paths.raw / config.ingest.dataset / "manifest.json").read_text())
-    report = verdict(config.ingest.dataset, manifest["data_hash"],
-                     [CheckResult("files", rule, "parse", False, observed=str(error))], {})
-    out_dir = root / config.paths.reports / "validate"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(report.to_json(), encoding="utf-8")
-    raise ValidationFailed(report) from None
+class CorpusUnreadable(BertopsError, ValueError):
+    """A corpus file that cannot be parsed at all: `rule` names what it must satisfy."""
+
+    def __init__(self, rule: str, error: Exception):
+        self.rule, self.error = rule, error
+        super().__init__(f"{rule}: {error}")
+
+
+@dataclass
+class ValidationSuite:
+    """What a task hands the `validate` stage: the checks, the tables GX runs them on, and the
+    rows a failure shows."""
+
+    checks: list[Check]
+    tables: dict[str, pd.DataFrame]
+    example_columns: list[str]
+    rows: dict[str, int]                       # rows per split, for the report
+    data_hash: str                             # the raw corpus's hash (from the ingest manifest)
+    extra_results: list[CheckResult] = field(default_factory=list)   # rules decided outside GX
 
 
 def verdict(dataset: str, data_hash: str, results: list[CheckResult], rows: dict[str, int]) -> ValidationReport:
@@ -171,32 +118,32 @@ def verdict(dataset: str, data_hash: str, results: list[CheckResult], rows: dict
     return ValidationReport(dataset, data_hash, all(r.success for r in results), results, rows=rows)
 
 
-def validate(config: Config, root: Path = Path(".")) -> ValidationReport:
-    """Run the suite on the ingested corpus, write the JSON report + Data Docs, raise on failure."""
-    from bertops.data import gx_adapter
-    from bertops.data.sources import load_raw
-
-    if config.ingest.task == "ner":
-        from bertops.tasks.token_classification import validate_ner
-
-        return validate_ner(config, root)
-    if config.ingest.task == "qa":
-        from bertops.tasks.question_answering import validate_qa
-
-        return validate_qa(config, root)
-    frames, manifest = load_raw(config, root)
-    out_dir = root / config.paths.reports / "validate"
-    checks = build_checks(config, list(frames))
-    tables = derived_tables(config, frames)
-    results, docs = gx_adapter.run_checks(
-        checks, tables, out_dir / "gx",
-        example_columns=[c for c in (config.ingest.text_column, config.ingest.text_pair_column, config.ingest.label_column) if c],
-        examples_per_failure=config.validate_.examples_per_failure,
-    )
-    report = verdict(config.ingest.dataset, manifest["data_hash"], results, {k: len(v) for k, v in frames.items()})
-    report.data_docs = str(docs) if docs else None
+def _write(report: ValidationReport, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(report.to_json(), encoding="utf-8")
+
+
+def validate(config: Config, root: Path = Path(".")) -> ValidationReport:
+    """The `validate` stage: run the task's suite through Great Expectations, write the JSON
+    report + Data Docs, raise `ValidationFailed` naming each broken expectation."""
+    from bertops.data import gx_adapter
+    from bertops.tasks import get_task
+
+    out_dir = root / config.paths.reports / "validate"
+    try:
+        suite = get_task(config.ingest.task).validation_suite(config, root)
+    except CorpusUnreadable as exc:  # e.g. a CoNLL row with the wrong column count: named by file and line
+        manifest = json.loads((root / config.paths.raw / config.ingest.dataset / "manifest.json").read_text())
+        report = verdict(config.ingest.dataset, manifest["data_hash"],
+                         [CheckResult("files", exc.rule, "parse", False, observed=str(exc.error))], {})
+        _write(report, out_dir)
+        raise ValidationFailed(report) from None
+    results, docs = gx_adapter.run_checks(suite.checks, suite.tables, out_dir / "gx",
+                                          example_columns=suite.example_columns,
+                                          examples_per_failure=config.validate_.examples_per_failure)
+    report = verdict(config.ingest.dataset, suite.data_hash, results + suite.extra_results, suite.rows)
+    report.data_docs = str(docs) if docs else None
+    _write(report, out_dir)
     if not report.success:
         raise ValidationFailed(report)
     return report

@@ -11,6 +11,8 @@ The perturbations are deterministic (seeded by the text), so a report is reprodu
 """
 from __future__ import annotations
 
+from bertops.errors import BertopsError
+
 import hashlib
 import re
 from pathlib import Path
@@ -23,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 MAX_FAILURES_SHOWN = 10
 
 
-class BehaviourCasesError(ValueError):
+class BehaviourCasesError(BertopsError, ValueError):
     """The behavioural cases file cannot be used; the message names the file, the case and why."""
 
 

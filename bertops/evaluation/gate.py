@@ -14,6 +14,8 @@ A metric the policy needs but the report lacks is an error (IncompleteReport), n
 """
 from __future__ import annotations
 
+from bertops.errors import BertopsError
+
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -22,8 +24,36 @@ from pathlib import Path
 from bertops.config import GateConfig
 
 
-class IncompleteReport(ValueError):
+class IncompleteReport(BertopsError, ValueError):
     """The evaluation report lacks a metric the gate policy needs."""
+
+
+@dataclass(frozen=True)
+class GateRules:
+    """What a task asks the gate to judge (`Task.gate_rules`); the serving cost (p95 latency, size)
+    is judged for every task.
+
+    - `floors`: (name, dotted path in the report, threshold or None = off, ">=" or "<=");
+    - `paired`: the report's champion holds paired-bootstrap CIs of the per-example difference
+      (overall and per slice): judge non-inferiority on the CI (and allow `gate.speed_trade`);
+    - else `champion_metric` (name, key): the candidate's key minus the champion's, as a point
+      difference, must be >= -non_inferiority_margin.
+    """
+
+    floors: tuple[tuple[str, str, float | None, str], ...] = ()
+    paired: bool = True
+    champion_metric: tuple[str, str] | None = None
+
+
+def paired_accuracy_rules(policy: GateConfig) -> GateRules:
+    """Accuracy, macro-F1, calibration and behaviour floors with the paired champion comparison
+    (classifiers; the default when no rules are given)."""
+    floors = [("accuracy", "accuracy", policy.min_accuracy, ">="), ("macro_f1", "macro_f1", policy.min_macro_f1, ">="),
+              ("ece", "ece", policy.max_ece, "<=")]
+    if policy.min_behaviour_pass_rate is not None:
+        floors += [(f"behaviour {kind} pass rate", f"behaviour.{kind}.pass_rate", threshold, ">=")
+                   for kind, threshold in policy.min_behaviour_pass_rate.model_dump().items()]
+    return GateRules(tuple(floors), paired=True)
 
 
 @dataclass(frozen=True)
@@ -94,22 +124,16 @@ def _verdict(ci_low: float, margin: float) -> str:
     return "better" if ci_low > 0 else "non-inferior" if ci_low >= -margin else "inferior"
 
 
-def decide(report: dict, policy: GateConfig) -> GateDecision:
+def decide(report: dict, policy: GateConfig, rules: GateRules | None = None) -> GateDecision:
     """Approve only if every threshold holds and the candidate is non-inferior to production
     (when there is one) overall and on every slice of at least `min_slice_examples`."""
+    rules = rules or paired_accuracy_rules(policy)
     cost = [("p95 latency ms", "serving.latency.p95_ms", policy.max_p95_latency_ms, "<="),
             ("model size MB", "serving.model_size_mb", policy.max_model_size_mb, "<=")]
-    if report.get("task") == "ner":
-        return _decide_task(report, policy, cost, "entity F1", "entity_f1", policy.min_entity_f1, "min_entity_f1")
-    if report.get("task") == "qa":
-        return _decide_task(report, policy, cost, "SQuAD F1", "f1", policy.min_qa_f1, "min_qa_f1")
-    rules = [("accuracy", "accuracy", policy.min_accuracy, ">="), ("macro_f1", "macro_f1", policy.min_macro_f1, ">="),
-             ("ece", "ece", policy.max_ece, "<="), *cost]
-    if policy.min_behaviour_pass_rate is not None:
-        rules += [(f"behaviour {kind} pass rate", f"behaviour.{kind}.pass_rate", threshold, ">=")
-                  for kind, threshold in policy.min_behaviour_pass_rate.model_dump().items()]
+    if not rules.paired:
+        return _decide_point(report, policy, rules, cost)
     checks = [_check(name, _lookup(report, path), threshold, op)
-              for name, path, threshold, op in rules if threshold is not None]
+              for name, path, threshold, op in [*rules.floors, *cost] if threshold is not None]
 
     comparison = None
     champion = report.get("champion")
@@ -149,22 +173,26 @@ def decide(report: dict, policy: GateConfig) -> GateDecision:
     return GateDecision(all(c.passed for c in checks), checks, report.get("model_sha256"), comparison)
 
 
-def _decide_task(report: dict, policy: GateConfig, cost: list, name: str, key: str, floor: float | None,
-                 setting: str) -> GateDecision:
-    """NER and QA: a floor on the task's F1, serving cost, and no worse than production's F1 by
-    more than the non-inferiority margin (point estimate on the same eval examples)."""
-    if floor is None:
-        raise IncompleteReport(f"gate.{setting} is null: a {report.get('task')} model needs a floor on its {name}; "
-                               "set it in params.yaml or the task's profile (configs/)")
-    rules = [(name, key, floor, ">="), *cost]
-    checks = [_check(label, _lookup(report, path), threshold, op) for label, path, threshold, op in rules
-              if threshold is not None]
+def _decide_point(report: dict, policy: GateConfig, rules: GateRules, cost: list) -> GateDecision:
+    """Floors, serving cost, and no worse than production's `champion_metric` by more than the
+    non-inferiority margin (point estimate on the same eval examples)."""
+    checks = [_check(label, _lookup(report, path), threshold, op)
+              for label, path, threshold, op in [*rules.floors, *cost] if threshold is not None]
     champion = report.get("champion")
-    if champion:
+    if champion and rules.champion_metric:
+        name, key = rules.champion_metric
         difference = _lookup(report, key) - _lookup(report, f"champion.{key}")
         checks.append(_check(f"{name} vs production {champion.get('version')} (difference)", difference,
                              -policy.non_inferiority_margin, ">="))
     return GateDecision(all(c.passed for c in checks), checks, report.get("model_sha256"), None)
+
+
+def required_floor(value: float | None, setting: str, what: str) -> float:
+    """A task's floor that must be set: a model with no floor on its main metric is never judged."""
+    if value is None:
+        raise IncompleteReport(f"gate.{setting} is null: a model needs a floor on its {what}; set it in "
+                               "params.yaml or the task's profile (configs/)")
+    return value
 
 
 def _speedup(report: dict, champion: dict) -> float | None:
@@ -190,7 +218,9 @@ def gate(config, root=None) -> GateDecision:
         report = json.loads(metrics_path.read_text())
     except json.JSONDecodeError:
         raise IncompleteReport(f"{metrics_path} is not valid JSON; re-run `bertops evaluate`") from None
-    decision = decide(report, config.gate)
+    from bertops.tasks import get_task
+
+    decision = decide(report, config.gate, get_task(config.ingest.task).gate_rules(config.gate))
     out = root / config.paths.reports / "gate"
     out.mkdir(parents=True, exist_ok=True)
     (out / "decision.json").write_text(decision.to_json())

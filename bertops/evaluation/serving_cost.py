@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 
+from bertops.encoding import encode, normalize_input, to_feeds
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt")
 
 
@@ -36,15 +38,17 @@ def latency_profile(request: Callable[[object], object], texts: list, requests: 
             "p95_ms": round(float(np.percentile(timings, 95)), 3), "mean_ms": round(float(timings.mean()), 3)}
 
 
-def serving_request(model, tokenizer, max_length: int, normalize: Callable[[str], str]) -> Callable[[object], np.ndarray]:
-    """One request as the endpoint handles it: text (or a (text, second sentence) pair) -> probabilities."""
+def serving_request(model, tokenizer, max_length: int, unicode_form: str = "NFC",
+                    lowercase: bool = False) -> Callable[[object], np.ndarray]:
+    """One /classify request as the endpoint handles it (the same `bertops.encoding` steps): a text
+    or a (text, second sentence) pair -> normalised -> encoded -> forward -> probabilities."""
     import torch
 
-    def request(text) -> np.ndarray:
-        pair = isinstance(text, (tuple, list))
-        encoded = tokenizer([normalize(text[0] if pair else text)], [normalize(text[1])] if pair else None, padding=True,
-                            truncation=True, max_length=max_length, return_tensors="pt")
+    def request(item) -> np.ndarray:
+        encoded = encode(tokenizer, [normalize_input(item, unicode_form, lowercase)], max_length)
+        feeds = to_feeds(encoded.input_ids, encoded.token_type_ids, tokenizer.pad_token_id)
         with torch.inference_mode():
-            return torch.softmax(model(**encoded).logits.float(), dim=-1).numpy()
+            logits = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits
+            return torch.softmax(logits.float(), dim=-1).numpy()
 
     return request

@@ -11,6 +11,9 @@ whose check fails may not be served (`package` refuses it).
 """
 from __future__ import annotations
 
+from bertops.encoding import encode, to_feeds
+from bertops.errors import BertopsError
+
 import json
 import time
 from pathlib import Path
@@ -22,7 +25,7 @@ FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class ExportCheckFailed(RuntimeError):
+class ExportCheckFailed(BertopsError, RuntimeError):
     """An exported runtime disagrees with PyTorch beyond the configured tolerance."""
 
 
@@ -94,16 +97,14 @@ def onnx_session(path: Path, threads: int = 0):
 
 
 def _batches(tokenizer, texts: list, max_length: int, batch_size: int):
-    """Feeds for texts or (text, second sentence) pairs, similar lengths together (little padding)."""
-    from bertops.data.prepare import encode_inputs
-
+    """Feeds for texts or (text, second sentence) pairs, encoded as the endpoint encodes them
+    (`bertops.encoding`), similar lengths together (little padding)."""
     order = np.argsort([len(t) if isinstance(t, str) else sum(map(len, t)) for t in texts])
     for start in range(0, len(texts), batch_size):
         index = order[start:start + batch_size]
-        encoded = encode_inputs(tokenizer, [texts[i] for i in index], padding=True, truncation=True,
-                                max_length=max_length, return_tensors="np")
-        feeds = {name: encoded.get(name, np.zeros_like(encoded["input_ids"])).astype(np.int64) for name in INPUTS}
-        yield index, feeds
+        encoded = encode(tokenizer, [texts[i] for i in index], max_length)
+        feeds = to_feeds(encoded.input_ids, encoded.token_type_ids, tokenizer.pad_token_id)
+        yield index, {name: feeds[name] for name in INPUTS}
 
 
 def torch_logits(model, tokenizer, texts: list, max_length: int, batch_size: int = 64) -> np.ndarray:

@@ -216,8 +216,9 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
     from transformers.utils import logging as hf_logging
 
     from bertops.data.batching import shard
-    from bertops.training.loop import (Checkpoint, autocast, build_optimizer, linear_warmup_decay, optimizer_step,
-                                       restore_rng, rng_state, training_setup)
+    from bertops.training.checkpoint import Checkpoint, restore_rng, rng_state
+    from bertops.training.optim import build_optimizer, linear_warmup_decay, optimizer_step
+    from bertops.training.setup import autocast, training_setup
 
     cfg = config.pretrain
     hf_logging.set_verbosity_error()
@@ -380,12 +381,16 @@ def run_pretrain(config: Config, root: Path = Path(".")) -> dict:
     driver prepares the corpus first and ships it to the workers)."""
     if config.pretrain.num_workers == 0:
         return pretrain(config, root)
-    from bertops.training.ray_adapter import pretrain_on_ray
+    from bertops.training.ray_adapter import run_on_ray
 
     ensure_prepared(config, root)
-    return pretrain_on_ray(config, root)
+    cfg = config.pretrain
+    run_on_ray(config, root, LOOP, stage="pretrain", data_key="pretrain_data", data_name=cfg.name,
+               num_workers=cfg.num_workers, device=cfg.device)
+    return json.loads((root / config.paths.reports / "pretrain" / "metrics.json").read_text())
 
 
+LOOP = "bertops.pretraining.run:pretrain"  # what each Ray worker runs
 DISABLED_NOTE = "pretraining is disabled (pretrain.enabled=false); fine-tuning starts from finetune.model\n"
 
 

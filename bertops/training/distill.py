@@ -7,7 +7,7 @@ optionally plus `hidden_weight` * MSE between each student layer's output and it
 layers, initialised from a subset of the teacher's layers (DistilBERT's recipe), or a narrower
 encoder trained from scratch when `distill.hidden_size` is set.
 
-It is the fine-tuning loop (`train_classifier`) with another model and another loss, so it
+It is the fine-tuning loop (`train_loop`) with another model and another loss, so it
 checkpoints, resumes and runs on Ray workers like `finetune`. Without hidden-state transfer the
 teacher's logits are computed once for the whole training split (eval mode: they do not change),
 so each step costs a student step only.
@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from bertops.config import Config, ConfigError
-from bertops.training.loop import ClassifierRun, TrainResult, predict_logits, train_classifier
+from bertops.training.loop import TrainingSpec, TrainResult, train_loop
+from bertops.training.predict import accuracy_score, predict_logits
 
 
 def teacher_dir(config: Config, root: Path) -> Path:
@@ -152,28 +153,33 @@ def distill(config: Config, root: Path = Path(".")) -> TrainResult:
             total = total + cfg.hidden_weight * diff.pow(2).sum() / (mask.sum() * diff.shape[-1])
         return total
 
-    run = ClassifierRun(
+    run = TrainingSpec(
         stage="distill", section=cfg, tokenizer=meta["tokenizer"], out_dir=student_dir(config, root),
         # built after the loop has seeded the RNGs (a from-scratch student's init is reproducible)
         build=lambda _: build_student(teacher, cfg.student_layers, cfg.layer_map, cfg.hidden_size)[0],
         parent=describe_model_source(str(source)), loss=loss, prepare=prepare,
+        score=accuracy_score(teacher_tokenizer.pad_token_id, teacher_tokenizer.sep_token_id, config.evaluate.batch_size),
         lineage={"teacher": {"path": str(source), "model_sha256": teacher_lineage.get("model_sha256"),
                              "layers": teacher.config.num_hidden_layers, "hidden_size": teacher.config.hidden_size},
                  "student": {"layers": cfg.student_layers, "from_teacher_layers": None if cfg.hidden_size else mapping,
                              "hidden_size": student_width},
                  "distillation": {"temperature": cfg.temperature, "alpha": cfg.alpha, "hidden_weight": cfg.hidden_weight}})
-    return train_classifier(config, root, run)
+    return train_loop(config, root, run)
 
 
 def run_distill(config: Config, root: Path = Path(".")) -> TrainResult:
     """`bertops distill`: this process, or `distill.num_workers` Ray Train workers."""
     if config.distill.num_workers == 0:
         return distill(config, root)
-    from bertops.training.ray_adapter import distill_on_ray
+    from bertops.training.ray_adapter import run_on_ray
 
-    return distill_on_ray(config, root)
+    cfg = config.distill
+    run_on_ray(config, root, LOOP, stage="distill", data_key="prepared", data_name=config.ingest.dataset,
+               num_workers=cfg.num_workers, device=cfg.device)
+    return TrainResult.from_report(root / config.paths.reports / "distill" / "metrics.json", student_dir(config, root))
 
 
+LOOP = "bertops.training.distill:distill"  # what each Ray worker runs
 DISABLED_NOTE = "distillation is disabled (distill.enabled=false); the fine-tuned model is the candidate\n"
 
 

@@ -1,8 +1,9 @@
-"""`finetune`: the sequence-classification training loop. One process, CPU or GPU.
+"""The training loop every task and distillation share. One process, CPU or GPU.
 
-A plain function of (config, workspace): Ray only wraps it (see `ray_adapter`). When a
-torch.distributed process group is up (Ray Train sets one), the loop shards batches by rank and
-wraps the model in DDP; everything else is the same code.
+A plain function of (config, workspace, `TrainingSpec`): the task says what to train, the loop
+how. Ray only wraps it (see `ray_adapter`): when a torch.distributed process group is up (Ray
+Train sets one), the loop shards batches by rank and wraps the model in DDP; everything else is
+the same code.
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ import torch
 
 from bertops.config import Config, ConfigError
 from bertops.data.batching import Batch, bucketed_batches, collate, shard
+from bertops.training.checkpoint import Checkpoint, restore_rng, rng_state
+from bertops.training.optim import build_optimizer, linear_warmup_decay, optimizer_step
+from bertops.training.setup import autocast, training_setup
 
 
 @dataclass
@@ -38,112 +42,20 @@ class TrainResult:
     validation_metric: str = "accuracy"   # what best_validation_accuracy measures (entity F1 for NER)
     history: list[dict[str, Any]] = field(default_factory=list)
 
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("finetune.device=cuda but no CUDA device is visible; use finetune.device=auto or cpu")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def pick_precision(requested: str, device: torch.device) -> str:
-    """bf16/fp16 autocast only on GPUs: CPUs without AVX-512-bf16 run bf16 matmuls ~100x slower."""
-    if device.type == "cpu":
-        if requested in ("bf16", "fp16"):
-            raise ConfigError(
-                f"finetune.precision={requested} on CPU: mixed precision is for GPUs (bf16 matmuls are "
-                "hundreds of times slower on CPUs without bf16 units); use finetune.precision=auto or fp32"
-            )
-        return "fp32"
-    if requested == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return requested
-
-
-def training_setup(cfg) -> tuple[bool, int, int, torch.device, str]:
-    """(distributed, rank, world size, device, precision) for a training section; sets threads
-    and seeds. Distributed when a torch.distributed group is up (Ray Train sets one)."""
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    rank = torch.distributed.get_rank() if distributed else 0
-    world = torch.distributed.get_world_size() if distributed else 1
-    device = pick_device(cfg.device)
-    if device.type == "cuda" and distributed:
-        device = torch.device("cuda", torch.cuda.current_device())
-    precision = pick_precision(cfg.precision, device)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    set_seed(cfg.seed)
-    return distributed, rank, world, device, precision
-
-
-def set_seed(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
-
-
-def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW without decay on biases/LayerNorm; the fused kernel (one pass over all params) when available."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    try:
-        return torch.optim.AdamW(groups, lr=lr, fused=True)
-    except (RuntimeError, TypeError):  # older torch or an unsupported device
-        return torch.optim.AdamW(groups, lr=lr, foreach=True)
-
-
-def optimizer_step(model, optimizer, scheduler, scaler, max_grad_norm: float) -> None:
-    """Unscale (fp16), clip the global gradient norm, step, clear gradients, advance the schedule."""
-    scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-@torch.no_grad()
-def predict_logits(model, sequences: list[list[int]], pad_id: int, batch_size: int, device: torch.device,
-                   precision: str = "fp32", sep_id: int | None = None) -> np.ndarray:
-    """Logits (N, num_labels) in input order; batches are length-sorted to avoid padding."""
-    was_training = model.training
-    model.eval()
-    lengths = [len(s) for s in sequences]
-    out = np.zeros((len(sequences), model.config.num_labels), dtype=np.float32)
-    for index in bucketed_batches(lengths, batch_size, 1, seed=0, shuffle=False):
-        batch = collate([sequences[i] for i in index], None, pad_id, sep_id).to(device)
-        with autocast(device, precision):
-            logits = model(**batch.inputs()).logits
-        out[index] = logits.float().cpu().numpy()
-    model.train(was_training)
-    return out
+    @classmethod
+    def from_report(cls, metrics_path: Path, model_dir: Path) -> TrainResult:
+        """The result of a run whose rank 0 wrote `metrics.json` (a Ray run: Train v2 keeps
+        reported metrics only with checkpoints, so they are read back from the workspace)."""
+        metrics = json.loads(metrics_path.read_text())
+        names = ("steps", "best_step", "best_validation_accuracy", "train_seconds", "tokens_per_second",
+                 "padding_share", "device", "precision", "world_size")
+        return cls(model_dir=str(model_dir), **{k: metrics[k] for k in names})
 
 
 @dataclass
-class ClassifierRun:
-    """What differs between fine-tuning and distillation; the training loop is the same."""
+class TrainingSpec:
+    """What a task (or distillation) trains with the shared loop: the model, its targets and batching,
+    its loss and its validation score (higher is better; it selects the checkpoint kept)."""
     stage: str                                   # "finetune" | "distill": checkpoint and report names
     section: Any                                 # its config section (epochs, batch size, lr, ...)
     build: Callable[[dict[int, str]], torch.nn.Module]   # id2label -> the model to train (on CPU)
@@ -158,49 +70,16 @@ class ClassifierRun:
     # Score the model before the first step too, so that a start already worth keeping (a
     # linear-probed head) is kept when fine-tuning only makes it worse.
     evaluate_start: bool = False
-    # Other tasks (token classification): per-row targets, their batching, the validation score.
+    # (model, validation frame, device, precision) -> the score that selects the checkpoint kept
+    score: Callable[[torch.nn.Module, Any, torch.device, str], float] | None = None
+    metric: str = "accuracy"                                # what `score` measures (higher is better)
     targets: Callable[[Any], list] | None = None           # frame -> one target per row; None = frame["label"]
     collate: Callable[..., Batch] | None = None             # (sequences, targets, pad_id, sep_id) -> Batch
-    score: Callable[[torch.nn.Module, Any, torch.device, str], float] | None = None  # (model, frame, ...) -> score
-    metric: str = "accuracy"                                # what `score` measures (higher is better)
 
 
-def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
-    """Fine-tune `finetune.model` on the prepared corpus; save the best checkpoint + lineage."""
-    from bertops.models.classifier import build_classifier
-    from bertops.models.pretrained import describe_model_source
-
-    if config.ingest.task == "ner":
-        from bertops.tasks.token_classification import finetune_ner
-
-        return finetune_ner(config, root)
-    if config.ingest.task == "qa":
-        from bertops.tasks.question_answering import finetune_qa
-
-        return finetune_qa(config, root)
-    cfg = config.finetune
-    lineage: dict = {}
-
-    def probe_head(model, train_ids, train_labels, device, precision) -> None:
-        """finetune.pooling=siamese: start from a head fit to the frozen encoder (linear probe)."""
-        from bertops.models.classifier import fit_pair_head
-        from bertops.models.pretrained import load_tokenizer
-
-        tokenizer = load_tokenizer(cfg.model)
-        lineage["linear_probe"] = fit_pair_head(model, train_ids, train_labels, tokenizer.pad_token_id,
-                                                tokenizer.sep_token_id, device, config.evaluate.batch_size)
-
-    return train_classifier(config, root, ClassifierRun(
-        stage="finetune", section=cfg, tokenizer=cfg.model, parent=describe_model_source(cfg.model),
-        build=lambda id2label: build_classifier(cfg.model, cfg.pooling, id2label, cfg.dropout),
-        out_dir=root / config.paths.models / config.ingest.dataset,
-        prepare=probe_head if cfg.pooling == "siamese" else None, evaluate_start=cfg.pooling == "siamese",
-        lineage=lineage))
-
-
-def train_classifier(config: Config, root: Path, run: ClassifierRun) -> TrainResult:
-    """The sequence-classification loop: bucketed batches, AdamW + warmup/decay, evaluation on the
-    validation rows, checkpoints, the best weights saved with their lineage."""
+def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
+    """The shared loop: bucketed batches, AdamW + warmup/decay, the spec's score on the validation
+    rows, resumable checkpoints, the best weights saved with their lineage."""
     from transformers.utils import logging as hf_logging
 
     from bertops.data.prepare import load_prepared
@@ -225,8 +104,9 @@ def train_classifier(config: Config, root: Path, run: ClassifierRun) -> TrainRes
     targets = run.targets or (lambda frame: frame["label"].tolist())
     train_labels = targets(frames["train"])
     val_ids = frames["validation"]["input_ids"].map(list).tolist()
-    val_labels = np.asarray(frames["validation"]["label"]) if run.score is None else None
     batcher = run.collate or collate
+    if run.score is None:
+        raise ConfigError(f"the {run.stage} training spec has no validation score; a task's training_spec must set one")
     if not train_ids or not val_ids:
         raise ConfigError(f"the prepared corpus has {len(train_ids)} train and {len(val_ids)} validation rows; "
                           "both must be non-empty (check prepare.max_train_rows and prepare.validation_fraction)")
@@ -282,11 +162,7 @@ def train_classifier(config: Config, root: Path, run: ClassifierRun) -> TrainRes
     def evaluate_now(epoch: int) -> None:
         nonlocal eval_seconds
         eval_started = time.perf_counter()
-        if run.score is None:
-            logits = predict_logits(model, val_ids, pad_id, config.evaluate.batch_size, device, precision, sep_id)
-            accuracy = float((logits.argmax(-1) == val_labels).mean())
-        else:
-            accuracy = float(run.score(model, frames["validation"], device, precision))
+        accuracy = float(run.score(model, frames["validation"], device, precision))
         history.append({"step": step, "epoch": epoch, "validation_accuracy": round(accuracy, 4),
                         "elapsed_s": round(time.perf_counter() - started, 1)})
         if accuracy > best["accuracy"]:
@@ -361,62 +237,8 @@ def train_classifier(config: Config, root: Path, run: ClassifierRun) -> TrainRes
     return result
 
 
-class Checkpoint:
-    """The training state at a step, in one file written atomically, bound to what produced it:
-    a checkpoint from another corpus, other params or another world size is ignored."""
-
-    def __init__(self, folder: Path, key: dict):
-        import hashlib
-
-        self.path = folder / "state.pt"
-        self.fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-
-    @staticmethod
-    def key(section, prepared_hash: str | None, world: int) -> dict:
-        """What a resumable state depends on: the data, the section's params (minus cosmetic ones), the world size."""
-        params = section.model_dump(mode="json", exclude={"progress", "num_threads", "checkpoint_every", "log_every"})
-        return {"prepared": prepared_hash, "params": params, "world": world}
-
-    def load(self) -> dict | None:
-        if not self.path.is_file():
-            return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception:  # a torn or foreign file: start over rather than fail
-            return None
-        return state if state.get("fingerprint") == self.fingerprint else None
-
-    def save(self, state: dict) -> None:
-        import os
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
-        os.replace(tmp, self.path)
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def rng_state() -> dict:
-    import random
-
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def restore_rng(state: dict) -> None:
-    import random
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save_model(model, tokenizer, result: TrainResult, config: Config, meta: dict, root: Path,
-               run: ClassifierRun) -> None:
+               run: TrainingSpec) -> None:
     """Write HF-format weights (safetensors), tokenizer, label map and lineage atomically."""
     from bertops.atomic import replace_dir, staging_dir
     from bertops.lineage import build_lineage, file_sha256

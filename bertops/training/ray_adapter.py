@@ -1,4 +1,7 @@
-"""Ray Train adapter: runs the very same `finetune` / `pretrain` loop in N workers (TorchTrainer + DDP).
+"""Ray Train adapter: runs a plain training loop, given by reference, in N workers (TorchTrainer + DDP).
+
+It only wraps: the stage (finetune, distill, pretrain) passes its in-process loop as an importable
+"module:function" and this module imports no stage.
 
 Ray connects to `RAY_ADDRESS` when set (a cluster), else starts a local instance.
 
@@ -15,37 +18,31 @@ import os
 from pathlib import Path
 
 from bertops.config import Config, ConfigError
-from bertops.training.loop import TrainResult
 
 
 MAX_FAILURES = 3
 
 
+def resolve_loop(reference: str):
+    """"package.module:function" -> the function (each worker imports the loop it is given)."""
+    import importlib
+
+    module, _, name = reference.partition(":")
+    if not module or not name:
+        raise ConfigError(f"loop reference {reference!r} must look like 'package.module:function'")
+    return getattr(importlib.import_module(module), name)
+
+
 def _worker(loop_config: dict) -> None:
-    """What each Ray worker runs: the plain loop of the stage (rank 0 writes the model and metrics)."""
+    """What each Ray worker runs: the plain loop it was given (rank 0 writes the model and metrics)."""
     from bertops.config import config_from_dict
 
     tree, root = loop_config["config"], Path(loop_config["root"])
     local = unpack_data(loop_config["data"])
-    tree["paths"][DATA_PATH[loop_config["stage"]]] = str(local)  # read the corpus from this node's copy
+    tree["paths"][loop_config["data_key"]] = str(local)  # read the corpus from this node's copy
     config = config_from_dict(tree)
     _announce(root / config.paths.reports / loop_config["stage"] / "workers", local)
-    if loop_config["stage"] == "pretrain":
-        from bertops.pretraining.run import pretrain
-
-        pretrain(config, root)
-    elif loop_config["stage"] == "distill":
-        from bertops.training.distill import distill
-
-        distill(config, root)
-    else:
-        from bertops.training.loop import finetune
-
-        finetune(config, root)
-
-
-# The config path that holds each stage's prepared corpus (shipped to the workers).
-DATA_PATH = {"finetune": "prepared", "distill": "prepared", "pretrain": "pretrain_data"}
+    resolve_loop(loop_config["loop"])(config, root)
 
 
 def pack_data(folder: Path) -> dict:
@@ -132,9 +129,12 @@ def connect() -> None:
             os.environ["RAY_ADDRESS"] = address
 
 
-def run_on_ray(config: Config, root: Path, stage: str, num_workers: int, device: str) -> None:
-    """Run `stage` ("finetune", "distill" or "pretrain") on `num_workers` Ray Train workers (TorchTrainer + DDP).
-    Ray connects to RAY_ADDRESS when set, else starts locally and is shut down afterwards."""
+def run_on_ray(config: Config, root: Path, loop: str, stage: str, data_key: str, data_name: str,
+               num_workers: int, device: str) -> None:
+    """Run `loop` ("module:function" of (config, root), e.g. the finetune stage's in-process loop) on
+    `num_workers` Ray Train workers (TorchTrainer + DDP). The corpus at config.paths.<data_key>/<data_name>
+    travels through the object store; `stage` names the run and its reports folder. Ray connects to
+    RAY_ADDRESS when set, else starts locally and is shut down afterwards."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -153,15 +153,16 @@ def run_on_ray(config: Config, root: Path, stage: str, num_workers: int, device:
                 f"{resources.get('GPU', 0):.0f} GPUs. Lower num_workers or add nodes.")
         # On CPU each worker gets an equal share of threads (2 cores, 2 workers -> 1 thread each).
         cpus = max(1, int(resources.get("CPU", 1)) // num_workers)
-        name = config.pretrain.name if stage == "pretrain" else config.ingest.dataset
-        data = ray.put(pack_data(root / getattr(config.paths, DATA_PATH[stage]) / name))
+        resolve_loop(loop)  # a wrong reference fails here, not in every worker
+        data = ray.put(pack_data(root / getattr(config.paths, data_key) / data_name))
         trainer = TorchTrainer(
             train_loop_per_worker=_worker,
-            train_loop_config={"config": config.to_dict(), "root": str(root.resolve()), "stage": stage, "data": data},
+            train_loop_config={"config": config.to_dict(), "root": str(root.resolve()), "stage": stage, "loop": loop,
+                               "data_key": data_key, "data": data},
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
             # A worker that dies is restarted by Ray (the whole group, up to MAX_FAILURES times); the
             # loop then resumes from its last checkpoint in the workspace.
-            run_config=RunConfig(name=f"{stage}-{name}",
+            run_config=RunConfig(name=f"{stage}-{data_name}",
                                  storage_path=str((root / config.paths.models / "ray").resolve()),
                                  failure_config=FailureConfig(max_failures=MAX_FAILURES)),
         )
@@ -170,31 +171,3 @@ def run_on_ray(config: Config, root: Path, stage: str, num_workers: int, device:
     finally:
         if started_here:
             ray.shutdown()
-
-
-def pretrain_on_ray(config: Config, root: Path = Path(".")) -> dict:
-    run_on_ray(config, root, "pretrain", config.pretrain.num_workers, config.pretrain.device)
-    return json.loads((root / config.paths.reports / "pretrain" / "metrics.json").read_text())
-
-
-def finetune_on_ray(config: Config, root: Path = Path(".")) -> TrainResult:
-    run_on_ray(config, root, "finetune", config.finetune.num_workers, config.finetune.device)
-    return _train_result(config, root, "finetune", root / config.paths.models / config.ingest.dataset)
-
-
-def distill_on_ray(config: Config, root: Path = Path(".")) -> TrainResult:
-    from bertops.training.distill import student_dir
-
-    run_on_ray(config, root, "distill", config.distill.num_workers, config.distill.device)
-    return _train_result(config, root, "distill", student_dir(config, root))
-
-
-def _train_result(config: Config, root: Path, stage: str, model_dir: Path) -> TrainResult:
-    # Rank 0 saved the model and its metrics into the workspace (a shared filesystem on a
-    # cluster); Ray Train v2 keeps reported metrics only with checkpoints, so read them back.
-    metrics_path = root / config.paths.reports / stage / "metrics.json"
-    metrics = json.loads(metrics_path.read_text())
-    return TrainResult(model_dir=str(model_dir),
-                       **{k: metrics[k] for k in ("steps", "best_step", "best_validation_accuracy", "train_seconds",
-                                                  "tokens_per_second", "padding_share", "device", "precision",
-                                                  "world_size")})

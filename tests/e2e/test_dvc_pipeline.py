@@ -61,7 +61,7 @@ def harness():
 
 
 def _retrain(root: Path):
-    from flows.pipeline import retrain
+    from bertops_flows.pipeline import retrain
 
     started = time.perf_counter()
     state = retrain(params=str(root / "params.yaml"), root=str(root), return_state=True)

@@ -14,7 +14,7 @@ def trained_workspace(tmp_path_factory) -> tuple[Path, object]:
     from bertops.data.prepare import prepare
     from bertops.data.sources import ingest
     from bertops.data.validation import validate
-    from bertops.training.loop import finetune
+    from bertops.training.finetune import finetune
 
     root = tmp_path_factory.mktemp("workspace")
     cfg = smoke_config()

@@ -34,7 +34,7 @@ def workspace(tmp_path: Path):
 
 
 def _run(overrides: list[str], **kwargs):
-    from flows.pipeline import retrain
+    from bertops_flows.pipeline import retrain
 
     return retrain(params="params.yaml", profile="configs/smoke.yaml",
                    overrides=[f"ingest.search_paths=['{datasets_root() / 'sst2'}']"] + overrides, **kwargs)

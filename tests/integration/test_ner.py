@@ -70,7 +70,7 @@ def test_ner_trains_evaluates_gates_and_serves_entities(tmp_path: Path):
     from bertops.evaluation.evaluate import evaluate
     from bertops.evaluation.gate import gate
     from bertops.packaging import package, promote
-    from bertops.training.loop import finetune
+    from bertops.training.finetune import finetune
 
     cfg = conll()
     ingest(cfg, tmp_path)

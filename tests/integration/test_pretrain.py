@@ -50,7 +50,7 @@ def test_pretrain_then_finetune_from_it(datasets: Path, trained_workspace, tmp_p
 
     # Fine-tune the SST-2 smoke corpus from this encoder (its own tokenizer).
     from bertops.data.prepare import prepare
-    from bertops.training.loop import finetune
+    from bertops.training.finetune import finetune
 
     source, _, _ = trained_workspace
     for rel in ("data/raw/sst2", "reports/validate"):

@@ -51,8 +51,8 @@ def test_qa_trains_evaluates_gates_and_answers(tmp_path: Path):
     from bertops.evaluation.evaluate import evaluate
     from bertops.evaluation.gate import gate
     from bertops.packaging import package, promote
-    from bertops.tasks.question_answering import load_split
-    from bertops.training.loop import finetune
+    from bertops.tasks.qa.stages import load_split
+    from bertops.training.finetune import finetune
 
     cfg = squad()
     ingest(cfg, tmp_path)

@@ -25,7 +25,7 @@ def test_two_ray_workers_train_and_save_one_model(ray_cluster, tmp_path: Path):
     from bertops.data.prepare import prepare
     from bertops.data.sources import ingest
     from bertops.data.validation import validate
-    from bertops.training.run import train
+    from bertops.training.finetune import finetune as train
 
     cfg = smoke_config(["finetune.num_workers=2", "finetune.epochs=1"])
     ingest(cfg, tmp_path)

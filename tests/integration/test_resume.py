@@ -26,13 +26,13 @@ def _workspace(source: Path, target: Path) -> Path:
 def test_a_killed_finetune_resumes_from_its_checkpoint(trained_workspace, tmp_path: Path):
     from safetensors.numpy import load_file
 
-    from bertops.training.loop import finetune
+    from bertops.training.finetune import finetune
 
     source, _, _ = trained_workspace
     killed = _workspace(source, tmp_path / "killed")
     state = killed / "models/.checkpoints/sst2/state.pt"
     script = ("import sys; from pathlib import Path; from tests.conftest import smoke_config; "
-              "from bertops.training.loop import finetune; "
+              "from bertops.training.finetune import finetune; "
               f"finetune(smoke_config({OVERRIDES!r}), Path({str(killed)!r}))")
     process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -57,7 +57,8 @@ def test_a_killed_finetune_resumes_from_its_checkpoint(trained_workspace, tmp_pa
 
 
 def test_a_checkpoint_from_other_params_is_ignored(trained_workspace, tmp_path: Path):
-    from bertops.training.loop import Checkpoint, finetune
+    from bertops.training.checkpoint import Checkpoint
+    from bertops.training.finetune import finetune
 
     source, _, _ = trained_workspace
     root = _workspace(source, tmp_path / "ws")

@@ -57,7 +57,7 @@ def test_a_cross_encoder_trains_on_the_packed_pairs(tmp_path: Path):
     from bertops.data.sources import ingest
     from bertops.data.validation import validate
     from bertops.evaluation.evaluate import evaluate
-    from bertops.training.loop import finetune
+    from bertops.training.finetune import finetune
 
     cfg = rte(["finetune.pooling=mean", "prepare.max_train_rows=120", "prepare.max_eval_rows=60"])
     ingest(cfg, tmp_path)
@@ -79,7 +79,7 @@ def test_rte_trains_evaluates_exports_and_serves_pairs(tmp_path: Path):
     from bertops.evaluation.evaluate import evaluate
     from bertops.evaluation.gate import gate
     from bertops.packaging import package, promote
-    from bertops.training.loop import finetune
+    from bertops.training.finetune import finetune
 
     cfg = rte()
     ingest(cfg, tmp_path)

@@ -137,7 +137,7 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
         from bertops.evaluation.evaluate import evaluate
         from bertops.evaluation.gate import gate
         from bertops.packaging import GateRejected
-        from bertops.training.loop import finetune
+        from bertops.training.finetune import finetune
         from tests.conftest import smoke_config
 
         damaged = smoke_config(["finetune.max_steps=2", "gate.min_accuracy=0.0", "gate.min_macro_f1=0.0",

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertops.tasks.ner import (
+from bertops.tasks.ner.core import (
     ConllFormatError,
     Sentence,
     encode,

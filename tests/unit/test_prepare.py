@@ -1,7 +1,9 @@
 import pandas as pd
 import pytest
 
-from bertops.data.prepare import deduplicate, normalize_text, remove_leaks, stratified_split, subsample, to_examples
+from bertops.data.prepare import stratified_split, subsample
+from bertops.encoding import normalize_text
+from bertops.tasks.classification.stages import deduplicate, remove_leaks, to_examples
 from tests.conftest import smoke_config
 
 

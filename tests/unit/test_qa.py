@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertops.tasks.qa import (
+from bertops.tasks.qa.core import (
     QAExample,
     SquadFormatError,
     answer_f1,

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from bertops.config import ConfigError
-from bertops.training.loop import linear_warmup_decay, pick_device, pick_precision
+from bertops.training.optim import linear_warmup_decay
+from bertops.training.setup import pick_device, pick_precision
 
 
 def test_bf16_and_fp16_are_refused_on_cpu():

@@ -1,6 +1,7 @@
 import pandas as pd
 
-from bertops.data.validation import LEAK_COLUMN, SHARE_TABLE, CheckResult, build_checks, derived_tables, verdict
+from bertops.data.validation import CheckResult, verdict
+from bertops.tasks.classification.stages import LEAK_COLUMN, SHARE_TABLE, build_checks, derived_tables
 from tests.conftest import smoke_config
 
 

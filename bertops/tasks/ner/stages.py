@@ -21,8 +21,15 @@ import torch
 
 from bertops.config import Config, ConfigError
 from bertops.data.batching import Batch, bucketed_batches
-from bertops.tasks.ner import IGNORE_INDEX, OUTSIDE, ConllFormatError, Sentence, encode, entity_scores, read_conll
-from bertops.tasks.ner import word_predictions
+from bertops.data.validation import Check, CheckResult, CorpusUnreadable, ValidationSuite
+from bertops.evaluation.evaluate import Evaluation
+from bertops.evaluation.gate import GateRules, required_floor
+from bertops.tasks.base import Task
+from bertops.tasks.ner import core
+from bertops.tasks.ner.core import IGNORE_INDEX, OUTSIDE, ConllFormatError, Sentence, encode, entity_scores, read_conll
+from bertops.tasks.ner.core import word_predictions
+from bertops.training.loop import TrainingSpec
+from bertops.training.setup import autocast
 
 SPLITS = ("train", "validation", "eval")
 
@@ -60,17 +67,12 @@ def token_table(sentences: list[Sentence]) -> pd.DataFrame:
     return pd.DataFrame(rows, index=index, columns=["line", "token", "tag", "previous_tag", "iob2_ok"])
 
 
-def validate_ner(config: Config, root: Path):
+def validation_suite(config: Config, root: Path) -> ValidationSuite:
     """GX checks per split on the token table; a file that cannot be parsed fails with its line."""
-    from bertops.data import gx_adapter
-    from bertops.data.validation import Check, CheckResult, ValidationFailed, unreadable, verdict
-
-    out_dir = root / config.paths.reports / "validate"
-    out_dir.mkdir(parents=True, exist_ok=True)
     try:
         splits, manifest = raw_sentences(config, root)
     except ConllFormatError as exc:  # a row with the wrong number of columns: named by file and line
-        unreadable(config, root, "CoNLL rows have the same number of columns", exc)
+        raise CorpusUnreadable("CoNLL rows have the same number of columns", exc) from None
     tags = declared_tags(config)
     checks, tables = [], {}
     for split, sentences in splits.items():
@@ -82,20 +84,12 @@ def validate_ner(config: Config, root: Path):
                   {"column": "iob2_ok", "value_set": [True]}),
             Check(split, "tokens are not blank", "ExpectColumnValuesToMatchRegex", {"column": "token", "regex": r"\S"}),
         ]
-    results, docs = gx_adapter.run_checks(checks, tables, out_dir / "gx",
-                                          example_columns=["line", "token", "tag", "previous_tag"],
-                                          examples_per_failure=config.validate_.examples_per_failure)
     # GX sees token rows; the size rule is about sentences
-    results += [CheckResult(split, "at least min_rows sentences", "sentence count",
-                            len(sentences) >= config.validate_.min_rows, observed=len(sentences))
-                for split, sentences in splits.items()]
-    report = verdict(config.ingest.dataset, manifest["data_hash"], results,
-                     {split: len(sentences) for split, sentences in splits.items()})
-    report.data_docs = str(docs) if docs else None
-    (out_dir / "report.json").write_text(report.to_json(), encoding="utf-8")
-    if not report.success:
-        raise ValidationFailed(report)
-    return report
+    sizes = [CheckResult(split, "at least min_rows sentences", "sentence count",
+                         len(sentences) >= config.validate_.min_rows, observed=len(sentences))
+             for split, sentences in splits.items()]
+    return ValidationSuite(checks, tables, ["line", "token", "tag", "previous_tag"],
+                           {split: len(sentences) for split, sentences in splits.items()}, manifest["data_hash"], sizes)
 
 
 # -- prepare -------------------------------------------------------------------------------------
@@ -169,8 +163,6 @@ def collate_tokens(sequences: list[list[int]], labels: list[list[int]], pad_id: 
 def predict_tags(model, frame: pd.DataFrame, id2label: dict[int, str], pad_id: int, batch_size: int,
                  device: torch.device, precision: str = "fp32") -> list[list[str]]:
     """One predicted tag per word of each sentence (read at the word's first piece)."""
-    from bertops.training.loop import autocast
-
     was_training = model.training
     model.eval()
     sequences = frame["input_ids"].map(list).tolist()
@@ -187,12 +179,11 @@ def predict_tags(model, frame: pd.DataFrame, id2label: dict[int, str], pad_id: i
     return out
 
 
-def finetune_ner(config: Config, root: Path):
+def training_spec(config: Config, root: Path) -> TrainingSpec:
     """The shared loop (checkpoints, Ray, bucketing) with a token-classification head."""
     from transformers import AutoModelForTokenClassification
 
     from bertops.models.pretrained import describe_model_source, resolve_model_source
-    from bertops.training.loop import ClassifierRun, train_classifier
 
     cfg = config.finetune
     tokenizer_pad = {}
@@ -211,11 +202,11 @@ def finetune_ner(config: Config, root: Path):
         predicted = predict_tags(model, frame, id2label, tokenizer_pad["pad"], config.evaluate.batch_size, device, precision)
         return entity_scores(frame["tags"].map(list).tolist(), predicted)["f1"]
 
-    return train_classifier(config, root, ClassifierRun(
+    return TrainingSpec(
         stage="finetune", section=cfg, build=build, tokenizer=cfg.model, parent=describe_model_source(cfg.model),
         out_dir=root / config.paths.models / config.ingest.dataset, lineage={"task": "ner"},
         targets=lambda frame: frame["labels"].map(list).tolist(), collate=collate_tokens, score=score,
-        metric="entity_f1"))
+        metric="entity_f1")
 
 
 # -- evaluate ------------------------------------------------------------------------------------
@@ -230,7 +221,7 @@ def load_tagger(model_dir: Path, device: str = "cpu"):
 
 def tag_request(model, tokenizer, max_length: int):
     """One /tag request as the endpoint serves it: raw text -> entities with character offsets."""
-    from bertops.tasks.ner import spans_to_entities, split_words, word_scores
+    from bertops.tasks.ner.core import spans_to_entities, split_words, word_scores
 
     def request(text: str) -> list[dict]:
         words = split_words(text)
@@ -246,7 +237,7 @@ def tag_request(model, tokenizer, max_length: int):
     return request
 
 
-def evaluate_ner(config: Config, root: Path) -> dict:
+def evaluate(config: Config, root: Path) -> Evaluation:
     """Entity P/R/F1 on the eval split (overall and per type), serving cost, champion comparison."""
     from bertops.data.prepare import load_prepared
     from bertops.evaluation.serving_cost import latency_profile, model_size_mb
@@ -270,12 +261,7 @@ def evaluate_ner(config: Config, root: Path) -> dict:
                     "latency": latency_profile(request, texts, config.evaluate.latency_requests)},
         "champion": score_ner_champion(config, root, evals, gold, texts),
     }
-    out_dir = root / config.paths.reports / "evaluate"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out_dir / "summary.md").write_text(markdown_summary(metrics))
-    return metrics
+    return Evaluation(metrics, metrics, markdown_summary(metrics))
 
 
 def score_ner_champion(config: Config, root: Path, evals: pd.DataFrame, gold: list[list[str]],
@@ -309,3 +295,29 @@ def markdown_summary(metrics: dict) -> str:
     if metrics.get("champion"):
         lines.append(f"Production {metrics['champion']['version']}: entity F1 {metrics['champion']['entity_f1']:.4f}")
     return "\n".join(lines) + "\n"
+
+
+class TokenClassificationTask(Task):
+    name = "ner"
+    service = "service:TokenTagging"
+    route = "/tag"
+
+    def validation_suite(self, config: Config, root: Path) -> ValidationSuite:
+        return validation_suite(config, root)
+
+    def prepare(self, config: Config, root: Path):
+        return prepare_ner(config, root)
+
+    def training_spec(self, config: Config, root: Path) -> TrainingSpec:
+        return training_spec(config, root)
+
+    def evaluate(self, config: Config, root: Path) -> Evaluation:
+        return evaluate(config, root)
+
+    def gate_rules(self, policy) -> GateRules:
+        floor = required_floor(policy.min_entity_f1, "min_entity_f1", "entity F1")
+        return GateRules((("entity F1", "entity_f1", floor, ">="),), paired=False,
+                         champion_metric=("entity F1", "entity_f1"))
+
+    def bento_files(self) -> dict[str, Path]:
+        return {"bertops_ner_core.py": Path(core.__file__)}

@@ -20,8 +20,15 @@ import torch
 
 from bertops.config import Config
 from bertops.data.batching import Batch, bucketed_batches, collate
-from bertops.tasks.qa import QAExample, SquadFormatError, build_features, postprocess, read_squad, split_by_article
-from bertops.tasks.qa import squad_scores
+from bertops.data.validation import Check, CorpusUnreadable, ValidationSuite
+from bertops.evaluation.evaluate import Evaluation
+from bertops.evaluation.gate import GateRules, required_floor
+from bertops.tasks.base import Task
+from bertops.tasks.qa import core
+from bertops.tasks.qa.core import QAExample, SquadFormatError, build_features, postprocess, read_squad, split_by_article
+from bertops.tasks.qa.core import squad_scores
+from bertops.training.loop import TrainingSpec
+from bertops.training.setup import autocast
 
 SPLITS = ("train", "validation", "eval")
 
@@ -53,16 +60,12 @@ def question_table(examples: list[QAExample]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def validate_qa(config: Config, root: Path):
-    from bertops.data import gx_adapter
-    from bertops.data.validation import Check, ValidationFailed, unreadable, verdict
-
-    out_dir = root / config.paths.reports / "validate"
-    out_dir.mkdir(parents=True, exist_ok=True)
+def validation_suite(config: Config, root: Path) -> ValidationSuite:
+    """GX checks on the question table; a file whose structure is broken fails naming where."""
     try:
         examples, manifest = raw_examples(config, root)
     except SquadFormatError as exc:
-        unreadable(config, root, "SQuAD v1.1 structure (data -> paragraphs -> qas)", exc)
+        raise CorpusUnreadable("SQuAD v1.1 structure (data -> paragraphs -> qas)", exc) from None
     table = "train"
     checks = [
         Check(table, "at least min_rows questions", "ExpectTableRowCountToBeBetween", {"min_value": config.validate_.min_rows}),
@@ -73,16 +76,9 @@ def validate_qa(config: Config, root: Path):
         Check(table, "answer text matches the context at answer_start", "ExpectColumnValuesToBeInSet",
               {"column": "answer_matches", "value_set": [True]}),
     ]
-    results, docs = gx_adapter.run_checks(
-        checks, {table: question_table(examples)}, out_dir / "gx",
-        example_columns=["id", "article", "answer_text", "context_at_offset", "answer_start", "question"],
-        examples_per_failure=config.validate_.examples_per_failure)
-    report = verdict(config.ingest.dataset, manifest["data_hash"], results, {table: len(examples)})
-    report.data_docs = str(docs) if docs else None
-    (out_dir / "report.json").write_text(report.to_json(), encoding="utf-8")
-    if not report.success:
-        raise ValidationFailed(report)
-    return report
+    return ValidationSuite(checks, {table: question_table(examples)},
+                           ["id", "article", "answer_text", "context_at_offset", "answer_start", "question"],
+                           {table: len(examples)}, manifest["data_hash"])
 
 
 # -- prepare -------------------------------------------------------------------------------------
@@ -163,8 +159,6 @@ def collate_spans(sequences: list[list[int]], spans: list[tuple[int, int]], pad_
 def predict_spans(model, examples: list[QAExample], features: pd.DataFrame, pad_id: int, sep_id: int,
                   batch_size: int, max_answer_tokens: int, device: torch.device, precision: str = "fp32") -> dict:
     """{question id: {"text", "start", "end", "score"}} over all of its windows."""
-    from bertops.training.loop import autocast
-
     was_training = model.training
     model.eval()
     sequences = features["input_ids"].map(list).tolist()
@@ -183,11 +177,11 @@ def predict_spans(model, examples: list[QAExample], features: pd.DataFrame, pad_
     return postprocess(examples, windows, starts, ends, max_answer_length=max_answer_tokens)
 
 
-def finetune_qa(config: Config, root: Path):
+def training_spec(config: Config, root: Path) -> TrainingSpec:
+    """The shared loop with a span head (start/end logits), selected on validation SQuAD F1."""
     from transformers import AutoModelForQuestionAnswering
 
     from bertops.models.pretrained import describe_model_source, load_tokenizer, resolve_model_source
-    from bertops.training.loop import ClassifierRun, train_classifier
 
     cfg = config.finetune
     tokenizer = load_tokenizer(cfg.model)
@@ -205,11 +199,11 @@ def finetune_qa(config: Config, root: Path):
                                   config.evaluate.batch_size, config.evaluate.max_answer_tokens, device, precision)
         return squad_scores({k: v["text"] for k, v in predicted.items()}, validation_examples)["f1"] / 100
 
-    return train_classifier(config, root, ClassifierRun(
+    return TrainingSpec(
         stage="finetune", section=cfg, build=build, tokenizer=cfg.model, parent=describe_model_source(cfg.model),
         out_dir=root / config.paths.models / config.ingest.dataset, lineage={"task": "qa"}, loss=loss,
         targets=lambda frame: list(zip(frame["start_position"].tolist(), frame["end_position"].tolist())),
-        collate=collate_spans, score=score, metric="squad_f1"))
+        collate=collate_spans, score=score, metric="squad_f1")
 
 
 # -- evaluate ------------------------------------------------------------------------------------
@@ -238,7 +232,8 @@ def answer_request(model, tokenizer, config: Config):
     return request
 
 
-def evaluate_qa(config: Config, root: Path) -> dict:
+def evaluate(config: Config, root: Path) -> Evaluation:
+    """Exact match and F1 (official v1.1 normalisation), serving latency, the production reader re-scored."""
     from bertops.data.prepare import load_prepared
     from bertops.evaluation.serving_cost import latency_profile, model_size_mb
     from bertops.models.classifier import checked_candidate
@@ -272,14 +267,39 @@ def evaluate_qa(config: Config, root: Path) -> dict:
         champion = scores_of(*load_reader(path))
         metrics["champion"] = {"version": version, "f1": round(champion["f1"] / 100, 4),
                                "exact_match": round(champion["exact_match"] / 100, 4)}
-    out_dir = root / config.paths.reports / "evaluate"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("report.json", "metrics.json"):
-        (out_dir / name).write_text(json.dumps(metrics, indent=2) + "\n")
     lat = metrics["serving"]["latency"]
-    (out_dir / "summary.md").write_text(
+    summary = (
         f"## Extractive QA on {metrics['examples']} questions of {metrics['articles']} held-out articles\n\n"
         f"exact match **{metrics['exact_match']:.4f}**, F1 **{metrics['f1']:.4f}** (official SQuAD v1.1 "
         f"normalisation)\n\nServing cost: {metrics['serving']['model_size_mb']} MB; one /answer request p50 "
         f"{lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms\n")
-    return metrics
+    return Evaluation(metrics, metrics, summary)
+
+
+class QuestionAnsweringTask(Task):
+    name = "qa"
+    service = "service:QuestionAnswering"
+    route = "/answer"
+
+    def validation_suite(self, config: Config, root: Path) -> ValidationSuite:
+        return validation_suite(config, root)
+
+    def prepare(self, config: Config, root: Path):
+        return prepare_qa(config, root)
+
+    def training_spec(self, config: Config, root: Path) -> TrainingSpec:
+        return training_spec(config, root)
+
+    def evaluate(self, config: Config, root: Path) -> Evaluation:
+        return evaluate(config, root)
+
+    def gate_rules(self, policy) -> GateRules:
+        floor = required_floor(policy.min_qa_f1, "min_qa_f1", "SQuAD F1")
+        return GateRules((("SQuAD F1", "f1", floor, ">="),), paired=False, champion_metric=("SQuAD F1", "f1"))
+
+    def serving_settings(self, config: Config) -> dict:
+        return {"doc_stride": config.prepare.doc_stride, "max_query_length": config.prepare.max_query_length,
+                "max_answer_tokens": config.evaluate.max_answer_tokens}
+
+    def bento_files(self) -> dict[str, Path]:
+        return {"bertops_qa_core.py": Path(core.__file__)}
