@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bertops.data.validation import Check, CheckResult, offending_examples
+from bertops.data.checks import Check, CheckResult, offending_examples
 
 
 def run_checks(

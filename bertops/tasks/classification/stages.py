@@ -39,7 +39,7 @@ from bertops.models.classifier import build_classifier, checked_candidate, fit_p
 from bertops.models.pretrained import describe_model_source, load_tokenizer
 from bertops.packaging import production_model
 from bertops.tasks.base import Task
-from bertops.tasks.classification import core
+import bertops.tasks.classification.core as core
 from bertops.training.loop import TrainingSpec
 from bertops.training.predict import accuracy_score, predict_logits
 

@@ -25,7 +25,7 @@ from bertops.data.validation import Check, CheckResult, CorpusUnreadable, Valida
 from bertops.evaluation.evaluate import Evaluation
 from bertops.evaluation.gate import GateRules, required_floor
 from bertops.tasks.base import Task
-from bertops.tasks.ner import core
+import bertops.tasks.ner.core as core
 from bertops.tasks.ner.core import IGNORE_INDEX, OUTSIDE, ConllFormatError, Sentence, encode, entity_scores, read_conll
 from bertops.tasks.ner.core import word_predictions
 from bertops.training.loop import TrainingSpec

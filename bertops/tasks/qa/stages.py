@@ -24,7 +24,7 @@ from bertops.data.validation import Check, CorpusUnreadable, ValidationSuite
 from bertops.evaluation.evaluate import Evaluation
 from bertops.evaluation.gate import GateRules, required_floor
 from bertops.tasks.base import Task
-from bertops.tasks.qa import core
+import bertops.tasks.qa.core as core
 from bertops.tasks.qa.core import QAExample, SquadFormatError, build_features, postprocess, read_squad, split_by_article
 from bertops.tasks.qa.core import squad_scores
 from bertops.training.loop import TrainingSpec
