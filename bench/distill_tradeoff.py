@@ -11,6 +11,7 @@ trade-off) is >= 97% of the teacher's accuracy at >= 1.8x its throughput with at
 Run after `bertops finetune` and `bertops distill` (defaults: models/sst2 and models/sst2-student):
     python bench/distill_tradeoff.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,10 @@ def alternating(timers: dict[str, dict], rounds: int) -> dict[str, dict]:
         for model, figures in timers.items():
             for figure, run in figures.items():
                 samples[model][figure].append(run())
-    return {model: {figure: round(float(np.median(values)), 1) for figure, values in figures.items()}
-            for model, figures in samples.items()}
+    return {
+        model: {figure: round(float(np.median(values)), 1) for figure, values in figures.items()}
+        for model, figures in samples.items()
+    }
 
 
 def measure(model_dir: Path, texts: list[str], labels: np.ndarray, max_length: int, workdir: Path) -> tuple[dict, dict]:
@@ -70,11 +73,13 @@ def measure(model_dir: Path, texts: list[str], labels: np.ndarray, max_length: i
     int8 = session_logits(session, tokenizer, texts, max_length)
 
     singles = texts[:200]
-    batches = [texts[i:i + 32] for i in range(0, 320, 32)]
+    batches = [texts[i : i + 32] for i in range(0, 320, 32)]
 
     def ort_call(batch: list[str]):
         feeds = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-        session.run(["logits"], {k: feeds[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})
+        session.run(
+            ["logits"], {k: feeds[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        )
 
     def torch_call(batch: list[str]):
         feeds = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
@@ -82,7 +87,8 @@ def measure(model_dir: Path, texts: list[str], labels: np.ndarray, max_length: i
             model(**feeds)
 
     figures = {
-        "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size,
+        "layers": model.config.num_hidden_layers,
+        "hidden": model.config.hidden_size,
         "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
         "accuracy_torch": round(float((reference.argmax(-1) == labels).mean()), 4),
         "accuracy_onnx_int8": round(float((int8.argmax(-1) == labels).mean()), 4),
@@ -118,21 +124,28 @@ def main() -> None:
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, cpu",
-        "eval_examples": len(texts), "timing_rounds": args.rounds, "teacher": teacher, "student": student,
+        "eval_examples": len(texts),
+        "timing_rounds": args.rounds,
+        "teacher": teacher,
+        "student": student,
         "accuracy_ratio": round(student["accuracy_onnx_int8"] / teacher["accuracy_onnx_int8"], 4),
         "accuracy_ratio_torch": round(student["accuracy_torch"] / teacher["accuracy_torch"], 4),
         "speedup_requests": round(student["onnx_int8_requests_per_s"] / teacher["onnx_int8_requests_per_s"], 2),
-        "speedup_batch32": round(student["onnx_int8_texts_per_s_batch32"] / teacher["onnx_int8_texts_per_s_batch32"], 2),
+        "speedup_batch32": round(
+            student["onnx_int8_texts_per_s_batch32"] / teacher["onnx_int8_texts_per_s_batch32"], 2
+        ),
         "speedup_torch_requests": round(student["torch_requests_per_s"] / teacher["torch_requests_per_s"], 2),
     }
     out = REPO / "bench" / "out"
     out.mkdir(exist_ok=True)
     (out / "distill_tradeoff.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"student ({student['layers']} of {teacher['layers']} layers): {result['accuracy_ratio']:.1%} of the teacher's "
-          f"accuracy ({student['accuracy_onnx_int8']} vs {teacher['accuracy_onnx_int8']}, ONNX int8), "
-          f"{result['speedup_requests']}x its requests/s and {result['speedup_batch32']}x its batch-32 throughput "
-          f"on the serving runtime (goal: >= 97% at >= 1.8x)")
+    print(
+        f"student ({student['layers']} of {teacher['layers']} layers): {result['accuracy_ratio']:.1%} of the teacher's "
+        f"accuracy ({student['accuracy_onnx_int8']} vs {teacher['accuracy_onnx_int8']}, ONNX int8), "
+        f"{result['speedup_requests']}x its requests/s and {result['speedup_batch32']}x its batch-32 throughput "
+        f"on the serving runtime (goal: >= 97% at >= 1.8x)"
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Traffic goes to 127.0.0.1 only. It serves the registry's production Bento (run `
 
     python bench/endpoint.py [--requests 3000] [--load-requests 20000] [--naive-requests 1000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,11 @@ HOST = "127.0.0.1"
 
 # -- a small keep-alive HTTP/1.1 load generator (cheap on CPU, so the server gets the cores) -----
 async def _one(reader, writer, path: str, body: bytes) -> int:
-    writer.write(f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
     await writer.drain()
     status = int((await reader.readline()).split()[1])
     length, chunked = 0, False
@@ -81,9 +85,17 @@ async def _load(port: int, path: str, bodies: list[bytes], total: int, clients: 
     await asyncio.gather(*(client() for _ in range(clients)))
     wall = time.perf_counter() - started
     ms = np.array(latencies) * 1000
-    return {"requests": total, "clients": clients, "seconds": round(wall, 2), "rps": round(len(latencies) / wall, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2), "statuses": statuses, "lost": lost}
+    return {
+        "requests": total,
+        "clients": clients,
+        "seconds": round(wall, 2),
+        "rps": round(len(latencies) / wall, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "statuses": statuses,
+        "lost": lost,
+    }
 
 
 def load(port: int, path: str, bodies: list[bytes], total: int, clients: int) -> dict:
@@ -100,9 +112,14 @@ def wait_ready(port: int, process: subprocess.Popen, timeout: float = 240) -> No
 class Server:
     def __init__(self, args: list[str], port: int, env: dict | None = None):
         self.port = port
-        self.process = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True,
-                                        cwd=tempfile.mkdtemp(prefix="bertops-bench-"))
+        self.process = subprocess.Popen(
+            args,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=tempfile.mkdtemp(prefix="bertops-bench-"),
+        )
         wait_ready(port, self.process)
 
     def rss_mb(self) -> float:
@@ -153,7 +170,7 @@ def accuracy(port: int, texts: list[str], labels: list[str]) -> float:
 
     predicted = []
     for start in range(0, len(texts), 64):
-        reply = httpx.post(f"http://{HOST}:{port}/classify", json={"texts": texts[start:start + 64]}, timeout=120)
+        reply = httpx.post(f"http://{HOST}:{port}/classify", json={"texts": texts[start : start + 64]}, timeout=120)
         reply.raise_for_status()
         predicted += [item["label"] for item in reply.json()]
     return float(np.mean([p == t for p, t in zip(predicted, labels)]))
@@ -178,15 +195,20 @@ def main() -> None:
     cfg = load_config(REPO / "params.yaml")
     bento = production_bento(cfg)
     version = Registry(cfg.paths.registry).production(cfg.package.model_name)
-    model_dir = bentoml.models.get(Registry(cfg.paths.registry).versions(cfg.package.model_name)[version]["model_tag"]).path
+    model_dir = bentoml.models.get(
+        Registry(cfg.paths.registry).versions(cfg.package.model_name)[version]["model_tag"]
+    ).path
     datasets = Path(os.environ.get("BERTOPS_DATASETS", REPO.parent / "shared" / "datasets"))
     dev = pd.read_csv(datasets / "sst2" / "dev.tsv", sep="\t", quoting=3)
     texts = dev["sentence"].tolist()
     names = json.loads((Path(model_dir) / "config.json").read_text())["id2label"]
     labels = [names[str(v)] for v in dev["label"]]
     single = [json.dumps({"texts": [t]}).encode() for t in texts]
-    results: dict = {"bento": bento, "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-                     "date": time.strftime("%Y-%m-%d")}
+    results: dict = {
+        "bento": bento,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
     print("1/4 latency at one client, per runtime", flush=True)
     results["runtimes"] = {}
@@ -195,15 +217,20 @@ def main() -> None:
         try:
             load(args.port, "/classify", single, 30, 1)  # warm up
             lat = load(args.port, "/classify", single, args.latency_requests, 1)
-            results["runtimes"][runtime] = {"p50_ms": lat["p50_ms"], "p95_ms": lat["p95_ms"],
-                                            "accuracy": accuracy(args.port, texts, labels)}
+            results["runtimes"][runtime] = {
+                "p50_ms": lat["p50_ms"],
+                "p95_ms": lat["p95_ms"],
+                "accuracy": accuracy(args.port, texts, labels),
+            }
         finally:
             server.stop()
         print(f"   {runtime}: {results['runtimes'][runtime]}", flush=True)
 
     print("2/4 throughput at 32 clients: bertops endpoint vs naive pipeline server", flush=True)
-    naive = Server([sys.executable, str(REPO / "bench" / "naive_server.py"), "--model", model_dir, "--port",
-                    str(args.port + 1)], args.port + 1)
+    naive = Server(
+        [sys.executable, str(REPO / "bench" / "naive_server.py"), "--model", model_dir, "--port", str(args.port + 1)],
+        args.port + 1,
+    )
     try:
         naive_bodies = [json.dumps({"text": t}).encode() for t in texts]
         load(args.port + 1, "/classify", naive_bodies, 64, 32)
@@ -225,19 +252,34 @@ def main() -> None:
         model_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         lengths = [min(len(ids), cfg.prepare.max_length) for ids in tokenizer(texts)["input_ids"]]
-        per_text = np.mean([flops_per_text(n, model_config.num_hidden_layers, model_config.hidden_size,
-                                           model_config.intermediate_size) for n in lengths])
+        per_text = np.mean(
+            [
+                flops_per_text(
+                    n, model_config.num_hidden_layers, model_config.hidden_size, model_config.intermediate_size
+                )
+                for n in lengths
+            ]
+        )
         achieved = per_text * results["bertops"]["rps"] / 1e9
         peak = matmul_peak_gflops()
-        results["efficiency"] = {"gflop_per_request": round(per_text / 1e9, 4), "achieved_gflops": round(achieved, 1),
-                                 "fp32_matmul_peak_gflops": round(peak, 1), "fraction_of_peak": round(achieved / peak, 3)}
+        results["efficiency"] = {
+            "gflop_per_request": round(per_text / 1e9, 4),
+            "achieved_gflops": round(achieved, 1),
+            "fp32_matmul_peak_gflops": round(peak, 1),
+            "fraction_of_peak": round(achieved / peak, 3),
+        }
         print(f"   {results['efficiency']}", flush=True)
 
         print(f"4/4 load: {args.load_requests} requests at 64 clients", flush=True)
         rss_before = server.rss_mb()
         results["load"] = load(args.port, "/classify", single, args.load_requests, 64)
-        results["load"].update({"rss_before_mb": rss_before, "rss_after_mb": server.rss_mb(),
-                                "server_5xx": sum(v for k, v in results["load"]["statuses"].items() if k >= 500)})
+        results["load"].update(
+            {
+                "rss_before_mb": rss_before,
+                "rss_after_mb": server.rss_mb(),
+                "server_5xx": sum(v for k, v in results["load"]["statuses"].items() if k >= 500),
+            }
+        )
         print(f"   {results['load']}", flush=True)
     finally:
         server.stop()
@@ -248,18 +290,26 @@ def main() -> None:
     r = results["runtimes"]
     print("\n| measure | value |\n| --- | --- |")
     for runtime in r:
-        print(f"| {runtime}: p50 / p95 ms, SST-2 dev accuracy | {r[runtime]['p50_ms']} / {r[runtime]['p95_ms']}, "
-              f"{r[runtime]['accuracy']:.4f} |")
-    print(f"| int8 speed-up vs PyTorch fp32 at batch 1 (p50) | {r['torch']['p50_ms'] / r['onnx-int8']['p50_ms']:.2f}x |")
+        print(
+            f"| {runtime}: p50 / p95 ms, SST-2 dev accuracy | {r[runtime]['p50_ms']} / {r[runtime]['p95_ms']}, "
+            f"{r[runtime]['accuracy']:.4f} |"
+        )
+    print(
+        f"| int8 speed-up vs PyTorch fp32 at batch 1 (p50) | {r['torch']['p50_ms'] / r['onnx-int8']['p50_ms']:.2f}x |"
+    )
     print(f"| 32 clients: bertops req/s (p99 ms) | {results['bertops']['rps']} ({results['bertops']['p99_ms']}) |")
     print(f"| 32 clients: naive pipeline req/s (p99 ms) | {results['naive']['rps']} ({results['naive']['p99_ms']}) |")
     print(f"| throughput ratio | **{results['throughput_ratio']}x** |")
     e = results["efficiency"]
-    print(f"| useful GFLOP/s at saturation / fp32 matmul peak | {e['achieved_gflops']} / {e['fp32_matmul_peak_gflops']} "
-          f"= {e['fraction_of_peak']:.1%} |")
+    print(
+        f"| useful GFLOP/s at saturation / fp32 matmul peak | {e['achieved_gflops']} / {e['fp32_matmul_peak_gflops']} "
+        f"= {e['fraction_of_peak']:.1%} |"
+    )
     ld = results["load"]
-    print(f"| load: {ld['requests']} requests at 64 clients | {ld['rps']} req/s, statuses {ld['statuses']}, lost "
-          f"{ld['lost']}, RSS {ld['rss_before_mb']} -> {ld['rss_after_mb']} MiB |")
+    print(
+        f"| load: {ld['requests']} requests at 64 clients | {ld['rps']} req/s, statuses {ld['statuses']}, lost "
+        f"{ld['lost']}, RSS {ld['rss_before_mb']} -> {ld['rss_after_mb']} MiB |"
+    )
 
 
 if __name__ == "__main__":

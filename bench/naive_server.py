@@ -5,6 +5,7 @@ fp32), on the same model folder the bertops endpoint serves.
 
     python bench/naive_server.py --model MODEL_DIR --port 3990
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,15 @@ class Request(BaseModel):
 
 
 def make_app(model_dir: str) -> FastAPI:
-    classifier = pipeline("text-classification", model=model_dir, tokenizer=model_dir, trust_remote_code=True,
-                          device="cpu", truncation=True, max_length=128)
+    classifier = pipeline(
+        "text-classification",
+        model=model_dir,
+        tokenizer=model_dir,
+        trust_remote_code=True,
+        device="cpu",
+        truncation=True,
+        max_length=128,
+    )
     app = FastAPI()
 
     @app.post("/classify")

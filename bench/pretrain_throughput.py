@@ -8,6 +8,7 @@ example, random masking), random sampling. Throughput counts real (non-pad) toke
 
     python bench/pretrain_throughput.py [--steps 60] [--preset mini] [--batch-size 32]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,19 @@ def config(root: Path, preset: str, steps: int, batch_size: int):
     from bertops.config import load_config
 
     datasets = Path(os.environ.get("BERTOPS_DATASETS", REPO.parent / "shared" / "datasets"))
-    return load_config(REPO / "params.yaml", overrides=[
-        f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']", f"pretrain.model={preset}",
-        f"pretrain.steps={steps}", f"pretrain.batch_size={batch_size}", "pretrain.log_every=1000000",
-        "pretrain.checkpoint_every=0", "pretrain.progress=false", f"pretrain.name=bench-{preset}"])
+    return load_config(
+        REPO / "params.yaml",
+        overrides=[
+            f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']",
+            f"pretrain.model={preset}",
+            f"pretrain.steps={steps}",
+            f"pretrain.batch_size={batch_size}",
+            "pretrain.log_every=1000000",
+            "pretrain.checkpoint_every=0",
+            "pretrain.progress=false",
+            f"pretrain.name=bench-{preset}",
+        ],
+    )
 
 
 def bertops_run(cfg, root: Path) -> dict:
@@ -39,8 +49,12 @@ def bertops_run(cfg, root: Path) -> dict:
 
     started = time.perf_counter()
     metrics = pretrain(cfg, root)
-    return {"seconds": time.perf_counter() - started, "train_seconds": metrics["train_seconds"],
-            "tokens_per_second": metrics["last"]["tokens_per_second"], "parameters": metrics["parameters"]}
+    return {
+        "seconds": time.perf_counter() - started,
+        "train_seconds": metrics["train_seconds"],
+        "tokens_per_second": metrics["last"]["tokens_per_second"],
+        "parameters": metrics["parameters"],
+    }
 
 
 def trainer_baseline(cfg, root: Path) -> dict:
@@ -73,13 +87,23 @@ def trainer_baseline(cfg, root: Path) -> dict:
         real_tokens[0] += int(batch["attention_mask"].sum())
         return batch
 
-    args = TrainingArguments(output_dir=str(root / "trainer"), per_device_train_batch_size=cfg.pretrain.batch_size,
-                             max_steps=cfg.pretrain.steps, learning_rate=cfg.pretrain.lr,
-                             weight_decay=cfg.pretrain.weight_decay,
-                             warmup_steps=int(cfg.pretrain.warmup_ratio * cfg.pretrain.steps),
-                             max_grad_norm=cfg.pretrain.max_grad_norm, logging_strategy="no", save_strategy="no",
-                             report_to=[], use_cpu=True, dataloader_num_workers=0, seed=cfg.pretrain.seed,
-                             disable_tqdm=True, optim="adamw_torch_fused")
+    args = TrainingArguments(
+        output_dir=str(root / "trainer"),
+        per_device_train_batch_size=cfg.pretrain.batch_size,
+        max_steps=cfg.pretrain.steps,
+        learning_rate=cfg.pretrain.lr,
+        weight_decay=cfg.pretrain.weight_decay,
+        warmup_steps=int(cfg.pretrain.warmup_ratio * cfg.pretrain.steps),
+        max_grad_norm=cfg.pretrain.max_grad_norm,
+        logging_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+        seed=cfg.pretrain.seed,
+        disable_tqdm=True,
+        optim="adamw_torch_fused",
+    )
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=counting, processing_class=tokenizer)
     started = time.perf_counter()
     trainer.train()
@@ -104,15 +128,25 @@ def main() -> None:
         ours = bertops_run(cfg, root)
         baseline = trainer_baseline(cfg, root)
     ratio = ours["tokens_per_second"] / baseline["tokens_per_second"]
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch "
-              f"{torch.__version__}", "preset": args.preset, "steps": args.steps, "batch_size": args.batch_size,
-              "max_length": cfg.pretrain.max_length, "bertops": ours, "hf_trainer": baseline, "ratio": round(ratio, 2)}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "preset": args.preset,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "max_length": cfg.pretrain.max_length,
+        "bertops": ours,
+        "hf_trainer": baseline,
+        "ratio": round(ratio, 2),
+    }
     out = REPO / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "pretrain_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"\nbertops {ours['tokens_per_second']:.0f} tok/s vs HF Trainer {baseline['tokens_per_second']:.0f} tok/s: "
-          f"{ratio:.2f}x")
+    print(
+        f"\nbertops {ours['tokens_per_second']:.0f} tok/s vs HF Trainer {baseline['tokens_per_second']:.0f} tok/s: "
+        f"{ratio:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Atomic replacement of an output folder: readers see the old folder or the new one, never a mix,
 and a failure part-way keeps the old one."""
+
 from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def replace_dir(staging: Path, target: Path) -> None:

@@ -3,18 +3,21 @@
 Each verb parses the config and calls one function; errors the user can fix end with a
 one-paragraph message and exit code 1 (2 for bad config), never a deep traceback.
 """
+
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
 
 from bertops.config import Config, ConfigError, load_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="bertops: validate, version, train, gate and serve BERT models.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="bertops: validate, version, train, gate and serve BERT models."
+)
 models_app = typer.Typer(no_args_is_help=True, help="Inspect the model registry.")
 app.add_typer(models_app, name="models")
 
@@ -23,7 +26,7 @@ ProfileOpt = typer.Option(None, "--profile", "-p", help="a profile laid over par
 SetOpt = typer.Option([], "--set", "-s", help="dotted override, repeatable: -s finetune.lr=3e-5")
 
 
-def _config(params: Path, profile: Optional[Path], overrides: list[str]) -> Config:
+def _config(params: Path, profile: Path | None, overrides: list[str]) -> Config:
     try:
         return load_config(params, profile, overrides)
     except ConfigError as exc:
@@ -51,11 +54,13 @@ def _retrain_flow():
 
 
 def _echo_json(value: object) -> None:
-    typer.echo(json.dumps(value if isinstance(value, dict) else getattr(value, "__dict__", value), indent=2, default=str))
+    typer.echo(
+        json.dumps(value if isinstance(value, dict) else getattr(value, "__dict__", value), indent=2, default=str)
+    )
 
 
 @app.command()
-def ingest(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+def ingest(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt) -> None:
     """Copy the corpus into data/raw/<dataset>/ (DVC-tracked)."""
     from bertops.data.sources import ingest as run
 
@@ -64,7 +69,7 @@ def ingest(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_:
 
 
 @app.command()
-def validate(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+def validate(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt) -> None:
     """Great Expectations suite on the raw corpus; fails (exit 1) naming each broken expectation."""
     from bertops.data.validation import validate as run
 
@@ -75,7 +80,7 @@ def validate(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set
 
 
 @app.command()
-def prepare(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+def prepare(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt) -> None:
     """Normalise, de-duplicate, split and tokenize the corpus into data/prepared/<dataset>/."""
     from bertops.data.prepare import prepare as run
 
@@ -84,7 +89,7 @@ def prepare(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_
 
 
 @app.command()
-def finetune(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+def finetune(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt) -> None:
     """Fine-tune the encoder for the corpus's task (this process, or Ray workers)."""
     from bertops.training.finetune import finetune as run
 
@@ -96,7 +101,9 @@ def finetune(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set
 @app.command()
 def distill(
     if_enabled: bool = typer.Option(False, "--if-enabled", help="the pipeline stage: only when distill.enabled"),
-    params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
+    params: Path = ParamsOpt,
+    profile: Path | None = ProfileOpt,
+    set_: list[str] = SetOpt,
 ) -> None:
     """Distil the fine-tuned teacher into a smaller student (models/<dataset>-student)."""
     from dataclasses import asdict
@@ -110,19 +117,24 @@ def distill(
     result = _run("distill", lambda: run_distill(cfg))
     _echo_json({k: v for k, v in asdict(result).items() if k != "history"})
     if not cfg.distill.enabled:
-        typer.echo("judge and ship the student: bertops evaluate -s distill.enabled=true && bertops gate -s "
-                   "distill.enabled=true && bertops package -s distill.enabled=true (or distill.enabled: true in "
-                   "params.yaml, to chain it in the pipeline)")
+        typer.echo(
+            "judge and ship the student: bertops evaluate -s distill.enabled=true && bertops gate -s "
+            "distill.enabled=true && bertops package -s distill.enabled=true (or distill.enabled: true in "
+            "params.yaml, to chain it in the pipeline)"
+        )
 
 
 @app.command()
 def pretrain(
     prepare_only: bool = typer.Option(False, "--prepare-only", help="build the corpus and tokenizer, do not train"),
     if_enabled: bool = typer.Option(False, "--if-enabled", help="the pipeline stage: only when pretrain.enabled"),
-    params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
+    params: Path = ParamsOpt,
+    profile: Path | None = ProfileOpt,
+    set_: list[str] = SetOpt,
 ) -> None:
     """BERT pretraining (masked LM + next-sentence prediction) on the pretrain corpus."""
-    from bertops.pretraining.run import ensure_prepared, pretrain_stage, run_pretrain as run
+    from bertops.pretraining.run import ensure_prepared, pretrain_stage
+    from bertops.pretraining.run import run_pretrain as run
 
     cfg = _config(params, profile, set_)
     if prepare_only:
@@ -131,13 +143,15 @@ def pretrain(
     metrics = _run("pretrain", lambda: pretrain_stage(cfg) if if_enabled else run(cfg))
     _echo_json(metrics)
     if metrics.get("enabled") is not False and not cfg.pretrain.enabled:
-        typer.echo("fine-tune from it: bertops prepare -s finetune.model=pretrained && "
-                   "bertops finetune -s finetune.model=pretrained (or pretrain.enabled: true and "
-                   "finetune.model: pretrained in params.yaml, to chain it in the pipeline)")
+        typer.echo(
+            "fine-tune from it: bertops prepare -s finetune.model=pretrained && "
+            "bertops finetune -s finetune.model=pretrained (or pretrain.enabled: true and "
+            "finetune.model: pretrained in params.yaml, to chain it in the pipeline)"
+        )
 
 
 @app.command()
-def evaluate(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+def evaluate(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt) -> None:
     """Metrics, slices, behavioural checks, serving cost and the champion comparison on the eval split."""
     from bertops.evaluation.evaluate import evaluate as run
 
@@ -147,7 +161,7 @@ def evaluate(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set
 
 
 @app.command()
-def gate(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+def gate(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt) -> None:
     """Decide whether the evaluated model may be promoted; exit 1 when rejected."""
     from bertops.evaluation.gate import gate as run
 
@@ -160,7 +174,7 @@ def gate(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: l
 
 
 @app.command()
-def package(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+def package(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt) -> None:
     """Save the approved model in the BentoML store, build its Bento, register a candidate."""
     from bertops.packaging import package as run
 
@@ -170,10 +184,12 @@ def package(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_
 
 @app.command()
 def promote(
-    version: Optional[str] = typer.Argument(None, help="registry version (default: the last packaged)"),
+    version: str | None = typer.Argument(None, help="registry version (default: the last packaged)"),
     force: bool = typer.Option(False, "--force", help="promote despite a missing/negative gate decision"),
     reason: str = typer.Option("", "--reason", help="why (recorded in the history; required with --force)"),
-    params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
+    params: Path = ParamsOpt,
+    profile: Path | None = ProfileOpt,
+    set_: list[str] = SetOpt,
 ) -> None:
     """Mark a model version as production (the endpoint serves production)."""
     from bertops import server
@@ -189,7 +205,9 @@ def promote(
 @app.command()
 def rollback(
     reason: str = typer.Option("", "--reason", help="why (recorded in the history)"),
-    params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
+    params: Path = ParamsOpt,
+    profile: Path | None = ProfileOpt,
+    set_: list[str] = SetOpt,
 ) -> None:
     """Make the previous production version production again."""
     from bertops import server
@@ -206,7 +224,9 @@ def rollback(
 def serve(
     detach: bool = typer.Option(False, "--detach", help="start in the background, wait until ready, return"),
     stop: bool = typer.Option(False, "--stop", help="stop a server started with --detach"),
-    params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
+    params: Path = ParamsOpt,
+    profile: Path | None = ProfileOpt,
+    set_: list[str] = SetOpt,
 ) -> None:
     """Serve the production model's Bento on serve.host:serve.port."""
     from bertops import server
@@ -217,10 +237,12 @@ def serve(
         return
     if detach:
         url = _run("serve", lambda: server.start_detached(cfg))
-        typer.echo(f"serving {server.describe(cfg)} at {url}\n"
-                   f"try: curl -s -X POST {url}/classify -H 'Content-Type: application/json' "
-                   "-d '{\"texts\": [\"a gripping, beautifully acted film\"]}'\n"
-                   f"stop: bertops serve --stop   (log: {server.log_path(cfg)})")
+        typer.echo(
+            f"serving {server.describe(cfg)} at {url}\n"
+            f"try: curl -s -X POST {url}/classify -H 'Content-Type: application/json' "
+            '-d \'{"texts": ["a gripping, beautifully acted film"]}\'\n'
+            f"stop: bertops serve --stop   (log: {server.log_path(cfg)})"
+        )
         return
     _run("serve", lambda: server.run_foreground(cfg))
 
@@ -230,7 +252,9 @@ def run_pipeline(
     flow_name: str = typer.Argument("retrain", help="the flow to run: retrain (ingest ... promote)"),
     executor: str = typer.Option("auto", help="dvc (dvc repro per stage) | direct (call stages in-process) | auto"),
     force: bool = typer.Option(False, "--force", help="run every stage even if nothing changed"),
-    params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
+    params: Path = ParamsOpt,
+    profile: Path | None = ProfileOpt,
+    set_: list[str] = SetOpt,
 ) -> None:
     """Run the retrain flow once, now: one Prefect flow run with a task per stage and a timing table."""
     if flow_name != "retrain":
@@ -238,8 +262,14 @@ def run_pipeline(
         raise typer.Exit(2)
     retrain = _retrain_flow()
     _config(params, profile, set_)  # fail fast on bad config
-    state = retrain(params=str(params), profile=str(profile) if profile else None, overrides=list(set_),
-                    executor=executor, force=force, return_state=True)
+    state = retrain(
+        params=str(params),
+        profile=str(profile) if profile else None,
+        overrides=list(set_),
+        executor=executor,
+        force=force,
+        return_state=True,
+    )
     if state.is_completed():
         summary = state.result()
         typer.echo(summary.get("timing_table") or state.message or "done")
@@ -253,11 +283,13 @@ def run_pipeline(
 
 @app.command()
 def schedule(
-    cron: Optional[str] = typer.Option(None, "--cron", help='cron schedule, e.g. "0 3 * * *" (default: schedule.cron)'),
-    interval: Optional[float] = typer.Option(None, "--interval", help="or: every N seconds"),
-    name: Optional[str] = typer.Option(None, "--name", help="deployment name (default: schedule.deployment)"),
+    cron: str | None = typer.Option(None, "--cron", help='cron schedule, e.g. "0 3 * * *" (default: schedule.cron)'),
+    interval: float | None = typer.Option(None, "--interval", help="or: every N seconds"),
+    name: str | None = typer.Option(None, "--name", help="deployment name (default: schedule.deployment)"),
     executor: str = typer.Option("auto", help="passed to every run"),
-    params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
+    params: Path = ParamsOpt,
+    profile: Path | None = ProfileOpt,
+    set_: list[str] = SetOpt,
 ) -> None:
     """Serve the retrain flow as a Prefect deployment on a schedule (runs until stopped).
 
@@ -269,8 +301,12 @@ def schedule(
         typer.echo("error: give --cron or --interval, not both", err=True)
         raise typer.Exit(2)
     timing = {"interval": interval} if interval else {"cron": cron or cfg.schedule.cron}
-    parameters = {"params": str(params), "profile": str(profile) if profile else None, "overrides": list(set_),
-                  "executor": executor}
+    parameters = {
+        "params": str(params),
+        "profile": str(profile) if profile else None,
+        "overrides": list(set_),
+        "executor": executor,
+    }
     typer.echo(f"serving deployment retrain/{name or cfg.schedule.deployment} ({timing}); Ctrl-C stops it")
     # A process started in the background by a non-interactive shell (nohup, `cmd &` in a script,
     # some CI runners) inherits SIGINT *ignored*, and Python keeps it so: Ctrl-C / `kill -INT`
@@ -278,15 +314,24 @@ def schedule(
     import signal
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    retrain.serve(name=name or cfg.schedule.deployment, parameters=parameters, global_limit=1, limit=1,
-                  tags=["bertops", cfg.ingest.dataset], description="bertops scheduled retraining", **timing)
+    retrain.serve(
+        name=name or cfg.schedule.deployment,
+        parameters=parameters,
+        global_limit=1,
+        limit=1,
+        tags=["bertops", cfg.ingest.dataset],
+        description="bertops scheduled retraining",
+        **timing,
+    )
 
 
 @app.command()
 def dashboard(
     detach: bool = typer.Option(False, "--detach", help="run in the background"),
     stop: bool = typer.Option(False, "--stop", help="stop a dashboard started with --detach"),
-    params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt,
+    params: Path = ParamsOpt,
+    profile: Path | None = ProfileOpt,
+    set_: list[str] = SetOpt,
 ) -> None:
     """Start a local Prefect server with its UI (runs, artifacts, schedules) on dashboard.host:port."""
     import os
@@ -298,8 +343,10 @@ def dashboard(
         typer.echo(server.stop_dashboard(cfg))
         return
     url = server.dashboard_url(cfg)
-    hint = (f"Prefect UI: {url}\npoint flows at it: export PREFECT_API_URL={url}/api\n"
-            "(a shared server instead: export PREFECT_API_URL=https://prefect.example.com/api)")
+    hint = (
+        f"Prefect UI: {url}\npoint flows at it: export PREFECT_API_URL={url}/api\n"
+        "(a shared server instead: export PREFECT_API_URL=https://prefect.example.com/api)"
+    )
     if detach:
         _run("dashboard", lambda: server.start_dashboard(cfg))
         typer.echo(f"{hint}\nstop: bertops dashboard --stop")
@@ -310,7 +357,7 @@ def dashboard(
 
 
 @models_app.command("list")
-def models_list(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+def models_list(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt) -> None:
     """Versions with their stage and key metrics."""
     from bertops.registry import Registry
 
@@ -320,11 +367,16 @@ def models_list(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, 
         typer.echo(f"no versions of {cfg.package.model_name} yet")
     for version, record in versions.items():
         metrics = record.get("metrics", {})
-        typer.echo(f"{version}  {record['stage']:<10}  accuracy={metrics.get('accuracy')}  registered={record['registered_at']}")
+        typer.echo(
+            f"{version}  {record['stage']:<10}  accuracy={metrics.get('accuracy')}  "
+            f"registered={record['registered_at']}"
+        )
 
 
 @models_app.command("show")
-def models_show(version: str, params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+def models_show(
+    version: str, params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt
+) -> None:
     """One version's full record: lineage, gate decision, metrics."""
     from bertops.registry import Registry
 
@@ -337,14 +389,16 @@ def models_show(version: str, params: Path = ParamsOpt, profile: Optional[Path] 
 
 
 @models_app.command("history")
-def models_history(params: Path = ParamsOpt, profile: Optional[Path] = ProfileOpt, set_: list[str] = SetOpt) -> None:
+def models_history(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt) -> None:
     """Every registration, promotion and rollback with who/when/why."""
     from bertops.registry import Registry
 
     cfg = _config(params, profile, set_)
     for event in Registry(cfg.paths.registry).history(cfg.package.model_name):
-        typer.echo(f"{event['when']}  {event['action']:<9} {event['version']}  previous={event['previous']}  "
-                   f"by={event['who']}  forced={event['forced']}  reason={event['reason']}")
+        typer.echo(
+            f"{event['when']}  {event['action']:<9} {event['version']}  previous={event['previous']}  "
+            f"by={event['who']}  forced={event['forced']}  reason={event['reason']}"
+        )
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -3,6 +3,7 @@
 Every default value lives once, in `params.yaml`; the models here only declare types and the
 rules a value must obey, so a bad value fails at load time with a message naming its key.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,7 +47,7 @@ class IngestConfig(_Section):
     hub_config: str | None
     hub_splits: dict[Literal["train", "validation", "eval"], str]
     text_column: str = Field(min_length=1)
-    text_pair_column: str | None = Field(default=None, min_length=1)   # sentence pairs (e.g. RTE's sentence2)
+    text_pair_column: str | None = Field(default=None, min_length=1)  # sentence pairs (e.g. RTE's sentence2)
     label_column: str = Field(min_length=1)
     labels: dict[str, str] = Field(min_length=2)
 
@@ -88,12 +89,13 @@ class PrepareConfig(_Section):
     max_length: int = Field(ge=8, le=8192)
     max_train_rows: int = Field(ge=0)
     max_eval_rows: int = Field(ge=0)
-    doc_stride: int = Field(default=128, ge=1)        # qa: context tokens shared by consecutive windows
-    max_query_length: int = Field(default=64, ge=4)   # qa: question tokens kept
+    doc_stride: int = Field(default=128, ge=1)  # qa: context tokens shared by consecutive windows
+    max_query_length: int = Field(default=64, ge=4)  # qa: question tokens kept
 
 
 class _TrainingSection(_Section):
     """What every training loop shares: optimiser, schedule, clipping, seed, device, checkpoints."""
+
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0, lt=1)
     weight_decay: float = Field(ge=0)
@@ -104,7 +106,7 @@ class _TrainingSection(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     num_threads: int = Field(ge=0)
     checkpoint_every: int = Field(ge=0)
-    num_workers: int = Field(ge=0)       # 0 = this process; N >= 1 = N Ray Train workers
+    num_workers: int = Field(ge=0)  # 0 = this process; N >= 1 = N Ray Train workers
     progress: bool
 
 
@@ -120,14 +122,15 @@ class FinetuneConfig(_TrainingSection):
 
 class DistillConfig(_TrainingSection):
     """Knowledge distillation of a fine-tuned teacher into a smaller student (`bertops distill`)."""
+
     enabled: bool
-    teacher: str | None                  # a bertops model folder; null = models/<dataset> (the fine-tuned model)
+    teacher: str | None  # a bertops model folder; null = models/<dataset> (the fine-tuned model)
     student_layers: int = Field(ge=1)
     layer_map: Literal["every-other", "first", "last"]
-    hidden_size: int | None = Field(ge=32)   # null = the teacher's (layers copied); else from scratch
+    hidden_size: int | None = Field(ge=32)  # null = the teacher's (layers copied); else from scratch
     temperature: float = Field(gt=0)
-    alpha: float = Field(ge=0, le=1)     # weight of the soft-target loss; 1 - alpha on the hard labels
-    hidden_weight: float = Field(ge=0)   # hidden-state transfer (MSE to the mapped teacher layers); 0 = off
+    alpha: float = Field(ge=0, le=1)  # weight of the soft-target loss; 1 - alpha on the hard labels
+    hidden_weight: float = Field(ge=0)  # hidden-state transfer (MSE to the mapped teacher layers); 0 = off
     epochs: int = Field(ge=1)
     bucket_size: int = Field(ge=1)
     eval_every: int = Field(ge=0)
@@ -136,14 +139,17 @@ class DistillConfig(_TrainingSection):
     @model_validator(mode="after")
     def _transfer_needs_same_width(self) -> DistillConfig:
         if self.hidden_weight and self.hidden_size is not None:
-            raise ValueError("distill.hidden_weight > 0 compares student and teacher hidden states, which needs the "
-                             "teacher's width: set distill.hidden_size=null or distill.hidden_weight=0")
+            raise ValueError(
+                "distill.hidden_weight > 0 compares student and teacher hidden states, which needs the "
+                "teacher's width: set distill.hidden_size=null or distill.hidden_weight=0"
+            )
         return self
 
 
 class SliceConfig(_Section):
     """A named subset of the eval split: every given condition must hold (token counts include
     [CLS]/[SEP]; keywords match whole words, case-insensitively, any of them)."""
+
     min_tokens: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
     keywords: list[str] | None = Field(default=None, min_length=1)
@@ -191,6 +197,7 @@ class EvaluateConfig(_Section):
 
 class BehaviourPolicy(_Section):
     """Minimum pass rate per kind of behavioural case; null = that kind is reported, not gated."""
+
     mft: float | None = Field(default=None, ge=0, le=1)
     inv: float | None = Field(default=None, ge=0, le=1)
     dir: float | None = Field(default=None, ge=0, le=1)
@@ -198,7 +205,8 @@ class BehaviourPolicy(_Section):
 
 class SpeedTrade(_Section):
     """Accept a faster challenger that is a little less accurate than production."""
-    min_speedup: float = Field(gt=1)             # production p95 / candidate p95, serving path
+
+    min_speedup: float = Field(gt=1)  # production p95 / candidate p95, serving path
     min_accuracy_ratio: float = Field(gt=0, le=1)  # candidate accuracy / production accuracy
 
 
@@ -215,9 +223,9 @@ class GateConfig(_Section):
     min_slice_examples: int = Field(ge=1)
     confidence: float = Field(gt=0, lt=1)
     bootstrap_resamples: int = Field(ge=100)
-    min_entity_f1: float | None = Field(default=None, ge=0, le=1)   # ner: entity-level micro F1 on eval
-    min_qa_f1: float | None = Field(default=None, ge=0, le=1)       # qa: SQuAD token F1 (0-1) on eval
-    speed_trade: SpeedTrade | None       # null = a challenger must always be non-inferior
+    min_entity_f1: float | None = Field(default=None, ge=0, le=1)  # ner: entity-level micro F1 on eval
+    min_qa_f1: float | None = Field(default=None, ge=0, le=1)  # qa: SQuAD token F1 (0-1) on eval
+    speed_trade: SpeedTrade | None  # null = a challenger must always be non-inferior
 
 
 class PackageConfig(_Section):
@@ -293,17 +301,23 @@ class Config(_Section):
         if finetune.get("model") == PRETRAINED:
             tree["finetune"] = {**finetune, "model": output}
         elif pretrain.get("enabled") and str(finetune.get("model")) != output:
-            raise ValueError(f"pretrain.enabled=true chains pretrain -> finetune, so finetune.model must be "
-                             f"'pretrained' (= {output}), not {finetune.get('model')!r}; set finetune.model=pretrained "
-                             "or pretrain.enabled=false")
+            raise ValueError(
+                f"pretrain.enabled=true chains pretrain -> finetune, so finetune.model must be "
+                f"'pretrained' (= {output}), not {finetune.get('model')!r}; set finetune.model=pretrained "
+                "or pretrain.enabled=false"
+            )
         return tree
 
     @model_validator(mode="after")
-    def _siamese_needs_pairs(self) -> "Config":
-        if self.finetune.pooling == "siamese" and (self.ingest.task != "classification" or not self.ingest.text_pair_column):
-            raise ValueError("finetune.pooling=siamese encodes the two sentences of a pair apart, so it needs "
-                             "sentence pairs: set ingest.text_pair_column (task classification), or use "
-                             "finetune.pooling=mean")
+    def _siamese_needs_pairs(self) -> Config:
+        if self.finetune.pooling == "siamese" and (
+            self.ingest.task != "classification" or not self.ingest.text_pair_column
+        ):
+            raise ValueError(
+                "finetune.pooling=siamese encodes the two sentences of a pair apart, so it needs "
+                "sentence pairs: set ingest.text_pair_column (task classification), or use "
+                "finetune.pooling=mean"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

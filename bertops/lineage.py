@@ -2,9 +2,8 @@
 
 Read-only helpers over git and `dvc.lock`; no DVC import (the lock file is plain YAML).
 """
-from __future__ import annotations
 
-from bertops.errors import BertopsError
+from __future__ import annotations
 
 import datetime as dt
 import hashlib
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bertops.errors import BertopsError
 
 
 class ArtifactMismatch(BertopsError, RuntimeError):
@@ -38,9 +39,16 @@ def files_sha256(paths: list[Path]) -> str:
 def git_commit(root: Path = Path(".")) -> str:
     """HEAD's commit, with "-dirty" when tracked files differ from it; "unknown" outside git."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
@@ -60,8 +68,14 @@ def dvc_hash(path: str, root: Path = Path(".")) -> str | None:
 
 
 def build_lineage(
-    dataset: str, data_hash: str, raw_path: str, params: dict[str, Any], metrics: dict[str, Any],
-    root: Path = Path("."), parent: str | None = None, validation_report: str | None = None,
+    dataset: str,
+    data_hash: str,
+    raw_path: str,
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+    root: Path = Path("."),
+    parent: str | None = None,
+    validation_report: str | None = None,
 ) -> dict[str, Any]:
     return {
         "dataset": dataset,
@@ -72,5 +86,5 @@ def build_lineage(
         "metrics": metrics,
         "parent_model": parent,
         "validation_report": validation_report,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

@@ -3,6 +3,7 @@
 A notification never fails the work it reports on: a webhook that is down or slow is logged
 and skipped.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -17,9 +18,15 @@ log = logging.getLogger("bertops.notify")
 
 def notify(policy: NotifyConfig, event: str, message: str, **details) -> dict:
     """event: "failure" or "promotion". Returns the event (with `delivered`)."""
-    payload = {"event": event, "message": message, "text": f"bertops {event}: {message}",
-               "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               "host": socket.gethostname(), "user": getpass.getuser(), **details}
+    payload = {
+        "event": event,
+        "message": message,
+        "text": f"bertops {event}: {message}",
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "user": getpass.getuser(),
+        **details,
+    }
     wanted = policy.on_failure if event == "failure" else policy.on_promotion
     payload["delivered"] = False
     if not wanted:
@@ -29,8 +36,11 @@ def notify(policy: NotifyConfig, event: str, message: str, **details) -> dict:
         import httpx
 
         try:
-            reply = httpx.post(policy.webhook_url, json={k: v for k, v in payload.items() if k != "delivered"},
-                               timeout=policy.timeout_s)
+            reply = httpx.post(
+                policy.webhook_url,
+                json={k: v for k, v in payload.items() if k != "delivered"},
+                timeout=policy.timeout_s,
+            )
             payload["delivered"] = reply.status_code < 300
             if not payload["delivered"]:
                 log.warning("webhook %s answered %s; notification not delivered", policy.webhook_url, reply.status_code)

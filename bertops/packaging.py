@@ -2,9 +2,8 @@
 
 The only module that imports bentoml. A model is packaged only when its gate decision approves it.
 """
-from __future__ import annotations
 
-from bertops.errors import BertopsError
+from __future__ import annotations
 
 import json
 import os
@@ -15,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from bertops.config import Config
+from bertops.errors import BertopsError
 from bertops.registry import Registry, RegistryError
 
 SETTINGS_FILE = "bertops_serving.json"
@@ -46,8 +46,13 @@ def validation_summary(report: Path) -> dict:
     if not report.is_file():
         return {"report": str(report), "found": False}
     data = json.loads(report.read_text())
-    return {"report": str(report), "success": data.get("success"), "data_hash": data.get("data_hash"),
-            "expectations": len(data.get("checks", [])), "rows": data.get("rows")}
+    return {
+        "report": str(report),
+        "success": data.get("success"),
+        "data_hash": data.get("data_hash"),
+        "expectations": len(data.get("checks", [])),
+        "rows": data.get("rows"),
+    }
 
 
 def _flat_metadata(lineage: dict) -> dict:
@@ -63,25 +68,33 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
 
     decision = read_gate_decision(config, root)
     if decision.get("approved") is not True:
-        raise GateRejected("the gate rejected this model, so it is not packaged: " + "; ".join(decision.get("reasons", [])))
+        raise GateRejected(
+            "the gate rejected this model, so it is not packaged: " + "; ".join(decision.get("reasons", []))
+        )
     from bertops.models.classifier import candidate_dir, verify_weights
 
     model_dir = candidate_dir(config, root)
     lineage = verify_weights(model_dir)  # damaged or swapped weights are never packaged
     if decision.get("model_sha256") != lineage.get("model_sha256"):
-        raise GateRejected(f"the gate decision is for other weights than {model_dir} holds (it was re-trained "
-                           "since); re-run `bertops evaluate` and `bertops gate`")
+        raise GateRejected(
+            f"the gate decision is for other weights than {model_dir} holds (it was re-trained "
+            "since); re-run `bertops evaluate` and `bertops gate`"
+        )
     evaluation = json.loads((root / config.paths.reports / "evaluate" / "metrics.json").read_text())
     lineage["evaluation"] = evaluation
     lineage["gate"] = decision
-    lineage["validation"] = validation_summary(root / lineage["validation_report"]) if lineage.get("validation_report") else None
+    lineage["validation"] = (
+        validation_summary(root / lineage["validation_report"]) if lineage.get("validation_report") else None
+    )
 
     from bertops.tasks import get_task
 
     task = get_task(config.ingest.task)
     name = config.package.model_name
     # An exception inside this block (a failed export check) discards the half-made store entry.
-    with bentoml.models.create(name, labels={"dataset": config.ingest.dataset}, metadata=_flat_metadata(lineage)) as saved:
+    with bentoml.models.create(
+        name, labels={"dataset": config.ingest.dataset}, metadata=_flat_metadata(lineage)
+    ) as saved:
         shutil.copytree(model_dir, saved.path, dirs_exist_ok=True)
         agreement = task.export_for_serving(config, root, Path(saved.path))
         lineage["serving_export"] = agreement
@@ -90,11 +103,17 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
 
     serving_dir = serving_dir or root / "serving"
     # The service encodes text exactly as `prepare` did for training (the same bertops.encoding module).
-    settings = {"model_tag": model_tag, "task": task.name, "serve": config.serve.model_dump(),
-                "max_length": config.prepare.max_length, "unicode_form": config.prepare.unicode_form,
-                "lowercase": config.prepare.lowercase, "cpu_runtime": agreement["cpu_runtime"],
-                "onnx_files": {k: v["file"] for k, v in agreement["runtimes"].items() if v["passed"]},
-                **task.serving_settings(config)}
+    settings = {
+        "model_tag": model_tag,
+        "task": task.name,
+        "serve": config.serve.model_dump(),
+        "max_length": config.prepare.max_length,
+        "unicode_form": config.prepare.unicode_form,
+        "lowercase": config.prepare.lowercase,
+        "cpu_runtime": agreement["cpu_runtime"],
+        "onnx_files": {k: v["file"] for k, v in agreement["runtimes"].items() if v["passed"]},
+        **task.serving_settings(config),
+    }
     (serving_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     build = yaml.safe_load((serving_dir / "bentofile.yaml").read_text())
     include = list(build.get("include") or [])
@@ -106,15 +125,25 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
             shutil.copyfile(source, serving_dir / bento_name)
         include.append(bento_name)
     bento = bentoml.bentos.build(
-        service=task.service, name=name, version=saved.tag.version, build_ctx=str(serving_dir),
-        include=include, python=build.get("python"), docker=build.get("docker"),
+        service=task.service,
+        name=name,
+        version=saved.tag.version,
+        build_ctx=str(serving_dir),
+        include=include,
+        python=build.get("python"),
+        docker=build.get("docker"),
         labels={"dataset": config.ingest.dataset, "model": model_tag},
     )
     Registry(root / config.paths.registry).register(
-        name, saved.tag.version,
-        {"model_tag": model_tag, "bento_tag": str(bento.tag),
-         "lineage": {k: v for k, v in lineage.items() if k not in ("evaluation", "gate")},
-         "gate": decision, "metrics": evaluation},
+        name,
+        saved.tag.version,
+        {
+            "model_tag": model_tag,
+            "bento_tag": str(bento.tag),
+            "lineage": {k: v for k, v in lineage.items() if k not in ("evaluation", "gate")},
+            "gate": decision,
+            "metrics": evaluation,
+        },
     )
     result = PackageResult(model_tag, str(bento.tag), saved.tag.version)
     out = root / config.paths.reports / "package"
@@ -123,8 +152,9 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     return result
 
 
-def promote(config: Config, root: Path = Path("."), version: str | None = None, reason: str = "",
-            force: bool = False) -> dict:
+def promote(
+    config: Config, root: Path = Path("."), version: str | None = None, reason: str = "", force: bool = False
+) -> dict:
     """Move a version (default: the last packaged one) to `promote.stage`."""
     registry = Registry(root / config.paths.registry)
     name = config.package.model_name
@@ -134,8 +164,13 @@ def promote(config: Config, root: Path = Path("."), version: str | None = None, 
             raise RegistryError("no version given and nothing packaged yet; run `bertops package` or pass VERSION")
         version = json.loads(packaged.read_text())["version"]
     previous = registry.promote(name, version, config.promote.stage, reason=reason, force=force)
-    record = {"model": name, "version": version, "stage": config.promote.stage, "previous": previous,
-              "bento_tag": registry.versions(name)[version]["bento_tag"]}
+    record = {
+        "model": name,
+        "version": version,
+        "stage": config.promote.stage,
+        "previous": previous,
+        "bento_tag": registry.versions(name)[version]["bento_tag"],
+    }
     out = root / config.paths.reports / "promote"
     out.mkdir(parents=True, exist_ok=True)
     (out / "promote.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -165,5 +200,7 @@ def production_model(config: Config, root: Path = Path(".")) -> tuple[str, Path]
     try:
         return version, Path(bentoml.models.get(tag).path)
     except bentoml.exceptions.NotFound:
-        raise RegistryError(f"production model {tag} is missing from the BentoML store "
-                            f"({os.environ.get('BENTOML_HOME', '~/bentoml')}); restore it or promote another version") from None
+        raise RegistryError(
+            f"production model {tag} is missing from the BentoML store "
+            f"({os.environ.get('BENTOML_HOME', '~/bentoml')}); restore it or promote another version"
+        ) from None

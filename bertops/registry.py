@@ -4,9 +4,8 @@ promotion history, in one JSON file.
 Every change happens under an exclusive file lock and is written with an atomic rename, so a
 crash leaves the old or the new state, never a mix, and concurrent promotions serialise.
 """
-from __future__ import annotations
 
-from bertops.errors import BertopsError
+from __future__ import annotations
 
 import contextlib
 import datetime as dt
@@ -15,9 +14,12 @@ import getpass
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from bertops.errors import BertopsError
 
 STAGES = ("candidate", "staging", "production", "archived")
 
@@ -41,7 +43,9 @@ class Registry:
         try:
             return json.loads(self.file.read_text())
         except json.JSONDecodeError as exc:
-            raise RegistryError(f"{self.file} is not valid JSON ({exc.msg}); restore it from a backup or git/DVC") from None
+            raise RegistryError(
+                f"{self.file} is not valid JSON ({exc.msg}); restore it from a backup or git/DVC"
+            ) from None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[dict[str, Any]]:
@@ -77,7 +81,9 @@ class Registry:
             model["versions"][version] = {**record, "stage": "candidate", "registered_at": _now()}
             model["history"].append(_event("register", version, None, "packaged", stage="candidate"))
 
-    def promote(self, name: str, version: str, stage: str = "production", reason: str = "", force: bool = False) -> str | None:
+    def promote(
+        self, name: str, version: str, stage: str = "production", reason: str = "", force: bool = False
+    ) -> str | None:
         """Move `version` to `stage`; the previous production version is archived. Returns it."""
         if stage not in STAGES:
             raise RegistryError(f"unknown stage {stage!r}; choose one of {STAGES}")
@@ -137,14 +143,23 @@ def production_stack(history: list[dict[str, Any]]) -> list[str]:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def _event(action: str, version: str, previous: str | None, reason: str, forced: bool = False,
-           stage: str = "production") -> dict[str, Any]:
+def _event(
+    action: str, version: str, previous: str | None, reason: str, forced: bool = False, stage: str = "production"
+) -> dict[str, Any]:
     try:
         who = getpass.getuser()
     except (KeyError, OSError):
         who = "unknown"
-    return {"action": action, "version": version, "stage": stage, "previous": previous, "reason": reason,
-            "forced": forced, "who": who, "when": _now()}
+    return {
+        "action": action,
+        "version": version,
+        "stage": stage,
+        "previous": previous,
+        "reason": reason,
+        "forced": forced,
+        "who": who,
+        "when": _now(),
+    }

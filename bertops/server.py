@@ -3,9 +3,8 @@
 The endpoint follows the registry at start: it serves the Bento that the registry calls
 production. After `promote`/`rollback`, `bertops serve --detach` restarts it on the new version.
 """
-from __future__ import annotations
 
-from bertops.errors import BertopsError
+from __future__ import annotations
 
 import os
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from bertops.config import Config
+from bertops.errors import BertopsError
 
 
 class ServeError(BertopsError, RuntimeError):
@@ -75,18 +75,28 @@ def start_detached(config: Config, timeout: float = 180) -> str:
     stop(config)
     url = f"http://{config.serve.host}:{config.serve.port}"
     # From an empty folder: the Bento carries everything it serves (nothing is read from here).
-    return _spawn_and_wait(_command(config, bento), url, "/readyz", timeout, pid_path(config), log_path(config),
-                           lambda: stop(config), cwd=tempfile.mkdtemp(prefix="bertops-serve-"))
+    return _spawn_and_wait(
+        _command(config, bento),
+        url,
+        "/readyz",
+        timeout,
+        pid_path(config),
+        log_path(config),
+        lambda: stop(config),
+        cwd=tempfile.mkdtemp(prefix="bertops-serve-"),
+    )
 
 
-def _spawn_and_wait(command: list[str], url: str, probe: str, timeout: float, pid_file: Path, log: Path,
-                    on_failure, **popen) -> str:
+def _spawn_and_wait(
+    command: list[str], url: str, probe: str, timeout: float, pid_file: Path, log: Path, on_failure, **popen
+) -> str:
     """Start `command` in its own session (output to `log`, pid to `pid_file`) and return `url`
     once `probe` answers 200; on failure stop it and say where the log is."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, **popen)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, **popen
+        )
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(str(process.pid))
     try:
@@ -168,17 +178,29 @@ def dashboard_command(config: Config) -> list[str]:
 def dashboard_env(config: Config) -> dict[str, str]:
     """The UI must call the API where this server listens (by default it assumes port 4200)."""
     url = dashboard_url(config)
-    return {**os.environ, "PREFECT_UI_API_URL": f"{url}/api", "PREFECT_SERVER_API_HOST": config.dashboard.host,
-            "PREFECT_SERVER_API_PORT": str(config.dashboard.port), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    return {
+        **os.environ,
+        "PREFECT_UI_API_URL": f"{url}/api",
+        "PREFECT_SERVER_API_HOST": config.dashboard.host,
+        "PREFECT_SERVER_API_PORT": str(config.dashboard.port),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
 
 
 def start_dashboard(config: Config, timeout: float = 120) -> str:
     """Start a local Prefect server + UI in the background; returns its URL once its API answers."""
     pid_file = config.paths.registry / "dashboard.pid"
     stop_process(pid_file, "prefect")
-    return _spawn_and_wait(dashboard_command(config), dashboard_url(config), "/api/health", timeout, pid_file,
-                           config.paths.reports / "dashboard.log", lambda: stop_process(pid_file, "prefect"),
-                           env=dashboard_env(config))
+    return _spawn_and_wait(
+        dashboard_command(config),
+        dashboard_url(config),
+        "/api/health",
+        timeout,
+        pid_file,
+        config.paths.reports / "dashboard.log",
+        lambda: stop_process(pid_file, "prefect"),
+        env=dashboard_env(config),
+    )
 
 
 def stop_dashboard(config: Config) -> str:

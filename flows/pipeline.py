@@ -6,6 +6,7 @@ Two executors run the same stages:
 - `direct`: each task calls the stage's bertops function in-process with the given config
   (a profile and/or dotted overrides); used for tests and quick experiments.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -65,9 +67,18 @@ def _direct(stage: str) -> Callable[[Config, Path], Any]:
             raise GateRejected("gate rejected the model: " + "; ".join(decision.reasons))
         return decision
 
-    return {"ingest": ingest, "validate": validate, "pretrain": pretrain_stage, "prepare": prepare, "finetune": train,
-            "distill": distill_stage, "evaluate": evaluate,
-            "gate": gate_or_raise, "package": package, "promote": promote_and_follow}[stage]
+    return {
+        "ingest": ingest,
+        "validate": validate,
+        "pretrain": pretrain_stage,
+        "prepare": prepare,
+        "finetune": train,
+        "distill": distill_stage,
+        "evaluate": evaluate,
+        "gate": gate_or_raise,
+        "package": package,
+        "promote": promote_and_follow,
+    }[stage]
 
 
 def _stream(args: list[str], cwd: Path, env: dict) -> tuple[int, str]:
@@ -125,18 +136,33 @@ def _stage_task(stage: str, retries: int = 0, doc: str = "", retry_condition=Non
         return stage, seconds, outcome
 
     run.__doc__ = doc
-    return task(name=stage, retries=retries, retry_delay_seconds=exponential_backoff(backoff_factor=5) if retries else 0,
-                retry_condition_fn=retry_condition, cache_policy=NO_CACHE)(run)
+    return task(
+        name=stage,
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=5) if retries else 0,
+        retry_condition_fn=retry_condition,
+        cache_policy=NO_CACHE,
+    )(run)
 
 
 def _transient(task, task_run, state) -> bool:
     """Retry only what a retry can fix: I/O and connection trouble, not a bad corpus or a rejection."""
     try:
         state.result()
-    except (PipelineError,) as exc:
+    except PipelineError as exc:
         text = str(exc).lower()
-        return any(word in text for word in ("connection", "timed out", "timeout", "unreachable", "temporarily",
-                                             "could not be loaded", "ray"))
+        return any(
+            word in text
+            for word in (
+                "connection",
+                "timed out",
+                "timeout",
+                "unreachable",
+                "temporarily",
+                "could not be loaded",
+                "ray",
+            )
+        )
     except (OSError, ConnectionError, TimeoutError):
         return True
     except Exception:
@@ -144,25 +170,51 @@ def _transient(task, task_run, state) -> bool:
     return False
 
 
-ingest_task = _stage_task("ingest", retries=3, retry_condition=_transient,
-                          doc="Copy the corpus into data/raw (retried with backoff when the source is unreachable).")
+ingest_task = _stage_task(
+    "ingest",
+    retries=3,
+    retry_condition=_transient,
+    doc="Copy the corpus into data/raw (retried with backoff when the source is unreachable).",
+)
 validate_task = _stage_task("validate", doc="Great Expectations suite; a failure ends the run (no retry).")
-pretrain_task = _stage_task("pretrain", retries=2, retry_condition=_transient,
-                            doc="BERT pretraining (MLM + NSP) when pretrain.enabled; finetune then starts from it "
-                                "(retried on connection trouble, resuming from its checkpoint).")
+pretrain_task = _stage_task(
+    "pretrain",
+    retries=2,
+    retry_condition=_transient,
+    doc="BERT pretraining (MLM + NSP) when pretrain.enabled; finetune then starts from it "
+    "(retried on connection trouble, resuming from its checkpoint).",
+)
 prepare_task = _stage_task("prepare", doc="Normalise, de-duplicate, split, tokenize.")
-finetune_task = _stage_task("finetune", retries=2, retry_condition=_transient,
-                            doc="Fine-tune the encoder (this process or Ray workers; retried on connection trouble, "
-                                "resuming from its checkpoint).")
-distill_task = _stage_task("distill", retries=2, retry_condition=_transient,
-                           doc="Knowledge distillation into a smaller student when distill.enabled; evaluate, gate "
-                               "and package then judge and ship the student.")
+finetune_task = _stage_task(
+    "finetune",
+    retries=2,
+    retry_condition=_transient,
+    doc="Fine-tune the encoder (this process or Ray workers; retried on connection trouble, "
+    "resuming from its checkpoint).",
+)
+distill_task = _stage_task(
+    "distill",
+    retries=2,
+    retry_condition=_transient,
+    doc="Knowledge distillation into a smaller student when distill.enabled; evaluate, gate "
+    "and package then judge and ship the student.",
+)
 evaluate_task = _stage_task("evaluate", doc="Metrics, slices, behaviour, serving cost, champion comparison.")
 gate_task = _stage_task("gate", doc="Approve or reject against the policy in params.yaml (no retry).")
 package_task = _stage_task("package", doc="ONNX export + checks, BentoML model + Bento; registry candidate.")
 promote_task = _stage_task("promote", doc="Registry: the new version becomes production; the endpoint follows.")
-TASKS = (ingest_task, validate_task, pretrain_task, prepare_task, finetune_task, distill_task, evaluate_task, gate_task,
-         package_task, promote_task)
+TASKS = (
+    ingest_task,
+    validate_task,
+    pretrain_task,
+    prepare_task,
+    finetune_task,
+    distill_task,
+    evaluate_task,
+    gate_task,
+    package_task,
+    promote_task,
+)
 
 
 @task(name="check-for-changes", cache_policy=NO_CACHE)
@@ -211,24 +263,40 @@ def run_summary(config: Config, root: Path, timings, started: float) -> str:
     validation, metrics = read("validate/report.json"), read("evaluate/metrics.json")
     decision, promoted = read("gate/decision.json"), read("promote/promote.json")
     lines = [
-        f"# bertops run: {config.ingest.dataset}", "",
+        f"# bertops run: {config.ingest.dataset}",
+        "",
         f"- data version (sha256): `{validation.get('data_hash', '?')}`",
         f"- validation: {('passed' if validation.get('success') else 'FAILED') if validation else 'not reached'} "
         f"({len(validation.get('checks', []))} expectations, rows {validation.get('rows')})",
-        "- eval metrics: " + (", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "macro_f1", "ece", "entity_f1",
-                                                                          "exact_match", "f1") if k in metrics)
-                              or "not reached"),
+        "- eval metrics: "
+        + (
+            ", ".join(
+                f"{k} {metrics[k]:.4f}"
+                for k in ("accuracy", "macro_f1", "ece", "entity_f1", "exact_match", "f1")
+                if k in metrics
+            )
+            or "not reached"
+        ),
         f"- gate: {('approved' if decision.get('approved') else 'rejected') if decision else 'not reached'} "
         f"{decision.get('reasons') or ''}",
         f"- promoted: {promoted.get('model', '-')}:{promoted.get('version', '-')} -> {promoted.get('stage', '-')}",
-        "", "## Stage timings", "", timing_table(timings),
+        "",
+        "## Stage timings",
+        "",
+        timing_table(timings),
     ]
     return "\n".join(lines) + "\n"
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(params: str = "params.yaml", profile: str | None = None, overrides: list[str] | None = None,
-            executor: str = "auto", root: str = ".", force: bool = False):
+def retrain(
+    params: str = "params.yaml",
+    profile: str | None = None,
+    overrides: list[str] | None = None,
+    executor: str = "auto",
+    root: str = ".",
+    force: bool = False,
+):
     """ingest -> validate -> pretrain? -> prepare -> finetune -> distill? -> evaluate -> gate -> package -> promote
     (? = when enabled in params.yaml).
 
@@ -246,8 +314,11 @@ def retrain(params: str = "params.yaml", profile: str | None = None, overrides: 
     if executor == "auto":
         executor = "dvc" if plain and Path(root, "dvc.yaml").is_file() else "direct"
     if executor == "dvc" and not plain:
-        raise PipelineError("run", "the dvc executor reads params.yaml only; edit it, or use --executor direct "
-                                   "for another params file, a profile or overrides")
+        raise PipelineError(
+            "run",
+            "the dvc executor reads params.yaml only; edit it, or use --executor direct "
+            "for another params file, a profile or overrides",
+        )
     started = time.time()
     ctx = RunContext(params, profile, overrides, executor, root)
     config = ctx.config()
@@ -263,27 +334,46 @@ def retrain(params: str = "params.yaml", profile: str | None = None, overrides: 
                 changes = changes_task(ctx)
                 if not changes:
                     message = "no change: data, config and code are as in the last successful run; nothing to do"
-                    create_markdown_artifact(key="bertops-run-summary", markdown=f"# bertops run: no change\n\n{message}\n",
-                                             description=f"bertops retrain on {config.ingest.dataset}")
-                    return Completed(name="No change", message=message,
-                                     data={"ok": True, "executor": executor, "changed": {}, "timings": []})
+                    create_markdown_artifact(
+                        key="bertops-run-summary",
+                        markdown=f"# bertops run: no change\n\n{message}\n",
+                        description=f"bertops retrain on {config.ingest.dataset}",
+                    )
+                    return Completed(
+                        name="No change",
+                        message=message,
+                        data={"ok": True, "executor": executor, "changed": {}, "timings": []},
+                    )
                 logger.info("changed since the last run: %s", ", ".join(sorted(changes)))
             for stage_task in TASKS:
                 timings.append(stage_task(ctx))
         except Exception as exc:
-            notify(config.notify, "failure", str(exc)[:2000], dataset=config.ingest.dataset,
-                   stage=getattr(exc, "stage", None))
+            notify(
+                config.notify,
+                "failure",
+                str(exc)[:2000],
+                dataset=config.ingest.dataset,
+                stage=getattr(exc, "stage", None),
+            )
             raise
         finally:
             table = timing_table(timings)
             if timings:
-                create_markdown_artifact(key="bertops-run-summary", markdown=run_summary(config, Path(root), timings, started),
-                                         description=f"bertops retrain on {config.ingest.dataset}")
+                create_markdown_artifact(
+                    key="bertops-run-summary",
+                    markdown=run_summary(config, Path(root), timings, started),
+                    description=f"bertops retrain on {config.ingest.dataset}",
+                )
                 print(table)
         if timings[-1][2] == "ran":  # not when DVC found the promotion already done
             promoted = json.loads((Path(root) / config.paths.reports / "promote" / "promote.json").read_text())
-            notify(config.notify, "promotion", f"{promoted['model']}:{promoted['version']} is now {promoted['stage']} "
-                   f"(was {promoted.get('previous') or 'none'})", **promoted)
+            notify(
+                config.notify,
+                "promotion",
+                f"{promoted['model']}:{promoted['version']} is now {promoted['stage']} "
+                f"(was {promoted.get('previous') or 'none'})",
+                **promoted,
+            )
         return {"ok": True, "executor": executor, "timings": timings, "timing_table": table}
 
 

@@ -46,12 +46,21 @@ class Metrics:
     def __init__(self) -> None:
         from prometheus_client import Counter, Histogram
 
-        self.requests = Counter("bertops_requests_total", "HTTP requests by endpoint and outcome",
-                                ["endpoint", "outcome"])
-        self.batch_size = Histogram("bertops_batch_size", "texts per model call (after adaptive batching)",
-                                    ["endpoint"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.inference = Histogram("bertops_inference_seconds", "seconds per model call", ["endpoint"],
-                                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.requests = Counter(
+            "bertops_requests_total", "HTTP requests by endpoint and outcome", ["endpoint", "outcome"]
+        )
+        self.batch_size = Histogram(
+            "bertops_batch_size",
+            "texts per model call (after adaptive batching)",
+            ["endpoint"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+        self.inference = Histogram(
+            "bertops_inference_seconds",
+            "seconds per model call",
+            ["endpoint"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
         self.truncated = Counter("bertops_truncated_texts_total", "texts truncated to the model's max length")
 
     def observe(self, endpoint: str, batch: int, seconds: float, truncated: int = 0) -> None:
@@ -89,12 +98,21 @@ def guard(settings: dict, route: str):
             path = scope.get("path", "")
             endpoint = path if path in (*API_PATHS, *OPEN_PATHS, route) else "other"
             if self.token is not None and path not in OPEN_PATHS and not self._authorized(scope):
-                return await _refuse(send, endpoint, 401, "missing or wrong bearer token: send 'Authorization: Bearer "
-                                                          "<token>'", [(b"www-authenticate", b"Bearer")])
+                return await _refuse(
+                    send,
+                    endpoint,
+                    401,
+                    "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                    [(b"www-authenticate", b"Bearer")],
+                )
             if scope.get("method") == "POST" and path in (*TASK_ROUTES, route, "/embed"):
                 if not _is_json(scope):
-                    return await _refuse(send, endpoint, 415, "send the texts as JSON with 'Content-Type: "
-                                                              'application/json\', e.g. {"texts": ["a text"]}')
+                    return await _refuse(
+                        send,
+                        endpoint,
+                        415,
+                        'send the texts as JSON with \'Content-Type: application/json\', e.g. {"texts": ["a text"]}',
+                    )
                 if path in TASK_ROUTES and path != route:
                     return await _refuse(send, endpoint, 400, f"this is a {settings['task']} model: POST {route}")
             status = {}
@@ -119,8 +137,13 @@ def guard(settings: dict, route: str):
 
 async def _refuse(send, endpoint: str, status: int, message: str, headers: list | None = None) -> None:
     metrics().requests.labels(endpoint, f"{status // 100}xx").inc()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), *(headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *(headers or [])],
+        }
+    )
     await send({"type": "http.response.body", "body": json.dumps({"error": message}).encode()})
 
 
@@ -160,14 +183,22 @@ class Engine:
         if runtime == "auto":
             runtime = "torch" if self.device == "cuda" else settings["cpu_runtime"]
         if runtime != "torch" and runtime not in settings["onnx_files"]:
-            raise RuntimeError(f"runtime {runtime!r} is not servable for this model: it is unknown or failed its "
-                               f"agreement check at package time (servable: torch, {', '.join(settings['onnx_files'])})")
+            raise RuntimeError(
+                f"runtime {runtime!r} is not servable for this model: it is unknown or failed its "
+                f"agreement check at package time (servable: torch, {', '.join(settings['onnx_files'])})"
+            )
         self.runtime = runtime
         self.config = AutoConfig.from_pretrained(path, trust_remote_code=True)
         if runtime == "torch":
-            self.model = head.from_pretrained(
-                path, trust_remote_code=True, attn_implementation="sdpa"  # the head's code is inside the folder
-            ).to(self.device).eval()
+            self.model = (
+                head.from_pretrained(
+                    path,
+                    trust_remote_code=True,
+                    attn_implementation="sdpa",  # the head's code is inside the folder
+                )
+                .to(self.device)
+                .eval()
+            )
             self.dtype = None
             if self.device == "cuda":
                 self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -182,10 +213,13 @@ class Engine:
     def encode(self, inputs: list):
         """Texts, or [first, second] pairs -> (model feeds, which inputs were cut): normalised and
         truncated by `bertops_encoding`, exactly as `prepare` did for training."""
-        normalised = [encoding.normalize_input(x, self.settings["unicode_form"], self.settings["lowercase"])
-                      for x in inputs]
+        normalised = [
+            encoding.normalize_input(x, self.settings["unicode_form"], self.settings["lowercase"]) for x in inputs
+        ]
         encoded = encoding.encode(self.tokenizer, normalised, self.max_length)
-        return encoding.to_feeds(encoded.input_ids, encoded.token_type_ids, self.tokenizer.pad_token_id), encoded.truncated
+        return encoding.to_feeds(
+            encoded.input_ids, encoded.token_type_ids, self.tokenizer.pad_token_id
+        ), encoded.truncated
 
     def run(self, feeds: dict, output: str = "logits"):
         """output: "logits" or "embedding" (mean of the encoder's token states)."""

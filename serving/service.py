@@ -39,8 +39,11 @@ from pydantic import BaseModel, Field
 
 with bentoml.importing():
     import numpy as np
-    from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
-                              AutoModelForTokenClassification)
+    from transformers import (
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
 SETTINGS = engine.load_settings()
 SERVE = SETTINGS["serve"]
@@ -82,11 +85,17 @@ class Endpoint:
         _running["service"] = self
 
     def describe(self) -> dict:
-        return {"model_version": self.version, "runtime": self.engine.runtime, "labels": self.labels,
-                "max_length": self.engine.max_length, "max_texts_per_request": SERVE["max_texts_per_request"],
-                "input": "[first, second] sentence pairs" if PAIRS else "texts", "task": self.settings["task"],
-                "embedding_normalized": SERVE["normalize_embeddings"],
-                "lineage": {k: v for k, v in self.lineage.items() if k != "params"}}
+        return {
+            "model_version": self.version,
+            "runtime": self.engine.runtime,
+            "labels": self.labels,
+            "max_length": self.engine.max_length,
+            "max_texts_per_request": SERVE["max_texts_per_request"],
+            "input": "[first, second] sentence pairs" if PAIRS else "texts",
+            "task": self.settings["task"],
+            "embedding_normalized": SERVE["normalize_embeddings"],
+            "lineage": {k: v for k, v in self.lineage.items() if k != "params"},
+        }
 
     def _infer(self, endpoint: str, inputs: list, output: str):
         started = time.perf_counter()
@@ -101,8 +110,15 @@ class Endpoint:
         vectors, truncated = self._infer("/embed", texts, "embedding")
         if SERVE["normalize_embeddings"]:
             vectors = vectors / np.clip(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12, None)
-        return [{"embedding": [round(float(x), 6) for x in v], "model_version": self.version, "truncated": cut,
-                 "normalized": SERVE["normalize_embeddings"]} for v, cut in zip(vectors, truncated)]
+        return [
+            {
+                "embedding": [round(float(x), 6) for x in v],
+                "model_version": self.version,
+                "truncated": cut,
+                "normalized": SERVE["normalize_embeddings"],
+            }
+            for v, cut in zip(vectors, truncated)
+        ]
 
 
 # A sentence-pair model (e.g. RTE) classifies [first, second] pairs; anything else is a 400 from
@@ -128,8 +144,10 @@ class Classification(Endpoint):
         """Label and per-label probabilities for each text, or each [first, second] pair for a
         sentence-pair model (the model version answers too)."""
         logits, truncated = self._infer("/classify", [tuple(t) if isinstance(t, list) else t for t in texts], "logits")
-        return [{**self.core.answer(p, self.labels), "model_version": self.version, "truncated": cut}
-                for p, cut in zip(self.core.softmax(logits), truncated)]
+        return [
+            {**self.core.answer(p, self.labels), "model_version": self.version, "truncated": cut}
+            for p, cut in zip(self.core.softmax(logits), truncated)
+        ]
 
 
 @bentoml.service(name="bertops", traffic={"timeout": 60}, workers=SERVE["workers"])
@@ -149,9 +167,14 @@ class TokenTagging(Endpoint):
         """Named entities in each raw text: type, surface text, [start, end) character offsets, score."""
         started = time.perf_counter()
         words = [self.core.split_words(t) for t in texts]
-        encoded = self.engine.tokenizer([[w for w, _, _ in row] or [""] for row in words], is_split_into_words=True,
-                                        truncation=True, max_length=self.engine.max_length, padding=True,
-                                        return_tensors="np")
+        encoded = self.engine.tokenizer(
+            [[w for w, _, _ in row] or [""] for row in words],
+            is_split_into_words=True,
+            truncation=True,
+            max_length=self.engine.max_length,
+            padding=True,
+            return_tensors="np",
+        )
         word_ids = [encoded.word_ids(i) for i in range(len(texts))]
         truncated = [len({w for w in ids if w is not None}) < len(row) for ids, row in zip(word_ids, words)]
         feeds = {k: encoded[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -162,8 +185,13 @@ class TokenTagging(Endpoint):
             ids, scores = self.core.word_scores(row, ids_of_words, num_words=len(row_words))
             tags = [self.labels[i] for i in ids]
             entities = self.core.spans_to_entities(text, row_words, tags, scores) if row_words else []
-            out.append({"entities": [{**e, "score": round(e["score"], 6)} for e in entities],
-                        "model_version": self.version, "truncated": cut})
+            out.append(
+                {
+                    "entities": [{**e, "score": round(e["score"], 6)} for e in entities],
+                    "model_version": self.version,
+                    "truncated": cut,
+                }
+            )
         return out
 
 
@@ -185,17 +213,34 @@ class QuestionAnswering(Endpoint):
         started = time.perf_counter()
         settings = self.settings
         examples = [self.core.QAExample(str(i), "", q.context, q.question, []) for i, q in enumerate(questions)]
-        features = self.core.build_features(self.engine.tokenizer, examples, self.engine.max_length,
-                                            settings["doc_stride"], settings["max_query_length"], training=False)
-        feeds = engine.encoding.to_feeds([f["input_ids"] for f in features], [f["token_type_ids"] for f in features],
-                                         self.engine.tokenizer.pad_token_id)
+        features = self.core.build_features(
+            self.engine.tokenizer,
+            examples,
+            self.engine.max_length,
+            settings["doc_stride"],
+            settings["max_query_length"],
+            training=False,
+        )
+        feeds = engine.encoding.to_feeds(
+            [f["input_ids"] for f in features],
+            [f["token_type_ids"] for f in features],
+            self.engine.tokenizer.pad_token_id,
+        )
         out = self.engine.forward(feeds)
         starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
-        predictions = self.core.postprocess(examples, features, list(starts), list(ends),
-                                            max_answer_length=settings["max_answer_tokens"])
+        predictions = self.core.postprocess(
+            examples, features, list(starts), list(ends), max_answer_length=settings["max_answer_tokens"]
+        )
         engine.metrics().observe("/answer", len(questions), time.perf_counter() - started)
-        return [{**predictions[e.id], "score": round(predictions[e.id]["score"], 6), "model_version": self.version,
-                 "windows": sum(f["example_index"] == i for f in features)} for i, e in enumerate(examples)]
+        return [
+            {
+                **predictions[e.id],
+                "score": round(predictions[e.id]["score"], 6),
+                "model_version": self.version,
+                "windows": sum(f["example_index"] == i for f in features),
+            }
+            for i, e in enumerate(examples)
+        ]
 
 
 for _service in (Classification, TokenTagging, QuestionAnswering):

@@ -1,5 +1,6 @@
 """Shared test setup: offline hub, isolated BentoML/Prefect homes, the real datasets, and a
 smoke-profile config factory rooted in a temporary workspace."""
+
 from __future__ import annotations
 
 import os
@@ -12,18 +13,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Before any library import reads them: never reach a hub, no telemetry, isolated stores.
 _HOME = Path(tempfile.mkdtemp(prefix="bertops-tests-"))
-os.environ.update({
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "BENTOML_HOME": str(_HOME / "bentoml"),
-    "BENTOML_DO_NOT_TRACK": "true",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-})
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "GX_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "BENTOML_HOME": str(_HOME / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+)
 
 
 def datasets_root() -> Path:
@@ -48,9 +51,13 @@ def smoke_config(overrides: list[str] = (), profile: bool = True):
     """params.yaml + configs/smoke.yaml + overrides; the SST-2 search path points at the datasets."""
     from bertops.config import load_config
 
-    base = [f"ingest.search_paths=['{datasets_root() / 'sst2'}']",
-            f"evaluate.behaviour={REPO / 'data' / 'behaviour' / 'sst2.yaml'}"]
-    return load_config(REPO / "params.yaml", REPO / "configs" / "smoke.yaml" if profile else None, base + list(overrides))
+    base = [
+        f"ingest.search_paths=['{datasets_root() / 'sst2'}']",
+        f"evaluate.behaviour={REPO / 'data' / 'behaviour' / 'sst2.yaml'}",
+    ]
+    return load_config(
+        REPO / "params.yaml", REPO / "configs" / "smoke.yaml" if profile else None, base + list(overrides)
+    )
 
 
 @pytest.fixture()

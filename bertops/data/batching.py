@@ -4,6 +4,7 @@ Texts are shuffled, cut into pools of `bucket_size` batches, each pool sorted by
 into batches, and the batches shuffled again: batches hold similar lengths (little padding) yet
 the order stays random from epoch to epoch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,10 +41,10 @@ def shard(batches: list[np.ndarray], rank: int, world_size: int) -> list[np.ndar
 
 @dataclass
 class Batch:
-    input_ids: torch.Tensor        # (B, T) int64, padded with pad_id
-    attention_mask: torch.Tensor   # (B, T) int64, 1 = real token
-    labels: torch.Tensor | None    # (B,) int64
-    token_type_ids: torch.Tensor | None = None   # (B, T): 0 = first segment, 1 = second (sentence pairs)
+    input_ids: torch.Tensor  # (B, T) int64, padded with pad_id
+    attention_mask: torch.Tensor  # (B, T) int64, 1 = real token
+    labels: torch.Tensor | None  # (B,) int64
+    token_type_ids: torch.Tensor | None = None  # (B, T): 0 = first segment, 1 = second (sentence pairs)
 
     def to(self, device: torch.device) -> Batch:
         return Batch(

@@ -13,8 +13,8 @@ import pandas as pd
 class Check:
     """One expectation on one table: `kind` is the GX expectation class name."""
 
-    table: str                  # "train", "eval" or SHARE_TABLE
-    name: str                   # short user-facing name, e.g. "labels inside the label set"
+    table: str  # "train", "eval" or SHARE_TABLE
+    name: str  # short user-facing name, e.g. "labels inside the label set"
     kind: str
     kwargs: dict[str, Any]
 
@@ -40,7 +40,9 @@ def offending_examples(frame: pd.DataFrame, indices: list[Any], columns: list[st
         for column in columns:
             if column in frame.columns:
                 value = frame.at[index, column]
-                value = value.item() if hasattr(value, "item") and not isinstance(value, str) else value  # numpy scalars
+                value = (
+                    value.item() if hasattr(value, "item") and not isinstance(value, str) else value
+                )  # numpy scalars
                 record[column] = value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
         rows.append(record)
     return rows

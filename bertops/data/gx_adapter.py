@@ -2,6 +2,7 @@
 through checkpoints in a file-backed context (so Data Docs HTML is written), and hands back
 plain `CheckResult`s. The only module that imports great_expectations.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,7 +44,9 @@ def run_checks(
             continue
         suite = gx.ExpectationSuite(name=f"corpus-{table}")
         for i, check in table_checks:
-            expectation = getattr(gx.expectations, check.kind)(**check.kwargs, meta={"bertops_check": i, "name": check.name})
+            expectation = getattr(gx.expectations, check.kind)(
+                **check.kwargs, meta={"bertops_check": i, "name": check.name}
+            )
             suite.add_expectation(expectation)
         suite = context.suites.add(suite)
         batch = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe(table)

@@ -5,6 +5,7 @@ A task's `prepare` normalises, de-duplicates, splits (leak-free) and tokenizes i
 the helpers here: the validation guard, stratified splits and samples, token statistics (a DVC
 metric), the reports, and `load_prepared` for the stages after it.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,22 +58,30 @@ def subsample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
 def sample_splits(splits: dict[str, list], prep) -> None:
     """In place: a reproducible sample of each split, in file order (smoke runs of the list-based
     tasks): train to prep.max_train_rows, validation and eval to prep.max_eval_rows; 0 = keep all."""
-    for split, rows in (("train", prep.max_train_rows), ("validation", prep.max_eval_rows), ("eval", prep.max_eval_rows)):
+    for split, rows in (
+        ("train", prep.max_train_rows),
+        ("validation", prep.max_eval_rows),
+        ("eval", prep.max_eval_rows),
+    ):
         if rows and len(splits[split]) > rows:
             keep = sorted(np.random.default_rng(prep.seed).choice(len(splits[split]), rows, replace=False))
             splits[split] = [splits[split][i] for i in keep]
 
 
-def write_prepare_reports(config: Config, root: Path, out_dir: Path, splits: dict[str, list], stats: dict,
-                          extra: dict | None = None) -> PrepareResult:
+def write_prepare_reports(
+    config: Config, root: Path, out_dir: Path, splits: dict[str, list], stats: dict, extra: dict | None = None
+) -> PrepareResult:
     """The prepare reports of the list-based tasks (NER, QA): rows, token statistics, a plot file."""
     rows = {split: len(items) for split, items in splits.items()}
     result = PrepareResult(str(out_dir), rows, {split: 0 for split in splits}, 0, stats)
     reports = root / config.paths.reports / "prepare"
     reports.mkdir(parents=True, exist_ok=True)
-    (reports / "token_stats.json").write_text(json.dumps({"rows": rows, **(extra or {}), "tokens": stats}, indent=2) + "\n")
+    (reports / "token_stats.json").write_text(
+        json.dumps({"rows": rows, **(extra or {}), "tokens": stats}, indent=2) + "\n"
+    )
     pd.DataFrame([{"split": s, "tokens": 0, "examples": n} for s, n in rows.items()]).to_csv(
-        reports / "token_lengths.csv", index=False)
+        reports / "token_lengths.csv", index=False
+    )
     (reports / "prepare.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
 
@@ -105,7 +114,9 @@ def require_validated(config: Config, root: Path, data_hash: str) -> None:
     if report.get("data_hash") != data_hash:
         raise ValidationFailedBefore("the raw corpus changed since it was validated; run `bertops validate` again")
     if not report.get("success"):
-        raise ValidationFailedBefore(f"the corpus failed validation (see {path}); fix the data and re-run `bertops validate`")
+        raise ValidationFailedBefore(
+            f"the corpus failed validation (see {path}); fix the data and re-run `bertops validate`"
+        )
 
 
 def load_prepared(config: Config, root: Path = Path(".")) -> tuple[dict[str, pd.DataFrame], dict[int, str], dict]:

@@ -4,9 +4,8 @@
 Raw files are copied byte for byte, so that `validate` sees exactly what the source held
 (bad encodings included) and DVC versions the real input.
 """
-from __future__ import annotations
 
-from bertops.errors import BertopsError
+from __future__ import annotations
 
 import csv
 import io
@@ -21,6 +20,7 @@ import pandas as pd
 
 from bertops.atomic import replace_dir
 from bertops.config import Config, IngestConfig
+from bertops.errors import BertopsError
 from bertops.lineage import files_sha256
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -35,10 +35,10 @@ class DataSourceError(BertopsError, RuntimeError):
 @dataclass(frozen=True)
 class IngestResult:
     dataset: str
-    source: str            # where the corpus came from (folder, file or hub id)
+    source: str  # where the corpus came from (folder, file or hub id)
     out_dir: str
     files: dict[str, str]  # split -> file name inside out_dir
-    data_hash: str         # sha256 over the raw files (content version of the corpus)
+    data_hash: str  # sha256 over the raw files (content version of the corpus)
 
 
 def file_format(path: Path) -> str:
@@ -103,8 +103,7 @@ def find_split_files(folder: Path) -> dict[str, Path]:
                 break
     if "train" not in found:
         raise DataSourceError(
-            f"{folder}: no train file; expected train.csv/tsv/jsonl/parquet "
-            "(and optionally dev/eval/validation/test.*)"
+            f"{folder}: no train file; expected train.csv/tsv/jsonl/parquet (and optionally dev/eval/validation/test.*)"
         )
     return found
 
@@ -135,8 +134,10 @@ def named_files(folder: Path, files: dict[str, str]) -> dict[str, Path]:
     """The split files `ingest.files` names, all of which must exist."""
     missing = [name for name in files.values() if not (folder / name).is_file()]
     if missing:
-        raise DataSourceError(f"{folder}: no {', '.join(missing)} (named by ingest.files {files}); fix ingest.files "
-                              "or point ingest.search_paths / ingest.path at the folder holding them")
+        raise DataSourceError(
+            f"{folder}: no {', '.join(missing)} (named by ingest.files {files}); fix ingest.files "
+            "or point ingest.search_paths / ingest.path at the folder holding them"
+        )
     if "train" not in files:
         raise DataSourceError(f"ingest.files {files} names no train file; add train: <file name>")
     return {split: folder / name for split, name in files.items()}
@@ -224,8 +225,12 @@ def source_unchanged(config: Config, root: Path = Path(".")) -> bool:
     files = json.loads((out_dir / MANIFEST).read_text()).get("files", {})
     if set(files) != set(local):
         return False
-    return all(files[split] == f"{split}{src.suffix.lower()}" and (out_dir / files[split]).is_file()
-               and file_sha256(src) == file_sha256(out_dir / files[split]) for split, src in local.items())
+    return all(
+        files[split] == f"{split}{src.suffix.lower()}"
+        and (out_dir / files[split]).is_file()
+        and file_sha256(src) == file_sha256(out_dir / files[split])
+        for split, src in local.items()
+    )
 
 
 def raw_manifest(config: Config, root: Path = Path(".")) -> tuple[Path, dict]:

@@ -4,19 +4,19 @@ Each task declares its checks as plain `Check` records (readable and testable) o
 (`Task.validation_suite`); this stage runs them through `bertops.data.gx_adapter`, writes the
 report and Data Docs, and fails naming every broken expectation with example rows.
 """
-from __future__ import annotations
 
-from bertops.errors import BertopsError
+from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from bertops.config import Config
 from bertops.data.checks import Check, CheckResult
+from bertops.errors import BertopsError
+
 
 class ValidationFailed(BertopsError, RuntimeError):
     """The corpus broke at least one expectation; the message names each one."""
@@ -44,7 +44,9 @@ class ValidationReport:
             return f"corpus {self.dataset!r}: all {len(self.checks)} expectations passed ({self.rows})"
         lines = [f"corpus {self.dataset!r} failed {len(self.failures)} of {len(self.checks)} expectations:"]
         for check in self.failures:
-            detail = f"{check.unexpected_count} offending rows" if check.unexpected_count else f"observed {check.observed}"
+            detail = (
+                f"{check.unexpected_count} offending rows" if check.unexpected_count else f"observed {check.observed}"
+            )
             lines.append(f"  - [{check.table}] {check.name} ({check.expectation}): {detail}")
             for example in check.examples:
                 lines.append(f"      {json.dumps(example, ensure_ascii=False)[:200]}")
@@ -72,9 +74,9 @@ class ValidationSuite:
     checks: list[Check]
     tables: dict[str, pd.DataFrame]
     example_columns: list[str]
-    rows: dict[str, int]                       # rows per split, for the report
-    data_hash: str                             # the raw corpus's hash (from the ingest manifest)
-    extra_results: list[CheckResult] = field(default_factory=list)   # rules decided outside GX
+    rows: dict[str, int]  # rows per split, for the report
+    data_hash: str  # the raw corpus's hash (from the ingest manifest)
+    extra_results: list[CheckResult] = field(default_factory=list)  # rules decided outside GX
 
 
 def verdict(dataset: str, data_hash: str, results: list[CheckResult], rows: dict[str, int]) -> ValidationReport:
@@ -98,13 +100,21 @@ def validate(config: Config, root: Path = Path(".")) -> ValidationReport:
         suite = get_task(config.ingest.task).validation_suite(config, root)
     except CorpusUnreadable as exc:  # e.g. a CoNLL row with the wrong column count: named by file and line
         manifest = json.loads((root / config.paths.raw / config.ingest.dataset / "manifest.json").read_text())
-        report = verdict(config.ingest.dataset, manifest["data_hash"],
-                         [CheckResult("files", exc.rule, "parse", False, observed=str(exc.error))], {})
+        report = verdict(
+            config.ingest.dataset,
+            manifest["data_hash"],
+            [CheckResult("files", exc.rule, "parse", False, observed=str(exc.error))],
+            {},
+        )
         _write(report, out_dir)
         raise ValidationFailed(report) from None
-    results, docs = gx_adapter.run_checks(suite.checks, suite.tables, out_dir / "gx",
-                                          example_columns=suite.example_columns,
-                                          examples_per_failure=config.validate_.examples_per_failure)
+    results, docs = gx_adapter.run_checks(
+        suite.checks,
+        suite.tables,
+        out_dir / "gx",
+        example_columns=suite.example_columns,
+        examples_per_failure=config.validate_.examples_per_failure,
+    )
     report = verdict(config.ingest.dataset, suite.data_hash, results + suite.extra_results, suite.rows)
     report.data_docs = str(docs) if docs else None
     _write(report, out_dir)

@@ -9,18 +9,20 @@ Three kinds of case, all in a YAML file in the repo (see data/behaviour/sst2.yam
 
 The perturbations are deterministic (seeded by the text), so a report is reproducible.
 """
-from __future__ import annotations
 
-from bertops.errors import BertopsError
+from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bertops.errors import BertopsError
 
 MAX_FAILURES_SHOWN = 10
 
@@ -70,8 +72,10 @@ class BehaviourCases(_Strict):
 
 def load_cases(path: Path) -> BehaviourCases:
     if not path.is_file():
-        raise BehaviourCasesError(f"behavioural cases file {path} not found; set evaluate.behaviour to a file "
-                                  "(see data/behaviour/sst2.yaml) or to null")
+        raise BehaviourCasesError(
+            f"behavioural cases file {path} not found; set evaluate.behaviour to a file "
+            "(see data/behaviour/sst2.yaml) or to null"
+        )
     try:
         cases = BehaviourCases.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     except yaml.YAMLError as exc:
@@ -94,12 +98,16 @@ def perturb(text: str, kind: str, names: list[str], source: Path | str = "cases"
     rng = np.random.default_rng(_seed(text))
     if kind == "typo":
         # Inner positions i (first and last letter kept) where swapping i and i+1 changes the word.
-        spots = [i for w in re.finditer(r"[A-Za-z]{4,}", text) for i in range(w.start() + 1, w.end() - 2)
-                 if text[i] != text[i + 1]]
+        spots = [
+            i
+            for w in re.finditer(r"[A-Za-z]{4,}", text)
+            for i in range(w.start() + 1, w.end() - 2)
+            if text[i] != text[i + 1]
+        ]
         if not spots:
             raise BehaviourCasesError(f"{source}: typo case {text!r} has no word of 4+ letters to perturb")
         i = spots[int(rng.integers(len(spots)))]
-        return text[:i] + text[i + 1] + text[i] + text[i + 2:]
+        return text[:i] + text[i + 1] + text[i] + text[i + 2 :]
     pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b")
     found = pattern.findall(text)
     if not found:
@@ -112,29 +120,49 @@ def run_behaviour(cases: BehaviourCases, predict: Callable[[list[str]], np.ndarr
     """Pass rates per kind (with the first failing cases) given `predict`: texts -> probabilities
     with one column per entry of `labels`."""
     if sorted(cases.labels) != sorted(labels):
-        raise BehaviourCasesError(f"the cases are written for labels {cases.labels}, the model predicts {labels}; "
-                                  "point evaluate.behaviour at cases for this task")
+        raise BehaviourCasesError(
+            f"the cases are written for labels {cases.labels}, the model predicts {labels}; "
+            "point evaluate.behaviour at cases for this task"
+        )
     column = {name: i for i, name in enumerate(labels)}
     report: dict[str, dict] = {}
 
     def record(kind: str, passed: np.ndarray, failures: list[dict]) -> None:
         n = int(len(passed))
-        report[kind] = {"cases": n, "passed": int(passed.sum()), "pass_rate": float(passed.mean()) if n else None,
-                        "failures": failures[:MAX_FAILURES_SHOWN]}
+        report[kind] = {
+            "cases": n,
+            "passed": int(passed.sum()),
+            "pass_rate": float(passed.mean()) if n else None,
+            "failures": failures[:MAX_FAILURES_SHOWN],
+        }
 
     if cases.mft:
         probs = predict([c.text for c in cases.mft])
         predicted = probs.argmax(-1)
         passed = np.array([predicted[i] == column[c.label] for i, c in enumerate(cases.mft)])
-        record("mft", passed, [{"text": c.text, "expected": c.label, "predicted": labels[predicted[i]]}
-                               for i, c in enumerate(cases.mft) if not passed[i]])
+        record(
+            "mft",
+            passed,
+            [
+                {"text": c.text, "expected": c.label, "predicted": labels[predicted[i]]}
+                for i, c in enumerate(cases.mft)
+                if not passed[i]
+            ],
+        )
     if cases.inv:
         edited = [perturb(c.text, c.perturb, cases.names) for c in cases.inv]
         before = predict([c.text for c in cases.inv]).argmax(-1)
         after = predict(edited).argmax(-1)
         passed = before == after
-        record("inv", passed, [{"text": c.text, "perturbed": e, "before": labels[b], "after": labels[a]}
-                               for c, e, b, a, ok in zip(cases.inv, edited, before, after, passed) if not ok])
+        record(
+            "inv",
+            passed,
+            [
+                {"text": c.text, "perturbed": e, "before": labels[b], "after": labels[a]}
+                for c, e, b, a, ok in zip(cases.inv, edited, before, after, passed)
+                if not ok
+            ],
+        )
     if cases.dir:
         before = predict([c.text for c in cases.dir])
         after = predict([c.edited for c in cases.dir])
@@ -145,6 +173,19 @@ def run_behaviour(cases: BehaviourCases, predict: Callable[[list[str]], np.ndarr
         moved = np.where(up, change, -change) >= cases.min_change
         saturated = np.where(up, final >= 1 - cases.min_change, final <= cases.min_change)
         passed = moved | saturated
-        record("dir", passed, [{"text": c.text, "edited": c.edited, "label": c.label, "direction": c.direction,
-                                "change": round(float(d), 4)} for c, d, ok in zip(cases.dir, change, passed) if not ok])
+        record(
+            "dir",
+            passed,
+            [
+                {
+                    "text": c.text,
+                    "edited": c.edited,
+                    "label": c.label,
+                    "direction": c.direction,
+                    "change": round(float(d), 4),
+                }
+                for c, d, ok in zip(cases.dir, change, passed)
+                if not ok
+            ],
+        )
     return report

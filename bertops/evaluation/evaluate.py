@@ -23,10 +23,10 @@ from bertops.config import Config
 class Evaluation:
     """What a task's evaluation found."""
 
-    report: dict                      # the full report (report.json)
-    gate_metrics: dict                # what the gate reads (metrics.json); full precision
-    summary: str                      # markdown
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)   # name -> array, saved as <name>.npy
+    report: dict  # the full report (report.json)
+    gate_metrics: dict  # what the gate reads (metrics.json); full precision
+    summary: str  # markdown
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # name -> array, saved as <name>.npy
 
 
 def evaluate(config: Config, root: Path = Path(".")) -> dict:

@@ -12,9 +12,8 @@ report (reports/evaluate/metrics.json):
 - the first model of a registry (no champion) is judged on the thresholds alone.
 A metric the policy needs but the report lacks is an error (IncompleteReport), not a verdict.
 """
-from __future__ import annotations
 
-from bertops.errors import BertopsError
+from __future__ import annotations
 
 import json
 import math
@@ -22,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bertops.config import GateConfig
+from bertops.errors import BertopsError
 
 
 class IncompleteReport(BertopsError, ValueError):
@@ -48,11 +48,16 @@ class GateRules:
 def paired_accuracy_rules(policy: GateConfig) -> GateRules:
     """Accuracy, macro-F1, calibration and behaviour floors with the paired champion comparison
     (classifiers; the default when no rules are given)."""
-    floors = [("accuracy", "accuracy", policy.min_accuracy, ">="), ("macro_f1", "macro_f1", policy.min_macro_f1, ">="),
-              ("ece", "ece", policy.max_ece, "<=")]
+    floors = [
+        ("accuracy", "accuracy", policy.min_accuracy, ">="),
+        ("macro_f1", "macro_f1", policy.min_macro_f1, ">="),
+        ("ece", "ece", policy.max_ece, "<="),
+    ]
     if policy.min_behaviour_pass_rate is not None:
-        floors += [(f"behaviour {kind} pass rate", f"behaviour.{kind}.pass_rate", threshold, ">=")
-                   for kind, threshold in policy.min_behaviour_pass_rate.model_dump().items()]
+        floors += [
+            (f"behaviour {kind} pass rate", f"behaviour.{kind}.pass_rate", threshold, ">=")
+            for kind, threshold in policy.min_behaviour_pass_rate.model_dump().items()
+        ]
     return GateRules(tuple(floors), paired=True)
 
 
@@ -61,7 +66,7 @@ class GateCheck:
     name: str
     value: float
     threshold: float
-    comparison: str     # ">=" or "<="
+    comparison: str  # ">=" or "<="
     passed: bool
 
 
@@ -69,8 +74,8 @@ class GateCheck:
 class GateDecision:
     approved: bool
     checks: list[GateCheck] = field(default_factory=list)
-    model_sha256: str | None = None   # the weights this decision is about
-    comparison: dict | None = None    # vs. production: overall and per-slice differences, CIs, p-values, verdicts
+    model_sha256: str | None = None  # the weights this decision is about
+    comparison: dict | None = None  # vs. production: overall and per-slice differences, CIs, p-values, verdicts
 
     @property
     def reasons(self) -> list[str]:
@@ -80,20 +85,32 @@ class GateDecision:
         return json.dumps({**asdict(self), "reasons": self.reasons}, indent=2) + "\n"
 
     def to_markdown(self) -> str:
-        lines = [f"## Gate: {'APPROVED' if self.approved else 'REJECTED'}", "",
-                 "| check | value | threshold | result |", "| --- | --- | --- | --- |"]
-        lines += [f"| {c.name} | {c.value:.4f} | {c.comparison} {c.threshold} | {'pass' if c.passed else 'FAIL'} |"
-                  for c in self.checks]
+        lines = [
+            f"## Gate: {'APPROVED' if self.approved else 'REJECTED'}",
+            "",
+            "| check | value | threshold | result |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {c.name} | {c.value:.4f} | {c.comparison} {c.threshold} | {'pass' if c.passed else 'FAIL'} |"
+            for c in self.checks
+        ]
         if self.comparison:
             c = self.comparison
-            lines += ["", f"### vs. production {c['version']} (same {c['examples']} examples, "
-                          f"{c['confidence']:.0%} paired-bootstrap CI of the accuracy difference)", "",
-                      "| scope | examples | candidate | production | difference | CI | McNemar p | verdict |",
-                      "| --- | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
+            lines += [
+                "",
+                f"### vs. production {c['version']} (same {c['examples']} examples, "
+                f"{c['confidence']:.0%} paired-bootstrap CI of the accuracy difference)",
+                "",
+                "| scope | examples | candidate | production | difference | CI | McNemar p | verdict |",
+                "| --- | ---: | ---: | ---: | ---: | --- | ---: | --- |",
+            ]
             for scope, r in [("overall", c), *c.get("slices", {}).items()]:
-                lines.append(f"| {scope} | {r['examples']} | {r['accuracy'] + r['difference']:.4f} | {r['accuracy']:.4f} | "
-                             f"{r['difference']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['mcnemar_p']:.4g} | "
-                             f"{r['verdict']} |")
+                lines.append(
+                    f"| {scope} | {r['examples']} | {r['accuracy'] + r['difference']:.4f} | {r['accuracy']:.4f} | "
+                    f"{r['difference']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['mcnemar_p']:.4g} | "
+                    f"{r['verdict']} |"
+                )
         else:
             lines += ["", "No production model yet: judged on thresholds alone."]
         if not self.approved:
@@ -105,9 +122,11 @@ def _lookup(report: dict, path: str):
     node = report
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node or node[part] is None:
-            raise IncompleteReport(f"the evaluation report has no {path!r}, which the gate policy needs; re-run "
-                                   "`bertops evaluate` with this bertops version, or set the matching gate "
-                                   "threshold to null in params.yaml")
+            raise IncompleteReport(
+                f"the evaluation report has no {path!r}, which the gate policy needs; re-run "
+                "`bertops evaluate` with this bertops version, or set the matching gate "
+                "threshold to null in params.yaml"
+            )
         node = node[part]
     return node
 
@@ -128,12 +147,17 @@ def decide(report: dict, policy: GateConfig, rules: GateRules | None = None) -> 
     """Approve only if every threshold holds and the candidate is non-inferior to production
     (when there is one) overall and on every slice of at least `min_slice_examples`."""
     rules = rules or paired_accuracy_rules(policy)
-    cost = [("p95 latency ms", "serving.latency.p95_ms", policy.max_p95_latency_ms, "<="),
-            ("model size MB", "serving.model_size_mb", policy.max_model_size_mb, "<=")]
+    cost = [
+        ("p95 latency ms", "serving.latency.p95_ms", policy.max_p95_latency_ms, "<="),
+        ("model size MB", "serving.model_size_mb", policy.max_model_size_mb, "<="),
+    ]
     if not rules.paired:
         return _decide_point(report, policy, rules, cost)
-    checks = [_check(name, _lookup(report, path), threshold, op)
-              for name, path, threshold, op in [*rules.floors, *cost] if threshold is not None]
+    checks = [
+        _check(name, _lookup(report, path), threshold, op)
+        for name, path, threshold, op in [*rules.floors, *cost]
+        if threshold is not None
+    ]
 
     comparison = None
     champion = report.get("champion")
@@ -144,14 +168,23 @@ def decide(report: dict, policy: GateConfig, rules: GateRules | None = None) -> 
         if traded:
             # Speed for accuracy: a much faster challenger may give up a little accuracy.
             trade = policy.speed_trade
-            checks.append(_check(f"speed-up vs production {version} (p95 serving latency ratio)", speedup,
-                                 trade.min_speedup, ">="))
+            checks.append(
+                _check(
+                    f"speed-up vs production {version} (p95 serving latency ratio)", speedup, trade.min_speedup, ">="
+                )
+            )
             candidate_accuracy = _lookup(report, "accuracy")
             ratio = candidate_accuracy / max(_lookup(report, "champion.accuracy"), 1e-12)
-            checks.append(_check(f"accuracy ratio vs production {version} (speed trade)", ratio,
-                                 trade.min_accuracy_ratio, ">="))
-            comparison = {**champion, "verdict": f"speed trade: {speedup:.2f}x faster, {ratio:.1%} of its accuracy",
-                          "speedup": speedup, "accuracy_ratio": ratio, "slices": {}}
+            checks.append(
+                _check(f"accuracy ratio vs production {version} (speed trade)", ratio, trade.min_accuracy_ratio, ">=")
+            )
+            comparison = {
+                **champion,
+                "verdict": f"speed trade: {speedup:.2f}x faster, {ratio:.1%} of its accuracy",
+                "speedup": speedup,
+                "accuracy_ratio": ratio,
+                "slices": {},
+            }
         else:
             margin = policy.non_inferiority_margin
             low = _lookup(report, "champion.ci_low")
@@ -163,12 +196,24 @@ def decide(report: dict, policy: GateConfig, rules: GateRules | None = None) -> 
                 verdict = f"not judged (< {policy.min_slice_examples} examples)"
             elif traded:  # a traded challenger loses a little everywhere: judge the point difference
                 verdict = "within the slice margin" if result["difference"] >= -slice_margin else "inferior"
-                checks.append(_check(f"slice {name}: accuracy difference vs production (speed trade)",
-                                     result["difference"], -slice_margin, ">="))
+                checks.append(
+                    _check(
+                        f"slice {name}: accuracy difference vs production (speed trade)",
+                        result["difference"],
+                        -slice_margin,
+                        ">=",
+                    )
+                )
             else:
                 verdict = _verdict(result["ci_low"], slice_margin)
-                checks.append(_check(f"slice {name}: accuracy vs production (CI low of difference)", result["ci_low"],
-                                     -slice_margin, ">="))
+                checks.append(
+                    _check(
+                        f"slice {name}: accuracy vs production (CI low of difference)",
+                        result["ci_low"],
+                        -slice_margin,
+                        ">=",
+                    )
+                )
             comparison["slices"][name] = {**result, "verdict": verdict}
     return GateDecision(all(c.passed for c in checks), checks, report.get("model_sha256"), comparison)
 
@@ -176,22 +221,33 @@ def decide(report: dict, policy: GateConfig, rules: GateRules | None = None) -> 
 def _decide_point(report: dict, policy: GateConfig, rules: GateRules, cost: list) -> GateDecision:
     """Floors, serving cost, and no worse than production's `champion_metric` by more than the
     non-inferiority margin (point estimate on the same eval examples)."""
-    checks = [_check(label, _lookup(report, path), threshold, op)
-              for label, path, threshold, op in [*rules.floors, *cost] if threshold is not None]
+    checks = [
+        _check(label, _lookup(report, path), threshold, op)
+        for label, path, threshold, op in [*rules.floors, *cost]
+        if threshold is not None
+    ]
     champion = report.get("champion")
     if champion and rules.champion_metric:
         name, key = rules.champion_metric
         difference = _lookup(report, key) - _lookup(report, f"champion.{key}")
-        checks.append(_check(f"{name} vs production {champion.get('version')} (difference)", difference,
-                             -policy.non_inferiority_margin, ">="))
+        checks.append(
+            _check(
+                f"{name} vs production {champion.get('version')} (difference)",
+                difference,
+                -policy.non_inferiority_margin,
+                ">=",
+            )
+        )
     return GateDecision(all(c.passed for c in checks), checks, report.get("model_sha256"), None)
 
 
 def required_floor(value: float | None, setting: str, what: str) -> float:
     """A task's floor that must be set: a model with no floor on its main metric is never judged."""
     if value is None:
-        raise IncompleteReport(f"gate.{setting} is null: a model needs a floor on its {what}; set it in "
-                               "params.yaml or the task's profile (configs/)")
+        raise IncompleteReport(
+            f"gate.{setting} is null: a model needs a floor on its {what}; set it in "
+            "params.yaml or the task's profile (configs/)"
+        )
     return value
 
 
@@ -200,9 +256,11 @@ def _speedup(report: dict, champion: dict) -> float | None:
     try:
         ours, theirs = report["serving"]["latency"]["p95_ms"], champion["latency"]["p95_ms"]
     except (KeyError, TypeError):
-        raise IncompleteReport("gate.speed_trade needs the serving p95 latency of the candidate and of production "
-                               "(champion.latency); re-run `bertops evaluate` with this bertops version, or set "
-                               "gate.speed_trade to null") from None
+        raise IncompleteReport(
+            "gate.speed_trade needs the serving p95 latency of the candidate and of production "
+            "(champion.latency); re-run `bertops evaluate` with this bertops version, or set "
+            "gate.speed_trade to null"
+        ) from None
     return theirs / ours if ours > 0 else None
 
 

@@ -1,6 +1,7 @@
 """Classification metrics as pure numpy functions: accuracy, per-class P/R/F1, macro-F1,
 confusion matrix and expected calibration error (ECE).
 """
+
 from __future__ import annotations
 
 import numpy as np

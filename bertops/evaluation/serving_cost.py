@@ -4,11 +4,12 @@ The latency is timed in-process on the same steps the endpoint runs per request 
 tokenize -> forward -> softmax, batch of one, `torch.inference_mode`, the default thread pool),
 without HTTP, so it measures the model and not the network stack; `bench/` measures the HTTP path.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -34,12 +35,17 @@ def latency_profile(request: Callable[[object], object], texts: list, requests: 
         started = time.perf_counter()
         request(texts[i % len(texts)])
         timings[i] = (time.perf_counter() - started) * 1000.0
-    return {"requests": requests, "p50_ms": round(float(np.percentile(timings, 50)), 3),
-            "p95_ms": round(float(np.percentile(timings, 95)), 3), "mean_ms": round(float(timings.mean()), 3)}
+    return {
+        "requests": requests,
+        "p50_ms": round(float(np.percentile(timings, 50)), 3),
+        "p95_ms": round(float(np.percentile(timings, 95)), 3),
+        "mean_ms": round(float(timings.mean()), 3),
+    }
 
 
-def serving_request(model, tokenizer, max_length: int, unicode_form: str = "NFC",
-                    lowercase: bool = False) -> Callable[[object], np.ndarray]:
+def serving_request(
+    model, tokenizer, max_length: int, unicode_form: str = "NFC", lowercase: bool = False
+) -> Callable[[object], np.ndarray]:
     """One /classify request as the endpoint handles it (the same `bertops.encoding` steps): a text
     or a (text, second sentence) pair -> normalised -> encoded -> forward -> probabilities."""
     import torch

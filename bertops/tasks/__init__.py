@@ -36,8 +36,10 @@ def get_task(name: str) -> Task:
     if name in _registered:
         return _registered[name]
     if name not in BUILTIN:
-        raise ConfigError(f"ingest.task={name!r} is not a known task; choose one of {', '.join(known_tasks())} "
-                          "(or register your own with bertops.tasks.register_task)")
+        raise ConfigError(
+            f"ingest.task={name!r} is not a known task; choose one of {', '.join(known_tasks())} "
+            "(or register your own with bertops.tasks.register_task)"
+        )
     task = importlib.import_module(BUILTIN[name]).TASK
     _registered[name] = task
     return task

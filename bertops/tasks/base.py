@@ -55,7 +55,11 @@ class Task:
 
     def export_for_serving(self, config: Any, root: Path, model_dir: Path) -> dict:
         """Export faster runtimes into the packaged model folder and check them; default: PyTorch only."""
-        return {"cpu_runtime": "torch", "runtimes": {}, "note": f"no ONNX export for {self.name} models: served by PyTorch"}
+        return {
+            "cpu_runtime": "torch",
+            "runtimes": {},
+            "note": f"no ONNX export for {self.name} models: served by PyTorch",
+        }
 
     def serving_settings(self, config: Any) -> dict:
         """Task settings the service reads at start-up (beside the generic ones)."""

@@ -12,6 +12,7 @@ checkpoints, resumes and runs on Ray workers like `finetune`. Without hidden-sta
 teacher's logits are computed once for the whole training split (eval mode: they do not change),
 so each step costs a student step only.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,8 +41,10 @@ def layer_map(teacher_layers: int, student_layers: int, how: str) -> list[int]:
 
     every-other: evenly spaced and ending at the top layer (6 -> 3: [1, 3, 5]); first; last."""
     if student_layers > teacher_layers:
-        raise ConfigError(f"distill.student_layers={student_layers} exceeds the teacher's {teacher_layers} layers; "
-                          "a student must be smaller than its teacher")
+        raise ConfigError(
+            f"distill.student_layers={student_layers} exceeds the teacher's {teacher_layers} layers; "
+            "a student must be smaller than its teacher"
+        )
     if how == "first":
         return list(range(student_layers))
     if how == "last":
@@ -55,8 +58,10 @@ def build_student(teacher: nn.Module, layers: int, how: str, hidden_size: int | 
 
     from transformers import AutoModelForSequenceClassification
 
-    from bertops.models.modeling_bertops import (MeanPoolingBertForSequenceClassification,
-                                                 SiameseBertForSequenceClassification)
+    from bertops.models.modeling_bertops import (
+        MeanPoolingBertForSequenceClassification,
+        SiameseBertForSequenceClassification,
+    )
 
     mapping = layer_map(teacher.config.num_hidden_layers, layers, how)
     config = copy.deepcopy(teacher.config)
@@ -64,13 +69,19 @@ def build_student(teacher: nn.Module, layers: int, how: str, hidden_size: int | 
     if hidden_size is not None:
         heads = max(1, hidden_size // 64)
         if hidden_size % heads:
-            raise ConfigError(f"distill.hidden_size={hidden_size} must be a multiple of 64 (one attention head per "
-                              "64 dimensions), e.g. 128, 256 or 384")
+            raise ConfigError(
+                f"distill.hidden_size={hidden_size} must be a multiple of 64 (one attention head per "
+                "64 dimensions), e.g. 128, 256 or 384"
+            )
         config.hidden_size, config.num_attention_heads, config.intermediate_size = hidden_size, heads, 4 * hidden_size
     # bertops' own heads (mean pooling, siamese) by class; anything else through the Auto class
-    own = {cls.__name__: cls for cls in (MeanPoolingBertForSequenceClassification, SiameseBertForSequenceClassification)}
+    own = {
+        cls.__name__: cls for cls in (MeanPoolingBertForSequenceClassification, SiameseBertForSequenceClassification)
+    }
     head = own.get((teacher.config.architectures or [""])[0])
-    student = head(config) if head else AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+    student = (
+        head(config) if head else AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+    )
     if hidden_size is None:  # copy embeddings, the mapped layers and the head
         state = teacher.state_dict()
         renamed = {}
@@ -84,19 +95,29 @@ def build_student(teacher: nn.Module, layers: int, how: str, hidden_size: int | 
             renamed[key] = value
         missing, unexpected = student.load_state_dict(renamed, strict=False)
         if missing or unexpected:
-            raise ConfigError(f"could not initialise the student from the teacher (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}); use distill.hidden_size to train one from scratch")
+            raise ConfigError(
+                f"could not initialise the student from the teacher (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}); use distill.hidden_size to train one from scratch"
+            )
     return student, mapping
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                      temperature: float, alpha: float) -> torch.Tensor:
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float
+) -> torch.Tensor:
     """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels); T^2 keeps the
     soft-target gradients on the scale of the hard ones (Hinton et al., 2015)."""
     t = temperature
-    soft = nn.functional.kl_div(nn.functional.log_softmax(student_logits.float() / t, dim=-1),
-                                nn.functional.log_softmax(teacher_logits.float() / t, dim=-1),
-                                reduction="batchmean", log_target=True) * t * t
+    soft = (
+        nn.functional.kl_div(
+            nn.functional.log_softmax(student_logits.float() / t, dim=-1),
+            nn.functional.log_softmax(teacher_logits.float() / t, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * t
+        * t
+    )
     hard = nn.functional.cross_entropy(student_logits.float(), labels)
     return alpha * soft + (1 - alpha) * hard
 
@@ -109,39 +130,62 @@ def distill(config: Config, root: Path = Path(".")) -> TrainResult:
 
     cfg = config.distill
     if config.ingest.task != "classification":
-        raise ConfigError(f"distill handles classification models; ingest.task={config.ingest.task!r} is not supported yet")
+        raise ConfigError(
+            f"distill handles classification models; ingest.task={config.ingest.task!r} is not supported yet"
+        )
     source = teacher_dir(config, root)
     teacher_lineage = verify_weights(source)  # a damaged teacher teaches nothing
     teacher, teacher_tokenizer = load_classifier(source)
     _, id2label, meta = load_prepared(config, root)
     labels = [id2label[i] for i in range(len(id2label))]
     if [teacher.config.id2label[i] for i in range(teacher.config.num_labels)] != labels:
-        raise ConfigError(f"the teacher {source} predicts {list(teacher.config.id2label.values())}, the corpus has "
-                          f"{labels}: distil a teacher fine-tuned on this corpus's labels")
+        raise ConfigError(
+            f"the teacher {source} predicts {list(teacher.config.id2label.values())}, the corpus has "
+            f"{labels}: distil a teacher fine-tuned on this corpus's labels"
+        )
     if teacher_tokenizer.get_vocab() != load_tokenizer(meta["tokenizer"]).get_vocab():
-        raise ConfigError(f"the teacher {source} uses another vocabulary than the prepared corpus "
-                          f"({meta['tokenizer']}); prepare the corpus with the teacher's tokenizer")
+        raise ConfigError(
+            f"the teacher {source} uses another vocabulary than the prepared corpus "
+            f"({meta['tokenizer']}); prepare the corpus with the teacher's tokenizer"
+        )
     if teacher.config.model_type != "bert":
         raise ConfigError(f"distill needs a BERT teacher, {source} is {teacher.config.model_type!r}")
     if cfg.hidden_weight and (teacher.config.architectures or [""])[0] == "SiameseBertForSequenceClassification":
-        raise ConfigError(f"distill.hidden_weight > 0 matches the student's token states to the teacher's, but {source} "
-                          "is a siamese pair model (two encoder views per pair); set distill.hidden_weight=0")
+        raise ConfigError(
+            f"distill.hidden_weight > 0 matches the student's token states to the teacher's, but {source} "
+            "is a siamese pair model (two encoder views per pair); set distill.hidden_weight=0"
+        )
     mapping = layer_map(teacher.config.num_hidden_layers, cfg.student_layers, cfg.layer_map)
     student_width = cfg.hidden_size or teacher.config.hidden_size
     cached: dict[str, torch.Tensor] = {}
 
-    def prepare(_model: nn.Module, train_ids: list[list[int]], _labels: list, device: torch.device, precision: str) -> None:
+    def prepare(
+        _model: nn.Module, train_ids: list[list[int]], _labels: list, device: torch.device, precision: str
+    ) -> None:
         teacher.to(device).eval()
         if not cfg.hidden_weight:  # the teacher's logits never change: compute them once
-            cached["logits"] = torch.from_numpy(predict_logits(
-                teacher, train_ids, teacher_tokenizer.pad_token_id, config.evaluate.batch_size, device, precision,
-                teacher_tokenizer.sep_token_id))
+            cached["logits"] = torch.from_numpy(
+                predict_logits(
+                    teacher,
+                    train_ids,
+                    teacher_tokenizer.pad_token_id,
+                    config.evaluate.batch_size,
+                    device,
+                    precision,
+                    teacher_tokenizer.sep_token_id,
+                )
+            )
 
     def loss(model: nn.Module, batch, index: np.ndarray) -> torch.Tensor:
         if not cfg.hidden_weight:
             student_logits = model(**batch.inputs()).logits
-            return distillation_loss(student_logits, cached["logits"][index].to(student_logits.device), batch.labels,
-                                     cfg.temperature, cfg.alpha)
+            return distillation_loss(
+                student_logits,
+                cached["logits"][index].to(student_logits.device),
+                batch.labels,
+                cfg.temperature,
+                cfg.alpha,
+            )
         with torch.no_grad():
             teacher_out = teacher(**batch.inputs(), output_hidden_states=True)
         student_out = model(**batch.inputs(), output_hidden_states=True)
@@ -154,16 +198,33 @@ def distill(config: Config, root: Path = Path(".")) -> TrainResult:
         return total
 
     run = TrainingSpec(
-        stage="distill", section=cfg, tokenizer=meta["tokenizer"], out_dir=student_dir(config, root),
+        stage="distill",
+        section=cfg,
+        tokenizer=meta["tokenizer"],
+        out_dir=student_dir(config, root),
         # built after the loop has seeded the RNGs (a from-scratch student's init is reproducible)
         build=lambda _: build_student(teacher, cfg.student_layers, cfg.layer_map, cfg.hidden_size)[0],
-        parent=describe_model_source(str(source)), loss=loss, prepare=prepare,
-        score=accuracy_score(teacher_tokenizer.pad_token_id, teacher_tokenizer.sep_token_id, config.evaluate.batch_size),
-        lineage={"teacher": {"path": str(source), "model_sha256": teacher_lineage.get("model_sha256"),
-                             "layers": teacher.config.num_hidden_layers, "hidden_size": teacher.config.hidden_size},
-                 "student": {"layers": cfg.student_layers, "from_teacher_layers": None if cfg.hidden_size else mapping,
-                             "hidden_size": student_width},
-                 "distillation": {"temperature": cfg.temperature, "alpha": cfg.alpha, "hidden_weight": cfg.hidden_weight}})
+        parent=describe_model_source(str(source)),
+        loss=loss,
+        prepare=prepare,
+        score=accuracy_score(
+            teacher_tokenizer.pad_token_id, teacher_tokenizer.sep_token_id, config.evaluate.batch_size
+        ),
+        lineage={
+            "teacher": {
+                "path": str(source),
+                "model_sha256": teacher_lineage.get("model_sha256"),
+                "layers": teacher.config.num_hidden_layers,
+                "hidden_size": teacher.config.hidden_size,
+            },
+            "student": {
+                "layers": cfg.student_layers,
+                "from_teacher_layers": None if cfg.hidden_size else mapping,
+                "hidden_size": student_width,
+            },
+            "distillation": {"temperature": cfg.temperature, "alpha": cfg.alpha, "hidden_weight": cfg.hidden_weight},
+        },
+    )
     return train_loop(config, root, run)
 
 
@@ -174,8 +235,16 @@ def run_distill(config: Config, root: Path = Path(".")) -> TrainResult:
     from bertops.training.ray_adapter import run_on_ray
 
     cfg = config.distill
-    run_on_ray(config, root, LOOP, stage="distill", data_key="prepared", data_name=config.ingest.dataset,
-               num_workers=cfg.num_workers, device=cfg.device)
+    run_on_ray(
+        config,
+        root,
+        LOOP,
+        stage="distill",
+        data_key="prepared",
+        data_name=config.ingest.dataset,
+        num_workers=cfg.num_workers,
+        device=cfg.device,
+    )
     return TrainResult.from_report(root / config.paths.reports / "distill" / "metrics.json", student_dir(config, root))
 
 

@@ -19,10 +19,19 @@ def finetune(config: Config, root: Path = Path(".")) -> TrainResult:
     from bertops.training.ray_adapter import run_on_ray
 
     cfg = config.finetune
-    run_on_ray(config, root, LOOP, stage="finetune", data_key="prepared", data_name=config.ingest.dataset,
-               num_workers=cfg.num_workers, device=cfg.device)
-    return TrainResult.from_report(root / config.paths.reports / "finetune" / "metrics.json",
-                                   root / config.paths.models / config.ingest.dataset)
+    run_on_ray(
+        config,
+        root,
+        LOOP,
+        stage="finetune",
+        data_key="prepared",
+        data_name=config.ingest.dataset,
+        num_workers=cfg.num_workers,
+        device=cfg.device,
+    )
+    return TrainResult.from_report(
+        root / config.paths.reports / "finetune" / "metrics.json", root / config.paths.models / config.ingest.dataset
+    )
 
 
 def finetune_in_process(config: Config, root: Path = Path(".")) -> TrainResult:

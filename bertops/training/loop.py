@@ -5,6 +5,7 @@ how. Ray only wraps it (see `ray_adapter`): when a torch.distributed process gro
 Train sets one), the loop shards batches by rank and wraps the model in DDP; everything else is
 the same code.
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,13 +34,13 @@ class TrainResult:
     best_step: int
     best_validation_accuracy: float
     train_seconds: float
-    tokens_per_second: float      # real (non-pad) tokens per second, all workers together
-    padding_share: float          # pad tokens / all tokens fed to the model
+    tokens_per_second: float  # real (non-pad) tokens per second, all workers together
+    padding_share: float  # pad tokens / all tokens fed to the model
     device: str
     precision: str
     world_size: int
-    resumed_from_step: int = 0    # > 0: this run continued a killed one from its checkpoint
-    validation_metric: str = "accuracy"   # what best_validation_accuracy measures (entity F1 for NER)
+    resumed_from_step: int = 0  # > 0: this run continued a killed one from its checkpoint
+    validation_metric: str = "accuracy"  # what best_validation_accuracy measures (entity F1 for NER)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -47,8 +48,17 @@ class TrainResult:
         """The result of a run whose rank 0 wrote `metrics.json` (a Ray run: Train v2 keeps
         reported metrics only with checkpoints, so they are read back from the workspace)."""
         metrics = json.loads(metrics_path.read_text())
-        names = ("steps", "best_step", "best_validation_accuracy", "train_seconds", "tokens_per_second",
-                 "padding_share", "device", "precision", "world_size")
+        names = (
+            "steps",
+            "best_step",
+            "best_validation_accuracy",
+            "train_seconds",
+            "tokens_per_second",
+            "padding_share",
+            "device",
+            "precision",
+            "world_size",
+        )
         return cls(model_dir=str(model_dir), **{k: metrics[k] for k in names})
 
 
@@ -56,12 +66,13 @@ class TrainResult:
 class TrainingSpec:
     """What a task (or distillation) trains with the shared loop: the model, its targets and batching,
     its loss and its validation score (higher is better; it selects the checkpoint kept)."""
-    stage: str                                   # "finetune" | "distill": checkpoint and report names
-    section: Any                                 # its config section (epochs, batch size, lr, ...)
-    build: Callable[[dict[int, str]], torch.nn.Module]   # id2label -> the model to train (on CPU)
-    tokenizer: str                               # the model whose tokenizer the prepared corpus must match
+
+    stage: str  # "finetune" | "distill": checkpoint and report names
+    section: Any  # its config section (epochs, batch size, lr, ...)
+    build: Callable[[dict[int, str]], torch.nn.Module]  # id2label -> the model to train (on CPU)
+    tokenizer: str  # the model whose tokenizer the prepared corpus must match
     out_dir: Path
-    parent: str                                  # lineage: what the weights started from
+    parent: str  # lineage: what the weights started from
     # (model being trained, batch, row indices of the batch in train) -> loss; None = the model's own loss
     loss: Callable[[torch.nn.Module, Batch, np.ndarray], torch.Tensor] | None = None
     # once, before training: (model, train sequences, train targets, device, precision) -> None
@@ -72,9 +83,9 @@ class TrainingSpec:
     evaluate_start: bool = False
     # (model, validation frame, device, precision) -> the score that selects the checkpoint kept
     score: Callable[[torch.nn.Module, Any, torch.device, str], float] | None = None
-    metric: str = "accuracy"                                # what `score` measures (higher is better)
-    targets: Callable[[Any], list] | None = None           # frame -> one target per row; None = frame["label"]
-    collate: Callable[..., Batch] | None = None             # (sequences, targets, pad_id, sep_id) -> Batch
+    metric: str = "accuracy"  # what `score` measures (higher is better)
+    targets: Callable[[Any], list] | None = None  # frame -> one target per row; None = frame["label"]
+    collate: Callable[..., Batch] | None = None  # (sequences, targets, pad_id, sep_id) -> Batch
 
 
 def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
@@ -108,8 +119,10 @@ def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
     if run.score is None:
         raise ConfigError(f"the {run.stage} training spec has no validation score; a task's training_spec must set one")
     if not train_ids or not val_ids:
-        raise ConfigError(f"the prepared corpus has {len(train_ids)} train and {len(val_ids)} validation rows; "
-                          "both must be non-empty (check prepare.max_train_rows and prepare.validation_fraction)")
+        raise ConfigError(
+            f"the prepared corpus has {len(train_ids)} train and {len(val_ids)} validation rows; "
+            "both must be non-empty (check prepare.max_train_rows and prepare.validation_fraction)"
+        )
     lengths = np.array([len(s) for s in train_ids])
     pad_id, sep_id = tokenizer.pad_token_id, tokenizer.sep_token_id
 
@@ -135,8 +148,9 @@ def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
     step, started = 0, time.perf_counter()
     # A run killed mid-training resumes from its last checkpoint when nothing it depends on changed.
     name = config.ingest.dataset if run.stage == "finetune" else f"{config.ingest.dataset}-{run.stage}"
-    checkpoint = Checkpoint(root / config.paths.models / ".checkpoints" / name,
-                            Checkpoint.key(cfg, meta.get("prepared_hash"), world))
+    checkpoint = Checkpoint(
+        root / config.paths.models / ".checkpoints" / name, Checkpoint.key(cfg, meta.get("prepared_hash"), world)
+    )
     start_epoch, skip_batches, resumed_from, resumed_tokens = 0, 0, 0, 0
     saved = checkpoint.load() if cfg.checkpoint_every else None
     if saved is not None:
@@ -163,12 +177,21 @@ def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
         nonlocal eval_seconds
         eval_started = time.perf_counter()
         accuracy = float(run.score(model, frames["validation"], device, precision))
-        history.append({"step": step, "epoch": epoch, "validation_accuracy": round(accuracy, 4),
-                        "elapsed_s": round(time.perf_counter() - started, 1)})
+        history.append(
+            {
+                "step": step,
+                "epoch": epoch,
+                "validation_accuracy": round(accuracy, 4),
+                "elapsed_s": round(time.perf_counter() - started, 1),
+            }
+        )
         if accuracy > best["accuracy"]:
             # Keep the best weights in memory (CPU copy); written once at the end.
-            best.update(accuracy=accuracy, step=step,
-                        state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+            best.update(
+                accuracy=accuracy,
+                step=step,
+                state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+            )
         eval_seconds += time.perf_counter() - eval_started
 
     if run.evaluate_start and step == 0:
@@ -198,17 +221,35 @@ def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
                 if step % 20 == 0:
                     progress.set_postfix(loss=f"{running_loss / running_n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if step % 50 == 0:
-                history.append({"step": step, "epoch": epoch, "train_loss": round(running_loss / running_n, 5),
-                                "lr": scheduler.get_last_lr()[0],
-                                "elapsed_s": round(time.perf_counter() - started, 1)})
+                history.append(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "train_loss": round(running_loss / running_n, 5),
+                        "lr": scheduler.get_last_lr()[0],
+                        "elapsed_s": round(time.perf_counter() - started, 1),
+                    }
+                )
                 running_loss, running_n = 0.0, 0
             if cfg.eval_every and step % cfg.eval_every == 0:
                 evaluate_now(epoch)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total and rank == 0:
-                checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                                 "epoch": epoch, "batch_in_epoch": position + 1, "best": best, "history": history,
-                                 "real_tokens": real_tokens, "fed_tokens": fed_tokens, "rng": rng_state()})
+                checkpoint.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "step": step,
+                        "epoch": epoch,
+                        "batch_in_epoch": position + 1,
+                        "best": best,
+                        "history": history,
+                        "real_tokens": real_tokens,
+                        "fed_tokens": fed_tokens,
+                        "rng": rng_state(),
+                    }
+                )
             if step >= total:
                 break
         if not history or history[-1].get("step") != step or "validation_accuracy" not in history[-1]:
@@ -225,10 +266,17 @@ def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
     tokens_per_second = (real_tokens - resumed_tokens) * world / max(seconds - eval_seconds, 1e-9)
     result = TrainResult(
         model_dir=str(run.out_dir),
-        steps=step, best_step=best["step"], best_validation_accuracy=round(best["accuracy"], 4),
-        train_seconds=round(seconds, 1), tokens_per_second=round(tokens_per_second, 1),
-        padding_share=round(1 - real_tokens / max(fed_tokens, 1), 4), device=str(device),
-        precision=precision, world_size=world, resumed_from_step=resumed_from, history=history,
+        steps=step,
+        best_step=best["step"],
+        best_validation_accuracy=round(best["accuracy"], 4),
+        train_seconds=round(seconds, 1),
+        tokens_per_second=round(tokens_per_second, 1),
+        padding_share=round(1 - real_tokens / max(fed_tokens, 1), 4),
+        device=str(device),
+        precision=precision,
+        world_size=world,
+        resumed_from_step=resumed_from,
+        history=history,
         validation_metric=run.metric,
     )
     if rank == 0:
@@ -237,8 +285,9 @@ def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
     return result
 
 
-def save_model(model, tokenizer, result: TrainResult, config: Config, meta: dict, root: Path,
-               run: TrainingSpec) -> None:
+def save_model(
+    model, tokenizer, result: TrainResult, config: Config, meta: dict, root: Path, run: TrainingSpec
+) -> None:
     """Write HF-format weights (safetensors), tokenizer, label map and lineage atomically."""
     from bertops.atomic import replace_dir, staging_dir
     from bertops.lineage import build_lineage, file_sha256
@@ -249,9 +298,16 @@ def save_model(model, tokenizer, result: TrainResult, config: Config, meta: dict
     tokenizer.save_pretrained(tmp)
     metrics = {k: v for k, v in asdict(result).items() if k not in ("history", "model_dir")}
     raw_path = str(config.paths.raw / config.ingest.dataset)
-    lineage = build_lineage(config.ingest.dataset, meta["data_hash"], raw_path, config.to_dict(), metrics, root,
-                            parent=run.parent,
-                            validation_report=str(config.paths.reports / "validate" / "report.json"))
+    lineage = build_lineage(
+        config.ingest.dataset,
+        meta["data_hash"],
+        raw_path,
+        config.to_dict(),
+        metrics,
+        root,
+        parent=run.parent,
+        validation_report=str(config.paths.reports / "validate" / "report.json"),
+    )
     lineage["prepared_hash"] = meta.get("prepared_hash")
     lineage.update(stage=run.stage, **run.lineage)
     # The fingerprint that evaluate -> gate -> package carry, so an approval cannot be reused
@@ -264,8 +320,10 @@ def save_model(model, tokenizer, result: TrainResult, config: Config, meta: dict
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     # Two plot files (DVC plots want one complete series per file).
-    for name, fields in (("train_loss.csv", ["step", "train_loss", "lr"]),
-                         ("validation.csv", ["step", "validation_accuracy"])):
+    for name, fields in (
+        ("train_loss.csv", ["step", "train_loss", "lr"]),
+        ("validation.csv", ["step", "validation_accuracy"]),
+    ):
         with open(reports / name, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
             writer.writeheader()

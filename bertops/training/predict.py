@@ -10,8 +10,15 @@ from bertops.training.setup import autocast
 
 
 @torch.no_grad()
-def predict_logits(model, sequences: list[list[int]], pad_id: int, batch_size: int, device: torch.device,
-                   precision: str = "fp32", sep_id: int | None = None) -> np.ndarray:
+def predict_logits(
+    model,
+    sequences: list[list[int]],
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    sep_id: int | None = None,
+) -> np.ndarray:
     """Logits (N, num_labels) in input order; batches are length-sorted to avoid padding."""
     was_training = model.training
     model.eval()

@@ -11,6 +11,7 @@ scratch folder (keyed by its content hash) and reads it from there, taking its s
 batches by rank. Models, reports and resumable checkpoints go to the workspace root, the run's
 storage (on a multi-node cluster: a shared volume, as Ray's own `storage_path` requires).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,11 @@ from pathlib import Path
 
 from bertops.config import Config, ConfigError
 
-
 MAX_FAILURES = 3
 
 
 def resolve_loop(reference: str):
-    """"package.module:function" -> the function (each worker imports the loop it is given)."""
+    """ "package.module:function" -> the function (each worker imports the loop it is given)."""
     import importlib
 
     module, _, name = reference.partition(":")
@@ -92,9 +92,17 @@ def _announce(folder: Path, data: Path) -> None:
 
     context = ray.train.get_context()
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"rank-{context.get_world_rank()}.json").write_text(json.dumps({
-        "rank": context.get_world_rank(), "pid": os.getpid(), "host": socket.gethostname(),
-        "node_id": ray.get_runtime_context().get_node_id(), "data": str(data)}))
+    (folder / f"rank-{context.get_world_rank()}.json").write_text(
+        json.dumps(
+            {
+                "rank": context.get_world_rank(),
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "data": str(data),
+            }
+        )
+    )
 
 
 def connect() -> None:
@@ -112,25 +120,35 @@ def connect() -> None:
             socket.create_connection((host or "127.0.0.1", int(port or 10001)), timeout=5).close()
         except (OSError, ValueError) as exc:
             os.environ["RAY_ADDRESS"] = address
-            raise ConfigError(f"cannot reach the Ray cluster at RAY_ADDRESS={address!r} ({exc}); check the address "
-                              "(host:port of the head node, or ray://host:10001) and that the cluster is up, or "
-                              "unset RAY_ADDRESS to run on a local Ray") from None
+            raise ConfigError(
+                f"cannot reach the Ray cluster at RAY_ADDRESS={address!r} ({exc}); check the address "
+                "(host:port of the head node, or ray://host:10001) and that the cluster is up, or "
+                "unset RAY_ADDRESS to run on a local Ray"
+            ) from None
     try:
-        ray.init(address=address or "local", log_to_driver=False, include_dashboard=False, logging_level="ERROR",
-                 configure_logging=True)
+        ray.init(
+            address=address or "local",
+            log_to_driver=False,
+            include_dashboard=False,
+            logging_level="ERROR",
+            configure_logging=True,
+        )
     except Exception as exc:  # ConnectionError, ValueError (bad format), RuntimeError, ...
         if not address:
             raise
-        raise ConfigError(f"cannot connect to the Ray cluster at RAY_ADDRESS={address!r} ({type(exc).__name__}: "
-                          f"{str(exc)[:200]}); check the address (host:port of the head's GCS, or ray://host:10001) "
-                          "and that the cluster is up, or unset RAY_ADDRESS to run on a local Ray") from None
+        raise ConfigError(
+            f"cannot connect to the Ray cluster at RAY_ADDRESS={address!r} ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); check the address (host:port of the head's GCS, or ray://host:10001) "
+            "and that the cluster is up, or unset RAY_ADDRESS to run on a local Ray"
+        ) from None
     finally:
         if address:
             os.environ["RAY_ADDRESS"] = address
 
 
-def run_on_ray(config: Config, root: Path, loop: str, stage: str, data_key: str, data_name: str,
-               num_workers: int, device: str) -> None:
+def run_on_ray(
+    config: Config, root: Path, loop: str, stage: str, data_key: str, data_name: str, num_workers: int, device: str
+) -> None:
     """Run `loop` ("module:function" of (config, root), e.g. the finetune stage's in-process loop) on
     `num_workers` Ray Train workers (TorchTrainer + DDP). The corpus at config.paths.<data_key>/<data_name>
     travels through the object store; `stage` names the run and its reports folder. Ray connects to
@@ -150,21 +168,30 @@ def run_on_ray(config: Config, root: Path, loop: str, stage: str, data_key: str,
             raise ConfigError(
                 f"{stage}.num_workers={num_workers} needs {num_workers} CPUs"
                 f"{' and GPUs' if use_gpu else ''}; the Ray cluster has {resources.get('CPU', 0):.0f} CPUs and "
-                f"{resources.get('GPU', 0):.0f} GPUs. Lower num_workers or add nodes.")
+                f"{resources.get('GPU', 0):.0f} GPUs. Lower num_workers or add nodes."
+            )
         # On CPU each worker gets an equal share of threads (2 cores, 2 workers -> 1 thread each).
         cpus = max(1, int(resources.get("CPU", 1)) // num_workers)
         resolve_loop(loop)  # a wrong reference fails here, not in every worker
         data = ray.put(pack_data(root / getattr(config.paths, data_key) / data_name))
         trainer = TorchTrainer(
             train_loop_per_worker=_worker,
-            train_loop_config={"config": config.to_dict(), "root": str(root.resolve()), "stage": stage, "loop": loop,
-                               "data_key": data_key, "data": data},
+            train_loop_config={
+                "config": config.to_dict(),
+                "root": str(root.resolve()),
+                "stage": stage,
+                "loop": loop,
+                "data_key": data_key,
+                "data": data,
+            },
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
             # A worker that dies is restarted by Ray (the whole group, up to MAX_FAILURES times); the
             # loop then resumes from its last checkpoint in the workspace.
-            run_config=RunConfig(name=f"{stage}-{data_name}",
-                                 storage_path=str((root / config.paths.models / "ray").resolve()),
-                                 failure_config=FailureConfig(max_failures=MAX_FAILURES)),
+            run_config=RunConfig(
+                name=f"{stage}-{data_name}",
+                storage_path=str((root / config.paths.models / "ray").resolve()),
+                failure_config=FailureConfig(max_failures=MAX_FAILURES),
+            ),
         )
         (root / config.paths.reports / stage / "metrics.json").unlink(missing_ok=True)  # no stale figures
         trainer.fit()

@@ -1,6 +1,7 @@
 """End to end through the build system: the retrain flow on the DVC executor in a fresh git+DVC
 repo (smoke profile): a first run does every stage; a second run on the same data ends "No
 change" in a fraction of the time; a changed corpus retrains and registers a new version."""
+
 from __future__ import annotations
 
 import json
@@ -32,15 +33,23 @@ def repo(tmp_path_factory) -> tuple[Path, dict]:
     for item in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / item, root / item)
     for folder in ("serving", "bertops", "data/behaviour"):
-        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "bertops_serving.json"))
+        shutil.copytree(
+            REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "bertops_serving.json")
+        )
     corpus = root.parent / f"{root.name}-corpus"  # the corpus source, outside the repo
     corpus.mkdir()
     for name in ("train.tsv", "dev.tsv"):
         shutil.copy(datasets_root() / "sst2" / name, corpus / name)
     # A lenient champion comparison: this test is about change detection, not about the gate (tested
     # on its own); two 400-row smoke models differ by more than the production margin.
-    config = smoke_config([f"ingest.search_paths=['{corpus}']", "gate.non_inferiority_margin=1.0",
-                           "gate.slice_non_inferiority_margin=1.0", "gate.min_behaviour_pass_rate=null"])
+    config = smoke_config(
+        [
+            f"ingest.search_paths=['{corpus}']",
+            "gate.non_inferiority_margin=1.0",
+            "gate.slice_non_inferiority_margin=1.0",
+            "gate.min_behaviour_pass_rate=null",
+        ]
+    )
     (root / "params.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     git = ["git", "-c", "user.name=bertops-test", "-c", "user.email=test@localhost"]

@@ -1,4 +1,5 @@
 """Integration fixtures: one smoke-trained workspace per session, reused by the later stages."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """The real Prefect server (`bertops dashboard`), a scheduled deployment (`bertops schedule`) that
 triggers runs by itself, and the Prefect UI in headless Chromium showing a run's artifacts."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OUT = REPO / "tests" / "out"
 PORT = 4297
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACT_KEYS = {"bertops-validation", "bertops-training-curves", "bertops-evaluation", "bertops-gate-decision",
-                 "bertops-promotion", "bertops-run-summary"}
+ARTIFACT_KEYS = {
+    "bertops-validation",
+    "bertops-training-curves",
+    "bertops-evaluation",
+    "bertops-gate-decision",
+    "bertops-promotion",
+    "bertops-run-summary",
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +41,19 @@ def dashboard(tmp_path_factory):
     env = {**os.environ, "PREFECT_HOME": str(workspace / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     bertops = str(Path(sys.executable).with_name("bertops"))
     args = ["-s", f"dashboard.port={PORT}"]
-    started = subprocess.run([bertops, "dashboard", "--detach", *args], cwd=workspace, env=env, capture_output=True,
-                             text=True, timeout=240)
+    started = subprocess.run(
+        [bertops, "dashboard", "--detach", *args], cwd=workspace, env=env, capture_output=True, text=True, timeout=240
+    )
     assert started.returncode == 0, started.stderr
     assert f"export PREFECT_API_URL=http://127.0.0.1:{PORT}/api" in started.stdout
     try:
         yield workspace, env, f"http://127.0.0.1:{PORT}"
     finally:
-        print(subprocess.run([bertops, "dashboard", "--stop", *args], cwd=workspace, env=env, capture_output=True,
-                             text=True).stdout)
+        print(
+            subprocess.run(
+                [bertops, "dashboard", "--stop", *args], cwd=workspace, env=env, capture_output=True, text=True
+            ).stdout
+        )
 
 
 def _descendants(pid: int) -> set[int]:
@@ -69,8 +80,14 @@ def _alive(pids: set[int]) -> set[int]:
 
 def _flow_runs(api: str, *states: str) -> list[dict]:
     """Runs of a deployment in the given state types (a schedule also creates many future runs)."""
-    reply = httpx.post(f"{api}/flow_runs/filter", timeout=10, json={
-        "flow_runs": {"state": {"type": {"any_": list(states)}}, "deployment_id": {"is_null_": False}}, "limit": 20})
+    reply = httpx.post(
+        f"{api}/flow_runs/filter",
+        timeout=10,
+        json={
+            "flow_runs": {"state": {"type": {"any_": list(states)}}, "deployment_id": {"is_null_": False}},
+            "limit": 20,
+        },
+    )
     reply.raise_for_status()
     return reply.json()
 
@@ -86,10 +103,26 @@ def test_a_scheduled_deployment_runs_by_itself_and_stops_cleanly(dashboard):
 
     with open(log, "wb") as sink:
         schedule = subprocess.Popen(
-            [bertops, "schedule", "--interval", "30", "--name", "ci", "--profile", "configs/smoke.yaml",
-             "-s", f"ingest.search_paths=['{datasets_root() / 'sst2'}']", "-s", "serve.port=3931"],
-            cwd=workspace, env={**env, "PREFECT_API_URL": api}, stdout=sink, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                bertops,
+                "schedule",
+                "--interval",
+                "30",
+                "--name",
+                "ci",
+                "--profile",
+                "configs/smoke.yaml",
+                "-s",
+                f"ingest.search_paths=['{datasets_root() / 'sst2'}']",
+                "-s",
+                "serve.port=3931",
+            ],
+            cwd=workspace,
+            env={**env, "PREFECT_API_URL": api},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     seen: set[int] = set()
     completed = None
     problem = None
@@ -134,15 +167,26 @@ def test_the_prefect_ui_shows_the_runs_artifacts(dashboard):
     workspace, _, url = dashboard
     assert Path(CHROMIUM).is_file(), "Chromium is missing: `make install` installs Debian's chromium"
     run_id = (workspace / "completed_run_id").read_text()
-    artifacts = httpx.post(f"{url}/api/artifacts/filter",
-                           json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}, timeout=10).json()
+    artifacts = httpx.post(
+        f"{url}/api/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}, timeout=10
+    ).json()
     assert ARTIFACT_KEYS <= {a["key"] for a in artifacts}
 
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{url}/runs/flow-run/{run_id}", wait_until="networkidle", timeout=90_000)

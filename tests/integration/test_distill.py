@@ -1,4 +1,5 @@
 """Distillation of the smoke-trained teacher into a 3-layer student, then evaluate judging the student."""
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,9 @@ def test_distill_then_evaluate_the_student(trained_workspace, tmp_path: Path):
     assert lineage["stage"] == "distill" and lineage["teacher"]["model_sha256"] == teacher["model_sha256"]
     assert lineage["student"] == {"layers": 3, "from_teacher_layers": [1, 3, 5], "hidden_size": 384}
     assert teacher["model_sha256"] in lineage["parent_model"]
-    assert (student / "model.safetensors").stat().st_size < 0.8 * (root / "models/sst2/model.safetensors").stat().st_size
+    assert (student / "model.safetensors").stat().st_size < 0.8 * (
+        root / "models/sst2/model.safetensors"
+    ).stat().st_size
     assert (root / "reports/distill/metrics.json").is_file()
 
     # evaluate judges the student when distill.enabled
@@ -65,7 +68,9 @@ def test_hidden_state_transfer_trains(trained_workspace, tmp_path: Path):
 
     source, _, _ = trained_workspace
     root = _workspace(source, tmp_path)
-    result = distill(smoke_config(["distill.hidden_weight=1.0", "distill.max_steps=4", "distill.student_layers=2"]), root)
+    result = distill(
+        smoke_config(["distill.hidden_weight=1.0", "distill.max_steps=4", "distill.student_layers=2"]), root
+    )
     assert result.steps == 4
     losses = [h["train_loss"] for h in result.history if "train_loss" in h]
     assert all(loss == loss and loss > 0 for loss in losses)  # finite, positive (KL + CE + MSE)

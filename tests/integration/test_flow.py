@@ -1,4 +1,5 @@
 """The Prefect flow under prefect_test_harness (a real, temporary Prefect API)."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,12 @@ def workspace(tmp_path: Path):
 def _run(overrides: list[str], **kwargs):
     from bertops_flows.pipeline import retrain
 
-    return retrain(params="params.yaml", profile="configs/smoke.yaml",
-                   overrides=[f"ingest.search_paths=['{datasets_root() / 'sst2'}']"] + overrides, **kwargs)
+    return retrain(
+        params="params.yaml",
+        profile="configs/smoke.yaml",
+        overrides=[f"ingest.search_paths=['{datasets_root() / 'sst2'}']"] + overrides,
+        **kwargs,
+    )
 
 
 @pytest.fixture()
@@ -69,8 +74,18 @@ def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path,
     hook_url, events = webhook
     summary = _run([f"notify.webhook_url={hook_url}"])
     assert summary["ok"] and summary["executor"] == "direct"
-    assert [t[0] for t in summary["timings"]] == ["ingest", "validate", "pretrain", "prepare", "finetune", "distill", "evaluate", "gate",
-                                                  "package", "promote"]
+    assert [t[0] for t in summary["timings"]] == [
+        "ingest",
+        "validate",
+        "pretrain",
+        "prepare",
+        "finetune",
+        "distill",
+        "evaluate",
+        "gate",
+        "package",
+        "promote",
+    ]
     registry = json.loads((workspace / "registry/registry.json").read_text())["models"]["bertops-sst2"]
     assert registry["production"] is not None
 
@@ -102,7 +117,8 @@ def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path,
     bad = workspace / "bad"
     bad.mkdir()
     lines = (datasets_root() / "sst2/dev.tsv").read_text().splitlines()[:200]
-    (bad / "train.tsv").write_text("\n".join([lines[0]] + [l.rsplit("\t", 1)[0] + "\tmaybe" for l in lines[1:]]) + "\n")
+    relabelled = [line.rsplit("\t", 1)[0] + "\tmaybe" for line in lines[1:]]
+    (bad / "train.tsv").write_text("\n".join([lines[0], *relabelled]) + "\n")
     from bertops.errors import PipelineError
 
     with pytest.raises(PipelineError, match=r"(?s)validate.*labels inside the declared label set"):
@@ -115,15 +131,21 @@ def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path,
 
     # distill.enabled chains finetune -> distill, and evaluate/gate/package/promote ship the student.
     # (the policy itself is the gate's unit tests' business: here any student may pass)
-    summary = _run(["distill.enabled=true", "distill.student_layers=2", "gate.non_inferiority_margin=1.0",
-                    "gate.speed_trade=null", "gate.slice_non_inferiority_margin=1.0"])
+    summary = _run(
+        [
+            "distill.enabled=true",
+            "distill.student_layers=2",
+            "gate.non_inferiority_margin=1.0",
+            "gate.speed_trade=null",
+            "gate.slice_non_inferiority_margin=1.0",
+        ]
+    )
     outcomes = {stage: outcome for stage, _, outcome in summary["timings"]}
     assert outcomes["pretrain"] == "disabled" and outcomes["distill"] == "ran"
     shipped = json.loads((workspace / "registry/registry.json").read_text())["models"]["bertops-sst2"]
     lineage = shipped["versions"][shipped["production"]]["lineage"]
     assert shipped["production"] != registry["production"] and lineage["stage"] == "distill"
     assert lineage["student"]["layers"] == 2 and lineage["teacher"]["layers"] == 6
-
 
 
 def test_a_second_run_while_one_holds_the_workspace_is_skipped(harness, workspace: Path):

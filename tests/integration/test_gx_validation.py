@@ -1,4 +1,5 @@
 """Great Expectations for real, on good and bad corpora built from SST-2 rows."""
+
 from __future__ import annotations
 
 import subprocess
@@ -117,7 +118,14 @@ def test_cli_exits_non_zero_naming_the_expectation(tmp_path: Path, sst2: Path):
     lines = (corpus / "train.tsv").read_text().splitlines()
     lines[2] = lines[2].rsplit("\t", 1)[0] + "\t7"
     (corpus / "train.tsv").write_text("\n".join(lines) + "\n")
-    args = ["--profile", str(REPO / "configs/smoke.yaml"), "--params", str(REPO / "params.yaml"), "-s", f"ingest.path={corpus}"]
+    args = [
+        "--profile",
+        str(REPO / "configs/smoke.yaml"),
+        "--params",
+        str(REPO / "params.yaml"),
+        "-s",
+        f"ingest.path={corpus}",
+    ]
     cli = [sys.executable, "-m", "bertops.cli"]
     assert subprocess.run(cli + ["ingest", *args], cwd=tmp_path, capture_output=True).returncode == 0
     proc = subprocess.run(cli + ["validate", *args], cwd=tmp_path, capture_output=True, text=True)

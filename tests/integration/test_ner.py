@@ -1,6 +1,7 @@
 """Token classification (CoNLL-2003 NER) through every stage: validation of CoNLL files, aligned
 word-piece labels, training with entity-F1 checkpoint selection, entity-level evaluation, the
 gate, and the served POST /tag returning entities with character offsets."""
+
 from __future__ import annotations
 
 import os
@@ -15,10 +16,20 @@ from tests.conftest import REPO, datasets_root
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-OVERRIDES = [f"ingest.search_paths=['{datasets_root() / 'conll2003'}']", "prepare.max_train_rows=400",
-             "prepare.max_eval_rows=120", "finetune.max_steps=30", "finetune.batch_size=16", "finetune.progress=false",
-             "finetune.lr=3e-4", "finetune.checkpoint_every=0", "evaluate.latency_requests=10", "gate.min_entity_f1=0.0",
-             "gate.max_p95_latency_ms=5000", "serve.port=3923"]
+OVERRIDES = [
+    f"ingest.search_paths=['{datasets_root() / 'conll2003'}']",
+    "prepare.max_train_rows=400",
+    "prepare.max_eval_rows=120",
+    "finetune.max_steps=30",
+    "finetune.batch_size=16",
+    "finetune.progress=false",
+    "finetune.lr=3e-4",
+    "finetune.checkpoint_every=0",
+    "evaluate.latency_requests=10",
+    "gate.min_entity_f1=0.0",
+    "gate.max_p95_latency_ms=5000",
+    "serve.port=3923",
+]
 
 
 def conll(extra: list[str] = ()):
@@ -39,11 +50,14 @@ def _corpus(tmp_path: Path, edit) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("line, replacement, expected", [
-    (4, "rejects VBZ B-VP", "expected 4 columns (as on the first token row) but found 3"),  # a column missing
-    (3, "EU NNP B-NP B-COMPANY", "tags inside the declared tag set"),   # an unknown tag
-    (4, "rejects VBZ B-VP I-PER", "IOB2: an I-X tag follows B-X or I-X"),  # I-PER after B-ORG
-])
+@pytest.mark.parametrize(
+    "line, replacement, expected",
+    [
+        (4, "rejects VBZ B-VP", "expected 4 columns (as on the first token row) but found 3"),  # a column missing
+        (3, "EU NNP B-NP B-COMPANY", "tags inside the declared tag set"),  # an unknown tag
+        (4, "rejects VBZ B-VP I-PER", "IOB2: an I-X tag follows B-X or I-X"),  # I-PER after B-ORG
+    ],
+)
 def test_bad_conll_rows_fail_validation_naming_the_line(tmp_path: Path, line: int, replacement: str, expected: str):
     from bertops.data.sources import ingest
     from bertops.data.validation import ValidationFailed, validate
@@ -100,7 +114,12 @@ def test_ner_trains_evaluates_gates_and_serves_entities(tmp_path: Path):
         first, second = reply.json()
         assert first["model_version"] == packaged.model_tag and not first["truncated"]
         for entity in first["entities"]:  # offsets point at the entity's text in the request
-            assert text[entity["start"]:entity["end"]] == entity["text"] and entity["entity"] in ("PER", "ORG", "LOC", "MISC")
+            assert text[entity["start"] : entity["end"]] == entity["text"] and entity["entity"] in (
+                "PER",
+                "ORG",
+                "LOC",
+                "MISC",
+            )
             assert 0 < entity["score"] <= 1
         assert isinstance(second["entities"], list)
         assert httpx.post(f"{url}/tag", json={"texts": []}, timeout=30).status_code == 400

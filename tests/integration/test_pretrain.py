@@ -1,4 +1,5 @@
 """A short real pretraining run (MLM + NSP) on the WikiText-2 files, then a fine-tune from it."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,21 @@ pytestmark = pytest.mark.integration
 
 
 def _config(datasets: Path, extra: list[str] = ()):
-    return smoke_config([f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']", "pretrain.model=tiny",
-                         "pretrain.vocab_size=3000", "pretrain.steps=40", "pretrain.batch_size=16",
-                         "pretrain.max_length=64", "pretrain.log_every=10", "pretrain.checkpoint_every=0",
-                         "pretrain.lr=1e-3", "pretrain.progress=false", *extra])
+    return smoke_config(
+        [
+            f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']",
+            "pretrain.model=tiny",
+            "pretrain.vocab_size=3000",
+            "pretrain.steps=40",
+            "pretrain.batch_size=16",
+            "pretrain.max_length=64",
+            "pretrain.log_every=10",
+            "pretrain.checkpoint_every=0",
+            "pretrain.lr=1e-3",
+            "pretrain.progress=false",
+            *extra,
+        ]
+    )
 
 
 def test_pretrain_then_finetune_from_it(datasets: Path, trained_workspace, tmp_path: Path, monkeypatch):

@@ -1,5 +1,6 @@
 """Extractive QA (SQuAD v1.1) through every stage: validation naming bad rows, article-level
 split, doc-stride windows, training on spans, official EM/F1, the gate, and POST /answer."""
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,26 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def squad(extra: list[str] = ()):
     from bertops.config import load_config
 
-    return load_config(REPO / "params.yaml", REPO / "configs" / "squad.yaml", [
-        f"ingest.search_paths=['{datasets_root() / 'squad-v1.1'}']", "prepare.max_train_rows=240",
-        "prepare.max_eval_rows=60", "prepare.max_length=192", "prepare.doc_stride=64", "finetune.max_steps=15",
-        "finetune.progress=false", "finetune.lr=3e-4", "finetune.checkpoint_every=0", "evaluate.latency_requests=10",
-        "gate.min_qa_f1=0.0", "gate.max_p95_latency_ms=5000", "serve.port=3925", *extra])
+    return load_config(
+        REPO / "params.yaml",
+        REPO / "configs" / "squad.yaml",
+        [
+            f"ingest.search_paths=['{datasets_root() / 'squad-v1.1'}']",
+            "prepare.max_train_rows=240",
+            "prepare.max_eval_rows=60",
+            "prepare.max_length=192",
+            "prepare.doc_stride=64",
+            "finetune.max_steps=15",
+            "finetune.progress=false",
+            "finetune.lr=3e-4",
+            "finetune.checkpoint_every=0",
+            "evaluate.latency_requests=10",
+            "gate.min_qa_f1=0.0",
+            "gate.max_p95_latency_ms=5000",
+            "serve.port=3925",
+            *extra,
+        ],
+    )
 
 
 def test_an_answer_not_in_its_context_fails_validation_naming_the_question(tmp_path: Path):
@@ -76,13 +92,18 @@ def test_qa_trains_evaluates_gates_and_answers(tmp_path: Path):
     try:
         url = server.start_detached(cfg, timeout=240)
         context = evals[0].context
-        reply = httpx.post(f"{url}/answer", json={"questions": [{"question": evals[0].question, "context": context}]},
-                           timeout=60)
+        reply = httpx.post(
+            f"{url}/answer", json={"questions": [{"question": evals[0].question, "context": context}]}, timeout=60
+        )
         assert reply.status_code == 200, reply.text
         (answer,) = reply.json()
-        assert context[answer["start"]:answer["end"]] == answer["text"] and 0 <= answer["score"] <= 1
+        assert context[answer["start"] : answer["end"]] == answer["text"] and 0 <= answer["score"] <= 1
         assert answer["model_version"] == packaged.model_tag and answer["windows"] >= 1
-        for bad in ({"questions": [{"question": "who?"}]}, {"questions": []}, {"questions": [{"question": " ", "context": "x"}]}):
+        for bad in (
+            {"questions": [{"question": "who?"}]},
+            {"questions": []},
+            {"questions": [{"question": " ", "context": "x"}]},
+        ):
             assert httpx.post(f"{url}/answer", json=bad, timeout=30).status_code == 400, bad
         assert httpx.get(f"{url}/metadata", timeout=10).json()["task"] == "qa"
     finally:

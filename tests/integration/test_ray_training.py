@@ -1,4 +1,5 @@
 """The same finetune and pretrain loops on Ray Train: two CPU workers (DDP over gloo), tiny configs."""
+
 from __future__ import annotations
 
 import json
@@ -57,16 +58,28 @@ def test_distillation_runs_on_two_ray_workers(ray_cluster, trained_workspace, tm
     assert result.world_size == 2 and result.steps > 0
     lineage = json.loads((tmp_path / "models/sst2-student/lineage.json").read_text())
     assert lineage["stage"] == "distill" and lineage["metrics"]["world_size"] == 2
-    assert lineage["teacher"]["model_sha256"] == json.loads((tmp_path / "models/sst2/lineage.json").read_text())["model_sha256"]
+    assert (
+        lineage["teacher"]["model_sha256"]
+        == json.loads((tmp_path / "models/sst2/lineage.json").read_text())["model_sha256"]
+    )
 
 
 def test_two_ray_workers_pretrain_one_model(ray_cluster, tmp_path: Path, datasets: Path):
     from bertops.pretraining.run import run_pretrain
 
-    cfg = smoke_config([f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']", "pretrain.model=tiny",
-                        "pretrain.vocab_size=2000", "pretrain.steps=6", "pretrain.batch_size=8",
-                        "pretrain.max_length=64", "pretrain.log_every=3", "pretrain.progress=false",
-                        "pretrain.num_workers=2"])
+    cfg = smoke_config(
+        [
+            f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']",
+            "pretrain.model=tiny",
+            "pretrain.vocab_size=2000",
+            "pretrain.steps=6",
+            "pretrain.batch_size=8",
+            "pretrain.max_length=64",
+            "pretrain.log_every=3",
+            "pretrain.progress=false",
+            "pretrain.num_workers=2",
+        ]
+    )
     metrics = run_pretrain(cfg, tmp_path)
     assert metrics["world_size"] == 2 and metrics["steps"] == 6 and metrics["heldout_examples"] > 0
     assert (tmp_path / "models/pretrained/wikitext2-mini/model.safetensors").is_file()
@@ -81,10 +94,20 @@ def test_a_killed_worker_is_restarted_and_pretraining_resumes(ray_cluster, tmp_p
 
     from bertops.pretraining.run import prepare_pretraining, run_pretrain
 
-    cfg = smoke_config([f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']", "pretrain.model=tiny",
-                        "pretrain.vocab_size=2000", "pretrain.steps=60", "pretrain.batch_size=8",
-                        "pretrain.max_length=64", "pretrain.log_every=10", "pretrain.checkpoint_every=10",
-                        "pretrain.progress=false", "pretrain.num_workers=2"])
+    cfg = smoke_config(
+        [
+            f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']",
+            "pretrain.model=tiny",
+            "pretrain.vocab_size=2000",
+            "pretrain.steps=60",
+            "pretrain.batch_size=8",
+            "pretrain.max_length=64",
+            "pretrain.log_every=10",
+            "pretrain.checkpoint_every=10",
+            "pretrain.progress=false",
+            "pretrain.num_workers=2",
+        ]
+    )
     prepare_pretraining(cfg, tmp_path)
     state = tmp_path / "models/.checkpoints/pretrain-wikitext2-mini/state.pt"
     rank1 = tmp_path / "reports/pretrain/workers/rank-1.json"
@@ -112,9 +135,17 @@ def test_pretraining_spans_a_two_node_ray_cluster(tmp_path: Path, datasets: Path
 
     from tests.conftest import REPO
 
-    overrides = [f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']", "pretrain.model=tiny",
-                 "pretrain.vocab_size=2000", "pretrain.steps=6", "pretrain.batch_size=8", "pretrain.max_length=64",
-                 "pretrain.log_every=3", "pretrain.progress=false", "pretrain.num_workers=2"]
+    overrides = [
+        f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']",
+        "pretrain.model=tiny",
+        "pretrain.vocab_size=2000",
+        "pretrain.steps=6",
+        "pretrain.batch_size=8",
+        "pretrain.max_length=64",
+        "pretrain.log_every=3",
+        "pretrain.progress=false",
+        "pretrain.num_workers=2",
+    ]
     script = f"""
 import json
 from pathlib import Path
@@ -154,15 +185,39 @@ def test_a_killed_driver_resumes_pretraining_when_started_again(tmp_path: Path, 
 
     from tests.conftest import REPO
 
-    command = [str(Path(sys.executable).with_name("bertops")), "pretrain", "--params", str(REPO / "params.yaml"),
-               "-s", f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']", "-s", "pretrain.model=tiny",
-               "-s", "pretrain.vocab_size=2000", "-s", "pretrain.steps=80", "-s", "pretrain.batch_size=8",
-               "-s", "pretrain.max_length=64", "-s", "pretrain.log_every=10", "-s", "pretrain.checkpoint_every=10",
-               "-s", "pretrain.progress=false", "-s", "pretrain.num_workers=1", "-s", "pretrain.num_threads=1"]
+    command = [
+        str(Path(sys.executable).with_name("bertops")),
+        "pretrain",
+        "--params",
+        str(REPO / "params.yaml"),
+        "-s",
+        f"pretrain.search_paths=['{datasets / 'wikitext-2-raw'}']",
+        "-s",
+        "pretrain.model=tiny",
+        "-s",
+        "pretrain.vocab_size=2000",
+        "-s",
+        "pretrain.steps=80",
+        "-s",
+        "pretrain.batch_size=8",
+        "-s",
+        "pretrain.max_length=64",
+        "-s",
+        "pretrain.log_every=10",
+        "-s",
+        "pretrain.checkpoint_every=10",
+        "-s",
+        "pretrain.progress=false",
+        "-s",
+        "pretrain.num_workers=1",
+        "-s",
+        "pretrain.num_threads=1",
+    ]
     env = {**os.environ, "RAY_ADDRESS": ""}
     state = tmp_path / "models/.checkpoints/pretrain-wikitext2-mini/state.pt"
-    driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     while not state.is_file() and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)

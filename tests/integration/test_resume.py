@@ -1,4 +1,5 @@
 """A fine-tune killed mid-run resumes from its checkpoint and ends where an uninterrupted run ends."""
+
 from __future__ import annotations
 
 import shutil
@@ -31,11 +32,14 @@ def test_a_killed_finetune_resumes_from_its_checkpoint(trained_workspace, tmp_pa
     source, _, _ = trained_workspace
     killed = _workspace(source, tmp_path / "killed")
     state = killed / "models/.checkpoints/sst2/state.pt"
-    script = ("import sys; from pathlib import Path; from tests.conftest import smoke_config; "
-              "from bertops.training.finetune import finetune; "
-              f"finetune(smoke_config({OVERRIDES!r}), Path({str(killed)!r}))")
-    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    script = (
+        "import sys; from pathlib import Path; from tests.conftest import smoke_config; "
+        "from bertops.training.finetune import finetune; "
+        f"finetune(smoke_config({OVERRIDES!r}), Path({str(killed)!r}))"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 300
     while not state.is_file() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -65,8 +69,10 @@ def test_a_checkpoint_from_other_params_is_ignored(trained_workspace, tmp_path: 
     import json
 
     meta = json.loads((root / "data/prepared/sst2/meta.json").read_text())
-    stale = Checkpoint(root / "models/.checkpoints/sst2",
-                       Checkpoint.key(smoke_config(["finetune.lr=0.5"]).finetune, meta.get("prepared_hash"), 1))
+    stale = Checkpoint(
+        root / "models/.checkpoints/sst2",
+        Checkpoint.key(smoke_config(["finetune.lr=0.5"]).finetune, meta.get("prepared_hash"), 1),
+    )
     stale.save({"step": 999})
     result = finetune(smoke_config(OVERRIDES + ["finetune.max_steps=12"]), root)
     assert result.resumed_from_step == 0 and result.steps == 12

@@ -2,6 +2,7 @@
 pair tokenization with segment ids, training (the profile's siamese bi-encoder, and a cross-encoder
 over the packed pair), evaluation, ONNX export, and the served /classify taking
 [premise, hypothesis] pairs."""
+
 from __future__ import annotations
 
 import json
@@ -20,18 +21,42 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def rte(extra: list[str] = ()):
     from bertops.config import load_config
 
-    return load_config(REPO / "params.yaml", None, [  # the rte profile over the smoke profile, by hand
-        *(f"{k}={v}" for k, v in {
-            "ingest.dataset": "rte", "ingest.text_column": "sentence1", "ingest.text_pair_column": "sentence2",
-            "ingest.labels": "{entailment: entailment, not_entailment: not_entailment}",
-            "validate.max_text_chars": 3000, "evaluate.behaviour": "null", "gate.min_behaviour_pass_rate": "null",
-            "gate.min_accuracy": 0.0, "gate.min_macro_f1": 0.0, "gate.max_ece": 1.0, "gate.max_p95_latency_ms": 5000,
-            "package.model_name": "bertops-rte", "evaluate.latency_requests": 10, "prepare.max_train_rows": 300,
-            "prepare.max_eval_rows": 120, "prepare.validation_fraction": 0.2, "finetune.batch_size": 16,
-            "finetune.eval_every": 0, "finetune.progress": "false", "finetune.max_steps": 12,
-            "evaluate.slices": "{long: {min_tokens: 49}}", "serve.port": 3921,
-            "finetune.pooling": "siamese",
-            "ingest.search_paths": f"['{datasets_root() / 'rte'}']"}.items()), *extra])
+    return load_config(
+        REPO / "params.yaml",
+        None,
+        [  # the rte profile over the smoke profile, by hand
+            *(
+                f"{k}={v}"
+                for k, v in {
+                    "ingest.dataset": "rte",
+                    "ingest.text_column": "sentence1",
+                    "ingest.text_pair_column": "sentence2",
+                    "ingest.labels": "{entailment: entailment, not_entailment: not_entailment}",
+                    "validate.max_text_chars": 3000,
+                    "evaluate.behaviour": "null",
+                    "gate.min_behaviour_pass_rate": "null",
+                    "gate.min_accuracy": 0.0,
+                    "gate.min_macro_f1": 0.0,
+                    "gate.max_ece": 1.0,
+                    "gate.max_p95_latency_ms": 5000,
+                    "package.model_name": "bertops-rte",
+                    "evaluate.latency_requests": 10,
+                    "prepare.max_train_rows": 300,
+                    "prepare.max_eval_rows": 120,
+                    "prepare.validation_fraction": 0.2,
+                    "finetune.batch_size": 16,
+                    "finetune.eval_every": 0,
+                    "finetune.progress": "false",
+                    "finetune.max_steps": 12,
+                    "evaluate.slices": "{long: {min_tokens: 49}}",
+                    "serve.port": 3921,
+                    "finetune.pooling": "siamese",
+                    "ingest.search_paths": f"['{datasets_root() / 'rte'}']",
+                }.items()
+            ),
+            *extra,
+        ],
+    )
 
 
 def test_a_pair_missing_its_second_sentence_is_caught_with_its_row(tmp_path: Path):
@@ -49,7 +74,7 @@ def test_a_pair_missing_its_second_sentence_is_caught_with_its_row(tmp_path: Pat
     with pytest.raises(ValidationFailed) as failure:
         validate(cfg, tmp_path)
     message = str(failure.value)
-    assert "second sentence is not blank" in message and "\"row\": 7" in message, message
+    assert "second sentence is not blank" in message and '"row": 7' in message, message
 
 
 def test_a_cross_encoder_trains_on_the_packed_pairs(tmp_path: Path):
@@ -67,7 +92,8 @@ def test_a_cross_encoder_trains_on_the_packed_pairs(tmp_path: Path):
     lineage = json.loads((tmp_path / "models/rte/lineage.json").read_text())
     assert result.steps == 12 and "linear_probe" not in lineage  # no probe: a fresh linear head
     assert json.loads((tmp_path / "models/rte/config.json").read_text())["architectures"] == [
-        "MeanPoolingBertForSequenceClassification"]
+        "MeanPoolingBertForSequenceClassification"
+    ]
     assert evaluate(cfg, tmp_path)["examples"] == 60
 
 
@@ -95,7 +121,8 @@ def test_rte_trains_evaluates_exports_and_serves_pairs(tmp_path: Path):
     lineage = json.loads((tmp_path / "models/rte/lineage.json").read_text())
     assert 0.4 <= lineage["linear_probe"]["probe_train_accuracy"] <= 1
     assert json.loads((tmp_path / "models/rte/config.json").read_text())["architectures"] == [
-        "SiameseBertForSequenceClassification"]
+        "SiameseBertForSequenceClassification"
+    ]
     assert [row["step"] for row in result.history if "validation_accuracy" in row][0] == 0
     report = evaluate(cfg, tmp_path)
     assert report["examples"] == 120 and 0 <= report["accuracy"] <= 1 and report["behaviour"] is None

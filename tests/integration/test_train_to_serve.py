@@ -1,5 +1,6 @@
 """A short real fine-tune on a few hundred SST-2 rows, then evaluate, gate, package (BentoML),
 promote, and a real request to the served endpoint on 127.0.0.1."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,9 @@ pytestmark = pytest.mark.integration
 def test_finetune_saves_a_rebuildable_model_with_lineage(trained_workspace):
     root, cfg, result = trained_workspace
     model_dir = root / "models/sst2"
-    assert {"model.safetensors", "config.json", "tokenizer.json", "lineage.json"} <= {p.name for p in model_dir.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "lineage.json"} <= {
+        p.name for p in model_dir.iterdir()
+    }
     config = json.loads((model_dir / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     lineage = json.loads((model_dir / "lineage.json").read_text())
@@ -43,12 +46,17 @@ def test_evaluate_and_gate_write_reports(trained_workspace):
 
     cases = load_cases(cfg.evaluate.behaviour)
     assert {k: v["cases"] for k, v in metrics["behaviour"].items()} == {
-        "mft": len(cases.mft), "inv": len(cases.inv), "dir": len(cases.dir)}
+        "mft": len(cases.mft),
+        "inv": len(cases.inv),
+        "dir": len(cases.dir),
+    }
     serving = metrics["serving"]
     assert 80 < serving["model_size_mb"] < 100  # MiniLM-L6 in fp32
     assert 0 < serving["latency"]["p50_ms"] <= serving["latency"]["p95_ms"]
     summary = (root / "reports/evaluate/summary.md").read_text()
-    assert summary.startswith("## Evaluation on 200") and "### Slices" in summary and "### Behavioural checks" in summary
+    assert (
+        summary.startswith("## Evaluation on 200") and "### Slices" in summary and "### Behavioural checks" in summary
+    )
     decision = gate(cfg, root)
     by_name = {c.name: c for c in decision.checks}
     assert by_name["p95 latency ms"].value == serving["latency"]["p95_ms"]
@@ -118,7 +126,9 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
     try:
         url = server.start_detached(cfg, timeout=240)
         assert url == "http://127.0.0.1:3917"
-        reply = httpx.post(f"{url}/classify", json={"texts": ["a gripping, beautifully acted film", "dull"]}, timeout=60)
+        reply = httpx.post(
+            f"{url}/classify", json={"texts": ["a gripping, beautifully acted film", "dull"]}, timeout=60
+        )
         assert reply.status_code == 200
         body = reply.json()
         assert [set(item) for item in body] == [{"label", "probabilities", "model_version", "truncated"}] * 2
@@ -140,8 +150,9 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
         from bertops.training.finetune import finetune
         from tests.conftest import smoke_config
 
-        damaged = smoke_config(["finetune.max_steps=2", "gate.min_accuracy=0.0", "gate.min_macro_f1=0.0",
-                                "gate.max_ece=1.0"])
+        damaged = smoke_config(
+            ["finetune.max_steps=2", "gate.min_accuracy=0.0", "gate.min_macro_f1=0.0", "gate.max_ece=1.0"]
+        )
         finetune(damaged, root)
         metrics = evaluate(damaged, root)
         assert metrics["champion"]["version"] == packaged.version
@@ -151,14 +162,24 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
         with pytest.raises(GateRejected):
             package(damaged, root)
         assert registry.production("bertops-sst2") == packaged.version
-        again = httpx.post(f"{url}/classify", json={"texts": ["a gripping, beautifully acted film", "dull"]}, timeout=60)
+        again = httpx.post(
+            f"{url}/classify", json={"texts": ["a gripping, beautifully acted film", "dull"]}, timeout=60
+        )
         assert again.json() == body
 
         # The endpoint follows the registry: promoting a second (approved) version restarts the running
         # server on it, and a rollback brings the first one back.
-        lenient = smoke_config(["finetune.max_steps=2", "gate.min_accuracy=0.0", "gate.min_macro_f1=0.0",
-                                "gate.max_ece=1.0", "gate.non_inferiority_margin=1.0",
-                                "gate.slice_non_inferiority_margin=1.0", "gate.min_behaviour_pass_rate=null"])
+        lenient = smoke_config(
+            [
+                "finetune.max_steps=2",
+                "gate.min_accuracy=0.0",
+                "gate.min_macro_f1=0.0",
+                "gate.max_ece=1.0",
+                "gate.non_inferiority_margin=1.0",
+                "gate.slice_non_inferiority_margin=1.0",
+                "gate.min_behaviour_pass_rate=null",
+            ]
+        )
         assert gate(lenient, root).approved
         second = package(lenient, root)
         assert promote(lenient, root)["previous"] == packaged.version
@@ -190,14 +211,27 @@ def _embeddings_are_unit_sentence_vectors(url: str) -> None:
 
 def _bad_requests_get_4xx_and_the_server_keeps_answering(url: str, cfg) -> None:
     limit = cfg.serve.max_texts_per_request
-    bad_json = [{"texts": []}, {"texts": [""]}, {"texts": ["   "]}, {"texts": [1]}, {"texts": [None]}, {"wrong": ["x"]},
-                ["not", "an", "object"], {"texts": ["x"] * (limit + 1)}, {"texts": ["x" * (cfg.serve.max_text_chars + 1)]}]
+    bad_json = [
+        {"texts": []},
+        {"texts": [""]},
+        {"texts": ["   "]},
+        {"texts": [1]},
+        {"texts": [None]},
+        {"wrong": ["x"]},
+        ["not", "an", "object"],
+        {"texts": ["x"] * (limit + 1)},
+        {"texts": ["x" * (cfg.serve.max_text_chars + 1)]},
+    ]
     for endpoint in ("classify", "embed"):
         for bad in bad_json:
             reply = httpx.post(f"{url}/{endpoint}", json=bad, timeout=30)
             assert reply.status_code == 400 and reply.json()["error"], (endpoint, bad)
-        for content, ctype, status in [(b"{not json", "application/json", 400), (bytes(range(256)) * 8, "application/json", 400),
-                                       (b"hello", "text/plain", 415), (b'{"texts": ["x"]}', "application/x-www-form-urlencoded", 415)]:
+        for content, ctype, status in [
+            (b"{not json", "application/json", 400),
+            (bytes(range(256)) * 8, "application/json", 400),
+            (b"hello", "text/plain", 415),
+            (b'{"texts": ["x"]}', "application/x-www-form-urlencoded", 415),
+        ]:
             reply = httpx.post(f"{url}/{endpoint}", content=content, headers={"Content-Type": ctype}, timeout=30)
             assert reply.status_code == status and reply.json()["error"], (endpoint, content[:20], ctype)
     # A text far beyond the model's max length is truncated, and the answer says so.
@@ -227,8 +261,9 @@ def test_bearer_token_is_required_when_configured(trained_workspace, monkeypatch
             reply = httpx.post(f"{url}/classify", json={"texts": ["fine"]}, headers=headers, timeout=30)
             assert reply.status_code == 401 and "bearer token" in reply.json()["error"]
         assert httpx.get(f"{url}/metadata", timeout=10).status_code == 401
-        ok = httpx.post(f"{url}/classify", json={"texts": ["fine"]}, headers={"Authorization": "Bearer s3cret-token"},
-                        timeout=60)
+        ok = httpx.post(
+            f"{url}/classify", json={"texts": ["fine"]}, headers={"Authorization": "Bearer s3cret-token"}, timeout=60
+        )
         assert ok.status_code == 200 and ok.json()[0]["label"] in ("negative", "positive")
     finally:
         print(server.stop(cfg))

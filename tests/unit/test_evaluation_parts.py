@@ -1,4 +1,5 @@
 """Slices, behavioural checks and serving cost: the pure parts of `evaluate`."""
+
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,11 @@ TEXTS = ["it is not good", "a fine film", "does n't work , but the cast is great
 
 
 def test_slices_combine_token_bounds_and_whole_word_keywords():
-    slices = {"short": SliceConfig(max_tokens=5), "negation": SliceConfig(keywords=["not", "n't", "nothing"]),
-              "long_negation": SliceConfig(min_tokens=6, keywords=["n't"])}
+    slices = {
+        "short": SliceConfig(max_tokens=5),
+        "negation": SliceConfig(keywords=["not", "n't", "nothing"]),
+        "long_negation": SliceConfig(min_tokens=6, keywords=["n't"]),
+    }
     masks = slice_masks(TEXTS, np.array([6, 5, 12, 4, 3]), slices)
     assert masks["short"].tolist() == [False, True, False, True, True]
     # "noted" does not match "not"; "Nothing" matches case-insensitively; "n't" matches as a word
@@ -33,11 +37,14 @@ def test_slice_metrics_per_slice_and_empty_slices():
     assert out["none"] == {"examples": 0, "accuracy": None, "macro_f1": None}
 
 
-@pytest.mark.parametrize("override, message", [
-    ("evaluate.slices={empty: {}}", "needs min_tokens, max_tokens or keywords"),
-    ("evaluate.slices={bad: {min_tokens: 9, max_tokens: 3}}", "min_tokens must be <= max_tokens"),
-    ("evaluate.slices={bad: {max_token: 3}}", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("evaluate.slices={empty: {}}", "needs min_tokens, max_tokens or keywords"),
+        ("evaluate.slices={bad: {min_tokens: 9, max_tokens: 3}}", "min_tokens must be <= max_tokens"),
+        ("evaluate.slices={bad: {max_token: 3}}", "unknown key"),
+    ],
+)
 def test_a_bad_slice_definition_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         smoke_config([override])
@@ -49,7 +56,11 @@ def test_typo_and_name_perturbations_are_deterministic_and_real():
     assert typo != text and len(typo) == len(text) and sorted(typo) == sorted(text)
     assert typo == perturb(text, "typo", [])
     swapped = perturb(text, "names", ["Mary", "John", "Olga"])
-    assert "Mary" not in swapped.split()[0] and swapped.endswith(".") and swapped == perturb(text, "names", ["Mary", "John", "Olga"])
+    assert (
+        "Mary" not in swapped.split()[0]
+        and swapped.endswith(".")
+        and swapped == perturb(text, "names", ["Mary", "John", "Olga"])
+    )
 
 
 def _keyword_model(texts: list[str]) -> np.ndarray:
@@ -65,14 +76,21 @@ def _write_cases(tmp_path: Path, cases: dict) -> Path:
 
 
 def test_behaviour_pass_rates_and_failures_per_kind(tmp_path: Path):
-    path = _write_cases(tmp_path, {
-        "labels": ["negative", "positive"], "names": ["Ann", "Bob"], "min_change": 0.1,
-        "mft": [{"text": "good film", "label": "positive"}, {"text": "great film", "label": "positive"}],
-        "inv": [{"text": "Ann was good", "perturb": "names"}, {"text": "a good film", "perturb": "typo"}],
-        "dir": [{"text": "good", "edited": "not good", "label": "positive", "direction": "down"},
+    path = _write_cases(
+        tmp_path,
+        {
+            "labels": ["negative", "positive"],
+            "names": ["Ann", "Bob"],
+            "min_change": 0.1,
+            "mft": [{"text": "good film", "label": "positive"}, {"text": "great film", "label": "positive"}],
+            "inv": [{"text": "Ann was good", "perturb": "names"}, {"text": "a good film", "perturb": "typo"}],
+            "dir": [
+                {"text": "good", "edited": "not good", "label": "positive", "direction": "down"},
                 {"text": "bad", "edited": "bad!", "label": "positive", "direction": "up"},
-                {"text": "good", "edited": "good!", "label": "positive", "direction": "up"}],  # saturated: passes
-    })
+                {"text": "good", "edited": "good!", "label": "positive", "direction": "up"},
+            ],  # saturated: passes
+        },
+    )
     report = run_behaviour(load_cases(path), _keyword_model, ["negative", "positive"])
     assert report["mft"]["pass_rate"] == 0.5 and report["mft"]["failures"][0]["text"] == "great film"
     # the typo hits "good" (the only word the toy model reads) or "film": either way it is recorded honestly
@@ -80,13 +98,22 @@ def test_behaviour_pass_rates_and_failures_per_kind(tmp_path: Path):
     assert report["dir"]["passed"] == 2 and [f["edited"] for f in report["dir"]["failures"]] == ["bad!"]
 
 
-@pytest.mark.parametrize("cases, message", [
-    ({"labels": ["negative", "positive"], "mft": [{"text": "x", "label": "neutral"}]}, "not in `labels`"),
-    ({"labels": ["negative", "positive"], "inv": [{"text": "no names here", "perturb": "names"}], "names": ["A", "B"]},
-     "contains none of the listed names"),
-    ({"labels": ["negative", "positive"], "inv": [{"text": "a b c", "perturb": "typo"}]}, "no word of 4"),
-    ({"labels": ["negative", "positive"], "mft": [{"txt": "x", "label": "positive"}]}, "mft.0"),
-])
+@pytest.mark.parametrize(
+    "cases, message",
+    [
+        ({"labels": ["negative", "positive"], "mft": [{"text": "x", "label": "neutral"}]}, "not in `labels`"),
+        (
+            {
+                "labels": ["negative", "positive"],
+                "inv": [{"text": "no names here", "perturb": "names"}],
+                "names": ["A", "B"],
+            },
+            "contains none of the listed names",
+        ),
+        ({"labels": ["negative", "positive"], "inv": [{"text": "a b c", "perturb": "typo"}]}, "no word of 4"),
+        ({"labels": ["negative", "positive"], "mft": [{"txt": "x", "label": "positive"}]}, "mft.0"),
+    ],
+)
 def test_a_bad_cases_file_is_named(tmp_path: Path, cases, message):
     with pytest.raises(BehaviourCasesError, match=message):
         load_cases(_write_cases(tmp_path, cases))

@@ -5,18 +5,30 @@ import pytest
 from bertops.evaluation.gate import IncompleteReport, decide
 from tests.conftest import smoke_config
 
-POLICY = smoke_config([
-    "gate.min_accuracy=0.9", "gate.min_macro_f1=0.85", "gate.max_ece=0.1", "gate.max_p95_latency_ms=50",
-    "gate.max_model_size_mb=150", "gate.min_behaviour_pass_rate={mft: 0.9, inv: 0.8, dir: 0.7}",
-    "gate.non_inferiority_margin=0.02", "gate.slice_non_inferiority_margin=0.05", "gate.min_slice_examples=100",
-]).gate
+POLICY = smoke_config(
+    [
+        "gate.min_accuracy=0.9",
+        "gate.min_macro_f1=0.85",
+        "gate.max_ece=0.1",
+        "gate.max_p95_latency_ms=50",
+        "gate.max_model_size_mb=150",
+        "gate.min_behaviour_pass_rate={mft: 0.9, inv: 0.8, dir: 0.7}",
+        "gate.non_inferiority_margin=0.02",
+        "gate.slice_non_inferiority_margin=0.05",
+        "gate.min_slice_examples=100",
+    ]
+).gate
 
 
 def _report(**changes) -> dict:
-    report = {"accuracy": 0.92, "macro_f1": 0.91, "ece": 0.05,
-              "serving": {"model_size_mb": 90.9, "latency": {"p50_ms": 8.0, "p95_ms": 12.0}},
-              "behaviour": {"mft": {"pass_rate": 0.95}, "inv": {"pass_rate": 0.9}, "dir": {"pass_rate": 0.8}},
-              "model_sha256": "abc"}
+    report = {
+        "accuracy": 0.92,
+        "macro_f1": 0.91,
+        "ece": 0.05,
+        "serving": {"model_size_mb": 90.9, "latency": {"p50_ms": 8.0, "p95_ms": 12.0}},
+        "behaviour": {"mft": {"pass_rate": 0.95}, "inv": {"pass_rate": 0.9}, "dir": {"pass_rate": 0.8}},
+        "model_sha256": "abc",
+    }
     for dotted, value in changes.items():
         node = report
         *parents, last = dotted.split("__")
@@ -30,19 +42,29 @@ def test_approves_when_every_threshold_holds():
     decision = decide(_report(), POLICY)
     assert decision.approved and decision.reasons == []
     assert {c.name for c in decision.checks} == {
-        "accuracy", "macro_f1", "ece", "p95 latency ms", "model size MB",
-        "behaviour mft pass rate", "behaviour inv pass rate", "behaviour dir pass rate"}
+        "accuracy",
+        "macro_f1",
+        "ece",
+        "p95 latency ms",
+        "model size MB",
+        "behaviour mft pass rate",
+        "behaviour inv pass rate",
+        "behaviour dir pass rate",
+    }
 
 
-@pytest.mark.parametrize("changes, failing", [
-    ({"accuracy": 0.89}, "accuracy"),
-    ({"macro_f1": 0.5}, "macro_f1"),
-    ({"ece": 0.2}, "ece"),
-    ({"accuracy": float("nan")}, "accuracy"),
-    ({"serving__latency__p95_ms": 51.0}, "p95 latency ms"),
-    ({"serving__model_size_mb": 420.0}, "model size MB"),
-    ({"behaviour__inv__pass_rate": 0.5}, "behaviour inv pass rate"),
-])
+@pytest.mark.parametrize(
+    "changes, failing",
+    [
+        ({"accuracy": 0.89}, "accuracy"),
+        ({"macro_f1": 0.5}, "macro_f1"),
+        ({"ece": 0.2}, "ece"),
+        ({"accuracy": float("nan")}, "accuracy"),
+        ({"serving__latency__p95_ms": 51.0}, "p95 latency ms"),
+        ({"serving__model_size_mb": 420.0}, "model size MB"),
+        ({"behaviour__inv__pass_rate": 0.5}, "behaviour inv pass rate"),
+    ],
+)
 def test_rejects_naming_the_failed_check(changes, failing):
     decision = decide(_report(**changes), POLICY)
     assert not decision.approved
@@ -51,9 +73,14 @@ def test_rejects_naming_the_failed_check(changes, failing):
     assert f"- {decision.reasons[0]}" in decision.to_markdown()
 
 
-@pytest.mark.parametrize("remove, named", [
-    ("accuracy", "'accuracy'"), ("serving", "'serving.latency.p95_ms'"), ("behaviour", "'behaviour.mft.pass_rate'"),
-])
+@pytest.mark.parametrize(
+    "remove, named",
+    [
+        ("accuracy", "'accuracy'"),
+        ("serving", "'serving.latency.p95_ms'"),
+        ("behaviour", "'behaviour.mft.pass_rate'"),
+    ],
+)
 def test_a_report_missing_a_metric_the_policy_needs_is_an_error_not_a_verdict(remove, named):
     report = _report()
     del report[remove]
@@ -84,13 +111,26 @@ GOOD = _report()
 
 
 def _paired(low: float, high: float, diff: float, examples: int = 872) -> dict:
-    return {"accuracy": 0.92 - diff, "difference": diff, "ci_low": low, "ci_high": high, "confidence": 0.95,
-            "mcnemar_p": 0.5, "only_challenger_right": 5, "only_champion_right": 4, "examples": examples}
+    return {
+        "accuracy": 0.92 - diff,
+        "difference": diff,
+        "ci_low": low,
+        "ci_high": high,
+        "confidence": 0.95,
+        "mcnemar_p": 0.5,
+        "only_challenger_right": 5,
+        "only_champion_right": 4,
+        "examples": examples,
+    }
 
 
 def _champion(low: float, high: float, diff: float, slices: dict | None = None, p95_ms: float = 12.0) -> dict:
-    return {"version": "v1", "latency": {"p50_ms": p95_ms * 0.8, "p95_ms": p95_ms}, **_paired(low, high, diff),
-            "slices": slices or {}}
+    return {
+        "version": "v1",
+        "latency": {"p50_ms": p95_ms * 0.8, "p95_ms": p95_ms},
+        **_paired(low, high, diff),
+        "slices": slices or {},
+    }
 
 
 # A distilled student: 2.5 points less accurate than production (0.92 vs 0.945), CI below the
@@ -154,7 +194,9 @@ def test_every_slice_large_enough_must_be_non_inferior():
     slices = {"short": _paired(-0.03, 0.04, 0.0, examples=300), "negation": _paired(-0.09, -0.01, -0.05, examples=150)}
     decision = decide({**GOOD, "champion": _champion(-0.005, 0.02, 0.007, slices)}, POLICY)
     assert not decision.approved
-    assert [c.name for c in decision.checks if not c.passed] == ["slice negation: accuracy vs production (CI low of difference)"]
+    assert [c.name for c in decision.checks if not c.passed] == [
+        "slice negation: accuracy vs production (CI low of difference)"
+    ]
     assert decision.comparison["slices"]["short"]["verdict"] == "non-inferior"
     assert decision.comparison["slices"]["negation"]["verdict"] == "inferior"
     assert "| negation | 150 |" in decision.to_markdown()
@@ -177,11 +219,16 @@ def test_a_real_paired_comparison_within_the_noise_reads_non_inferior():
     champion = rng.random(872) < 0.9
     challenger = champion.copy()
     right, wrong = np.flatnonzero(champion), np.flatnonzero(~champion)
-    challenger[right[:6]] = False   # 6 newly wrong
-    challenger[wrong[:4]] = True    # 4 newly right: 2 examples (0.2 points) worse overall
+    challenger[right[:6]] = False  # 6 newly wrong
+    challenger[wrong[:4]] = True  # 4 newly right: 2 examples (0.2 points) worse overall
     result = compare(challenger, champion, 0.95, 2000, seed=0)
     assert result.difference == pytest.approx(-2 / 872) and result.mcnemar_p > 0.5
-    champion_record = {"version": "v1", "accuracy": float(champion.mean()), "latency": {"p95_ms": 12.0},
-                       **result.__dict__, "slices": {}}
+    champion_record = {
+        "version": "v1",
+        "accuracy": float(champion.mean()),
+        "latency": {"p95_ms": 12.0},
+        **result.__dict__,
+        "slices": {},
+    }
     decision = decide({**GOOD, "champion": champion_record}, POLICY)
     assert decision.approved and decision.comparison["verdict"] == "non-inferior"

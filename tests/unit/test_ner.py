@@ -40,18 +40,22 @@ def tokenizer():
 
 # --- reading -----------------------------------------------------------------------------------
 
+
 def test_read_conll_sentences_tags_and_line_numbers(tmp_path):
-    path = write(tmp_path, (
-        "-DOCSTART- -X- -X- O\n"        # 1
-        "\n"                            # 2
-        "EU NNP B-NP B-ORG\n"           # 3
-        "rejects VBZ B-VP O\n"          # 4
-        "\n\n"                          # 5, 6: several blank lines make no empty sentence
-        "Peter NNP B-NP B-PER\n"        # 7
-        "Blackburn NNP I-NP I-PER\n"    # 8
-        "-DOCSTART- -X- -X- O\n"        # 9: a document boundary without a blank line
-        "BRUSSELS\tNNP\tB-NP\tB-LOC"    # 10: tabs, and no newline at the end of the file
-    ))
+    path = write(
+        tmp_path,
+        (
+            "-DOCSTART- -X- -X- O\n"  # 1
+            "\n"  # 2
+            "EU NNP B-NP B-ORG\n"  # 3
+            "rejects VBZ B-VP O\n"  # 4
+            "\n\n"  # 5, 6: several blank lines make no empty sentence
+            "Peter NNP B-NP B-PER\n"  # 7
+            "Blackburn NNP I-NP I-PER\n"  # 8
+            "-DOCSTART- -X- -X- O\n"  # 9: a document boundary without a blank line
+            "BRUSSELS\tNNP\tB-NP\tB-LOC"  # 10: tabs, and no newline at the end of the file
+        ),
+    )
     sentences = read_conll(path)
     assert sentences == [
         Sentence(["EU", "rejects"], ["B-ORG", "O"], 3),
@@ -104,13 +108,16 @@ def test_real_conll2003_counts_labels_and_clean_validation():
     assert {name: len(s) for name, s in splits.items()} == {"train": 14041, "valid": 3250, "test": 3453}
     assert splits["train"][0] == Sentence(
         ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."],
-        ["B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O"], 3)
+        ["B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O"],
+        3,
+    )
     assert label_list(splits["train"]) == LABELS
     for name, sentences in splits.items():
         assert validate_sentences(sentences, LABELS, name) == []
 
 
 # --- validation --------------------------------------------------------------------------------
+
 
 def test_unknown_tag_names_source_line_and_fix(tmp_path):
     sentences = read_conll(write(tmp_path, "EU B-ORG\n\nPeter B-PER\nBlackburn I-PERS\n"))
@@ -120,12 +127,15 @@ def test_unknown_tag_names_source_line_and_fix(tmp_path):
     assert "add it to the label list" in problems[0]
 
 
-@pytest.mark.parametrize("tags, line, follows", [
-    (["I-PER", "I-PER"], 1, "the sentence start"),
-    (["O", "I-PER"], 2, "'O'"),
-    (["B-LOC", "I-PER"], 2, "'B-LOC'"),
-    (["B-LOC", "I-LOC", "I-PER"], 3, "'I-LOC'"),
-])
+@pytest.mark.parametrize(
+    "tags, line, follows",
+    [
+        (["I-PER", "I-PER"], 1, "the sentence start"),
+        (["O", "I-PER"], 2, "'O'"),
+        (["B-LOC", "I-PER"], 2, "'B-LOC'"),
+        (["B-LOC", "I-LOC", "I-PER"], 3, "'I-LOC'"),
+    ],
+)
 def test_inside_tag_without_begin_is_an_iob2_violation(tags, line, follows):
     sentence = Sentence([f"w{i}" for i in range(len(tags))], tags, 1)
     problems = validate_sentences([sentence], LABELS, "dev.txt")
@@ -141,8 +151,9 @@ def test_valid_iob2_has_no_problems():
 
 
 def test_length_mismatch_empty_token_and_no_sentences():
-    problems = validate_sentences([Sentence(["a", "b"], ["O"], 7), Sentence(["a", " "], ["O", "B-LOC"], 10)],
-                                  LABELS, "x.txt")
+    problems = validate_sentences(
+        [Sentence(["a", "b"], ["O"], 7), Sentence(["a", " "], ["O", "B-LOC"], 10)], LABELS, "x.txt"
+    )
     assert problems == [
         "x.txt:7: sentence has 2 tokens but 1 tags; give every token exactly one tag",
         "x.txt:11: token ' ' tag 'B-LOC': empty token; remove the row or give the token its text",
@@ -171,12 +182,22 @@ def test_label_list_is_sorted_complete_and_rejects_non_iob2():
 
 # --- alignment to word pieces ------------------------------------------------------------------
 
+
 def test_labels_sit_on_first_pieces_only(tokenizer):
     label2id = {label: i for i, label in enumerate(LABELS)}
     sentence = Sentence(["EU", "rejects", "Germanyyyxq", "call"], ["B-ORG", "O", "B-MISC", "O"], 1)
     [row] = encode(tokenizer, [sentence], label2id, max_length=32)
     assert tokenizer.convert_ids_to_tokens(row["input_ids"]) == [
-        "[CLS]", "eu", "rejects", "germany", "##y", "##yx", "##q", "call", "[SEP]"]
+        "[CLS]",
+        "eu",
+        "rejects",
+        "germany",
+        "##y",
+        "##yx",
+        "##q",
+        "call",
+        "[SEP]",
+    ]
     assert row["word_ids"] == [None, 0, 1, 2, 2, 2, 2, 3, None]
     assert row["labels"] == [-100, 5, 0, 3, -100, -100, -100, 0, -100]
     assert row["truncated"] is False
@@ -232,16 +253,20 @@ def test_word_scores_read_probability_at_first_piece():
 
 # --- entity metrics ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("tags, expected", [
-    (["B-PER", "I-PER", "O", "B-LOC"], [("PER", 0, 2), ("LOC", 3, 4)]),
-    (["I-PER", "I-PER", "O"], [("PER", 0, 2)]),                       # I- at the start opens an entity
-    (["O", "I-LOC", "B-LOC"], [("LOC", 1, 2), ("LOC", 2, 3)]),         # I- after O opens; B- splits
-    (["B-PER", "I-LOC", "I-LOC"], [("PER", 0, 1), ("LOC", 1, 3)]),     # type change mid-span
-    (["B-PER", "B-PER", "I-PER"], [("PER", 0, 1), ("PER", 1, 3)]),
-    (["O", "B-ORG", "I-ORG"], [("ORG", 1, 3)]),                        # trailing entity at sentence end
-    (["O", "O"], []),
-    ([], []),
-])
+
+@pytest.mark.parametrize(
+    "tags, expected",
+    [
+        (["B-PER", "I-PER", "O", "B-LOC"], [("PER", 0, 2), ("LOC", 3, 4)]),
+        (["I-PER", "I-PER", "O"], [("PER", 0, 2)]),  # I- at the start opens an entity
+        (["O", "I-LOC", "B-LOC"], [("LOC", 1, 2), ("LOC", 2, 3)]),  # I- after O opens; B- splits
+        (["B-PER", "I-LOC", "I-LOC"], [("PER", 0, 1), ("LOC", 1, 3)]),  # type change mid-span
+        (["B-PER", "B-PER", "I-PER"], [("PER", 0, 1), ("PER", 1, 3)]),
+        (["O", "B-ORG", "I-ORG"], [("ORG", 1, 3)]),  # trailing entity at sentence end
+        (["O", "O"], []),
+        ([], []),
+    ],
+)
 def test_entities_conlleval_reading(tags, expected):
     assert entities(tags) == expected
 
@@ -316,21 +341,27 @@ def test_entities_and_scores_match_conlleval_rules_on_random_tags():
 
 # --- serving helpers ---------------------------------------------------------------------------
 
+
 def _words(text: str) -> list[str]:
     return [word for word, _, _ in split_words(text)]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("EU rejects German call.", ["EU", "rejects", "German", "call", "."]),
-    ("The U.S. paid $1,000 (3.5%).", ["The", "U.S.", "paid", "$", "1,000", "(", "3.5", "%", ")", "."]),
-    ("Germany's O'Brien don't", ["Germany", "'s", "O'Brien", "do", "n't"]),
-    ("Mr. J. Smith of Acme Inc. said...", ["Mr.", "J.", "Smith", "of", "Acme", "Inc.", "said", "..."]),
-    ("On 1996-08-22 S&P rose 1/2 -- \"well-known\"", ["On", "1996-08-22", "S&P", "rose", "1/2", "--", '"',
-                                                    "well-known", '"']),
-    ("Paris,France won 6-4 in US$ .500", ["Paris", ",", "France", "won", "6-4", "in", "US$", ".500"]),
-    ("Zürich’s  team", ["Zürich", "’s", "team"]),
-    ("", []),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("EU rejects German call.", ["EU", "rejects", "German", "call", "."]),
+        ("The U.S. paid $1,000 (3.5%).", ["The", "U.S.", "paid", "$", "1,000", "(", "3.5", "%", ")", "."]),
+        ("Germany's O'Brien don't", ["Germany", "'s", "O'Brien", "do", "n't"]),
+        ("Mr. J. Smith of Acme Inc. said...", ["Mr.", "J.", "Smith", "of", "Acme", "Inc.", "said", "..."]),
+        (
+            'On 1996-08-22 S&P rose 1/2 -- "well-known"',
+            ["On", "1996-08-22", "S&P", "rose", "1/2", "--", '"', "well-known", '"'],
+        ),
+        ("Paris,France won 6-4 in US$ .500", ["Paris", ",", "France", "won", "6-4", "in", "US$", ".500"]),
+        ("Zürich’s  team", ["Zürich", "’s", "team"]),
+        ("", []),
+    ],
+)
 def test_split_words_follows_conll_tokenization(text, expected):
     assert _words(text) == expected
 
@@ -345,8 +376,17 @@ def test_split_words_offsets_point_into_the_text():
 def test_spans_to_entities_offsets_text_and_mean_score():
     text = "Peter Blackburn visited the U.S. embassy in Brussels."
     words = split_words(text)
-    assert [w for w, _, _ in words] == ["Peter", "Blackburn", "visited", "the", "U.S.", "embassy", "in",
-                                        "Brussels", "."]
+    assert [w for w, _, _ in words] == [
+        "Peter",
+        "Blackburn",
+        "visited",
+        "the",
+        "U.S.",
+        "embassy",
+        "in",
+        "Brussels",
+        ".",
+    ]
     tags = ["B-PER", "I-PER", "O", "O", "B-LOC", "O", "O", "B-LOC", "O"]
     scores = [0.9, 0.7, 1.0, 1.0, 0.6, 1.0, 1.0, 0.95, 1.0]
     found = spans_to_entities(text, words, tags, scores)

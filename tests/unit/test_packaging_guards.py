@@ -38,7 +38,9 @@ def test_weights_changed_since_training_are_never_packaged(tmp_path: Path):
     weights = tmp_path / "models/sst2/model.safetensors"
     _write(weights, "weights")
     _write(tmp_path / "models/sst2/lineage.json", {"model_sha256": file_sha256(weights)})
-    _write(tmp_path / "reports/gate/decision.json", {"approved": True, "reasons": [], "model_sha256": file_sha256(weights)})
+    _write(
+        tmp_path / "reports/gate/decision.json", {"approved": True, "reasons": [], "model_sha256": file_sha256(weights)}
+    )
     weights.write_text("tampered")
     with pytest.raises(ArtifactMismatch, match="does not match the sha256"):
         package(smoke_config(), tmp_path)

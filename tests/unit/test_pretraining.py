@@ -1,4 +1,5 @@
 """Pretraining data and objective: WikiText parsing, NSP pairs, BERT masking, masked-only MLM loss."""
+
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,9 @@ def test_wikitext_articles_become_documents_of_sentences(tmp_path: Path):
 def _documents(n_docs: int = 30, sentences: int = 12, seed: int = 0) -> list[list[list[int]]]:
     rng = np.random.default_rng(seed)
     # Token ids encode their document (id // 1000) so a pair's provenance is checkable.
-    return [[list(d * 1000 + rng.integers(0, 999, rng.integers(5, 20))) for _ in range(sentences)]
-            for d in range(n_docs)]
+    return [
+        [list(d * 1000 + rng.integers(0, 999, rng.integers(5, 20))) for _ in range(sentences)] for d in range(n_docs)
+    ]
 
 
 def test_nsp_pairs_are_half_true_continuations_and_fit_the_length():
@@ -96,8 +98,9 @@ def test_mlm_loss_runs_only_at_masked_positions():
     labels = torch.tensor([7, 8, 9])
     calls = []
     handle = model.cls.predictions.register_forward_hook(lambda m, i, o: calls.append(o.shape))
-    out = pretraining_losses(model, ids, torch.ones_like(ids), torch.zeros_like(ids), positions, labels,
-                             torch.tensor([1, 0, 1, 0]))
+    out = pretraining_losses(
+        model, ids, torch.ones_like(ids), torch.zeros_like(ids), positions, labels, torch.tensor([1, 0, 1, 0])
+    )
     handle.remove()
     assert calls == [torch.Size([3, 500])]  # 3 masked positions, not 4 x 32 tokens
     assert out["mlm_total"] == 3 and out["nsp_total"] == 4

@@ -107,7 +107,7 @@ def test_mismatched_answer_is_caught_naming_the_row(tmp_path):
     message = problems[0]
     assert "squad.json: question 'q-shifted' (article 'France')" in message
     assert "'France'" in message and "reads ' of Fr'" in message  # both the answer and what the context holds
-    assert "set answer_start to 24" in message                     # and how to fix it
+    assert "set answer_start to 24" in message  # and how to fix it
 
 
 def test_validation_reports_each_kind_of_bad_row():
@@ -228,10 +228,10 @@ def test_windows_overlap_by_the_stride_and_cover_the_context(sample, train_featu
 @pytest.mark.parametrize(
     "answer, start",
     [
-        ("NFL", 12),            # right after "(": a token ending exactly where the answer starts is not part of it
-        ("league", 4),          # right before " (": ends where the next token starts
-        (" said", 16),          # an offset on a space still lands on the word after it
-        ("yes", 23),            # inside quotes
+        ("NFL", 12),  # right after "(": a token ending exactly where the answer starts is not part of it
+        ("league", 4),  # right before " (": ends where the next token starts
+        (" said", 16),  # an offset on a space still lands on the word after it
+        ("yes", 23),  # inside quotes
     ],
 )
 def test_answer_positions_at_punctuation_and_spaces(tokenizer, answer, start):
@@ -299,7 +299,12 @@ def test_postprocess_answers_a_question_built_on_the_fly(tokenizer):
 
 
 def window(offsets: list) -> dict:
-    return {"input_ids": [0] * len(offsets), "token_type_ids": [0] * len(offsets), "example_index": 0, "offsets": offsets}
+    return {
+        "input_ids": [0] * len(offsets),
+        "token_type_ids": [0] * len(offsets),
+        "example_index": 0,
+        "offsets": offsets,
+    }
 
 
 def test_postprocess_keeps_only_valid_spans_and_scores_them_by_softmax():
@@ -308,7 +313,7 @@ def test_postprocess_keeps_only_valid_spans_and_scores_them_by_softmax():
     # [CLS] q [SEP] alpha beta gamma delta [SEP]
     offsets = [None, None, None, (0, 5), (6, 10), (11, 16), (17, 22), None]
     start = np.array([9.0, 9.0, 0.0, 1.0, 0.0, 3.0, 0.0, 9.0])  # question/specials score high but are not context
-    end = np.array([9.0, 9.0, 0.0, 2.0, 0.0, 0.0, 0.0, 9.0])    # end before start (gamma..alpha) is invalid
+    end = np.array([9.0, 9.0, 0.0, 2.0, 0.0, 0.0, 0.0, 9.0])  # end before start (gamma..alpha) is invalid
     prediction = postprocess([example], [window(offsets)], [start], [end], n_best=2, max_answer_length=30)["q"]
     # Top-2 starts {gamma 3, alpha 1} x top-2 ends {alpha 2, beta 0}: valid are alpha..alpha (3), alpha..beta (1).
     assert prediction["text"] == "alpha" and (prediction["start"], prediction["end"]) == (0, 5)
@@ -317,8 +322,14 @@ def test_postprocess_keeps_only_valid_spans_and_scores_them_by_softmax():
     # A length limit of 1 token rules out the wide span, even with a better logit sum.
     start = np.array([0, 0, 0, 5.0, 0, 0, 0, 0])
     end = np.array([0, 0, 0, 0, 0, 0, 5.0, 0])
-    assert postprocess([example], [window(offsets)], [start], [end], max_answer_length=4)["q"]["text"] == "alpha beta gamma delta"
-    assert postprocess([example], [window(offsets)], [start], [end], max_answer_length=1)["q"]["text"] != "alpha beta gamma delta"
+    assert (
+        postprocess([example], [window(offsets)], [start], [end], max_answer_length=4)["q"]["text"]
+        == "alpha beta gamma delta"
+    )
+    assert (
+        postprocess([example], [window(offsets)], [start], [end], max_answer_length=1)["q"]["text"]
+        != "alpha beta gamma delta"
+    )
 
 
 def test_postprocess_picks_the_best_window_and_counts_shared_spans_once():
@@ -372,11 +383,11 @@ def test_squad_scores_by_hand():
         QAExample("d", "T", "c", "?", [("anything", 0)]),
     ]
     predictions = {
-        "a": "Big cat.",            # EM 1, F1 1
-        "b": "the cat on a mat",    # vs "cat sat": P 1/3 R 1/2 -> 0.4; vs "on mat": P 2/3 R 1 -> 0.8; EM 0
-        "c": "Broncos",             # EM 0, F1 P 1 R 1/2 -> 2/3
+        "a": "Big cat.",  # EM 1, F1 1
+        "b": "the cat on a mat",  # vs "cat sat": P 1/3 R 1/2 -> 0.4; vs "on mat": P 2/3 R 1 -> 0.8; EM 0
+        "c": "Broncos",  # EM 0, F1 P 1 R 1/2 -> 2/3
         "ignored": "not a question",  # unknown ids do not count
-    }                               # "d" unanswered: 0 and 0
+    }  # "d" unanswered: 0 and 0
     assert answer_f1("the cat on a mat", "a cat sat") == pytest.approx(0.4)
     scores = squad_scores(predictions, examples)
     assert scores["exact_match"] == pytest.approx(100 * 1 / 4)

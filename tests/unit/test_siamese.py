@@ -1,5 +1,6 @@
 """finetune.pooling=siamese: a packed pair encoded as two separate sentences, a cosine head fit by
 a linear probe, exported to ONNX like any classifier; refused for data without pairs."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,9 +18,16 @@ CLS, SEP, PAD = 1, 2, 0
 
 def tiny(seed: int = 0) -> SiameseBertForSequenceClassification:
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2,
-                        attn_implementation="sdpa")
+    config = BertConfig(
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+        attn_implementation="sdpa",
+    )
     return SiameseBertForSequenceClassification(config).eval()
 
 
@@ -46,8 +54,13 @@ def test_each_sentence_gets_the_vector_it_gets_alone():
 def test_the_linear_probe_fits_the_head_to_the_frozen_cosines():
     model = tiny(1)
     generator = torch.Generator().manual_seed(0)
-    sequences = [packed(torch.randint(3, 60, (4,), generator=generator).tolist(),
-                        torch.randint(3, 60, (3,), generator=generator).tolist()) for _ in range(80)]
+    sequences = [
+        packed(
+            torch.randint(3, 60, (4,), generator=generator).tolist(),
+            torch.randint(3, 60, (3,), generator=generator).tolist(),
+        )
+        for _ in range(80)
+    ]
     with torch.no_grad():
         batch = collate(sequences, None, PAD, SEP)
         cosines = model.similarity(batch.input_ids, batch.attention_mask, batch.token_type_ids)[:, 0]
@@ -98,4 +111,6 @@ def test_a_siamese_teacher_distils_into_a_siamese_student():
     student, mapping = build_student(teacher, 1, "every-other", None)
     assert isinstance(student, SiameseBertForSequenceClassification) and mapping == [1]
     assert torch.equal(student.classifier.weight, teacher.classifier.weight)
-    assert torch.equal(student.bert.encoder.layer[0].output.dense.weight, teacher.bert.encoder.layer[1].output.dense.weight)
+    assert torch.equal(
+        student.bert.encoder.layer[0].output.dense.weight, teacher.bert.encoder.layer[1].output.dense.weight
+    )

@@ -24,8 +24,14 @@ def test_bootstrap_interval_matches_scipy_bootstrap_on_fixed_data():
     flip = rng.choice(800, 30, replace=False)
     challenger[flip] = ~challenger[flip]
     low, high = paired_bootstrap_ci(challenger, champion, resamples=5000, seed=1)
-    ref = bootstrap(((challenger.astype(float) - champion.astype(float)),), np.mean, n_resamples=5000,
-                    confidence_level=0.95, method="percentile", random_state=1).confidence_interval
+    ref = bootstrap(
+        ((challenger.astype(float) - champion.astype(float)),),
+        np.mean,
+        n_resamples=5000,
+        confidence_level=0.95,
+        method="percentile",
+        random_state=1,
+    ).confidence_interval
     assert low == pytest.approx(ref.low, abs=0.004) and high == pytest.approx(ref.high, abs=0.004)
 
 

@@ -38,7 +38,9 @@ def test_an_unreachable_ray_address_is_a_clear_error(monkeypatch):
     from bertops.training.ray_adapter import connect
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
-    with pytest.raises(ConfigError, match=r"cannot reach the Ray cluster at RAY_ADDRESS='127.0.0.1:1'.*unset RAY_ADDRESS"):
+    with pytest.raises(
+        ConfigError, match=r"cannot reach the Ray cluster at RAY_ADDRESS='127.0.0.1:1'.*unset RAY_ADDRESS"
+    ):
         connect()
     assert os.environ["RAY_ADDRESS"] == "127.0.0.1:1"  # left as the user set it
 

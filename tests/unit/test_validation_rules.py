@@ -9,9 +9,16 @@ def test_suite_covers_every_rule_for_each_split():
     checks = build_checks(smoke_config(), ["train", "eval"])
     names = {(c.table, c.name) for c in checks}
     for split in ("train", "eval"):
-        for rule in ("text column 'sentence' present", "label column 'label' present", "text is never null",
-                     "text length within bounds", "text is not blank", "text is valid UTF-8",
-                     "labels inside the declared label set", "duplicate rate under max_duplicate_rate"):
+        for rule in (
+            "text column 'sentence' present",
+            "label column 'label' present",
+            "text is never null",
+            "text length within bounds",
+            "text is not blank",
+            "text is valid UTF-8",
+            "labels inside the declared label set",
+            "duplicate rate under max_duplicate_rate",
+        ):
             assert (split, rule) in names
     assert ("eval", "no exact duplicates of train examples (leakage)") in names
     assert (SHARE_TABLE, "class balance within bounds") in names
@@ -20,9 +27,14 @@ def test_suite_covers_every_rule_for_each_split():
 def test_sentence_pairs_get_second_sentence_checks_and_pair_keys():
     cfg = smoke_config(["ingest.text_pair_column=sentence2"])
     names = {(c.table, c.name) for c in build_checks(cfg, ["train"])}
-    assert ("train", "every pair has its second sentence") in names and ("train", "second sentence is not blank") in names
-    frames = {"train": pd.DataFrame({"sentence": ["p", "p"], "sentence2": ["h1", "h2"], "label": ["1", "0"]}),
-              "eval": pd.DataFrame({"sentence": ["p", "p"], "sentence2": ["h1", "h3"], "label": ["1", "0"]})}
+    assert ("train", "every pair has its second sentence") in names and (
+        "train",
+        "second sentence is not blank",
+    ) in names
+    frames = {
+        "train": pd.DataFrame({"sentence": ["p", "p"], "sentence2": ["h1", "h2"], "label": ["1", "0"]}),
+        "eval": pd.DataFrame({"sentence": ["p", "p"], "sentence2": ["h1", "h3"], "label": ["1", "0"]}),
+    }
     tables = derived_tables(cfg, frames)
     # the same premise with another hypothesis is neither a duplicate nor a leak
     assert tables["train"]["example"].nunique() == 2 and tables["eval"][LEAK_COLUMN].tolist() == [True, False]
@@ -51,8 +63,14 @@ def test_a_declared_label_with_no_rows_has_share_zero():
 
 def test_verdict_fails_if_any_check_failed_and_names_it():
     ok = CheckResult("train", "text is never null", "ExpectColumnValuesToNotBeNull", True)
-    bad = CheckResult("eval", "labels inside the declared label set", "ExpectColumnValuesToBeInSet", False,
-                      unexpected_count=2, examples=[{"row": 3, "label": "7"}])
+    bad = CheckResult(
+        "eval",
+        "labels inside the declared label set",
+        "ExpectColumnValuesToBeInSet",
+        False,
+        unexpected_count=2,
+        examples=[{"row": 3, "label": "7"}],
+    )
     report = verdict("sst2", "abc", [ok, bad], {"train": 10})
     assert not report.success and report.failures == [bad]
     assert "[eval] labels inside the declared label set" in report.summary()

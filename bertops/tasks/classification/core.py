@@ -15,5 +15,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def answer(probabilities: np.ndarray, labels: list[str]) -> dict:
     """The arg-max label and each label's probability (6 decimals) for one input."""
-    return {"label": labels[int(np.argmax(probabilities))],
-            "probabilities": {name: round(float(p), 6) for name, p in zip(labels, probabilities)}}
+    return {
+        "label": labels[int(np.argmax(probabilities))],
+        "probabilities": {name: round(float(p), 6) for name, p in zip(labels, probabilities)},
+    }

@@ -20,10 +20,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+import bertops.tasks.classification.core as core
 from bertops.atomic import replace_dir, staging_dir
 from bertops.config import Config
-from bertops.data.prepare import PrepareResult, require_validated, stratified_split, subsample, token_stats
+from bertops.data.prepare import (
+    PrepareResult,
+    load_prepared,
+    require_validated,
+    stratified_split,
+    subsample,
+    token_stats,
+)
 from bertops.data.sources import DataSourceError, load_raw
 from bertops.data.validation import Check, ValidationSuite
 from bertops.encoding import encode, normalize_input, normalize_text
@@ -39,16 +48,16 @@ from bertops.models.classifier import build_classifier, checked_candidate, fit_p
 from bertops.models.pretrained import describe_model_source, load_tokenizer
 from bertops.packaging import production_model
 from bertops.tasks.base import Task
-import bertops.tasks.classification.core as core
 from bertops.training.loop import TrainingSpec
 from bertops.training.predict import accuracy_score, predict_logits
 
 LEAK_COLUMN = "leaks_from_train"
-EXAMPLE_COLUMN = "example"   # the whole input: the text, or "text ||| second sentence" for pairs
+EXAMPLE_COLUMN = "example"  # the whole input: the text, or "text ||| second sentence" for pairs
 SHARE_TABLE = "label_shares"
 
 
 # -- validate ------------------------------------------------------------------------------------
+
 
 def build_checks(config: Config, splits: list[str]) -> list[Check]:
     """The suite, from config: one list of checks per table."""
@@ -61,30 +70,65 @@ def build_checks(config: Config, splits: list[str]) -> list[Check]:
             Check(split, f"text column {text!r} present", "ExpectColumnToExist", {"column": text}),
             Check(split, f"label column {label!r} present", "ExpectColumnToExist", {"column": label}),
             Check(split, "text is never null", "ExpectColumnValuesToNotBeNull", {"column": text}),
-            Check(split, "text length within bounds", "ExpectColumnValueLengthsToBeBetween",
-                  {"column": text, "min_value": val.min_text_chars, "max_value": val.max_text_chars}),
+            Check(
+                split,
+                "text length within bounds",
+                "ExpectColumnValueLengthsToBeBetween",
+                {"column": text, "min_value": val.min_text_chars, "max_value": val.max_text_chars},
+            ),
             Check(split, "text is not blank", "ExpectColumnValuesToMatchRegex", {"column": text, "regex": r"\S"}),
             # Undecodable bytes were read as U+FFFD (see sources.read_table).
-            Check(split, "text is valid UTF-8", "ExpectColumnValuesToNotMatchRegex", {"column": text, "regex": "\ufffd"}),
-            Check(split, "labels inside the declared label set", "ExpectColumnValuesToBeInSet",
-                  {"column": label, "value_set": sorted(ing.labels)}),
-            Check(split, "duplicate rate under max_duplicate_rate", "ExpectColumnProportionOfUniqueValuesToBeBetween",
-                  {"column": EXAMPLE_COLUMN, "min_value": 1.0 - val.max_duplicate_rate}),
+            Check(
+                split, "text is valid UTF-8", "ExpectColumnValuesToNotMatchRegex", {"column": text, "regex": "\ufffd"}
+            ),
+            Check(
+                split,
+                "labels inside the declared label set",
+                "ExpectColumnValuesToBeInSet",
+                {"column": label, "value_set": sorted(ing.labels)},
+            ),
+            Check(
+                split,
+                "duplicate rate under max_duplicate_rate",
+                "ExpectColumnProportionOfUniqueValuesToBeBetween",
+                {"column": EXAMPLE_COLUMN, "min_value": 1.0 - val.max_duplicate_rate},
+            ),
         ]
         if ing.text_pair_column:
             pair = ing.text_pair_column
             checks += [
                 Check(split, f"second-sentence column {pair!r} present", "ExpectColumnToExist", {"column": pair}),
                 Check(split, "every pair has its second sentence", "ExpectColumnValuesToNotBeNull", {"column": pair}),
-                Check(split, "second sentence is not blank", "ExpectColumnValuesToMatchRegex", {"column": pair, "regex": r"\S"}),
-                Check(split, "second sentence length within bounds", "ExpectColumnValueLengthsToBeBetween",
-                      {"column": pair, "min_value": val.min_text_chars, "max_value": val.max_text_chars}),
+                Check(
+                    split,
+                    "second sentence is not blank",
+                    "ExpectColumnValuesToMatchRegex",
+                    {"column": pair, "regex": r"\S"},
+                ),
+                Check(
+                    split,
+                    "second sentence length within bounds",
+                    "ExpectColumnValueLengthsToBeBetween",
+                    {"column": pair, "min_value": val.min_text_chars, "max_value": val.max_text_chars},
+                ),
             ]
     if "eval" in splits:
-        checks.append(Check("eval", "no exact duplicates of train examples (leakage)", "ExpectColumnValuesToBeInSet",
-                            {"column": LEAK_COLUMN, "value_set": [False]}))
-    checks.append(Check(SHARE_TABLE, "class balance within bounds", "ExpectColumnValuesToBeBetween",
-                        {"column": "share", "min_value": val.min_class_share, "max_value": val.max_class_share}))
+        checks.append(
+            Check(
+                "eval",
+                "no exact duplicates of train examples (leakage)",
+                "ExpectColumnValuesToBeInSet",
+                {"column": LEAK_COLUMN, "value_set": [False]},
+            )
+        )
+    checks.append(
+        Check(
+            SHARE_TABLE,
+            "class balance within bounds",
+            "ExpectColumnValuesToBeBetween",
+            {"column": "share", "min_value": val.min_class_share, "max_value": val.max_class_share},
+        )
+    )
     return checks
 
 
@@ -114,12 +158,17 @@ def validation_suite(config: Config, root: Path) -> ValidationSuite:
     """The checks on the source tables (+ the leakage flag and the label-share table)."""
     frames, manifest = load_raw(config, root)
     ing = config.ingest
-    return ValidationSuite(build_checks(config, list(frames)), derived_tables(config, frames),
-                           [c for c in (ing.text_column, ing.text_pair_column, ing.label_column) if c],
-                           {k: len(v) for k, v in frames.items()}, manifest["data_hash"])
+    return ValidationSuite(
+        build_checks(config, list(frames)),
+        derived_tables(config, frames),
+        [c for c in (ing.text_column, ing.text_pair_column, ing.label_column) if c],
+        {k: len(v) for k, v in frames.items()},
+        manifest["data_hash"],
+    )
 
 
 # -- prepare -------------------------------------------------------------------------------------
+
 
 def to_examples(frame: pd.DataFrame, config: Config) -> pd.DataFrame:
     """Source columns -> (text, label id); label ids follow the order of `ingest.labels`."""
@@ -127,12 +176,16 @@ def to_examples(frame: pd.DataFrame, config: Config) -> pd.DataFrame:
     label_ids = {raw: i for i, raw in enumerate(ing.labels)}
     unknown = sorted({str(v) for v in frame[ing.label_column]} - set(label_ids))
     if unknown:
-        raise DataSourceError(f"labels {unknown[:5]} are not in ingest.labels {sorted(label_ids)}; "
-                              "run `bertops validate` for the offending rows, or declare them in ingest.labels")
+        raise DataSourceError(
+            f"labels {unknown[:5]} are not in ingest.labels {sorted(label_ids)}; "
+            "run `bertops validate` for the offending rows, or declare them in ingest.labels"
+        )
     columns = {"text": [normalize_text(t, prep.unicode_form, prep.lowercase) for t in frame[ing.text_column]]}
     if ing.text_pair_column:
-        columns["text_pair"] = [normalize_text(str(t), prep.unicode_form, prep.lowercase) if isinstance(t, str) else ""
-                                for t in frame[ing.text_pair_column]]
+        columns["text_pair"] = [
+            normalize_text(str(t), prep.unicode_form, prep.lowercase) if isinstance(t, str) else ""
+            for t in frame[ing.text_pair_column]
+        ]
     out = pd.DataFrame({**columns, "label": [label_ids[str(v)] for v in frame[ing.label_column]]})
     keep = out["text"] != ""
     if ing.text_pair_column:
@@ -184,7 +237,8 @@ def prepare(config: Config, root: Path) -> PrepareResult:
         if frame.empty:
             raise DataSourceError(
                 f"the {split} split is empty after de-duplication, leak removal and splitting; the corpus is too "
-                "small or overlaps eval (check prepare.max_train_rows, prepare.validation_fraction, eval_fraction)")
+                "small or overlaps eval (check prepare.max_train_rows, prepare.validation_fraction, eval_fraction)"
+            )
 
     tokenizer = load_tokenizer(config.finetune.model)
     stats, histograms = {}, []
@@ -202,10 +256,21 @@ def prepare(config: Config, root: Path) -> PrepareResult:
 
     label_names = list(config.ingest.labels.values())
     (staging / "labels.json").write_text(json.dumps({"id2label": dict(enumerate(label_names))}, indent=2) + "\n")
-    prepared_hash = files_sha256([staging / f"{s}.parquet" for s in ("train", "validation", "eval")] + [staging / "labels.json"])
+    prepared_hash = files_sha256(
+        [staging / f"{s}.parquet" for s in ("train", "validation", "eval")] + [staging / "labels.json"]
+    )
     (staging / "meta.json").write_text(
-        json.dumps({"dataset": config.ingest.dataset, "data_hash": manifest["data_hash"], "prepared_hash": prepared_hash,
-                    "tokenizer": config.finetune.model, "max_length": prep.max_length}, indent=2) + "\n"
+        json.dumps(
+            {
+                "dataset": config.ingest.dataset,
+                "data_hash": manifest["data_hash"],
+                "prepared_hash": prepared_hash,
+                "tokenizer": config.finetune.model,
+                "max_length": prep.max_length,
+            },
+            indent=2,
+        )
+        + "\n"
     )
     replace_dir(staging, out_dir)
     reports = root / config.paths.reports / "prepare"
@@ -220,6 +285,7 @@ def prepare(config: Config, root: Path) -> PrepareResult:
 
 # -- finetune ------------------------------------------------------------------------------------
 
+
 def training_spec(config: Config, root: Path) -> TrainingSpec:
     """A sequence-classification head on `finetune.model`, selected on validation accuracy."""
     cfg = config.finetune
@@ -228,16 +294,28 @@ def training_spec(config: Config, root: Path) -> TrainingSpec:
 
     def probe_head(model, train_ids, train_labels, device, precision) -> None:
         """finetune.pooling=siamese: start from a head fit to the frozen encoder (linear probe)."""
-        lineage["linear_probe"] = fit_pair_head(model, train_ids, train_labels, tokenizer.pad_token_id,
-                                                tokenizer.sep_token_id, device, config.evaluate.batch_size)
+        lineage["linear_probe"] = fit_pair_head(
+            model,
+            train_ids,
+            train_labels,
+            tokenizer.pad_token_id,
+            tokenizer.sep_token_id,
+            device,
+            config.evaluate.batch_size,
+        )
 
     return TrainingSpec(
-        stage="finetune", section=cfg, tokenizer=cfg.model, parent=describe_model_source(cfg.model),
+        stage="finetune",
+        section=cfg,
+        tokenizer=cfg.model,
+        parent=describe_model_source(cfg.model),
         build=lambda id2label: build_classifier(cfg.model, cfg.pooling, id2label, cfg.dropout),
         out_dir=root / config.paths.models / config.ingest.dataset,
-        prepare=probe_head if cfg.pooling == "siamese" else None, evaluate_start=cfg.pooling == "siamese",
+        prepare=probe_head if cfg.pooling == "siamese" else None,
+        evaluate_start=cfg.pooling == "siamese",
         lineage=lineage,
-        score=accuracy_score(tokenizer.pad_token_id, tokenizer.sep_token_id, config.evaluate.batch_size))
+        score=accuracy_score(tokenizer.pad_token_id, tokenizer.sep_token_id, config.evaluate.batch_size),
+    )
 
 
 # -- evaluate ------------------------------------------------------------------------------------
@@ -254,14 +332,29 @@ def probability_fn(model, tokenizer, config: Config) -> Callable[[list], np.ndar
     def predict(inputs: list) -> np.ndarray:
         inputs = [normalize_input(x, prep.unicode_form, prep.lowercase) for x in inputs]
         ids = encode(tokenizer, inputs, prep.max_length).input_ids
-        return softmax(predict_logits(model, ids, tokenizer.pad_token_id, config.evaluate.batch_size, torch.device("cpu"),
-                                      sep_id=tokenizer.sep_token_id))
+        return softmax(
+            predict_logits(
+                model,
+                ids,
+                tokenizer.pad_token_id,
+                config.evaluate.batch_size,
+                torch.device("cpu"),
+                sep_id=tokenizer.sep_token_id,
+            )
+        )
 
     return predict
 
 
-def score_champion(config: Config, root: Path, texts: list, y_true: np.ndarray, candidate_correct: np.ndarray,
-                   labels: list[str], masks: dict[str, np.ndarray]) -> dict | None:
+def score_champion(
+    config: Config,
+    root: Path,
+    texts: list,
+    y_true: np.ndarray,
+    candidate_correct: np.ndarray,
+    labels: list[str],
+    masks: dict[str, np.ndarray],
+) -> dict | None:
     """Score the production model on the very same eval examples and compare (paired), overall
     and per slice."""
     found = production_model(config, root)
@@ -270,28 +363,37 @@ def score_champion(config: Config, root: Path, texts: list, y_true: np.ndarray, 
     version, path = found
     model, tokenizer = load_classifier(path)
     if [model.config.id2label[i] for i in range(model.config.num_labels)] != labels:
-        raise ArtifactMismatch(f"production {version} predicts labels {model.config.id2label}, the candidate {labels}; "
-                               "they cannot be compared on the same examples")
+        raise ArtifactMismatch(
+            f"production {version} predicts labels {model.config.id2label}, the candidate {labels}; "
+            "they cannot be compared on the same examples"
+        )
     champion_correct = probability_fn(model, tokenizer, config)(texts).argmax(-1) == y_true
     # The champion's serving latency, timed the same way and in the same run (the speed trade compares them).
     latency = serving_cost(model, tokenizer, path, texts, config)["latency"]
     gate = config.gate
 
     def paired(mask: np.ndarray) -> dict:
-        result = compare(candidate_correct[mask], champion_correct[mask], gate.confidence, gate.bootstrap_resamples,
-                         seed=0)
+        result = compare(
+            candidate_correct[mask], champion_correct[mask], gate.confidence, gate.bootstrap_resamples, seed=0
+        )
         return {"accuracy": float(champion_correct[mask].mean()), **result.__dict__}
 
-    return {"version": version, "latency": latency, **paired(np.ones(len(y_true), dtype=bool)),
-            "slices": {name: paired(mask) for name, mask in masks.items() if mask.any()}}
+    return {
+        "version": version,
+        "latency": latency,
+        **paired(np.ones(len(y_true), dtype=bool)),
+        "slices": {name: paired(mask) for name, mask in masks.items() if mask.any()},
+    }
 
 
 def serving_cost(model, tokenizer, model_dir: Path, texts: list, config: Config) -> dict:
     """Weights on disk and the latency of one /classify request, encoded as the endpoint encodes it."""
     prep = config.prepare
     request = serving_request(model, tokenizer, prep.max_length, prep.unicode_form, prep.lowercase)
-    return {"model_size_mb": model_size_mb(model_dir),
-            "latency": latency_profile(request, texts, config.evaluate.latency_requests)}
+    return {
+        "model_size_mb": model_size_mb(model_dir),
+        "latency": latency_profile(request, texts, config.evaluate.latency_requests),
+    }
 
 
 def behaviour_report(config: Config, root: Path, predict, labels: list[str]) -> dict | None:
@@ -308,8 +410,10 @@ def evaluate(config: Config, root: Path) -> Evaluation:
     model_dir, lineage = checked_candidate(config, root, meta.get("prepared_hash"))
     model, tokenizer = load_classifier(model_dir)
     if model.config.num_labels != len(id2label):
-        raise ArtifactMismatch(f"{model_dir} predicts {model.config.num_labels} labels, the corpus has {len(id2label)}; "
-                               "re-run `bertops finetune` (or `dvc repro`) before evaluating")
+        raise ArtifactMismatch(
+            f"{model_dir} predicts {model.config.num_labels} labels, the corpus has {len(id2label)}; "
+            "re-run `bertops finetune` (or `dvc repro`) before evaluating"
+        )
     evals = frames["eval"]
     texts, y_true = evals["text"].tolist(), evals["label"].to_numpy()
     inputs = model_inputs(evals)  # the texts, or (text, second sentence) pairs
@@ -330,15 +434,23 @@ def evaluate(config: Config, root: Path) -> Evaluation:
 
 def markdown_summary(metrics: dict) -> str:
     lines = [
-        f"## Evaluation on {metrics['examples']} held-out examples", "",
-        f"accuracy **{metrics['accuracy']:.4f}**, macro-F1 **{metrics['macro_f1']:.4f}**, ECE {metrics['ece']:.4f}", "",
-        "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |",
+        f"## Evaluation on {metrics['examples']} held-out examples",
+        "",
+        f"accuracy **{metrics['accuracy']:.4f}**, macro-F1 **{metrics['macro_f1']:.4f}**, ECE {metrics['ece']:.4f}",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for name, c in metrics["per_class"].items():
         lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
     labels = metrics["labels"]
-    lines += ["", "Confusion matrix (rows: true, columns: predicted)", "",
-              "| | " + " | ".join(labels) + " |", "| --- " * (len(labels) + 1) + "|"]
+    lines += [
+        "",
+        "Confusion matrix (rows: true, columns: predicted)",
+        "",
+        "| | " + " | ".join(labels) + " |",
+        "| --- " * (len(labels) + 1) + "|",
+    ]
     for name, row in zip(labels, metrics["confusion_matrix"]):
         lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
     if metrics.get("slices"):
@@ -348,37 +460,55 @@ def markdown_summary(metrics: dict) -> str:
             f1 = "-" if s["macro_f1"] is None else f"{s['macro_f1']:.4f}"
             lines.append(f"| {name} | {s['examples']} | {acc} | {f1} |")
     if metrics.get("behaviour"):
-        lines += ["", "### Behavioural checks", "", "| kind | cases | passed | pass rate |", "| --- | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "### Behavioural checks",
+            "",
+            "| kind | cases | passed | pass rate |",
+            "| --- | ---: | ---: | ---: |",
+        ]
         for kind, b in metrics["behaviour"].items():
             lines.append(f"| {kind} | {b['cases']} | {b['passed']} | {b['pass_rate']:.3f} |")
     serving = metrics.get("serving")
     if serving:
         lat = serving["latency"]
-        lines += ["", f"Serving cost: {serving['model_size_mb']} MB of weights; one request p50 {lat['p50_ms']:.1f} ms, "
-                      f"p95 {lat['p95_ms']:.1f} ms ({lat['requests']} requests, in-process)"]
+        lines += [
+            "",
+            f"Serving cost: {serving['model_size_mb']} MB of weights; one request p50 {lat['p50_ms']:.1f} ms, "
+            f"p95 {lat['p95_ms']:.1f} ms ({lat['requests']} requests, in-process)",
+        ]
     return "\n".join(lines) + "\n"
 
 
 # -- package -------------------------------------------------------------------------------------
 
+
 def export_for_serving(config: Config, root: Path, model_dir: Path) -> dict:
     """Export ONNX fp32 + int8 into the model folder and check both against PyTorch on the eval
     split; pick the CPU runtime. A runtime asked for by name that failed its check is refused."""
-    from bertops.data.prepare import load_prepared
-    from bertops.models.export import ExportCheckFailed, export_for_serving as export
+    from bertops.models.export import ExportCheckFailed
+    from bertops.models.export import export_for_serving as export
 
     frames, _, _ = load_prepared(config, root)
     evals = frames["eval"]
     serve = config.serve
-    report = export(model_dir, model_inputs(evals), evals["label"].to_numpy(), config.prepare.max_length,
-                    serve.onnx_max_abs_diff, serve.int8_max_accuracy_drop)
+    report = export(
+        model_dir,
+        model_inputs(evals),
+        evals["label"].to_numpy(),
+        config.prepare.max_length,
+        serve.onnx_max_abs_diff,
+        serve.int8_max_accuracy_drop,
+    )
     passed = [r for r in ("onnx-int8", "onnx") if report["runtimes"][r]["passed"]]
     if serve.runtime in ("onnx-int8", "onnx") and serve.runtime not in passed:
         detail = report["runtimes"][serve.runtime]
         raise ExportCheckFailed(
             f"serve.runtime={serve.runtime} failed its agreement check with PyTorch (max |logit diff| "
-            f"{detail['max_abs_logit_diff']:.2e}, accuracy {detail['accuracy']:.4f} vs {report['torch_accuracy']:.4f}); "
-            f"it is not served. Use serve.runtime=auto or torch")
+            f"{detail['max_abs_logit_diff']:.2e}, accuracy {detail['accuracy']:.4f} vs "
+            f"{report['torch_accuracy']:.4f}); "
+            f"it is not served. Use serve.runtime=auto or torch"
+        )
     report["cpu_runtime"] = serve.runtime if serve.runtime != "auto" else (passed[0] if passed else "torch")
     return report
 

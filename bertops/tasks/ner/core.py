@@ -2,6 +2,7 @@
 files, align word tags to word pieces, score entities the way seqeval/conlleval do, and turn
 per-word predictions on raw text back into character-offset entities for serving.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,6 +29,7 @@ class Sentence:
 
 
 # --- reading and checking CoNLL files ---------------------------------------------------------
+
 
 def _shorten(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -121,8 +123,9 @@ def _row_problems(token: str, tag: str, previous: str | None, known: set[str], l
     return problems
 
 
-def validate_sentences(sentences: list[Sentence], labels: list[str], source: str,
-                       max_problems: int = MAX_PROBLEMS) -> list[str]:
+def validate_sentences(
+    sentences: list[Sentence], labels: list[str], source: str, max_problems: int = MAX_PROBLEMS
+) -> list[str]:
     """One `source:line: what is wrong; how to fix it` message per bad row, empty when all is well.
 
     Capped at `max_problems` messages plus one line counting the rest: a file with a systematic
@@ -143,8 +146,9 @@ def validate_sentences(sentences: list[Sentence], labels: list[str], source: str
         for offset, (token, tag) in enumerate(zip(sentence.tokens, sentence.tags)):
             found = _row_problems(token, tag, previous, known, hint)
             if found:
-                problems.append(f"{source}:{sentence.line + offset}: token {_shorten(token, 30)!r} tag {tag!r}: "
-                                + "; ".join(found))
+                problems.append(
+                    f"{source}:{sentence.line + offset}: token {_shorten(token, 30)!r} tag {tag!r}: " + "; ".join(found)
+                )
             previous = tag
     if len(problems) > max_problems:
         rest = len(problems) - max_problems
@@ -170,6 +174,7 @@ def label_list(sentences: list[Sentence]) -> list[str]:
 
 # --- aligning word tags to word pieces --------------------------------------------------------
 
+
 def encode(tokenizer, sentences: list[Sentence], label2id: dict[str, int], max_length: int) -> list[dict]:
     """Word pieces per sentence, with each word's label on its first piece and -100 elsewhere.
 
@@ -178,19 +183,22 @@ def encode(tokenizer, sentences: list[Sentence], label2id: dict[str, int], max_l
     `max_length` and so has no label; `word_predictions` fills those words.
     """
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{type(tokenizer).__name__} is a slow tokenizer; NER alignment needs word_ids(), "
-                         "which only fast (Rust) tokenizers provide: load it with use_fast=True")
+        raise ValueError(
+            f"{type(tokenizer).__name__} is a slow tokenizer; NER alignment needs word_ids(), "
+            "which only fast (Rust) tokenizers provide: load it with use_fast=True"
+        )
     minimum = tokenizer.num_special_tokens_to_add() + 1
     if max_length < minimum:
         raise ValueError(f"max_length={max_length} leaves no room for a word; use at least {minimum}")
     for sentence in sentences:
         if len(sentence.tokens) != len(sentence.tags):
-            raise ValueError(f"line {sentence.line}: {len(sentence.tokens)} tokens but {len(sentence.tags)} tags; "
-                             "run validate_sentences first")
+            raise ValueError(
+                f"line {sentence.line}: {len(sentence.tokens)} tokens but {len(sentence.tags)} tags; "
+                "run validate_sentences first"
+            )
     if not sentences:
         return []
-    batch = tokenizer([s.tokens for s in sentences], is_split_into_words=True, truncation=True,
-                      max_length=max_length)
+    batch = tokenizer([s.tokens for s in sentences], is_split_into_words=True, truncation=True, max_length=max_length)
     encoded = []
     for i, sentence in enumerate(sentences):
         word_ids = batch.word_ids(i)
@@ -202,18 +210,22 @@ def encode(tokenizer, sentences: list[Sentence], label2id: dict[str, int], max_l
             else:
                 tag = sentence.tags[word]
                 if tag not in label2id:
-                    raise ValueError(f"line {sentence.line + word}: tag {tag!r} is not in label2id "
-                                     f"({', '.join(label2id)}); run validate_sentences first")
+                    raise ValueError(
+                        f"line {sentence.line + word}: tag {tag!r} is not in label2id "
+                        f"({', '.join(label2id)}); run validate_sentences first"
+                    )
                 labels.append(label2id[tag])
             previous = word
         present = {w for w in word_ids if w is not None}
         cut = {w for extra in batch.encodings[i].overflowing for w in extra.word_ids if w is not None}
-        encoded.append({
-            "input_ids": list(batch["input_ids"][i]),
-            "labels": labels,
-            "word_ids": list(word_ids),
-            "truncated": bool(cut - present),
-        })
+        encoded.append(
+            {
+                "input_ids": list(batch["input_ids"][i]),
+                "labels": labels,
+                "word_ids": list(word_ids),
+                "truncated": bool(cut - present),
+            }
+        )
     return encoded
 
 
@@ -232,13 +244,13 @@ def _piece_array(values, word_ids: list[int | None]) -> np.ndarray:
     array = np.asarray(values)
     # Padded batches give more positions than word_ids; the extra ones are padding and unused.
     if array.ndim not in (1, 2) or len(array) < len(word_ids):
-        raise ValueError(f"expected one label id or one logits row per piece ({len(word_ids)} pieces), "
-                         f"got shape {array.shape}")
+        raise ValueError(
+            f"expected one label id or one logits row per piece ({len(word_ids)} pieces), got shape {array.shape}"
+        )
     return array
 
 
-def word_predictions(values, word_ids: list[int | None], num_words: int | None = None,
-                     fill: int = 0) -> list[int]:
+def word_predictions(values, word_ids: list[int | None], num_words: int | None = None, fill: int = 0) -> list[int]:
     """One label id per word, read at the word's first piece.
 
     `values` is (pieces,) label ids or (pieces, num_labels) logits. Words with no piece get
@@ -249,8 +261,9 @@ def word_predictions(values, word_ids: list[int | None], num_words: int | None =
     return [int(ids[p]) if p is not None else fill for p in _first_pieces(word_ids, num_words)]
 
 
-def word_scores(logits, word_ids: list[int | None], num_words: int | None = None,
-                fill: int = 0) -> tuple[list[int], list[float]]:
+def word_scores(
+    logits, word_ids: list[int | None], num_words: int | None = None, fill: int = 0
+) -> tuple[list[int], list[float]]:
     """Per word: the predicted label id and its softmax probability, both at the first piece."""
     array = _piece_array(logits, word_ids)
     if array.ndim != 2:
@@ -265,6 +278,7 @@ def word_scores(logits, word_ids: list[int | None], num_words: int | None = None
 
 
 # --- entity metrics (seqeval default mode, as conlleval) -------------------------------------
+
 
 def entities(tags: list[str]) -> list[tuple[str, int, int]]:
     """(type, start, end-exclusive) spans in IOB2 tags, read as conlleval does.
@@ -331,7 +345,8 @@ def entity_scores(gold: list[list[str]], pred: list[list[str]]) -> dict:
 # --- serving: raw text in, character-offset entities out --------------------------------------
 
 # CoNLL-2003 (Reuters, Penn-Treebank style) tokens, tried in this order at each position:
-_WORD = re.compile(r"""
+_WORD = re.compile(
+    r"""
     (?:[A-Za-z]\.){2,}(?![A-Za-z])                      # U.S. / a.m. / F.C.: letter-dot runs
   | (?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Inc|Corp|Co|Ltd|vs)\.(?!\w)  # common abbreviations keep their dot
   | [A-Z]\.(?!\w)                                       # an initial: J. Smith
@@ -340,7 +355,9 @@ _WORD = re.compile(r"""
   | \w+(?:[-'’./&]\w+|(?<=\d),\d+)*                     # words and numbers: 1,000 3.5 1996-08-22 O'Brien S&P 1/2
   | \.{2,} | -{2,}                                      # ... and --
   | \S                                                  # anything else is a one-character token
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 _CLITIC = re.compile(r"(?i)(?<=\w)(n['’]t|['’](?:s|re|m|ve|ll|d))$")  # typographic ’ too
 
 
@@ -367,8 +384,9 @@ def split_words(text: str) -> list[tuple[str, int, int]]:
     return words
 
 
-def spans_to_entities(text: str, words: list[tuple[str, int, int]], tags: list[str],
-                      scores: list[float] | None = None) -> list[dict]:
+def spans_to_entities(
+    text: str, words: list[tuple[str, int, int]], tags: list[str], scores: list[float] | None = None
+) -> list[dict]:
     """Entities as {entity, text, start, end, score} with character offsets into `text`.
 
     `score` is the mean over the entity's words of each word's top-label probability: one
@@ -383,8 +401,10 @@ def spans_to_entities(text: str, words: list[tuple[str, int, int]], tags: list[s
     for kind, first, last in entities(tags):
         start, end = words[first][1], words[last - 1][2]
         if not 0 <= start <= end <= len(text):
-            raise ValueError(f"word offsets {start}..{end} fall outside the text ({len(text)} characters); "
-                             "use the offsets split_words returned for this text")
+            raise ValueError(
+                f"word offsets {start}..{end} fall outside the text ({len(text)} characters); "
+                "use the offsets split_words returned for this text"
+            )
         score = float(np.mean(scores[first:last])) if scores is not None else None
         found.append({"entity": kind, "text": text[start:end], "start": start, "end": end, "score": score})
     return found

@@ -10,6 +10,7 @@ finetune: the shared training loop with a token-classification head, labels padd
 evaluate: entity-level precision / recall / F1 (seqeval semantics) overall and per type, the
   serving cost, and the production model re-scored on the same sentences.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,23 @@ import numpy as np
 import pandas as pd
 import torch
 
+import bertops.tasks.ner.core as core
 from bertops.config import Config, ConfigError
 from bertops.data.batching import Batch, bucketed_batches
 from bertops.data.validation import Check, CheckResult, CorpusUnreadable, ValidationSuite
 from bertops.evaluation.evaluate import Evaluation
 from bertops.evaluation.gate import GateRules, required_floor
 from bertops.tasks.base import Task
-import bertops.tasks.ner.core as core
-from bertops.tasks.ner.core import IGNORE_INDEX, OUTSIDE, ConllFormatError, Sentence, encode, entity_scores, read_conll
-from bertops.tasks.ner.core import word_predictions
+from bertops.tasks.ner.core import (
+    IGNORE_INDEX,
+    OUTSIDE,
+    ConllFormatError,
+    Sentence,
+    encode,
+    entity_scores,
+    read_conll,
+    word_predictions,
+)
 from bertops.training.loop import TrainingSpec
 from bertops.training.setup import autocast
 
@@ -52,6 +61,7 @@ def declared_tags(config: Config) -> list[str]:
 
 # -- validate ------------------------------------------------------------------------------------
 
+
 def token_table(sentences: list[Sentence]) -> pd.DataFrame:
     """One row per token, indexed by (file line - 1) so a failure's "row" is the file's line."""
     rows, index = [], []
@@ -59,9 +69,18 @@ def token_table(sentences: list[Sentence]) -> pd.DataFrame:
         previous = None
         for offset, (token, tag) in enumerate(zip(sentence.tokens, sentence.tags)):
             kind = tag[2:] if tag[:2] in ("B-", "I-") else None
-            iob2 = not tag.startswith("I-") or (previous is not None and previous[2:] == kind and previous[:2] in ("B-", "I-"))
-            rows.append({"line": sentence.line + offset, "token": token, "tag": tag,
-                         "previous_tag": previous or "(sentence start)", "iob2_ok": iob2})
+            iob2 = not tag.startswith("I-") or (
+                previous is not None and previous[2:] == kind and previous[:2] in ("B-", "I-")
+            )
+            rows.append(
+                {
+                    "line": sentence.line + offset,
+                    "token": token,
+                    "tag": tag,
+                    "previous_tag": previous or "(sentence start)",
+                    "iob2_ok": iob2,
+                }
+            )
             index.append(sentence.line + offset - 1)
             previous = tag
     return pd.DataFrame(rows, index=index, columns=["line", "token", "tag", "previous_tag", "iob2_ok"])
@@ -78,21 +97,43 @@ def validation_suite(config: Config, root: Path) -> ValidationSuite:
     for split, sentences in splits.items():
         tables[split] = token_table(sentences)
         checks += [
-            Check(split, "tags inside the declared tag set", "ExpectColumnValuesToBeInSet",
-                  {"column": "tag", "value_set": tags}),
-            Check(split, "IOB2: an I-X tag follows B-X or I-X", "ExpectColumnValuesToBeInSet",
-                  {"column": "iob2_ok", "value_set": [True]}),
+            Check(
+                split,
+                "tags inside the declared tag set",
+                "ExpectColumnValuesToBeInSet",
+                {"column": "tag", "value_set": tags},
+            ),
+            Check(
+                split,
+                "IOB2: an I-X tag follows B-X or I-X",
+                "ExpectColumnValuesToBeInSet",
+                {"column": "iob2_ok", "value_set": [True]},
+            ),
             Check(split, "tokens are not blank", "ExpectColumnValuesToMatchRegex", {"column": "token", "regex": r"\S"}),
         ]
     # GX sees token rows; the size rule is about sentences
-    sizes = [CheckResult(split, "at least min_rows sentences", "sentence count",
-                         len(sentences) >= config.validate_.min_rows, observed=len(sentences))
-             for split, sentences in splits.items()]
-    return ValidationSuite(checks, tables, ["line", "token", "tag", "previous_tag"],
-                           {split: len(sentences) for split, sentences in splits.items()}, manifest["data_hash"], sizes)
+    sizes = [
+        CheckResult(
+            split,
+            "at least min_rows sentences",
+            "sentence count",
+            len(sentences) >= config.validate_.min_rows,
+            observed=len(sentences),
+        )
+        for split, sentences in splits.items()
+    ]
+    return ValidationSuite(
+        checks,
+        tables,
+        ["line", "token", "tag", "previous_tag"],
+        {split: len(sentences) for split, sentences in splits.items()},
+        manifest["data_hash"],
+        sizes,
+    )
 
 
 # -- prepare -------------------------------------------------------------------------------------
+
 
 def prepare_ner(config: Config, root: Path):
     """CoNLL sentences -> word pieces + aligned labels, train / validation / eval parquet files."""
@@ -125,28 +166,47 @@ def prepare_ner(config: Config, root: Path):
     for split in SPLITS:
         sentences = splits[split]
         features = encode(tokenizer, sentences, label2id, prep.max_length)
-        frame = pd.DataFrame({
-            "tokens": [s.tokens for s in sentences], "tags": [s.tags for s in sentences],
-            "line": [s.line for s in sentences], "input_ids": [f["input_ids"] for f in features],
-            "labels": [f["labels"] for f in features],
-            "word_ids": [[-1 if w is None else w for w in f["word_ids"]] for f in features],
-            "truncated": [f["truncated"] for f in features]})
+        frame = pd.DataFrame(
+            {
+                "tokens": [s.tokens for s in sentences],
+                "tags": [s.tags for s in sentences],
+                "line": [s.line for s in sentences],
+                "input_ids": [f["input_ids"] for f in features],
+                "labels": [f["labels"] for f in features],
+                "word_ids": [[-1 if w is None else w for w in f["word_ids"]] for f in features],
+                "truncated": [f["truncated"] for f in features],
+            }
+        )
         frame.to_parquet(staging / f"{split}.parquet", index=False)
         stats[split] = token_stats([len(ids) for ids in frame["input_ids"]], prep.max_length)
         truncated[split] = int(frame["truncated"].sum())
     (staging / "labels.json").write_text(json.dumps({"id2label": dict(enumerate(tags))}, indent=2) + "\n")
     prepared_hash = files_sha256([staging / f"{s}.parquet" for s in SPLITS] + [staging / "labels.json"])
-    (staging / "meta.json").write_text(json.dumps({
-        "dataset": config.ingest.dataset, "task": "ner", "data_hash": manifest["data_hash"],
-        "prepared_hash": prepared_hash, "tokenizer": config.finetune.model, "max_length": prep.max_length,
-        "sentences_with_cut_words": truncated}, indent=2) + "\n")
+    (staging / "meta.json").write_text(
+        json.dumps(
+            {
+                "dataset": config.ingest.dataset,
+                "task": "ner",
+                "data_hash": manifest["data_hash"],
+                "prepared_hash": prepared_hash,
+                "tokenizer": config.finetune.model,
+                "max_length": prep.max_length,
+                "sentences_with_cut_words": truncated,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     replace_dir(staging, out_dir)
     return write_prepare_reports(config, root, out_dir, {split: splits[split] for split in SPLITS}, stats, None)
 
 
 # -- finetune ------------------------------------------------------------------------------------
 
-def collate_tokens(sequences: list[list[int]], labels: list[list[int]], pad_id: int, sep_id: int | None = None) -> Batch:
+
+def collate_tokens(
+    sequences: list[list[int]], labels: list[list[int]], pad_id: int, sep_id: int | None = None
+) -> Batch:
     """Pad ids with pad_id and per-piece labels with -100 (ignored by the loss)."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -160,8 +220,15 @@ def collate_tokens(sequences: list[list[int]], labels: list[list[int]], pad_id: 
 
 
 @torch.no_grad()
-def predict_tags(model, frame: pd.DataFrame, id2label: dict[int, str], pad_id: int, batch_size: int,
-                 device: torch.device, precision: str = "fp32") -> list[list[str]]:
+def predict_tags(
+    model,
+    frame: pd.DataFrame,
+    id2label: dict[int, str],
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> list[list[str]]:
     """One predicted tag per word of each sentence (read at the word's first piece)."""
     was_training = model.training
     model.eval()
@@ -190,8 +257,13 @@ def training_spec(config: Config, root: Path) -> TrainingSpec:
 
     def build(id2label: dict[int, str]):
         return AutoModelForTokenClassification.from_pretrained(
-            resolve_model_source(cfg.model), num_labels=len(id2label), id2label=id2label,
-            label2id={v: k for k, v in id2label.items()}, hidden_dropout_prob=cfg.dropout, attn_implementation="sdpa")
+            resolve_model_source(cfg.model),
+            num_labels=len(id2label),
+            id2label=id2label,
+            label2id={v: k for k, v in id2label.items()},
+            hidden_dropout_prob=cfg.dropout,
+            attn_implementation="sdpa",
+        )
 
     def score(model, frame: pd.DataFrame, device: torch.device, precision: str) -> float:
         if "pad" not in tokenizer_pad:
@@ -199,17 +271,28 @@ def training_spec(config: Config, root: Path) -> TrainingSpec:
 
             tokenizer_pad["pad"] = load_tokenizer(cfg.model).pad_token_id
         id2label = model.config.id2label
-        predicted = predict_tags(model, frame, id2label, tokenizer_pad["pad"], config.evaluate.batch_size, device, precision)
+        predicted = predict_tags(
+            model, frame, id2label, tokenizer_pad["pad"], config.evaluate.batch_size, device, precision
+        )
         return entity_scores(frame["tags"].map(list).tolist(), predicted)["f1"]
 
     return TrainingSpec(
-        stage="finetune", section=cfg, build=build, tokenizer=cfg.model, parent=describe_model_source(cfg.model),
-        out_dir=root / config.paths.models / config.ingest.dataset, lineage={"task": "ner"},
-        targets=lambda frame: frame["labels"].map(list).tolist(), collate=collate_tokens, score=score,
-        metric="entity_f1")
+        stage="finetune",
+        section=cfg,
+        build=build,
+        tokenizer=cfg.model,
+        parent=describe_model_source(cfg.model),
+        out_dir=root / config.paths.models / config.ingest.dataset,
+        lineage={"task": "ner"},
+        targets=lambda frame: frame["labels"].map(list).tolist(),
+        collate=collate_tokens,
+        score=score,
+        metric="entity_f1",
+    )
 
 
 # -- evaluate ------------------------------------------------------------------------------------
+
 
 def load_tagger(model_dir: Path, device: str = "cpu"):
     from transformers import AutoModelForTokenClassification
@@ -227,8 +310,13 @@ def tag_request(model, tokenizer, max_length: int):
         words = split_words(text)
         if not words:
             return []
-        encoded = tokenizer([[w for w, _, _ in words]], is_split_into_words=True, truncation=True,
-                            max_length=max_length, return_tensors="pt")
+        encoded = tokenizer(
+            [[w for w, _, _ in words]],
+            is_split_into_words=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
         with torch.inference_mode():
             logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits[0].numpy()
         ids, scores = word_scores(logits, encoded.word_ids(0), num_words=len(words))
@@ -248,24 +336,34 @@ def evaluate(config: Config, root: Path) -> Evaluation:
     model, tokenizer = load_tagger(model_dir)
     evals = frames["eval"]
     gold = evals["tags"].map(list).tolist()
-    predicted = predict_tags(model, evals, model.config.id2label, tokenizer.pad_token_id, config.evaluate.batch_size,
-                             torch.device("cpu"))
+    predicted = predict_tags(
+        model, evals, model.config.id2label, tokenizer.pad_token_id, config.evaluate.batch_size, torch.device("cpu")
+    )
     scores = entity_scores(gold, predicted)
     texts = [" ".join(tokens) for tokens in evals["tokens"].map(list)]
     request = tag_request(model, tokenizer, config.prepare.max_length)
     metrics = {
-        "task": "ner", "examples": len(evals), "entity_f1": scores["f1"], "entity_precision": scores["precision"],
-        "entity_recall": scores["recall"], "per_type": scores["per_type"], "model_sha256": lineage["model_sha256"],
-        "model_dir": str(model_dir), "truncated_sentences": int(evals["truncated"].sum()),
-        "serving": {"model_size_mb": model_size_mb(model_dir),
-                    "latency": latency_profile(request, texts, config.evaluate.latency_requests)},
+        "task": "ner",
+        "examples": len(evals),
+        "entity_f1": scores["f1"],
+        "entity_precision": scores["precision"],
+        "entity_recall": scores["recall"],
+        "per_type": scores["per_type"],
+        "model_sha256": lineage["model_sha256"],
+        "model_dir": str(model_dir),
+        "truncated_sentences": int(evals["truncated"].sum()),
+        "serving": {
+            "model_size_mb": model_size_mb(model_dir),
+            "latency": latency_profile(request, texts, config.evaluate.latency_requests),
+        },
         "champion": score_ner_champion(config, root, evals, gold, texts),
     }
     return Evaluation(metrics, metrics, markdown_summary(metrics))
 
 
-def score_ner_champion(config: Config, root: Path, evals: pd.DataFrame, gold: list[list[str]],
-                       texts: list[str]) -> dict | None:
+def score_ner_champion(
+    config: Config, root: Path, evals: pd.DataFrame, gold: list[list[str]], texts: list[str]
+) -> dict | None:
     """The production tagger re-scored on the same sentences (and its serving latency)."""
     from bertops.evaluation.serving_cost import latency_profile
     from bertops.packaging import production_model
@@ -275,23 +373,33 @@ def score_ner_champion(config: Config, root: Path, evals: pd.DataFrame, gold: li
         return None
     version, path = found
     model, tokenizer = load_tagger(path)
-    predicted = predict_tags(model, evals, model.config.id2label, tokenizer.pad_token_id, config.evaluate.batch_size,
-                             torch.device("cpu"))
-    latency = latency_profile(tag_request(model, tokenizer, config.prepare.max_length), texts,
-                              config.evaluate.latency_requests)
+    predicted = predict_tags(
+        model, evals, model.config.id2label, tokenizer.pad_token_id, config.evaluate.batch_size, torch.device("cpu")
+    )
+    latency = latency_profile(
+        tag_request(model, tokenizer, config.prepare.max_length), texts, config.evaluate.latency_requests
+    )
     return {"version": version, "entity_f1": entity_scores(gold, predicted)["f1"], "latency": latency}
 
 
 def markdown_summary(metrics: dict) -> str:
-    lines = [f"## Entity-level evaluation on {metrics['examples']} sentences", "",
-             f"entity F1 **{metrics['entity_f1']:.4f}** (precision {metrics['entity_precision']:.4f}, recall "
-             f"{metrics['entity_recall']:.4f}; seqeval/conlleval semantics)", "",
-             "| type | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"## Entity-level evaluation on {metrics['examples']} sentences",
+        "",
+        f"entity F1 **{metrics['entity_f1']:.4f}** (precision {metrics['entity_precision']:.4f}, recall "
+        f"{metrics['entity_recall']:.4f}; seqeval/conlleval semantics)",
+        "",
+        "| type | precision | recall | F1 | support |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for kind, row in sorted(metrics["per_type"].items()):
         lines.append(f"| {kind} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']} |")
     lat = metrics["serving"]["latency"]
-    lines += ["", f"Serving cost: {metrics['serving']['model_size_mb']} MB of weights; one /tag request p50 "
-                  f"{lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms"]
+    lines += [
+        "",
+        f"Serving cost: {metrics['serving']['model_size_mb']} MB of weights; one /tag request p50 "
+        f"{lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms",
+    ]
     if metrics.get("champion"):
         lines.append(f"Production {metrics['champion']['version']}: entity F1 {metrics['champion']['entity_f1']:.4f}")
     return "\n".join(lines) + "\n"
@@ -316,8 +424,9 @@ class TokenClassificationTask(Task):
 
     def gate_rules(self, policy) -> GateRules:
         floor = required_floor(policy.min_entity_f1, "min_entity_f1", "entity F1")
-        return GateRules((("entity F1", "entity_f1", floor, ">="),), paired=False,
-                         champion_metric=("entity F1", "entity_f1"))
+        return GateRules(
+            (("entity F1", "entity_f1", floor, ">="),), paired=False, champion_metric=("entity F1", "entity_f1")
+        )
 
     def bento_files(self) -> dict[str, Path]:
         return {"bertops_ner_core.py": Path(core.__file__)}

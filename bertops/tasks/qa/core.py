@@ -2,6 +2,7 @@
 it by article, cut question+context into overlapping token windows, turn start/end logits back
 into answer spans, and score them exactly as the official v1.1 evaluation script does.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,15 +81,22 @@ def _answer_problem(example: QAExample, number: int, text: str, start: int) -> s
     if start < 0 or start + len(text) > len(context):
         where = context.find(text)
         hint = f"the text occurs at {where}" if where >= 0 else "the text does not occur in the context at all"
-        return (f"answer {number} ({text!r}) at answer_start {start} runs outside the context "
-                f"({len(context)} characters); {hint}")
+        return (
+            f"answer {number} ({text!r}) at answer_start {start} runs outside the context "
+            f"({len(context)} characters); {hint}"
+        )
     found = context[start : start + len(text)]
     if found != text:
         where = context.find(text)
-        hint = (f"set answer_start to {where}, where the text occurs" if where >= 0
-                else "the text does not occur in the context at all; fix the answer text")
-        return (f"answer {number} text {text!r} does not match the context at answer_start {start}, "
-                f"which reads {found!r}; {hint}")
+        hint = (
+            f"set answer_start to {where}, where the text occurs"
+            if where >= 0
+            else "the text does not occur in the context at all; fix the answer text"
+        )
+        return (
+            f"answer {number} text {text!r} does not match the context at answer_start {start}, "
+            f"which reads {found!r}; {hint}"
+        )
     return None
 
 
@@ -100,8 +108,10 @@ def validate_examples(examples: list[QAExample], source: str, limit: int = MAX_R
     for example in examples:
         row = f"{source}: question {example.id!r} (article {example.title!r})"
         if example.id in first_seen:
-            problems.append(f"{row}: duplicate id, first seen in article {first_seen[example.id]!r}; "
-                            "ids must be unique, rename or drop one")
+            problems.append(
+                f"{row}: duplicate id, first seen in article {first_seen[example.id]!r}; "
+                "ids must be unique, rename or drop one"
+            )
             continue
         first_seen[example.id] = example.title
         if not example.question.strip():
@@ -110,18 +120,24 @@ def validate_examples(examples: list[QAExample], source: str, limit: int = MAX_R
             problems.append(f"{row}: empty context; the paragraph needs its text")
             continue
         if not example.answers:
-            problems.append(f"{row}: no answers; SQuAD v1.1 needs at least one (unanswerable v2.0 rows are not supported)")
+            problems.append(
+                f"{row}: no answers; SQuAD v1.1 needs at least one (unanswerable v2.0 rows are not supported)"
+            )
         for number, (text, start) in enumerate(example.answers, 1):
             problem = _answer_problem(example, number, text, start)
             if problem:
                 problems.append(f"{row}: {problem}")
     if len(problems) > limit:
         rest = len(problems) - limit
-        problems = problems[:limit] + [f"{source}: ... and {rest} more problems (fix the ones above and validate again)"]
+        problems = problems[:limit] + [
+            f"{source}: ... and {rest} more problems (fix the ones above and validate again)"
+        ]
     return problems
 
 
-def split_by_article(examples: list[QAExample], eval_fraction: float, seed: int) -> tuple[list[QAExample], list[QAExample]]:
+def split_by_article(
+    examples: list[QAExample], eval_fraction: float, seed: int
+) -> tuple[list[QAExample], list[QAExample]]:
     """(train, eval) with whole articles on one side, so eval questions never share a paragraph
     with training ones. Articles are shuffled by `seed`; eval takes the prefix of that order whose
     question count is nearest to `eval_fraction` of all questions (at least one article each side)."""
@@ -172,8 +188,9 @@ def _answer_tokens(offsets: list[tuple[int, int] | None], start_char: int, end_c
     return start, end
 
 
-def build_features(tokenizer, examples: list[QAExample], max_length: int, doc_stride: int,
-                   max_query_length: int, training: bool) -> list[dict]:
+def build_features(
+    tokenizer, examples: list[QAExample], max_length: int, doc_stride: int, max_query_length: int, training: bool
+) -> list[dict]:
     """Token windows of question+context, unpadded (the collator pads). Contexts too long for one
     window are split into windows sharing `doc_stride` context tokens (Hugging Face's `stride`, i.e.
     the overlap, not the step). Each feature: input_ids, token_type_ids, example_index, offsets
@@ -182,7 +199,9 @@ def build_features(tokenizer, examples: list[QAExample], max_length: int, doc_st
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("build_features needs a fast (Rust) tokenizer for offset mappings; load it with use_fast=True")
     if max_length > tokenizer.model_max_length:
-        raise ValueError(f"max_length={max_length} exceeds the model's {tokenizer.model_max_length} positions; lower it")
+        raise ValueError(
+            f"max_length={max_length} exceeds the model's {tokenizer.model_max_length} positions; lower it"
+        )
     room = max_length - max_query_length - 3  # [CLS] question [SEP] context [SEP]
     if room <= doc_stride:
         raise ValueError(
@@ -193,8 +212,10 @@ def build_features(tokenizer, examples: list[QAExample], max_length: int, doc_st
     if training:
         unanswered = [e.id for e in examples if not e.answers]
         if unanswered:
-            raise ValueError(f"training features need an answer per question; {len(unanswered)} have none "
-                             f"(first: {unanswered[0]!r}). Run validate_examples and fix or drop them")
+            raise ValueError(
+                f"training features need an answer per question; {len(unanswered)} have none "
+                f"(first: {unanswered[0]!r}). Run validate_examples and fix or drop them"
+            )
 
     features = []
     chunk = 1000  # bounds the memory of one tokenizer call on a large corpus
@@ -202,13 +223,20 @@ def build_features(tokenizer, examples: list[QAExample], max_length: int, doc_st
         batch = examples[begin : begin + chunk]
         questions = _truncate_questions(tokenizer, [e.question for e in batch], max_query_length)
         encoded = tokenizer(
-            questions, [e.context for e in batch], truncation="only_second", max_length=max_length,
-            stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+            questions,
+            [e.context for e in batch],
+            truncation="only_second",
+            max_length=max_length,
+            stride=doc_stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
             return_token_type_ids=True,
         )
         for i, local_index in enumerate(encoded["overflow_to_sample_mapping"]):
             sequence_ids = encoded.sequence_ids(i)
-            offsets = [tuple(span) if sid == 1 else None for span, sid in zip(encoded["offset_mapping"][i], sequence_ids)]
+            offsets = [
+                tuple(span) if sid == 1 else None for span, sid in zip(encoded["offset_mapping"][i], sequence_ids)
+            ]
             feature = {
                 "input_ids": encoded["input_ids"][i],
                 "token_type_ids": encoded["token_type_ids"][i],
@@ -226,8 +254,9 @@ def build_features(tokenizer, examples: list[QAExample], max_length: int, doc_st
 # --- from logits to answers -----------------------------------------------------------------
 
 
-def _window_candidates(offsets: list, start_logits: np.ndarray, end_logits: np.ndarray, n_best: int,
-                       max_answer_length: int) -> list[tuple[float, int, int]]:
+def _window_candidates(
+    offsets: list, start_logits: np.ndarray, end_logits: np.ndarray, n_best: int, max_answer_length: int
+) -> list[tuple[float, int, int]]:
     """(start+end logit, start char, end char) for this window's best valid spans."""
     in_context = np.array([span is not None for span in offsets])
     if not in_context.any():
@@ -238,13 +267,20 @@ def _window_candidates(offsets: list, start_logits: np.ndarray, end_logits: np.n
     starts, ends = np.argsort(-start, kind="stable")[:k], np.argsort(-end, kind="stable")[:k]
     return [
         (float(start[s] + end[e]), offsets[s][0], offsets[e][1])
-        for s in starts for e in ends
+        for s in starts
+        for e in ends
         if s <= e and e - s + 1 <= max_answer_length
     ]
 
 
-def postprocess(examples: list[QAExample], features: list[dict], start_logits: list[np.ndarray],
-                end_logits: list[np.ndarray], n_best: int = 20, max_answer_length: int = 30) -> dict[str, dict]:
+def postprocess(
+    examples: list[QAExample],
+    features: list[dict],
+    start_logits: list[np.ndarray],
+    end_logits: list[np.ndarray],
+    n_best: int = 20,
+    max_answer_length: int = 30,
+) -> dict[str, dict]:
     """Per example id the best span over all its windows: {"text", "start", "end" (char, end
     exclusive, so context[start:end] == text), "score"}.
 
@@ -257,14 +293,18 @@ def postprocess(examples: list[QAExample], features: list[dict], start_logits: l
     candidate (e.g. an empty context) gets text "" and score 0.0.
     """
     if not len(features) == len(start_logits) == len(end_logits):
-        raise ValueError(f"{len(features)} features but {len(start_logits)} start and {len(end_logits)} end logit "
-                         "rows; pass one row per feature, in feature order")
+        raise ValueError(
+            f"{len(features)} features but {len(start_logits)} start and {len(end_logits)} end logit "
+            "rows; pass one row per feature, in feature order"
+        )
     by_example: dict[int, list[int]] = defaultdict(list)
     for f, feature in enumerate(features):
         index = feature["example_index"]
         if not 0 <= index < len(examples):
-            raise ValueError(f"feature {f} points at example {index}, but only {len(examples)} examples were given; "
-                             "build features and postprocess from the same example list")
+            raise ValueError(
+                f"feature {f} points at example {index}, but only {len(examples)} examples were given; "
+                "build features and postprocess from the same example list"
+            )
         by_example[index].append(f)
 
     predictions = {}
@@ -276,8 +316,10 @@ def postprocess(examples: list[QAExample], features: list[dict], start_logits: l
             offsets = features[f]["offsets"]
             s_logits, e_logits = np.asarray(start_logits[f]), np.asarray(end_logits[f])
             if len(s_logits) < len(offsets) or len(e_logits) < len(offsets):
-                raise ValueError(f"feature {f} has {len(offsets)} tokens but logits of length {len(s_logits)}/"
-                                 f"{len(e_logits)}; the logits must cover every token (padding beyond is ignored)")
+                raise ValueError(
+                    f"feature {f} has {len(offsets)} tokens but logits of length {len(s_logits)}/"
+                    f"{len(e_logits)}; the logits must cover every token (padding beyond is ignored)"
+                )
             for total, start, end in _window_candidates(offsets, s_logits, e_logits, n_best, max_answer_length):
                 if total > best_sum.get((start, end), -np.inf):
                     best_sum[(start, end)] = total
@@ -288,8 +330,12 @@ def postprocess(examples: list[QAExample], features: list[dict], start_logits: l
         sums = np.array([total for _, total in ranked])
         probs = np.exp(sums - sums.max())
         (start, end), _ = ranked[0]
-        predictions[example.id] = {"text": example.context[start:end], "start": start, "end": end,
-                                   "score": float(probs[0] / probs.sum())}
+        predictions[example.id] = {
+            "text": example.context[start:end],
+            "start": start,
+            "end": end,
+            "score": float(probs[0] / probs.sum()),
+        }
     return predictions
 
 
@@ -325,8 +371,10 @@ def squad_scores(predictions: dict[str, str], examples: list[QAExample]) -> dict
     "unanswered") and predictions for unknown ids are ignored."""
     unscorable = [e.id for e in examples if not e.answers]
     if unscorable:
-        raise ValueError(f"{len(unscorable)} questions have no gold answers (first: {unscorable[0]!r}); "
-                         "run validate_examples and fix or drop them before scoring")
+        raise ValueError(
+            f"{len(unscorable)} questions have no gold answers (first: {unscorable[0]!r}); "
+            "run validate_examples and fix or drop them before scoring"
+        )
     if not examples:
         raise ValueError("no examples to score")
     exact = f1 = 0.0
@@ -338,5 +386,9 @@ def squad_scores(predictions: dict[str, str], examples: list[QAExample]) -> dict
         prediction = predictions[example.id]
         exact += max(answer_exact_match(prediction, text) for text, _ in example.answers)
         f1 += max(answer_f1(prediction, text) for text, _ in example.answers)
-    return {"exact_match": 100.0 * exact / len(examples), "f1": 100.0 * f1 / len(examples),
-            "examples": len(examples), "unanswered": unanswered}
+    return {
+        "exact_match": 100.0 * exact / len(examples),
+        "f1": 100.0 * f1 / len(examples),
+        "examples": len(examples),
+        "unanswered": unanswered,
+    }

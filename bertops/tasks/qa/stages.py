@@ -10,6 +10,7 @@ prepare: split by article (only SQuAD dev is available offline: eval = held-out 
 finetune: the shared loop with a span head (start/end logits), checkpoint selection on SQuAD F1;
 evaluate: exact match and F1 as the official v1.1 script, serving latency, champion comparison.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,15 +19,22 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+import bertops.tasks.qa.core as core
 from bertops.config import Config
 from bertops.data.batching import Batch, bucketed_batches, collate
 from bertops.data.validation import Check, CorpusUnreadable, ValidationSuite
 from bertops.evaluation.evaluate import Evaluation
 from bertops.evaluation.gate import GateRules, required_floor
 from bertops.tasks.base import Task
-import bertops.tasks.qa.core as core
-from bertops.tasks.qa.core import QAExample, SquadFormatError, build_features, postprocess, read_squad, split_by_article
-from bertops.tasks.qa.core import squad_scores
+from bertops.tasks.qa.core import (
+    QAExample,
+    SquadFormatError,
+    build_features,
+    postprocess,
+    read_squad,
+    split_by_article,
+    squad_scores,
+)
 from bertops.training.loop import TrainingSpec
 from bertops.training.setup import autocast
 
@@ -43,20 +51,28 @@ def raw_examples(config: Config, root: Path) -> tuple[list[QAExample], dict]:
 
 # -- validate ------------------------------------------------------------------------------------
 
+
 def question_table(examples: list[QAExample]) -> pd.DataFrame:
     """One row per question; `answer_matches` is False when some answer's text is not the
     context's text at its offset (the row shows both)."""
     rows = []
     for example in examples:
-        found = [example.context[start:start + len(text)] for text, start in example.answers]
+        found = [example.context[start : start + len(text)] for text, start in example.answers]
         bad = [(text, got, start) for (text, start), got in zip(example.answers, found) if text != got]
-        rows.append({"id": example.id, "article": example.title, "question": example.question,
-                     "context_chars": len(example.context), "answers": len(example.answers),
-                     "context_blank": not example.context.strip(),
-                     "answer_matches": not bad,
-                     "answer_text": bad[0][0] if bad else (example.answers[0][0] if example.answers else None),
-                     "context_at_offset": bad[0][1] if bad else None,
-                     "answer_start": bad[0][2] if bad else (example.answers[0][1] if example.answers else None)})
+        rows.append(
+            {
+                "id": example.id,
+                "article": example.title,
+                "question": example.question,
+                "context_chars": len(example.context),
+                "answers": len(example.answers),
+                "context_blank": not example.context.strip(),
+                "answer_matches": not bad,
+                "answer_text": bad[0][0] if bad else (example.answers[0][0] if example.answers else None),
+                "context_at_offset": bad[0][1] if bad else None,
+                "answer_start": bad[0][2] if bad else (example.answers[0][1] if example.answers else None),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -68,35 +84,70 @@ def validation_suite(config: Config, root: Path) -> ValidationSuite:
         raise CorpusUnreadable("SQuAD v1.1 structure (data -> paragraphs -> qas)", exc) from None
     table = "train"
     checks = [
-        Check(table, "at least min_rows questions", "ExpectTableRowCountToBeBetween", {"min_value": config.validate_.min_rows}),
+        Check(
+            table,
+            "at least min_rows questions",
+            "ExpectTableRowCountToBeBetween",
+            {"min_value": config.validate_.min_rows},
+        ),
         Check(table, "question ids are unique", "ExpectColumnValuesToBeUnique", {"column": "id"}),
         Check(table, "question is not blank", "ExpectColumnValuesToMatchRegex", {"column": "question", "regex": r"\S"}),
-        Check(table, "context is not blank", "ExpectColumnValuesToBeInSet", {"column": "context_blank", "value_set": [False]}),
-        Check(table, "every question has an answer", "ExpectColumnValuesToBeBetween", {"column": "answers", "min_value": 1}),
-        Check(table, "answer text matches the context at answer_start", "ExpectColumnValuesToBeInSet",
-              {"column": "answer_matches", "value_set": [True]}),
+        Check(
+            table,
+            "context is not blank",
+            "ExpectColumnValuesToBeInSet",
+            {"column": "context_blank", "value_set": [False]},
+        ),
+        Check(
+            table,
+            "every question has an answer",
+            "ExpectColumnValuesToBeBetween",
+            {"column": "answers", "min_value": 1},
+        ),
+        Check(
+            table,
+            "answer text matches the context at answer_start",
+            "ExpectColumnValuesToBeInSet",
+            {"column": "answer_matches", "value_set": [True]},
+        ),
     ]
-    return ValidationSuite(checks, {table: question_table(examples)},
-                           ["id", "article", "answer_text", "context_at_offset", "answer_start", "question"],
-                           {table: len(examples)}, manifest["data_hash"])
+    return ValidationSuite(
+        checks,
+        {table: question_table(examples)},
+        ["id", "article", "answer_text", "context_at_offset", "answer_start", "question"],
+        {table: len(examples)},
+        manifest["data_hash"],
+    )
 
 
 # -- prepare -------------------------------------------------------------------------------------
 
+
 def _examples_frame(examples: list[QAExample]) -> pd.DataFrame:
-    return pd.DataFrame({"id": [e.id for e in examples], "title": [e.title for e in examples],
-                         "context": [e.context for e in examples], "question": [e.question for e in examples],
-                         "answers": [json.dumps(e.answers) for e in examples]})
+    return pd.DataFrame(
+        {
+            "id": [e.id for e in examples],
+            "title": [e.title for e in examples],
+            "context": [e.context for e in examples],
+            "question": [e.question for e in examples],
+            "answers": [json.dumps(e.answers) for e in examples],
+        }
+    )
 
 
 def examples_of(frame: pd.DataFrame) -> list[QAExample]:
-    return [QAExample(r.id, r.title, r.context, r.question, [tuple(a) for a in json.loads(r.answers)])
-            for r in frame.itertuples()]
+    return [
+        QAExample(r.id, r.title, r.context, r.question, [tuple(a) for a in json.loads(r.answers)])
+        for r in frame.itertuples()
+    ]
 
 
 def _features_frame(features: list[dict], training: bool) -> pd.DataFrame:
-    columns = {"input_ids": [f["input_ids"] for f in features], "example_index": [f["example_index"] for f in features],
-               "offsets": [[[-1, -1] if o is None else list(o) for o in f["offsets"]] for f in features]}
+    columns = {
+        "input_ids": [f["input_ids"] for f in features],
+        "example_index": [f["example_index"] for f in features],
+        "offsets": [[[-1, -1] if o is None else list(o) for o in f["offsets"]] for f in features],
+    }
     if training:
         columns["start_position"] = [f["start_position"] for f in features]
         columns["end_position"] = [f["end_position"] for f in features]
@@ -122,8 +173,9 @@ def prepare_qa(config: Config, root: Path):
     stats, windows = {}, {}
     for split in SPLITS:
         training = split == "train"
-        features = build_features(tokenizer, splits[split], prep.max_length, prep.doc_stride, prep.max_query_length,
-                                  training=training)
+        features = build_features(
+            tokenizer, splits[split], prep.max_length, prep.doc_stride, prep.max_query_length, training=training
+        )
         _examples_frame(splits[split]).to_parquet(staging / f"{split}-examples.parquet", index=False)
         _features_frame(features, training).to_parquet(staging / f"{split}.parquet", index=False)
         stats[split] = token_stats([len(f["input_ids"]) for f in features], prep.max_length)
@@ -132,21 +184,44 @@ def prepare_qa(config: Config, root: Path):
     files = [staging / f"{s}{suffix}.parquet" for s in SPLITS for suffix in ("", "-examples")]
     prepared_hash = files_sha256(files)
     articles = {split: len({e.title for e in splits[split]}) for split in SPLITS}
-    (staging / "meta.json").write_text(json.dumps({
-        "dataset": config.ingest.dataset, "task": "qa", "data_hash": manifest["data_hash"],
-        "prepared_hash": prepared_hash, "tokenizer": config.finetune.model, "max_length": prep.max_length,
-        "doc_stride": prep.doc_stride, "max_query_length": prep.max_query_length, "windows": windows,
-        "articles": articles}, indent=2) + "\n")
+    (staging / "meta.json").write_text(
+        json.dumps(
+            {
+                "dataset": config.ingest.dataset,
+                "task": "qa",
+                "data_hash": manifest["data_hash"],
+                "prepared_hash": prepared_hash,
+                "tokenizer": config.finetune.model,
+                "max_length": prep.max_length,
+                "doc_stride": prep.doc_stride,
+                "max_query_length": prep.max_query_length,
+                "windows": windows,
+                "articles": articles,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     replace_dir(staging, out_dir)
-    return write_prepare_reports(config, root, out_dir, {split: splits[split] for split in SPLITS}, stats, {"windows": windows, "articles": articles})
+    return write_prepare_reports(
+        config,
+        root,
+        out_dir,
+        {split: splits[split] for split in SPLITS},
+        stats,
+        {"windows": windows, "articles": articles},
+    )
 
 
 def load_split(config: Config, root: Path, split: str) -> tuple[list[QAExample], pd.DataFrame]:
     folder = root / config.paths.prepared / config.ingest.dataset
-    return examples_of(pd.read_parquet(folder / f"{split}-examples.parquet")), pd.read_parquet(folder / f"{split}.parquet")
+    return examples_of(pd.read_parquet(folder / f"{split}-examples.parquet")), pd.read_parquet(
+        folder / f"{split}.parquet"
+    )
 
 
 # -- finetune ------------------------------------------------------------------------------------
+
 
 def collate_spans(sequences: list[list[int]], spans: list[tuple[int, int]], pad_id: int, sep_id: int | None) -> Batch:
     """Padded windows with segment ids (question 0, context 1) and (B, 2) start/end targets."""
@@ -156,8 +231,17 @@ def collate_spans(sequences: list[list[int]], spans: list[tuple[int, int]], pad_
 
 
 @torch.no_grad()
-def predict_spans(model, examples: list[QAExample], features: pd.DataFrame, pad_id: int, sep_id: int,
-                  batch_size: int, max_answer_tokens: int, device: torch.device, precision: str = "fp32") -> dict:
+def predict_spans(
+    model,
+    examples: list[QAExample],
+    features: pd.DataFrame,
+    pad_id: int,
+    sep_id: int,
+    batch_size: int,
+    max_answer_tokens: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> dict:
     """{question id: {"text", "start", "end", "score"}} over all of its windows."""
     was_training = model.training
     model.eval()
@@ -172,8 +256,10 @@ def predict_spans(model, examples: list[QAExample], features: pd.DataFrame, pad_
             starts[i] = out.start_logits[row].float().cpu().numpy()
             ends[i] = out.end_logits[row].float().cpu().numpy()
     model.train(was_training)
-    windows = [{"example_index": int(e), "offsets": [None if o[0] < 0 else (int(o[0]), int(o[1])) for o in offsets]}
-               for e, offsets in zip(features["example_index"], features["offsets"])]
+    windows = [
+        {"example_index": int(e), "offsets": [None if o[0] < 0 else (int(o[0]), int(o[1])) for o in offsets]}
+        for e, offsets in zip(features["example_index"], features["offsets"])
+    ]
     return postprocess(examples, windows, starts, ends, max_answer_length=max_answer_tokens)
 
 
@@ -188,25 +274,45 @@ def training_spec(config: Config, root: Path) -> TrainingSpec:
     validation_examples, _ = load_split(config, root, "validation")
 
     def build(_):
-        return AutoModelForQuestionAnswering.from_pretrained(resolve_model_source(cfg.model),
-                                                             hidden_dropout_prob=cfg.dropout, attn_implementation="sdpa")
+        return AutoModelForQuestionAnswering.from_pretrained(
+            resolve_model_source(cfg.model), hidden_dropout_prob=cfg.dropout, attn_implementation="sdpa"
+        )
 
     def loss(model, batch: Batch, index) -> torch.Tensor:
         return model(**batch.inputs(), start_positions=batch.labels[:, 0], end_positions=batch.labels[:, 1]).loss
 
     def score(model, frame: pd.DataFrame, device: torch.device, precision: str) -> float:
-        predicted = predict_spans(model, validation_examples, frame, tokenizer.pad_token_id, tokenizer.sep_token_id,
-                                  config.evaluate.batch_size, config.evaluate.max_answer_tokens, device, precision)
+        predicted = predict_spans(
+            model,
+            validation_examples,
+            frame,
+            tokenizer.pad_token_id,
+            tokenizer.sep_token_id,
+            config.evaluate.batch_size,
+            config.evaluate.max_answer_tokens,
+            device,
+            precision,
+        )
         return squad_scores({k: v["text"] for k, v in predicted.items()}, validation_examples)["f1"] / 100
 
     return TrainingSpec(
-        stage="finetune", section=cfg, build=build, tokenizer=cfg.model, parent=describe_model_source(cfg.model),
-        out_dir=root / config.paths.models / config.ingest.dataset, lineage={"task": "qa"}, loss=loss,
+        stage="finetune",
+        section=cfg,
+        build=build,
+        tokenizer=cfg.model,
+        parent=describe_model_source(cfg.model),
+        out_dir=root / config.paths.models / config.ingest.dataset,
+        lineage={"task": "qa"},
+        loss=loss,
         targets=lambda frame: list(zip(frame["start_position"].tolist(), frame["end_position"].tolist())),
-        collate=collate_spans, score=score, metric="squad_f1")
+        collate=collate_spans,
+        score=score,
+        metric="squad_f1",
+    )
 
 
 # -- evaluate ------------------------------------------------------------------------------------
+
 
 def load_reader(model_dir: Path, device: str = "cpu"):
     from transformers import AutoModelForQuestionAnswering
@@ -223,11 +329,23 @@ def answer_request(model, tokenizer, config: Config):
     def request(item: tuple[str, str]) -> dict:
         example = QAExample("q", "", item[1], item[0], [])
         features = build_features(tokenizer, [example], prep.max_length, prep.doc_stride, prep.max_query_length, False)
-        frame = pd.DataFrame({"input_ids": [f["input_ids"] for f in features],
-                              "example_index": [0] * len(features),
-                              "offsets": [[[-1, -1] if o is None else list(o) for o in f["offsets"]] for f in features]})
-        return predict_spans(model, [example], frame, tokenizer.pad_token_id, tokenizer.sep_token_id, 8,
-                             config.evaluate.max_answer_tokens, torch.device("cpu"))["q"]
+        frame = pd.DataFrame(
+            {
+                "input_ids": [f["input_ids"] for f in features],
+                "example_index": [0] * len(features),
+                "offsets": [[[-1, -1] if o is None else list(o) for o in f["offsets"]] for f in features],
+            }
+        )
+        return predict_spans(
+            model,
+            [example],
+            frame,
+            tokenizer.pad_token_id,
+            tokenizer.sep_token_id,
+            8,
+            config.evaluate.max_answer_tokens,
+            torch.device("cpu"),
+        )["q"]
 
     return request
 
@@ -243,20 +361,35 @@ def evaluate(config: Config, root: Path) -> Evaluation:
     examples, features = load_split(config, root, "eval")
 
     def scores_of(model, tokenizer) -> dict:
-        predicted = predict_spans(model, examples, features, tokenizer.pad_token_id, tokenizer.sep_token_id,
-                                  config.evaluate.batch_size, config.evaluate.max_answer_tokens, torch.device("cpu"))
+        predicted = predict_spans(
+            model,
+            examples,
+            features,
+            tokenizer.pad_token_id,
+            tokenizer.sep_token_id,
+            config.evaluate.batch_size,
+            config.evaluate.max_answer_tokens,
+            torch.device("cpu"),
+        )
         return squad_scores({k: v["text"] for k, v in predicted.items()}, examples)
 
     model, tokenizer = load_reader(model_dir)
     scores = scores_of(model, tokenizer)
     requests = [(e.question, e.context) for e in examples[:50]]
     metrics = {
-        "task": "qa", "examples": len(examples), "articles": meta["articles"]["eval"],
-        "exact_match": round(scores["exact_match"] / 100, 4), "f1": round(scores["f1"] / 100, 4),
-        "model_sha256": lineage["model_sha256"], "model_dir": str(model_dir),
-        "serving": {"model_size_mb": model_size_mb(model_dir),
-                    "latency": latency_profile(answer_request(model, tokenizer, config), requests,
-                                               config.evaluate.latency_requests)},
+        "task": "qa",
+        "examples": len(examples),
+        "articles": meta["articles"]["eval"],
+        "exact_match": round(scores["exact_match"] / 100, 4),
+        "f1": round(scores["f1"] / 100, 4),
+        "model_sha256": lineage["model_sha256"],
+        "model_dir": str(model_dir),
+        "serving": {
+            "model_size_mb": model_size_mb(model_dir),
+            "latency": latency_profile(
+                answer_request(model, tokenizer, config), requests, config.evaluate.latency_requests
+            ),
+        },
         "champion": None,
     }
     from bertops.packaging import production_model
@@ -265,14 +398,18 @@ def evaluate(config: Config, root: Path) -> Evaluation:
     if found is not None:
         version, path = found
         champion = scores_of(*load_reader(path))
-        metrics["champion"] = {"version": version, "f1": round(champion["f1"] / 100, 4),
-                               "exact_match": round(champion["exact_match"] / 100, 4)}
+        metrics["champion"] = {
+            "version": version,
+            "f1": round(champion["f1"] / 100, 4),
+            "exact_match": round(champion["exact_match"] / 100, 4),
+        }
     lat = metrics["serving"]["latency"]
     summary = (
         f"## Extractive QA on {metrics['examples']} questions of {metrics['articles']} held-out articles\n\n"
         f"exact match **{metrics['exact_match']:.4f}**, F1 **{metrics['f1']:.4f}** (official SQuAD v1.1 "
         f"normalisation)\n\nServing cost: {metrics['serving']['model_size_mb']} MB; one /answer request p50 "
-        f"{lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms\n")
+        f"{lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms\n"
+    )
     return Evaluation(metrics, metrics, summary)
 
 
@@ -298,8 +435,11 @@ class QuestionAnsweringTask(Task):
         return GateRules((("SQuAD F1", "f1", floor, ">="),), paired=False, champion_metric=("SQuAD F1", "f1"))
 
     def serving_settings(self, config: Config) -> dict:
-        return {"doc_stride": config.prepare.doc_stride, "max_query_length": config.prepare.max_query_length,
-                "max_answer_tokens": config.evaluate.max_answer_tokens}
+        return {
+            "doc_stride": config.prepare.doc_stride,
+            "max_query_length": config.prepare.max_query_length,
+            "max_answer_tokens": config.evaluate.max_answer_tokens,
+        }
 
     def bento_files(self) -> dict[str, Path]:
         return {"bertops_qa_core.py": Path(core.__file__)}
