@@ -189,7 +189,7 @@ def main() -> None:
     import pandas as pd
 
     from bertops.config import load_config
-    from bertops.packaging import production_bento
+    from bertops.model_store import production_bento
     from bertops.registry import Registry
 
     cfg = load_config(REPO / "params.yaml")

@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 
 def bertops_loop(root: Path, steps: int, batch_size: int, datasets: Path) -> dict:
     from bertops.config import load_config
+    from bertops.data.ingest import ingest
     from bertops.data.prepare import prepare
-    from bertops.data.sources import ingest
     from bertops.data.validation import validate
     from bertops.training.finetune import finetune
 

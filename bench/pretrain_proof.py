@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 
 def finetune_from(model_dir: Path, root: Path, datasets: Path, epochs: int, pooling: str) -> dict:
     from bertops.config import load_config
+    from bertops.data.ingest import ingest
     from bertops.data.prepare import prepare
-    from bertops.data.sources import ingest
     from bertops.data.validation import validate
     from bertops.evaluation.evaluate import evaluate
     from bertops.training.finetune import finetune

@@ -62,7 +62,7 @@ def _echo_json(value: object) -> None:
 @app.command()
 def ingest(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt) -> None:
     """Copy the corpus into data/raw/<dataset>/ (DVC-tracked)."""
-    from bertops.data.sources import ingest as run
+    from bertops.data.ingest import ingest as run
 
     cfg = _config(params, profile, set_)
     _echo_json(_run("ingest", lambda: run(cfg)))

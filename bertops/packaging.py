@@ -6,7 +6,6 @@ The only module that imports bentoml. A model is packaged only when its gate dec
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,32 +174,3 @@ def promote(
     out.mkdir(parents=True, exist_ok=True)
     (out / "promote.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
-
-
-def production_bento(config: Config, root: Path = Path(".")) -> str:
-    """The Bento tag of the production version (what `bertops serve` serves)."""
-    registry = Registry(root / config.paths.registry)
-    name = config.package.model_name
-    version = registry.production(name)
-    if version is None:
-        raise RegistryError(f"model {name!r} has no production version; run the pipeline or `bertops promote VERSION`")
-    return registry.versions(name)[version]["bento_tag"]
-
-
-def production_model(config: Config, root: Path = Path(".")) -> tuple[str, Path] | None:
-    """(version, local folder) of the production model in the BentoML store; None before the first."""
-    registry = Registry(root / config.paths.registry)
-    name = config.package.model_name
-    version = registry.production(name)
-    if version is None:
-        return None
-    import bentoml
-
-    tag = registry.versions(name)[version]["model_tag"]
-    try:
-        return version, Path(bentoml.models.get(tag).path)
-    except bentoml.exceptions.NotFound:
-        raise RegistryError(
-            f"production model {tag} is missing from the BentoML store "
-            f"({os.environ.get('BENTOML_HOME', '~/bentoml')}); restore it or promote another version"
-        ) from None

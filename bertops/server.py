@@ -41,13 +41,13 @@ def log_path(config: Config) -> Path:
 
 
 def describe(config: Config) -> str:
-    from bertops.packaging import production_bento
+    from bertops.model_store import production_bento
 
     return production_bento(config)
 
 
 def run_foreground(config: Config) -> None:
-    from bertops.packaging import production_bento
+    from bertops.model_store import production_bento
 
     bento = production_bento(config)
     os.execv(_bentoml(), _command(config, bento))
@@ -69,7 +69,7 @@ def wait_ready(url: str, timeout: float, process: subprocess.Popen | None = None
 
 def start_detached(config: Config, timeout: float = 180) -> str:
     """Start (or restart) the server in the background; returns its URL once /readyz answers."""
-    from bertops.packaging import production_bento
+    from bertops.model_store import production_bento
 
     bento = production_bento(config)
     stop(config)

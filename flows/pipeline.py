@@ -44,8 +44,8 @@ class RunContext:
 
 
 def _direct(stage: str) -> Callable[[Config, Path], Any]:
+    from bertops.data.ingest import ingest
     from bertops.data.prepare import prepare
-    from bertops.data.sources import ingest
     from bertops.data.validation import validate
     from bertops.evaluation.evaluate import evaluate
     from bertops.evaluation.gate import gate
@@ -226,7 +226,7 @@ def changes_task(ctx: RunContext) -> dict:
 def pending_changes(ctx: RunContext) -> dict:
     """{stage: what changed}, by `dvc status`; ingest's "always changed" marker is not a change
     when the source still matches the ingested copy byte for byte."""
-    from bertops.data.sources import source_unchanged
+    from bertops.data.ingest import source_unchanged
 
     root = Path(ctx.root)
     proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True)

@@ -12,8 +12,8 @@ from tests.conftest import smoke_config
 @pytest.fixture(scope="session")
 def trained_workspace(tmp_path_factory) -> tuple[Path, object]:
     """ingest -> validate -> prepare -> finetune on the smoke profile (a few hundred SST-2 rows)."""
+    from bertops.data.ingest import ingest
     from bertops.data.prepare import prepare
-    from bertops.data.sources import ingest
     from bertops.data.validation import validate
     from bertops.training.finetune import finetune
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bertops.data.sources import ingest
+from bertops.data.ingest import ingest
 from bertops.data.validation import ValidationFailed, validate
 from tests.conftest import REPO, smoke_config
 

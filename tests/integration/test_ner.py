@@ -59,7 +59,7 @@ def _corpus(tmp_path: Path, edit) -> Path:
     ],
 )
 def test_bad_conll_rows_fail_validation_naming_the_line(tmp_path: Path, line: int, replacement: str, expected: str):
-    from bertops.data.sources import ingest
+    from bertops.data.ingest import ingest
     from bertops.data.validation import ValidationFailed, validate
 
     def edit(lines):
@@ -78,8 +78,8 @@ def test_ner_trains_evaluates_gates_and_serves_entities(tmp_path: Path):
     import json
 
     from bertops import server
+    from bertops.data.ingest import ingest
     from bertops.data.prepare import load_prepared, prepare
-    from bertops.data.sources import ingest
     from bertops.data.validation import validate
     from bertops.evaluation.evaluate import evaluate
     from bertops.evaluation.gate import gate

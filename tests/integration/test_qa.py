@@ -42,7 +42,7 @@ def squad(extra: list[str] = ()):
 
 
 def test_an_answer_not_in_its_context_fails_validation_naming_the_question(tmp_path: Path):
-    from bertops.data.sources import ingest
+    from bertops.data.ingest import ingest
     from bertops.data.validation import ValidationFailed, validate
 
     document = json.loads((datasets_root() / "squad-v1.1" / "dev-v1.1.json").read_text())
@@ -61,13 +61,13 @@ def test_an_answer_not_in_its_context_fails_validation_naming_the_question(tmp_p
 
 def test_qa_trains_evaluates_gates_and_answers(tmp_path: Path):
     from bertops import server
+    from bertops.data.ingest import ingest
     from bertops.data.prepare import prepare
-    from bertops.data.sources import ingest
     from bertops.data.validation import validate
     from bertops.evaluation.evaluate import evaluate
     from bertops.evaluation.gate import gate
     from bertops.packaging import package, promote
-    from bertops.tasks.qa.stages import load_split
+    from bertops.tasks.qa.prepare import load_split
     from bertops.training.finetune import finetune
 
     cfg = squad()

@@ -23,8 +23,8 @@ def ray_cluster():
 
 
 def test_two_ray_workers_train_and_save_one_model(ray_cluster, tmp_path: Path):
+    from bertops.data.ingest import ingest
     from bertops.data.prepare import prepare
-    from bertops.data.sources import ingest
     from bertops.data.validation import validate
     from bertops.training.finetune import finetune as train
 

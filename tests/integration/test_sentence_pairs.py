@@ -60,7 +60,7 @@ def rte(extra: list[str] = ()):
 
 
 def test_a_pair_missing_its_second_sentence_is_caught_with_its_row(tmp_path: Path):
-    from bertops.data.sources import ingest
+    from bertops.data.ingest import ingest
     from bertops.data.validation import ValidationFailed, validate
 
     corpus = tmp_path / "corpus"
@@ -78,8 +78,8 @@ def test_a_pair_missing_its_second_sentence_is_caught_with_its_row(tmp_path: Pat
 
 
 def test_a_cross_encoder_trains_on_the_packed_pairs(tmp_path: Path):
+    from bertops.data.ingest import ingest
     from bertops.data.prepare import prepare
-    from bertops.data.sources import ingest
     from bertops.data.validation import validate
     from bertops.evaluation.evaluate import evaluate
     from bertops.training.finetune import finetune
@@ -99,8 +99,8 @@ def test_a_cross_encoder_trains_on_the_packed_pairs(tmp_path: Path):
 
 def test_rte_trains_evaluates_exports_and_serves_pairs(tmp_path: Path):
     from bertops import server
+    from bertops.data.ingest import ingest
     from bertops.data.prepare import load_prepared, prepare
-    from bertops.data.sources import ingest
     from bertops.data.validation import validate
     from bertops.evaluation.evaluate import evaluate
     from bertops.evaluation.gate import gate

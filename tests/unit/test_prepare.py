@@ -3,7 +3,7 @@ import pytest
 
 from bertops.data.prepare import stratified_split, subsample
 from bertops.encoding import normalize_text
-from bertops.tasks.classification.stages import deduplicate, remove_leaks, to_examples
+from bertops.tasks.classification.prepare import deduplicate, remove_leaks, to_examples
 from tests.conftest import smoke_config
 
 
@@ -69,8 +69,8 @@ def test_labels_outside_the_declared_set_are_refused_by_name():
 def test_prepare_refuses_a_corpus_that_was_not_validated(tmp_path):
     import json
 
+    from bertops.data.ingest import ingest
     from bertops.data.prepare import ValidationFailedBefore, prepare
-    from bertops.data.sources import ingest
 
     cfg = smoke_config()
     ingest(cfg, tmp_path)

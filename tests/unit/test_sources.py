@@ -4,7 +4,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bertops.data.sources import DataSourceError, find_split_files, ingest, load_raw, read_table
+from bertops.data.ingest import find_split_files, ingest
+from bertops.data.sources import DataSourceError, load_raw, read_table
 from tests.conftest import smoke_config
 
 

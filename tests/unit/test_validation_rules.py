@@ -1,7 +1,7 @@
 import pandas as pd
 
 from bertops.data.validation import CheckResult, verdict
-from bertops.tasks.classification.stages import LEAK_COLUMN, SHARE_TABLE, build_checks, derived_tables
+from bertops.tasks.classification.validate import LEAK_COLUMN, SHARE_TABLE, build_checks, derived_tables
 from tests.conftest import smoke_config
 
 
