@@ -11,7 +11,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install browser run serve stop dashboard schedule test test-fast bench clean
+.PHONY: install browser run serve stop dashboard schedule lint test test-unit test-slow test-fast bench clean
 
 install: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -43,11 +43,28 @@ dashboard: install
 schedule: install
 	$(BIN)/bertops schedule
 
-test: install browser
-	$(BIN)/python -m pytest tests
+# Checks that keep the house in order: lint + format (ruff, one line length), types (mypy on
+# bertops/). Import contracts and DVC dependencies are unit tests (tests/unit/test_import_contracts.py,
+# tests/unit/test_dvc_deps.py).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
-test-fast: install
+# The README's test command: fast tiers first, each stopping the run when it fails, so a lint or
+# unit failure is reported in a minute, before the slow tiers start.
+test: install browser
+	@echo "== tier 1/3: lint" && start=$$(date +%s) && $(MAKE) --no-print-directory lint && echo "lint: $$(( $$(date +%s) - start )) s"
+	@echo "== tier 2/3: unit" && $(MAKE) --no-print-directory test-unit
+	@echo "== tier 3/3: integration + e2e" && $(MAKE) --no-print-directory test-slow
+
+test-unit: install
 	$(BIN)/python -m pytest tests/unit
+
+test-slow: install browser
+	$(BIN)/python -m pytest tests/integration tests/e2e
+
+test-fast: test-unit
 
 bench: install
 	$(BIN)/python bench/finetune_throughput.py

@@ -59,7 +59,7 @@ def bertops_loop(root: Path, steps: int, batch_size: int, datasets: Path) -> dic
 def bertops_on_ray(root: Path, steps: int, batch_size: int, datasets: Path) -> dict:
     """The same loop as one Ray Train worker (TorchTrainer, local Ray started and stopped here)."""
     from bertops.config import load_config
-    from bertops.training.finetune import finetune as train
+    from bertops.training.finetune import finetune
 
     cfg = load_config(
         REPO / "params.yaml",
@@ -74,7 +74,7 @@ def bertops_on_ray(root: Path, steps: int, batch_size: int, datasets: Path) -> d
         ],
     )
     started = time.perf_counter()
-    result = train(cfg, root)
+    result = finetune(cfg, root)
     return {
         "tokens_per_second": result.tokens_per_second,
         "steps": result.steps,

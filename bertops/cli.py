@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import typer
 
@@ -25,6 +26,8 @@ ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="the params file 
 ProfileOpt = typer.Option(None, "--profile", "-p", help="a profile laid over params.yaml, e.g. configs/smoke.yaml")
 SetOpt = typer.Option([], "--set", "-s", help="dotted override, repeatable: -s finetune.lr=3e-5")
 
+T = TypeVar("T")
+
 
 def _config(params: Path, profile: Path | None, overrides: list[str]) -> Config:
     try:
@@ -34,7 +37,7 @@ def _config(params: Path, profile: Path | None, overrides: list[str]) -> Config:
         raise typer.Exit(2) from None
 
 
-def _run(stage: str, fn: Callable[[], object]) -> object:
+def _run(stage: str, fn: Callable[[], T]) -> T:
     """Run a stage; known failures print their message and exit 1."""
     from bertops.errors import USER_ERRORS
 

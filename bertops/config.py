@@ -17,6 +17,8 @@ from bertops.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
+SplitName = Literal["train", "validation", "eval"]  # the splits `ingest.files` / `ingest.hub_splits` may name
+
 
 class _Section(BaseModel):
     # Unknown keys are errors (a typo must not silently fall back to a default); no coercion
@@ -40,12 +42,12 @@ class IngestConfig(_Section):
     dataset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     # split -> file name inside the source folder (e.g. CoNLL's train.txt / valid.txt / test.txt);
     # null = find train.* and dev/eval/validation/test.* tables
-    files: dict[Literal["train", "validation", "eval"], str] | None = None
+    files: dict[SplitName, str] | None = None
     path: Path | None
     search_paths: list[str]
     hub_id: str | None
     hub_config: str | None
-    hub_splits: dict[Literal["train", "validation", "eval"], str]
+    hub_splits: dict[SplitName, str]
     text_column: str = Field(min_length=1)
     text_pair_column: str | None = Field(default=None, min_length=1)  # sentence pairs (e.g. RTE's sentence2)
     label_column: str = Field(min_length=1)
@@ -336,7 +338,9 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc.problem})") from exc
+        # Scanner/parser errors carry a `problem`; a ReaderError (a control character) does not.
+        problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else exc
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({problem})") from exc
     if isinstance(value, str) and _looks_numeric(value):
         value = float(value)  # YAML 1.1 reads "3e-5" as a string; users mean a number.
     return parts, value

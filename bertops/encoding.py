@@ -11,14 +11,16 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 FEED_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
+UnicodeForm = Literal["NFC", "NFD", "NFKC", "NFKD"]
 
-def normalize_text(text: str, form: str = "NFC", lowercase: bool = False) -> str:
+
+def normalize_text(text: str, form: UnicodeForm = "NFC", lowercase: bool = False) -> str:
     """Unicode normal form + collapsed whitespace (tabs, newlines, runs of spaces -> one space)."""
     text = " ".join(unicodedata.normalize(form, text).split())
     return text.lower() if lowercase else text
@@ -29,7 +31,7 @@ def is_pair(item: Any) -> bool:
     return isinstance(item, (tuple, list))
 
 
-def normalize_input(item: Any, form: str = "NFC", lowercase: bool = False) -> Any:
+def normalize_input(item: Any, form: UnicodeForm = "NFC", lowercase: bool = False) -> Any:
     """A text, or each sentence of a pair, normalised as `normalize_text` does."""
     if is_pair(item):
         return tuple(normalize_text(str(t), form, lowercase) for t in item)

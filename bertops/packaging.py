@@ -99,6 +99,8 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
         lineage["serving_export"] = agreement
         (Path(saved.path) / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
     model_tag = str(saved.tag)
+    version = saved.tag.version
+    assert version is not None  # bentoml.models.create gives the new model a generated version
 
     serving_dir = serving_dir or root / "serving"
     # The service encodes text exactly as `prepare` did for training (the same bertops.encoding module).
@@ -126,7 +128,7 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     bento = bentoml.bentos.build(
         service=task.service,
         name=name,
-        version=saved.tag.version,
+        version=version,
         build_ctx=str(serving_dir),
         include=include,
         python=build.get("python"),
@@ -135,7 +137,7 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     )
     Registry(root / config.paths.registry).register(
         name,
-        saved.tag.version,
+        version,
         {
             "model_tag": model_tag,
             "bento_tag": str(bento.tag),
@@ -144,7 +146,7 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
             "metrics": evaluation,
         },
     )
-    result = PackageResult(model_tag, str(bento.tag), saved.tag.version)
+    result = PackageResult(model_tag, str(bento.tag), version)
     out = root / config.paths.reports / "package"
     out.mkdir(parents=True, exist_ok=True)
     (out / "package.json").write_text(json.dumps(result.__dict__, indent=2) + "\n")

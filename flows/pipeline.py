@@ -52,7 +52,7 @@ def _direct(stage: str) -> Callable[[Config, Path], Any]:
     from bertops.packaging import GateRejected, package, promote
     from bertops.pretraining.run import pretrain_stage
     from bertops.training.distill import distill_stage
-    from bertops.training.finetune import finetune as train
+    from bertops.training.finetune import finetune
 
     def promote_and_follow(config: Config, root: Path):
         from bertops import server
@@ -72,7 +72,7 @@ def _direct(stage: str) -> Callable[[Config, Path], Any]:
         "validate": validate,
         "pretrain": pretrain_stage,
         "prepare": prepare,
-        "finetune": train,
+        "finetune": finetune,
         "distill": distill_stage,
         "evaluate": evaluate,
         "gate": gate_or_raise,

@@ -20,8 +20,9 @@ from pydantic import Field
 
 SETTINGS_FILE = Path(__file__).with_name("bertops_serving.json")
 OPEN_PATHS = ("/healthz", "/livez", "/readyz")  # probes stay open when a token is required
-TASK_ROUTES = ("/classify", "/tag", "/answer")  # one per built-in task; /embed is served by all
-API_PATHS = (*TASK_ROUTES, "/embed", "/metadata", "/metrics")
+TASK_ROUTES = ("/classify", "/tag", "/answer")  # one per built-in task; the SHARED ones are served by all
+SHARED_ROUTES = ("/embed", "/tokenize")
+API_PATHS = (*TASK_ROUTES, *SHARED_ROUTES, "/metadata", "/metrics")
 
 
 def load_settings() -> dict:
@@ -105,7 +106,7 @@ def guard(settings: dict, route: str):
                     "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
                     [(b"www-authenticate", b"Bearer")],
                 )
-            if scope.get("method") == "POST" and path in (*TASK_ROUTES, route, "/embed"):
+            if scope.get("method") == "POST" and path in (*TASK_ROUTES, *SHARED_ROUTES, route):
                 if not _is_json(scope):
                     return await _refuse(
                         send,

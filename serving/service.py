@@ -10,7 +10,8 @@
   best answer span of each context (text, character offsets, score); long contexts are read in
   doc-stride windows.
 - Every service: `POST /embed`: texts -> one sentence embedding each (mean of the encoder's token
-  states; L2-normalised when `serve.normalize_embeddings`); `GET /metadata`: model version,
+  states; L2-normalised when `serve.normalize_embeddings`); `POST /tokenize`: texts -> the token
+  ids the model is fed (normalised and cut as in training); `GET /metadata`: model version,
   runtime, lineage, labels, max sequence length. The POST APIs batch adaptively
   (`batchable=True`, `serve.max_batch_size`, `serve.max_latency_ms`).
 - BentoML adds `/healthz`, `/livez`, `/readyz` and `/metrics` (Prometheus: BentoML's own series
@@ -103,6 +104,15 @@ class Endpoint:
         values = self.engine.run(feeds, output)
         engine.metrics().observe(endpoint, len(inputs), time.perf_counter() - started, sum(truncated))
         return values, truncated
+
+    @bentoml.api
+    def tokenize(self, texts: Texts) -> list[dict]:
+        """The token ids the model is fed for each text (normalised and cut exactly as in training)."""
+        feeds, truncated = self.engine.encode(texts)
+        return [
+            {"input_ids": [int(t) for t, m in zip(ids, mask) if m], "truncated": cut}
+            for ids, mask, cut in zip(feeds["input_ids"], feeds["attention_mask"], truncated)
+        ]
 
     @bentoml.api(**BATCHING)
     def embed(self, texts: Texts) -> list[dict]:

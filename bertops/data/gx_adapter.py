@@ -34,7 +34,8 @@ def run_checks(
         shutil.rmtree(context_dir)
     project_root.mkdir(parents=True, exist_ok=True)
     context = gx.get_context(mode="file", project_root_dir=str(project_root))
-    context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    # GX annotates the setter as ProgressBarsConfig but reads it dict-style (Validator._determine_progress_bars).
+    context.variables.progress_bars = {"globally": False, "metric_calculations": False}  # type: ignore[assignment]
     source = context.data_sources.add_pandas("corpus")
 
     results: dict[int, CheckResult] = {}
@@ -62,6 +63,7 @@ def run_checks(
         run = checkpoint.run(batch_parameters={"dataframe": frame})
         for validation in run.run_results.values():
             for item in validation.results:
+                assert item.expectation_config is not None  # GX fills it in for every result of a suite run
                 index = item.expectation_config.meta["bertops_check"]
                 results[index] = _to_result(checks[index], item, frame, example_columns, examples_per_failure)
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bertops.atomic import replace_dir
-from bertops.config import Config, IngestConfig
+from bertops.config import Config, IngestConfig, SplitName
 from bertops.data.sources import FORMATS, MANIFEST, SPLIT_NAMES, DataSourceError, file_format
 from bertops.lineage import files_sha256
 
@@ -67,7 +67,7 @@ def resolve_local(cfg: IngestConfig, root: Path) -> dict[str, Path] | None:
     return None
 
 
-def named_files(folder: Path, files: dict[str, str]) -> dict[str, Path]:
+def named_files(folder: Path, files: dict[SplitName, str]) -> dict[str, Path]:
     """The split files `ingest.files` names, all of which must exist."""
     missing = [name for name in files.values() if not (folder / name).is_file()]
     if missing:
@@ -85,7 +85,7 @@ def _download_hub(cfg: IngestConfig, dest: Path) -> dict[str, str]:
         import datasets  # heavy; only needed for hub sources
     except ImportError as exc:
         raise DataSourceError("reading a hub dataset needs the `datasets` package: pip install datasets") from exc
-    files = {}
+    files: dict[str, str] = {}
     for split, hub_split in cfg.hub_splits.items():
         if cfg.task == "ner":  # token lists + ClassLabel tags -> a two-column CoNLL file
             rows = datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=hub_split)

@@ -62,7 +62,8 @@ class BehaviourCases(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> BehaviourCases:
-        unknown = sorted({c.label for c in [*self.mft, *self.dir]} - set(self.labels))
+        labelled: list[MinimumFunctionality | Directional] = [*self.mft, *self.dir]
+        unknown = sorted({c.label for c in labelled} - set(self.labels))
         if unknown:
             raise ValueError(f"cases use labels {unknown} that are not in `labels` {self.labels}")
         if any(c.perturb == "names" for c in self.inv) and len(self.names) < 2:

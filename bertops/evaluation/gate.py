@@ -163,11 +163,11 @@ def decide(report: dict, policy: GateConfig, rules: GateRules | None = None) -> 
     champion = report.get("champion")
     if champion:
         version = champion.get("version")
-        speedup = _speedup(report, champion) if policy.speed_trade else None
-        traded = speedup is not None and speedup >= policy.speed_trade.min_speedup
-        if traded:
+        trade = policy.speed_trade
+        speedup = _speedup(report, champion) if trade else None
+        traded = trade is not None and speedup is not None and speedup >= trade.min_speedup
+        if trade is not None and traded:
             # Speed for accuracy: a much faster challenger may give up a little accuracy.
-            trade = policy.speed_trade
             checks.append(
                 _check(
                     f"speed-up vs production {version} (p95 serving latency ratio)", speedup, trade.min_speedup, ">="

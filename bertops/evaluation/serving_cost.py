@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertops.encoding import encode, normalize_input, to_feeds
+from bertops.encoding import UnicodeForm, encode, normalize_input, to_feeds
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt")
 
@@ -44,7 +44,7 @@ def latency_profile(request: Callable[[object], object], texts: list, requests: 
 
 
 def serving_request(
-    model, tokenizer, max_length: int, unicode_form: str = "NFC", lowercase: bool = False
+    model, tokenizer, max_length: int, unicode_form: UnicodeForm = "NFC", lowercase: bool = False
 ) -> Callable[[object], np.ndarray]:
     """One /classify request as the endpoint handles it (the same `bertops.encoding` steps): a text
     or a (text, second sentence) pair -> normalised -> encoded -> forward -> probabilities."""

@@ -37,7 +37,7 @@ def slice_metrics(y_true: np.ndarray, y_pred: np.ndarray, masks: dict[str, np.nd
     """name -> examples, accuracy and macro-F1 (over the labels present in the slice); an empty
     slice reports 0 examples and null metrics."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    out = {}
+    out: dict[str, dict[str, int | float | None]] = {}
     for name, mask in masks.items():
         n = int(mask.sum())
         if n == 0:

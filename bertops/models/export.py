@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -129,11 +130,13 @@ def torch_logits(model, tokenizer, texts: list, max_length: int, batch_size: int
 
 
 def session_logits(session, tokenizer, texts: list, max_length: int, batch_size: int = 64) -> np.ndarray:
-    out = None
+    out: np.ndarray | None = None
     for index, feeds in _batches(tokenizer, texts, max_length, batch_size):
         logits = session.run(["logits"], feeds)[0]
         out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32) if out is None else out
         out[index] = logits
+    if out is None:  # the width of the logits is only known from a first batch
+        raise ValueError("session_logits needs at least one text")
     return out
 
 
@@ -150,12 +153,13 @@ def export_for_serving(
     quantize_int8(out / FILES["onnx"], out / FILES["onnx-int8"])
     reference = torch_logits(model, tokenizer, texts, max_length)
     torch_accuracy = float((reference.argmax(-1) == labels).mean())
+    runtimes: dict[str, dict[str, Any]] = {}
     report = {
         "examples": len(texts),
         "torch_accuracy": torch_accuracy,
         "max_abs_diff_allowed": max_abs_diff,
         "max_accuracy_drop_allowed": max_accuracy_drop,
-        "runtimes": {},
+        "runtimes": runtimes,
     }
     for runtime, name in FILES.items():
         logits = session_logits(onnx_session(out / name), tokenizer, texts, max_length)
@@ -163,7 +167,7 @@ def export_for_serving(
         accuracy = float((logits.argmax(-1) == labels).mean())
         # fp32 must reproduce PyTorch's logits; int8 is lossy by design and is held to accuracy.
         passed = diff <= max_abs_diff if runtime == "onnx" else torch_accuracy - accuracy <= max_accuracy_drop
-        report["runtimes"][runtime] = {
+        runtimes[runtime] = {
             "file": f"{ONNX_DIR}/{name}",
             "max_abs_logit_diff": diff,
             "accuracy": accuracy,

@@ -24,17 +24,25 @@ from transformers import BertConfig, BertModel, BertPreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 
+def _num_labels(config: BertConfig) -> int:
+    """`config.num_labels`, typed optional by transformers but always set: PreTrainedConfig.__post_init__
+    fills `id2label` (2 labels by default), and the count is read from it."""
+    num_labels = config.num_labels
+    assert num_labels is not None
+    return num_labels
+
+
 class MeanPoolingBertForSequenceClassification(BertPreTrainedModel):
     config_class = BertConfig
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
+        self.num_labels = _num_labels(config)
         self.bert = BertModel(config, add_pooling_layer=False)  # the pooler would be dead weight
         self.dropout = nn.Dropout(
             config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         )
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
         self.post_init()
 
     def forward(
@@ -77,9 +85,9 @@ class SiameseBertForSequenceClassification(BertPreTrainedModel):
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
+        self.num_labels = _num_labels(config)
         self.bert = BertModel(config, add_pooling_layer=False)
-        self.classifier = nn.Linear(1, config.num_labels)  # per label: weight * cosine + bias
+        self.classifier = nn.Linear(1, self.num_labels)  # per label: weight * cosine + bias
         self.post_init()
 
     def pair_embeddings(

@@ -47,8 +47,8 @@ def mask_tokens(
             chosen[row] = candidates[row] & np.isin(word_id[row], words)
     # Every sequence predicts at least one token (a batch with no label has no loss).
     empty = ~chosen.any(axis=1) & candidates.any(axis=1)
-    for row in np.flatnonzero(empty):
-        chosen[row, rng.choice(np.flatnonzero(candidates[row]))] = True
+    for empty_row in np.flatnonzero(empty):
+        chosen[empty_row, rng.choice(np.flatnonzero(candidates[empty_row]))] = True
     positions = np.argwhere(chosen)
     labels = ids[chosen]
     action = rng.random(len(labels))

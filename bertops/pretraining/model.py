@@ -8,12 +8,21 @@ decoder than projecting every token.
 
 from __future__ import annotations
 
+from typing import Literal, TypedDict
+
 import torch
 from torch import nn
 
+
+class PresetShape(TypedDict):
+    num_hidden_layers: int
+    hidden_size: int
+    num_attention_heads: int
+
+
 # Shapes from Turc et al. 2019 ("Well-Read Students Learn Better", the 24 compact BERTs) and the
 # BERT paper (base). Heads = hidden / 64; intermediate = 4 x hidden.
-PRESETS = {
+PRESETS: dict[str, PresetShape] = {
     "tiny": {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2},
     "mini": {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4},
     "small": {"num_hidden_layers": 4, "hidden_size": 512, "num_attention_heads": 8},
@@ -28,8 +37,10 @@ def build_pretraining_model(preset: str | None, source: str | None, vocab_size: 
 
     if source is not None:
         return BertForPreTraining.from_pretrained(source, attn_implementation="sdpa")
+    assert preset is not None  # callers pass a preset whenever they pass no source
     shape = PRESETS[preset]
-    config = BertConfig(
+    # BertConfig's dataclass-generated signature hides the **kwargs that PreTrainedConfig accepts at runtime.
+    config = BertConfig(  # type: ignore[call-arg]
         vocab_size=vocab_size,
         intermediate_size=4 * shape["hidden_size"],
         max_position_embeddings=max(512, max_length),
@@ -37,6 +48,28 @@ def build_pretraining_model(preset: str | None, source: str | None, vocab_size: 
         **shape,
     )
     return BertForPreTraining(config)  # decoder weights tied to the word embeddings, as in BERT
+
+
+# The batch tensors `pretraining_losses` (and `PretrainingObjective.forward`) take after the model, in order.
+ObjectiveInput = Literal["input_ids", "attention_mask", "token_type_ids", "positions", "labels", "is_next"]
+OBJECTIVE_INPUTS: tuple[ObjectiveInput, ...] = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "positions",
+    "labels",
+    "is_next",
+)
+
+
+class PretrainingLosses(TypedDict):
+    loss: torch.Tensor  # MLM + NSP, with its graph (the one to backpropagate)
+    mlm_loss: torch.Tensor
+    nsp_loss: torch.Tensor
+    mlm_correct: torch.Tensor
+    mlm_total: int  # masked positions predicted
+    nsp_correct: torch.Tensor
+    nsp_total: int  # sentence pairs
 
 
 class PretrainingObjective(nn.Module):
@@ -59,7 +92,7 @@ def pretraining_losses(
     positions: torch.Tensor,
     labels: torch.Tensor,
     is_next: torch.Tensor,
-) -> dict[str, torch.Tensor]:
+) -> PretrainingLosses:
     """MLM loss/accuracy at `positions` (M, 2) and NSP loss/accuracy; `loss` = their sum."""
     bert, heads = model.bert, model.cls
     sequence, pooled = bert(

@@ -17,6 +17,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,7 @@ from bertops.config import Config, ConfigError
 from bertops.data.sources import DataSourceError
 from bertops.pretraining.corpus import nsp_examples, read_documents, tokenize_documents
 from bertops.pretraining.model import (
+    OBJECTIVE_INPUTS,
     PRESETS,
     PretrainingObjective,
     build_pretraining_model,
@@ -182,6 +184,16 @@ def prepare_pretraining(config: Config, root: Path = Path(".")) -> dict:
     return meta
 
 
+class PretrainingBatch(TypedDict):
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor
+    positions: torch.Tensor
+    labels: torch.Tensor
+    is_next: torch.Tensor
+    real_tokens: int  # non-pad tokens
+
+
 class Batches:
     """Length-bucketed NSP batches with fresh masking every draw."""
 
@@ -195,7 +207,7 @@ class Batches:
             vocab = tokenizer.convert_ids_to_tokens(list(range(tokenizer.vocab_size)))
             self.continuation = np.array([t.startswith("##") for t in vocab])
 
-    def collate(self, index: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def collate(self, index: np.ndarray, rng: np.random.Generator) -> PretrainingBatch:
         from bertops.pretraining.masking import mask_tokens
 
         tok = self.tok
@@ -240,13 +252,7 @@ def heldout_metrics(model, batches: Batches, device: torch.device, seed: int = 0
     lengths = [len(a) + len(b) + 3 for a, b in zip(batches.a, batches.b)]
     for index in bucketed_batches(lengths, batches.batch_size, 1, seed=0, shuffle=False):
         batch = batches.collate(np.asarray(index), rng)
-        out = pretraining_losses(
-            model,
-            *(
-                batch[k].to(device)
-                for k in ("input_ids", "attention_mask", "token_type_ids", "positions", "labels", "is_next")
-            ),
-        )
+        out = pretraining_losses(model, *(batch[k].to(device) for k in OBJECTIVE_INPUTS))
         loss_sum += float(out["mlm_loss"]) * out["mlm_total"]
         mlm_correct += float(out["mlm_correct"])
         mlm_total += out["mlm_total"]
@@ -305,7 +311,7 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
                 f"{model.config.max_position_embeddings} positions; lower pretrain.max_length"
             )
     model.to(device).train()
-    objective = PretrainingObjective(model)
+    objective: torch.nn.Module = PretrainingObjective(model)
     if distributed:
         objective = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None
@@ -371,12 +377,7 @@ def pretrain(config: Config, root: Path = Path(".")) -> dict:
                 index = next(batches)
             batch = train.collate(np.asarray(index), rng)
             with autocast(device, precision):
-                out = objective(
-                    *(
-                        batch[k].to(device)
-                        for k in ("input_ids", "attention_mask", "token_type_ids", "positions", "labels", "is_next")
-                    )
-                )
+                out = objective(*(batch[k].to(device) for k in OBJECTIVE_INPUTS))
             scaler.scale(out["loss"] / cfg.grad_accum).backward()
             window["loss"] += float(out["loss"].detach())
             window["mlm_correct"] += float(out["mlm_correct"])

@@ -16,6 +16,7 @@ so each step costs a student step only.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from torch import nn
 from bertops.config import Config, ConfigError
 from bertops.training.loop import TrainingSpec, TrainResult, train_loop
 from bertops.training.predict import accuracy_score, predict_logits
+
+if TYPE_CHECKING:
+    from transformers import BertConfig, PreTrainedModel
 
 
 def teacher_dir(config: Config, root: Path) -> Path:
@@ -52,7 +56,9 @@ def layer_map(teacher_layers: int, student_layers: int, how: str) -> list[int]:
     return [(i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)]
 
 
-def build_student(teacher: nn.Module, layers: int, how: str, hidden_size: int | None) -> tuple[nn.Module, list[int]]:
+def build_student(
+    teacher: PreTrainedModel, layers: int, how: str, hidden_size: int | None
+) -> tuple[nn.Module, list[int]]:
     """(student, teacher layer index per student layer). Same architecture class and head as the teacher."""
     import copy
 
@@ -80,7 +86,9 @@ def build_student(teacher: nn.Module, layers: int, how: str, hidden_size: int | 
     }
     head = own.get((teacher.config.architectures or [""])[0])
     student = (
-        head(config) if head else AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+        head(cast("BertConfig", config))  # a bertops head's config is a BertConfig (its config_class)
+        if head
+        else AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
     )
     if hidden_size is None:  # copy embeddings, the mapped layers and the head
         state = teacher.state_dict()

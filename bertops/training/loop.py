@@ -63,6 +63,23 @@ class TrainResult:
 
 
 @dataclass
+class _Best:
+    """The best validation score so far, the step it came at and a CPU copy of the weights then.
+    Saved in the training-state checkpoint as the dict {"accuracy", "step", "state"}."""
+
+    accuracy: float = -1.0
+    step: int = 0
+    state: dict[str, torch.Tensor] | None = None
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "step": self.step, "state": self.state}
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any]) -> _Best:
+        return cls(accuracy=saved["accuracy"], step=saved["step"], state=saved["state"])
+
+
+@dataclass
 class TrainingSpec:
     """What a task (or distillation) trains with the shared loop: the model, its targets and batching,
     its loss and its validation score (higher is better; it selects the checkpoint kept)."""
@@ -118,6 +135,7 @@ def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
     batcher = run.collate or collate
     if run.score is None:
         raise ConfigError(f"the {run.stage} training spec has no validation score; a task's training_spec must set one")
+    score = run.score
     if not train_ids or not val_ids:
         raise ConfigError(
             f"the prepared corpus has {len(train_ids)} train and {len(val_ids)} validation rows; "
@@ -143,7 +161,7 @@ def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
 
     # -- 4. train, evaluating every `eval_every` steps and at each epoch end ----------------------
     history: list[dict[str, Any]] = []
-    best = {"accuracy": -1.0, "step": 0, "state": None}
+    best = _Best()
     real_tokens = fed_tokens = 0
     step, started = 0, time.perf_counter()
     # A run killed mid-training resumes from its last checkpoint when nothing it depends on changed.
@@ -159,7 +177,7 @@ def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
         step, start_epoch, skip_batches = saved["step"], saved["epoch"], saved["batch_in_epoch"]
-        best, history = saved["best"], saved["history"]
+        best, history = _Best.from_checkpoint(saved["best"]), saved["history"]
         real_tokens, fed_tokens = saved["real_tokens"], saved["fed_tokens"]
         restore_rng(saved["rng"])
         resumed_from, resumed_tokens = step, real_tokens
@@ -176,7 +194,7 @@ def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
     def evaluate_now(epoch: int) -> None:
         nonlocal eval_seconds
         eval_started = time.perf_counter()
-        accuracy = float(run.score(model, frames["validation"], device, precision))
+        accuracy = float(score(model, frames["validation"], device, precision))
         history.append(
             {
                 "step": step,
@@ -185,13 +203,11 @@ def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
                 "elapsed_s": round(time.perf_counter() - started, 1),
             }
         )
-        if accuracy > best["accuracy"]:
+        if accuracy > best.accuracy:
             # Keep the best weights in memory (CPU copy); written once at the end.
-            best.update(
-                accuracy=accuracy,
-                step=step,
-                state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-            )
+            best.accuracy = accuracy
+            best.step = step
+            best.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         eval_seconds += time.perf_counter() - eval_started
 
     if run.evaluate_start and step == 0:
@@ -243,7 +259,7 @@ def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
                         "step": step,
                         "epoch": epoch,
                         "batch_in_epoch": position + 1,
-                        "best": best,
+                        "best": best.to_checkpoint(),
                         "history": history,
                         "real_tokens": real_tokens,
                         "fed_tokens": fed_tokens,
@@ -261,14 +277,16 @@ def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
         progress.close()
 
     # -- 5. save the best checkpoint with everything needed to rebuild and trace it ---------------
-    model.load_state_dict(best["state"])
+    if best.state is None:  # only when no validation score ever beat -1 (e.g. every score was NaN)
+        raise TypeError(f"{run.stage}: no validation score was ever kept, so there are no best weights to save")
+    model.load_state_dict(best.state)
     # Training throughput: evaluation time is not training time.
     tokens_per_second = (real_tokens - resumed_tokens) * world / max(seconds - eval_seconds, 1e-9)
     result = TrainResult(
         model_dir=str(run.out_dir),
         steps=step,
-        best_step=best["step"],
-        best_validation_accuracy=round(best["accuracy"], 4),
+        best_step=best.step,
+        best_validation_accuracy=round(best.accuracy, 4),
         train_seconds=round(seconds, 1),
         tokens_per_second=round(tokens_per_second, 1),
         padding_share=round(1 - real_tokens / max(fed_tokens, 1), 4),

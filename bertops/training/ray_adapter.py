@@ -15,6 +15,7 @@ storage (on a multi-node cluster: a shared volume, as Ray's own `storage_path` r
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def connect() -> None:
             address=address or "local",
             log_to_driver=False,
             include_dashboard=False,
-            logging_level="ERROR",
+            logging_level=logging.ERROR,
             configure_logging=True,
         )
     except Exception as exc:  # ConnectionError, ValueError (bad format), RuntimeError, ...

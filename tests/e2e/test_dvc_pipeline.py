@@ -1,6 +1,7 @@
 """End to end through the build system: the retrain flow on the DVC executor in a fresh git+DVC
 repo (smoke profile): a first run does every stage; a second run on the same data ends "No
-change" in a fraction of the time; a changed corpus retrains and registers a new version."""
+change" in a fraction of the time; an edited code file and param re-run exactly the stages that
+read them; a changed corpus retrains and registers a new version."""
 
 from __future__ import annotations
 
@@ -113,7 +114,25 @@ def test_retrain_twice_then_on_a_changed_corpus(repo, harness):
     cli = _sh([str(Path(sys.executable).with_name("bertops")), "run"], root, env)
     assert "no change" in cli.stdout
 
-    # 3. The corpus changes at its source: only what depends on it re-runs, and a new version lands.
+    # 3. A code file and a param change: DVC sees exactly the stages that read them (dvc.yaml's deps
+    # and params are derived from each stage's imports), and the flow re-runs from there on.
+    rules = root / "bertops/tasks/classification/gate.py"  # read by the gate stage alone
+    rules.write_text(rules.read_text() + "\n# edited: the file's hash changes, its behaviour does not\n")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"]["ece_bins"] += 1  # read by the evaluate stage alone
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(_sh([sys.executable, "-m", "dvc", "status", "--json"], root, env).stdout)
+    status.pop("ingest", None)  # always changed by design (its source lives outside the repo)
+    assert set(status) == {"evaluate", "gate"}, status
+    rerun, _ = _retrain(root)
+    assert rerun.is_completed(), rerun.message
+    outcomes = {stage: outcome for stage, _, outcome in rerun.result()["timings"]}
+    assert [s for s in ("validate", "pretrain", "prepare", "finetune", "distill") if outcomes[s] != "cached"] == []
+    assert outcomes["evaluate"] == "ran" and outcomes["gate"] == "ran", outcomes
+    assert (root / "models/sst2/model.safetensors").stat().st_mtime == weights_mtime  # no retraining
+    before_corpus_change = _versions(root)
+
+    # 4. The corpus changes at its source: only what depends on it re-runs, and a new version lands.
     lines = (corpus / "train.tsv").read_text().splitlines()
     (corpus / "train.tsv").write_text("\n".join(lines[:1] + lines[1:][::-1][:40000]) + "\n")
     third, _ = _retrain(root)
@@ -121,4 +140,5 @@ def test_retrain_twice_then_on_a_changed_corpus(repo, harness):
     outcomes = dict((stage, outcome) for stage, _, outcome in third.result()["timings"])
     assert outcomes["ingest"] == "ran" and outcomes["finetune"] == "ran"
     after = _versions(root)
-    assert len(after["versions"]) == 2 and after["production"] != first_versions["production"]
+    assert len(after["versions"]) == len(before_corpus_change["versions"]) + 1
+    assert after["production"] != before_corpus_change["production"]

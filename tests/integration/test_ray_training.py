@@ -26,13 +26,13 @@ def test_two_ray_workers_train_and_save_one_model(ray_cluster, tmp_path: Path):
     from bertops.data.ingest import ingest
     from bertops.data.prepare import prepare
     from bertops.data.validation import validate
-    from bertops.training.finetune import finetune as train
+    from bertops.training.finetune import finetune
 
     cfg = smoke_config(["finetune.num_workers=2", "finetune.epochs=1"])
     ingest(cfg, tmp_path)
     validate(cfg, tmp_path)
     prepare(cfg, tmp_path)
-    result = train(cfg, tmp_path)
+    result = finetune(cfg, tmp_path)
     assert result.world_size == 2 and result.device == "cpu"
     # The workers read the corpus from their node-local copy (shipped through the object store).
     for rank in (0, 1):

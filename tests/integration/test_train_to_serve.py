@@ -134,6 +134,7 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
         assert [set(item) for item in body] == [{"label", "probabilities", "model_version", "truncated"}] * 2
         assert body[0]["model_version"] == packaged.model_tag and not body[0]["truncated"]
         assert all(abs(sum(item["probabilities"].values()) - 1) < 1e-4 for item in body)
+        _same_token_ids_as_training(root, cfg, url)
         metadata = httpx.get(f"{url}/metadata", timeout=10).json()
         assert metadata["model_version"] == packaged.model_tag and metadata["labels"] == ["negative", "positive"]
         assert metadata["lineage"]["dataset"] == "sst2" and metadata["lineage"]["gate"]["approved"] is True
@@ -286,3 +287,30 @@ def test_a_runtime_that_fails_its_export_check_is_never_packaged(trained_workspa
         package(strict, root)
     assert {str(m.tag) for m in bentoml.models.list("bertops-sst2")} == before
     assert set(Registry(root / "registry").versions("bertops-sst2")) == versions
+
+
+def _same_token_ids_as_training(root: Path, cfg, url: str) -> None:
+XX
+    have a trailing space, some are longer than max_length) sent to POST /tokenize give the ids
+    `prepare` stored for the same examples."""
+    import pandas as pd
+
+    from bertops.data.sources import load_raw
+
+    frames, _ = load_raw(cfg, root)
+    prepared = pd.read_parquet(root / cfg.paths.prepared / cfg.ingest.dataset / "eval.parquet")
+    by_text = {row.text: list(row.input_ids) for row in prepared.itertuples()}
+    raw = [t for t in frames["eval"][cfg.ingest.text_column] if " ".join(t.split()) in by_text][:40]
+    assert len(raw) == 40 and any(t != t.strip() for t in raw)  # the raw text, not the normalised one
+    reply = httpx.post(f"{url}/tokenize", json={"texts": raw}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    served = reply.json()
+    assert [item["input_ids"] for item in served] == [by_text[" ".join(t.split())] for t in raw]
+    # A text longer than max_length: cut as training cuts it, the first max_length - 1 tokens and [SEP]
+    from bertops.models.pretrained import load_tokenizer
+
+    long_text = "  ".join(raw[:6])
+    full = load_tokenizer(cfg.finetune.model)(" ".join(long_text.split()))["input_ids"]
+    assert len(full) > cfg.prepare.max_length
+    (item,) = httpx.post(f"{url}/tokenize", json={"texts": [long_text]}, timeout=60).json()
+    assert item["truncated"] and item["input_ids"] == full[: cfg.prepare.max_length - 1] + full[-1:]

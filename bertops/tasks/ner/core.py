@@ -47,8 +47,8 @@ def read_conll(path: Path, tag_column: int = -1) -> list[Sentence]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConllFormatError(f"{path}:{line}: not UTF-8 ({exc.reason}); re-encode the file as UTF-8") from exc
+        bad_line = raw[: exc.start].count(b"\n") + 1
+        raise ConllFormatError(f"{path}:{bad_line}: not UTF-8 ({exc.reason}); re-encode the file as UTF-8") from exc
 
     sentences: list[Sentence] = []
     tokens: list[str] = []

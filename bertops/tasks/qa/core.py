@@ -175,16 +175,15 @@ def _truncate_questions(tokenizer, questions: list[str], max_query_length: int) 
 def _answer_tokens(offsets: list[tuple[int, int] | None], start_char: int, end_char: int) -> tuple[int, int]:
     """Token indices of the answer chars [start_char, end_char) in one window; (0, 0) ([CLS]) when
     the answer is not wholly inside the window's context tokens."""
-    context = [i for i, span in enumerate(offsets) if span is not None]
+    context = [(i, span) for i, span in enumerate(offsets) if span is not None]
     if not context:
         return 0, 0
-    first, last = context[0], context[-1]
-    if offsets[first][0] > start_char or offsets[last][1] < end_char:
+    if context[0][1][0] > start_char or context[-1][1][1] < end_char:
         return 0, 0
     # First token ending after the answer starts; last token starting before it ends. Unlike
     # "token containing start_char", this also lands right when an offset falls on a space.
-    start = next(i for i in context if offsets[i][1] > start_char)
-    end = next(i for i in reversed(context) if offsets[i][0] < end_char)
+    start = next(i for i, span in context if span[1] > start_char)
+    end = next(i for i, span in reversed(context) if span[0] < end_char)
     return start, end
 
 

@@ -75,6 +75,7 @@ def training_spec(config: Config, root: Path) -> TrainingSpec:
         )
 
     def loss(model, batch: Batch, index) -> torch.Tensor:
+        assert batch.labels is not None  # collate_spans always sets the (B, 2) start/end targets
         return model(**batch.inputs(), start_positions=batch.labels[:, 0], end_positions=batch.labels[:, 1]).loss
 
     def score(model, frame: pd.DataFrame, device: torch.device, precision: str) -> float:
