@@ -290,9 +290,9 @@ def test_a_runtime_that_fails_its_export_check_is_never_packaged(trained_workspa
 
 
 def _same_token_ids_as_training(root: Path, cfg, url: str) -> None:
-XX
-    have a trailing space, some are longer than max_length) sent to POST /tokenize give the ids
-    `prepare` stored for the same examples."""
+    """The endpoint feeds the model exactly the token ids training saw: the raw dev rows (SST-2's
+    end in a space) sent to POST /tokenize give the ids `prepare` stored for the same examples,
+    and a text longer than max_length is cut the way training cuts it."""
     import pandas as pd
 
     from bertops.data.sources import load_raw
