@@ -9,6 +9,12 @@
    the real tokens it processed) as a fraction of this machine's fp32 matmul peak measured here.
 4. Load: 20,000 requests at 64 concurrent clients: status counts (zero 5xx, zero lost), server
    RSS before/after.
+5. A lone client before and after a burst: single-client p50 through HTTP on a fresh endpoint
+   (the baseline), right after a burst of 32 clients, and after 30 s idle (goal: within 1.5x of
+   the fresh figure each time).
+6. Oversized bodies under load: 32 clients send normal requests while another sends 50 MB bodies
+   (half with a Content-Length, half chunked without one): the big ones get 413, the others no
+   5xx, and the server's memory stays bounded (peak RSS sampled during the run).
 
 Traffic goes to 127.0.0.1 only. It serves the registry's production Bento (run `make run` first).
 
@@ -102,6 +108,40 @@ def load(port: int, path: str, bodies: list[bytes], total: int, clients: int) ->
     return asyncio.run(_load(port, path, bodies, total, clients))
 
 
+async def _oversized(port: int, size: int, chunked: bool) -> int:
+    """Send a `size`-byte body (declared, or chunked without a length) and return the status the
+    server answers with, without waiting to have sent it all."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    head = f"POST /classify HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+    head += "Transfer-Encoding: chunked\r\n\r\n" if chunked else f"Content-Length: {size}\r\n\r\n"
+    writer.write(head.encode())
+
+    async def pump() -> None:
+        block = b"x" * 65536
+        try:
+            for _ in range(size // len(block)):
+                writer.write(f"{len(block):x}\r\n".encode() + block + b"\r\n" if chunked else block)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass  # the server answered and closed: it does not read the rest
+
+    sender = asyncio.ensure_future(pump())
+    try:
+        status = int((await asyncio.wait_for(reader.readline(), 60)).split()[1])
+    finally:
+        sender.cancel()
+        writer.close()
+    return status
+
+
+async def _oversized_under_load(port: int, bodies: list[bytes], requests: int, big: int, size: int) -> dict:
+    normal = asyncio.ensure_future(_load(port, "/classify", bodies, requests, 32))
+    statuses = []
+    for i in range(big):
+        statuses.append(await _oversized(port, size, chunked=bool(i % 2)))
+    return {"normal": await normal, "oversized_statuses": statuses}
+
+
 # -- servers ----------------------------------------------------------------------------------
 def wait_ready(port: int, process: subprocess.Popen, timeout: float = 240) -> None:
     from bertops.server import wait_ready as ready
@@ -183,6 +223,8 @@ def main() -> None:
     parser.add_argument("--load-requests", type=int, default=20000)
     parser.add_argument("--latency-requests", type=int, default=300)
     parser.add_argument("--port", type=int, default=3981)
+    parser.add_argument("--idle-seconds", type=float, default=30.0, help="idle time before the last lone-client run")
+    parser.add_argument("--oversized", type=int, default=20, help="50 MB bodies sent during step 6")
     args = parser.parse_args()
 
     import bentoml
@@ -210,7 +252,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
 
-    print("1/4 latency at one client, per runtime", flush=True)
+    print("1/6 latency at one client, per runtime", flush=True)
     results["runtimes"] = {}
     for runtime in ("torch", "onnx", "onnx-int8"):
         server = bertops_server(bento, args.port, runtime)
@@ -226,7 +268,7 @@ def main() -> None:
             server.stop()
         print(f"   {runtime}: {results['runtimes'][runtime]}", flush=True)
 
-    print("2/4 throughput at 32 clients: bertops endpoint vs naive pipeline server", flush=True)
+    print("2/6 throughput at 32 clients: bertops endpoint vs naive pipeline server", flush=True)
     naive = Server(
         [sys.executable, str(REPO / "bench" / "naive_server.py"), "--model", model_dir, "--port", str(args.port + 1)],
         args.port + 1,
@@ -248,7 +290,7 @@ def main() -> None:
         print(f"   bertops: {results['bertops']}", flush=True)
         results["throughput_ratio"] = round(results["bertops"]["rps"] / results["naive"]["rps"], 2)
 
-        print("3/4 compute efficiency", flush=True)
+        print("3/6 compute efficiency", flush=True)
         model_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         lengths = [min(len(ids), cfg.prepare.max_length) for ids in tokenizer(texts)["input_ids"]]
@@ -270,7 +312,7 @@ def main() -> None:
         }
         print(f"   {results['efficiency']}", flush=True)
 
-        print(f"4/4 load: {args.load_requests} requests at 64 clients", flush=True)
+        print(f"4/6 load: {args.load_requests} requests at 64 clients", flush=True)
         rss_before = server.rss_mb()
         results["load"] = load(args.port, "/classify", single, args.load_requests, 64)
         results["load"].update(
@@ -281,6 +323,60 @@ def main() -> None:
             }
         )
         print(f"   {results['load']}", flush=True)
+    finally:
+        server.stop()
+
+    print("5/6 a lone client: fresh endpoint, right after a burst of 32 clients, after idling", flush=True)
+    server = bertops_server(bento, args.port)
+    try:
+        load(args.port, "/classify", single, 30, 1)  # warm up (first-call costs)
+        fresh = load(args.port, "/classify", single, args.latency_requests, 1)
+        load(args.port, "/classify", single, 2000, 32)  # the burst
+        after_burst = load(args.port, "/classify", single, args.latency_requests, 1)
+        time.sleep(args.idle_seconds)
+        after_idle = load(args.port, "/classify", single, args.latency_requests, 1)
+        results["lone_client"] = {
+            "fresh_p50_ms": fresh["p50_ms"],
+            "after_burst_p50_ms": after_burst["p50_ms"],
+            "after_idle_p50_ms": after_idle["p50_ms"],
+            "idle_seconds": args.idle_seconds,
+            "after_burst_vs_fresh": round(after_burst["p50_ms"] / fresh["p50_ms"], 2),
+            "after_idle_vs_fresh": round(after_idle["p50_ms"] / fresh["p50_ms"], 2),
+        }
+        print(f"   {results['lone_client']}", flush=True)
+
+        print(f"6/6 {args.oversized} bodies of 50 MB while 32 clients send normal requests", flush=True)
+        import threading
+
+        rss = {"before": server.rss_mb(), "peak": 0.0}
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                rss["peak"] = max(rss["peak"], server.rss_mb())
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            big = asyncio.run(_oversized_under_load(args.port, single, 3000, args.oversized, 50 * 10**6))
+        finally:
+            done.set()
+            sampler.join()
+        normal = big["normal"]
+        results["oversized"] = {
+            "oversized_sent": args.oversized,
+            "oversized_413": big["oversized_statuses"].count(413),
+            "oversized_statuses": sorted(set(big["oversized_statuses"])),
+            "normal_requests": normal["requests"],
+            "normal_statuses": normal["statuses"],
+            "normal_lost": normal["lost"],
+            "normal_5xx": sum(v for k, v in normal["statuses"].items() if k >= 500),
+            "rss_before_mb": rss["before"],
+            "rss_peak_mb": rss["peak"],
+            "rss_after_mb": server.rss_mb(),
+        }
+        print(f"   {results['oversized']}", flush=True)
     finally:
         server.stop()
 
@@ -309,6 +405,17 @@ def main() -> None:
     print(
         f"| load: {ld['requests']} requests at 64 clients | {ld['rps']} req/s, statuses {ld['statuses']}, lost "
         f"{ld['lost']}, RSS {ld['rss_before_mb']} -> {ld['rss_after_mb']} MiB |"
+    )
+    lc, big = results["lone_client"], results["oversized"]
+    print(
+        f"| one client p50 ms: fresh / after a 32-client burst / after {lc['idle_seconds']:.0f} s idle | "
+        f"{lc['fresh_p50_ms']} / {lc['after_burst_p50_ms']} ({lc['after_burst_vs_fresh']}x) / "
+        f"{lc['after_idle_p50_ms']} ({lc['after_idle_vs_fresh']}x) (goal: <= 1.5x) |"
+    )
+    print(
+        f"| {big['oversized_sent']} x 50 MB bodies under 32-client load | {big['oversized_413']} x 413; others: "
+        f"{big['normal_statuses']}, {big['normal_5xx']} 5xx, {big['normal_lost']} lost; RSS {big['rss_before_mb']} "
+        f"-> peak {big['rss_peak_mb']} -> {big['rss_after_mb']} MiB |"
     )
 
 

@@ -38,14 +38,16 @@ def _config(params: Path, profile: Path | None, overrides: list[str]) -> Config:
 
 
 def _run(stage: str, fn: Callable[[], T]) -> T:
-    """Run a stage; known failures print their message and exit 1."""
-    from bertops.errors import USER_ERRORS
+    """Run a stage; known failures print their message and exit 1, or TRANSIENT_EXIT (75) when a
+    retry may fix them (a source or cluster that could not be reached)."""
+    from bertops.errors import TRANSIENT_EXIT, USER_ERRORS, is_transient
 
+    handled: tuple[type[BaseException], ...] = (*USER_ERRORS, ConnectionError, TimeoutError)
     try:
         return fn()
-    except USER_ERRORS as exc:
+    except handled as exc:
         typer.echo(f"error: {stage} failed: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(TRANSIENT_EXIT if is_transient(exc) else 1) from None
 
 
 def _retrain_flow():

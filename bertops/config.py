@@ -69,6 +69,8 @@ class ValidateConfig(_Section):
     min_text_chars: int = Field(ge=1)
     max_text_chars: int = Field(ge=1)
     max_duplicate_rate: float = Field(ge=0, le=1)
+    max_control_char_share: float = Field(ge=0, le=1)
+    eval_overlap: Literal["fail", "drop"]
     min_class_share: float = Field(ge=0, le=1)
     max_class_share: float = Field(ge=0, le=1)
     examples_per_failure: int = Field(ge=0)
@@ -213,10 +215,10 @@ class SpeedTrade(_Section):
 
 
 class GateConfig(_Section):
-    min_accuracy: float = Field(ge=0, le=1)
-    min_macro_f1: float = Field(ge=0, le=1)
-    max_ece: float = Field(ge=0, le=1)
     # null = reported by evaluate, not gated
+    min_accuracy: float | None = Field(ge=0, le=1)
+    min_macro_f1: float | None = Field(ge=0, le=1)
+    max_ece: float | None = Field(ge=0, le=1)
     max_p95_latency_ms: float | None = Field(gt=0)
     max_model_size_mb: float | None = Field(gt=0)
     min_behaviour_pass_rate: BehaviourPolicy | None
@@ -244,7 +246,8 @@ class ServeConfig(_Section):
     workers: int = Field(ge=1)
     runtime: Literal["auto", "onnx-int8", "onnx", "torch"]
     max_batch_size: int = Field(ge=1)
-    max_latency_ms: int = Field(ge=1)
+    max_queued_texts: int = Field(ge=1)
+    max_body_bytes: int = Field(ge=1024)
     max_texts_per_request: int = Field(ge=1)
     max_text_chars: int = Field(ge=1)
     normalize_embeddings: bool

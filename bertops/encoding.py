@@ -8,6 +8,7 @@ into the same token ids at training time and at serving time.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,13 +17,17 @@ from typing import Any, Literal
 import numpy as np
 
 FEED_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+# C0 controls but tab/newline/CR (whitespace, collapsed below), and DEL: never meaningful in text
+CONTROL_CHARACTERS = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+_CONTROL = re.compile(CONTROL_CHARACTERS)
 
 UnicodeForm = Literal["NFC", "NFD", "NFKC", "NFKD"]
 
 
 def normalize_text(text: str, form: UnicodeForm = "NFC", lowercase: bool = False) -> str:
-    """Unicode normal form + collapsed whitespace (tabs, newlines, runs of spaces -> one space)."""
-    text = " ".join(unicodedata.normalize(form, text).split())
+    """Unicode normal form, control characters (NUL, ...) removed, collapsed whitespace (tabs,
+    newlines, runs of spaces -> one space)."""
+    text = " ".join(_CONTROL.sub("", unicodedata.normalize(form, text)).split())
     return text.lower() if lowercase else text
 
 

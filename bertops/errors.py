@@ -12,11 +12,33 @@ class ConfigError(BertopsError, ValueError):
     """A config file or override that cannot be used; the message says which key and why."""
 
 
-class PipelineError(BertopsError, RuntimeError):
-    """A pipeline stage failed; carries the stage name and its own message."""
+class TransientError(BertopsError):
+    """A failure a retry may fix: a source, cluster or service that could not be reached. The CLI
+    exits with TRANSIENT_EXIT for it, and the flows retry the stage."""
 
-    def __init__(self, stage: str, message: str):
+
+class ClusterUnreachable(ConfigError, TransientError):
+    """The Ray cluster at RAY_ADDRESS cannot be reached (now)."""
+
+
+# sysexits.h EX_TEMPFAIL: "temporary failure, the user is invited to retry"
+TRANSIENT_EXIT = 75
+
+
+def is_transient(exc: BaseException) -> bool:
+    """By type, never by wording: our own transient errors, and connection trouble from below
+    (a missing or forbidden file is not connection trouble)."""
+    if isinstance(exc, TransientError | ConnectionError | TimeoutError):
+        return True
+    return isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError)
+
+
+class PipelineError(BertopsError, RuntimeError):
+    """A pipeline stage failed; carries the stage name, its own message and whether a retry may fix it."""
+
+    def __init__(self, stage: str, message: str, transient: bool = False):
         self.stage = stage
+        self.transient = transient
         super().__init__(f"stage {stage!r} failed: {message}")
 
 

@@ -36,6 +36,16 @@ def files_sha256(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def folder_fingerprint(folder: Path, exclude: tuple[str, ...] = ("lineage.json",)) -> dict[str, str]:
+    """{relative path: sha256} of every file in a model folder: everything loading reads (weights,
+    config, the model's own code, tokenizer files), so a change to any of them is caught."""
+    return {
+        str(path.relative_to(folder)): file_sha256(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name not in exclude
+    }
+
+
 def git_commit(root: Path = Path(".")) -> str:
     """HEAD's commit, with "-dirty" when tracked files differ from it; "unknown" outside git."""
     try:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bertops.atomic import fsync_dir
 from bertops.errors import BertopsError
 
 STAGES = ("candidate", "staging", "production", "archived")
@@ -61,7 +62,10 @@ class Registry:
                 json.dump(state, fh, indent=2)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, self.file)
+            _step("registry-written")
+            os.replace(tmp, self.file)  # readers see the old file or the new one, whole
+            _step("registry-replaced")
+            fsync_dir(self.root)  # the rename itself survives a power loss
 
     # -- queries ------------------------------------------------------------------------------
     def versions(self, name: str) -> dict[str, dict[str, Any]]:
@@ -140,6 +144,10 @@ def production_stack(history: list[dict[str, Any]]) -> list[str]:
         elif event["action"] == "rollback" and stack:
             stack.pop()
     return stack
+
+
+def _step(name: str) -> None:
+    """A named point between two steps of a write (the crash tests stop a process at each one)."""
 
 
 def _now() -> str:

@@ -26,7 +26,7 @@ from prefect.states import Cancelled, Completed
 from prefect.tasks import exponential_backoff
 
 from bertops.config import Config, load_config
-from bertops.errors import PipelineError
+from bertops.errors import TRANSIENT_EXIT, PipelineError
 
 STAGES = ("ingest", "validate", "pretrain", "prepare", "finetune", "distill", "evaluate", "gate", "package", "promote")
 
@@ -105,14 +105,15 @@ def _execute(stage: str, ctx: RunContext, extra: dict) -> str:
         returncode, output = _stream([sys.executable, "-m", "dvc", "repro", "--single-item", stage], root, env)
         if returncode != 0:
             tail = "\n".join(output.strip().splitlines()[-25:])
-            raise PipelineError(stage, tail)
+            # DVC reports the stage command's exit status; the CLI exits TRANSIENT_EXIT when a retry may help
+            raise PipelineError(stage, tail, transient=f"exited with {TRANSIENT_EXIT}" in output)
         return "cached" if "didn't change, skipping" in output or "is cached" in output else "ran"
-    from bertops.errors import USER_ERRORS
+    from bertops.errors import USER_ERRORS, is_transient
 
     try:
         result = _direct(stage)(ctx.config(), root)
     except USER_ERRORS as exc:
-        raise PipelineError(stage, str(exc)) from None
+        raise PipelineError(stage, str(exc), transient=is_transient(exc)) from None
     if stage == "promote":
         extra["followed"] = result.get("followed")
     if stage in ("pretrain", "distill") and isinstance(result, dict) and result.get("enabled") is False:
@@ -146,27 +147,16 @@ def _stage_task(stage: str, retries: int = 0, doc: str = "", retry_condition=Non
 
 
 def _transient(task, task_run, state) -> bool:
-    """Retry only what a retry can fix: I/O and connection trouble, not a bad corpus or a rejection."""
+    """Retry only what a retry can fix, judged by the failure's type (never by its wording): a source,
+    cluster or connection that could not be reached; not a bad corpus, a bad config or a rejection."""
+    from bertops.errors import is_transient
+
     try:
         state.result()
     except PipelineError as exc:
-        text = str(exc).lower()
-        return any(
-            word in text
-            for word in (
-                "connection",
-                "timed out",
-                "timeout",
-                "unreachable",
-                "temporarily",
-                "could not be loaded",
-                "ray",
-            )
-        )
-    except (OSError, ConnectionError, TimeoutError):
-        return True
-    except Exception:
-        return False
+        return exc.transient
+    except Exception as exc:
+        return is_transient(exc)
     return False
 
 

@@ -8,11 +8,15 @@ pure core, and runs anywhere its requirements are installed.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import os
+import re
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import bertops_encoding as encoding  # copied beside this file by `bertops package`
 from fastapi import FastAPI
@@ -83,8 +87,9 @@ def metrics() -> Metrics:
 
 def guard(settings: dict, route: str):
     """ASGI middleware class for a service whose task route is `route`: bearer-token check (when
-    configured), JSON only, another task's route refused with a 400 that names the right one, and
-    request counts by outcome."""
+    configured), JSON only, another task's route refused with a 400 that names the right one,
+    bodies over `serve.max_body_bytes` refused with 413 before they are read, and request counts
+    by outcome."""
     serve = settings["serve"]
 
     class Guard:
@@ -116,6 +121,17 @@ def guard(settings: dict, route: str):
                     )
                 if path in TASK_ROUTES and path != route:
                     return await _refuse(send, endpoint, 400, f"this is a {settings['task']} model: POST {route}")
+            if scope.get("method") in ("POST", "PUT", "PATCH"):
+                # A body over the limit is refused before it is read whole: by its declared length
+                # at once, and by a running count when it declares none (chunked).
+                limit = serve["max_body_bytes"]
+                declared = dict(scope.get("headers") or []).get(b"content-length", b"").strip()
+                if declared.isdigit() and int(declared) > limit:
+                    return await _refuse(send, endpoint, 413, _too_large(int(declared), limit))
+                body = await _read_body(receive, limit)
+                if body is None:
+                    return await _refuse(send, endpoint, 413, _too_large(None, limit))
+                receive = _replay(body, receive)
             status = {}
 
             async def watch(message) -> None:
@@ -148,9 +164,181 @@ async def _refuse(send, endpoint: str, status: int, message: str, headers: list 
     await send({"type": "http.response.body", "body": json.dumps({"error": message}).encode()})
 
 
+def _too_large(size: int | None, limit: int) -> str:
+    got = f"{size} bytes" if size is not None else "more than that"
+    return (
+        f"request body too large: {got}, the limit is {limit} bytes (serve.max_body_bytes); send fewer or "
+        "shorter texts per request"
+    )
+
+
+async def _read_body(receive, limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it passes `limit` bytes (the rest is never read)."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, original):
+    """An ASGI `receive` that hands the already-read body to the app, then defers to the real one
+    (which reports the client's disconnect)."""
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await original()
+
+    return receive
+
+
 def _is_json(scope) -> bool:
     content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
     return content_type.split(b";")[0].strip().lower() == b"application/json"
+
+
+# The lineage fields GET /metadata shows (documented in docs/operations.md); the full record stays
+# in the registry (`bertops models show`). Absolute paths are cut to their last part.
+PUBLIC_LINEAGE = (
+    "dataset",
+    "data_hash",
+    "dvc_md5",
+    "git_commit",
+    "created_at",
+    "stage",
+    "task",
+    "parent_model",
+    "model_sha256",
+    "prepared_hash",
+)
+PUBLIC_EVALUATION = ("examples", "accuracy", "macro_f1", "ece", "entity_f1", "exact_match", "f1")
+_ABSOLUTE = re.compile(r"(?<![\w.~-])(?:[A-Za-z]:)?[/\\][^\s'\"()]*[/\\]([^/\\\s'\"()]+)")
+
+
+def _scrub(value: Any) -> Any:
+    """Absolute paths inside strings -> their last component (the server's layout is not public)."""
+    if isinstance(value, str):
+        return _ABSOLUTE.sub(lambda m: m.group(1), value)
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def public_lineage(lineage: dict) -> dict:
+    """What /metadata tells any caller about where the model came from."""
+    evaluation = lineage.get("evaluation") or {}
+    gate = lineage.get("gate") or {}
+    export = lineage.get("serving_export") or {}
+    out = {k: lineage.get(k) for k in PUBLIC_LINEAGE if k in lineage}
+    out["evaluation"] = {k: evaluation[k] for k in PUBLIC_EVALUATION if k in evaluation}
+    out["gate"] = {"approved": gate.get("approved"), "reasons": gate.get("reasons", [])}
+    out["serving_export"] = {
+        "cpu_runtime": export.get("cpu_runtime"),
+        "runtimes": {
+            name: {k: r.get(k) for k in ("passed", "accuracy", "max_abs_logit_diff", "size_mb")}
+            for name, r in (export.get("runtimes") or {}).items()
+        },
+    }
+    return _scrub(out)
+
+
+class Batcher:
+    """Opportunistic batching: a request never waits for company.
+
+    When the model is idle a request runs at once, alone. Requests that arrive while the model is
+    busy queue up and run together as the next call (up to `max_batch_size` inputs), so batches
+    fill by themselves under load and a lone request after a burst is as fast as on a fresh
+    server (BentoML's adaptive batcher, which waits to fill batches it has learnt to expect, kept
+    light traffic waiting after any burst). The model runs in a worker thread; the event loop
+    keeps accepting. More than `max_queued` inputs waiting is an overload: 503, retry later.
+    """
+
+    def __init__(self, run: Callable[[list], list], max_batch_size: int, max_queued: int, observe=None) -> None:
+        self.run = run  # list of inputs -> one result per input (blocking)
+        self.max_batch_size = max_batch_size
+        self.max_queued = max_queued
+        self.observe = observe  # (inputs in the call, seconds) -> None
+        self.pending: deque[tuple[list, asyncio.Future]] = deque()
+        self.queued = 0
+        self.busy = False
+
+    async def submit(self, items: list) -> list:
+        if self.queued + len(items) > self.max_queued:
+            raise Overloaded(
+                f"{self.queued} inputs are already waiting (serve.max_queued_texts={self.max_queued}); retry shortly"
+            )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        self.pending.append((items, future))
+        self.queued += len(items)
+        if not self.busy:
+            self.busy = True
+            loop.create_task(self._drain())
+        return await future
+
+    def _next_batch(self) -> list[tuple[list, asyncio.Future]]:
+        batch, size = [], 0
+        while self.pending and (not batch or size + len(self.pending[0][0]) <= self.max_batch_size):
+            items, future = self.pending.popleft()
+            self.queued -= len(items)
+            batch.append((items, future))
+            size += len(items)
+        return batch
+
+    async def _drain(self) -> None:
+        import time
+
+        try:
+            while self.pending:
+                batch = self._next_batch()
+                flat = [x for items, _ in batch for x in items]
+                started = time.perf_counter()
+                try:
+                    results = await asyncio.to_thread(self.run, flat)
+                except Exception:
+                    if len(batch) == 1:
+                        raise_into(batch[0][1])
+                        continue
+                    for items, future in batch:  # one bad request must not fail the others
+                        try:
+                            future.set_result(await asyncio.to_thread(self.run, items))
+                        except Exception:
+                            raise_into(future)
+                    continue
+                if self.observe:
+                    self.observe(len(flat), time.perf_counter() - started)
+                offset = 0
+                for items, future in batch:
+                    if not future.done():
+                        future.set_result(results[offset : offset + len(items)])
+                    offset += len(items)
+        finally:
+            self.busy = False
+
+
+class Overloaded(RuntimeError):
+    """Too many inputs already queued: the service answers 503."""
+
+
+def raise_into(future: asyncio.Future) -> None:
+    import sys
+
+    if not future.done():
+        future.set_exception(sys.exc_info()[1] or RuntimeError("the model call failed"))
 
 
 def info_app(describe) -> FastAPI:

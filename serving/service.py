@@ -12,8 +12,10 @@
 - Every service: `POST /embed`: texts -> one sentence embedding each (mean of the encoder's token
   states; L2-normalised when `serve.normalize_embeddings`); `POST /tokenize`: texts -> the token
   ids the model is fed (normalised and cut as in training); `GET /metadata`: model version,
-  runtime, lineage, labels, max sequence length. The POST APIs batch adaptively
-  (`batchable=True`, `serve.max_batch_size`, `serve.max_latency_ms`).
+  runtime, public lineage, labels, max sequence length. The POST APIs batch opportunistically
+  (engine.Batcher): a request runs at once when the model is idle, and requests that arrive
+  while it is busy run together as the next call (up to `serve.max_batch_size` inputs); more than
+  `serve.max_queued_texts` waiting is a 503. Bodies over `serve.max_body_bytes` are a 413.
 - BentoML adds `/healthz`, `/livez`, `/readyz` and `/metrics` (Prometheus: BentoML's own series
   plus `bertops_requests_total{endpoint,outcome}`, `bertops_batch_size`, `bertops_inference_seconds`,
   `bertops_truncated_texts_total`).
@@ -48,7 +50,6 @@ with bentoml.importing():
 
 SETTINGS = engine.load_settings()
 SERVE = SETTINGS["serve"]
-BATCHING = {"batchable": True, "max_batch_size": SERVE["max_batch_size"], "max_latency_ms": SERVE["max_latency_ms"]}
 Text = engine.text_type(SERVE["max_text_chars"])
 Texts = engine.batch_type(Text, SERVE["max_texts_per_request"])
 PAIRS = bool(SETTINGS.get("text_pairs"))
@@ -83,7 +84,19 @@ class Endpoint:
         self.lineage = json.loads((Path(path) / "lineage.json").read_text())
         config = self.engine.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)] if self.settings["task"] != "qa" else []
+        self._batchers: dict[str, engine.Batcher] = {}
         _running["service"] = self
+
+    async def batched(self, route: str, run, items: list) -> list:
+        """`run(items)` through this route's batcher (engine.Batcher: a lone request never waits);
+        an overloaded queue is a 503 with the reason."""
+        if route not in self._batchers:
+            serve = self.settings["serve"]
+            self._batchers[route] = engine.Batcher(run, serve["max_batch_size"], serve["max_queued_texts"])
+        try:
+            return await self._batchers[route].submit(items)
+        except engine.Overloaded as exc:
+            raise bentoml.exceptions.ServiceUnavailable(str(exc)) from None
 
     def describe(self) -> dict:
         return {
@@ -95,7 +108,7 @@ class Endpoint:
             "input": "[first, second] sentence pairs" if PAIRS else "texts",
             "task": self.settings["task"],
             "embedding_normalized": SERVE["normalize_embeddings"],
-            "lineage": {k: v for k, v in self.lineage.items() if k != "params"},
+            "lineage": engine.public_lineage(self.lineage),  # public fields only: docs/operations.md
         }
 
     def _infer(self, endpoint: str, inputs: list, output: str):
@@ -114,9 +127,12 @@ class Endpoint:
             for ids, mask, cut in zip(feeds["input_ids"], feeds["attention_mask"], truncated)
         ]
 
-    @bentoml.api(**BATCHING)
-    def embed(self, texts: Texts) -> list[dict]:
+    @bentoml.api
+    async def embed(self, texts: Texts) -> list[dict]:
         """One sentence embedding per text: the mean of the encoder's token states."""
+        return await self.batched("/embed", self._embed, list(texts))
+
+    def _embed(self, texts: list) -> list[dict]:
         vectors, truncated = self._infer("/embed", texts, "embedding")
         if SERVE["normalize_embeddings"]:
             vectors = vectors / np.clip(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12, None)
@@ -149,10 +165,13 @@ class Classification(Endpoint):
 
         self.core = bertops_classification_core
 
-    @bentoml.api(**BATCHING)
-    def classify(self, texts: ClassifyInputs) -> list[dict]:
+    @bentoml.api
+    async def classify(self, texts: ClassifyInputs) -> list[dict]:
         """Label and per-label probabilities for each text, or each [first, second] pair for a
         sentence-pair model (the model version answers too)."""
+        return await self.batched("/classify", self._classify, list(texts))
+
+    def _classify(self, texts: list) -> list[dict]:
         logits, truncated = self._infer("/classify", [tuple(t) if isinstance(t, list) else t for t in texts], "logits")
         return [
             {**self.core.answer(p, self.labels), "model_version": self.version, "truncated": cut}
@@ -172,9 +191,12 @@ class TokenTagging(Endpoint):
 
         self.core = bertops_ner_core
 
-    @bentoml.api(**BATCHING)
-    def tag(self, texts: Texts) -> list[dict]:
+    @bentoml.api
+    async def tag(self, texts: Texts) -> list[dict]:
         """Named entities in each raw text: type, surface text, [start, end) character offsets, score."""
+        return await self.batched("/tag", self._tag, list(texts))
+
+    def _tag(self, texts: list) -> list[dict]:
         started = time.perf_counter()
         words = [self.core.split_words(t) for t in texts]
         encoded = self.engine.tokenizer(
@@ -217,9 +239,12 @@ class QuestionAnswering(Endpoint):
 
         self.core = bertops_qa_core
 
-    @bentoml.api(**BATCHING)
-    def answer(self, questions: Questions) -> list[dict]:
+    @bentoml.api
+    async def answer(self, questions: Questions) -> list[dict]:
         """The best answer span of each context: text, [start, end) character offsets, score."""
+        return await self.batched("/answer", self._answer, list(questions))
+
+    def _answer(self, questions: list) -> list[dict]:
         started = time.perf_counter()
         settings = self.settings
         examples = [self.core.QAExample(str(i), "", q.context, q.question, []) for i, q in enumerate(questions)]

@@ -78,6 +78,9 @@ def _to_result(check: Check, item, frame: pd.DataFrame, columns: list[str], limi
     observed = result.get("observed_value")
     if item.exception_info and item.exception_info.get("raised_exception"):
         observed = "column missing" if column and column not in frame.columns else "could not be evaluated"
+    if observed is None and "mostly" in check.kwargs and result.get("unexpected_percent") is not None:
+        share = float(result["unexpected_percent"]) / 100
+        observed = f"share {share:.4f} (allowed {1 - check.kwargs['mostly']:.4f})"
     indices = result.get("unexpected_index_list") or []
     examples = []
     if indices and not item.success:

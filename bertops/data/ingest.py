@@ -16,7 +16,8 @@ from pathlib import Path
 
 from bertops.atomic import replace_dir
 from bertops.config import Config, IngestConfig, SplitName
-from bertops.data.sources import FORMATS, MANIFEST, SPLIT_NAMES, DataSourceError, file_format
+from bertops.data.sources import FORMATS, MANIFEST, SPLIT_NAMES, DataSourceError, SourceUnreachable, file_format
+from bertops.errors import is_transient
 from bertops.lineage import files_sha256
 
 
@@ -123,8 +124,9 @@ def ingest(config: Config, root: Path = Path(".")) -> IngestResult:
                 files = _download_hub(cfg, staging)
             except DataSourceError:
                 raise
-            except Exception as exc:  # network, auth, unknown id: all end the same way for the user
-                raise DataSourceError(
+            except Exception as exc:  # network, auth, unknown id: one message; a retry only for the network
+                error = SourceUnreachable if is_transient(exc) else DataSourceError
+                raise error(
                     f"corpus {cfg.dataset!r}: no local copy found (ingest.path is unset; searched "
                     f"{cfg.search_paths}) and the hub dataset {cfg.hub_id!r} could not be loaded "
                     f"({type(exc).__name__}: {str(exc)[:200]}). Pass a local file or folder with "

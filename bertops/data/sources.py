@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bertops.config import Config
-from bertops.errors import BertopsError
+from bertops.errors import BertopsError, TransientError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
@@ -24,6 +24,10 @@ MANIFEST = "manifest.json"
 
 class DataSourceError(BertopsError, RuntimeError):
     """A corpus that cannot be found or read; the message says what to pass instead."""
+
+
+class SourceUnreachable(DataSourceError, TransientError):
+    """The corpus's remote source could not be reached (now): a retry may fix it."""
 
 
 def file_format(path: Path) -> str:

@@ -44,9 +44,9 @@ class ValidationReport:
             return f"corpus {self.dataset!r}: all {len(self.checks)} expectations passed ({self.rows})"
         lines = [f"corpus {self.dataset!r} failed {len(self.failures)} of {len(self.checks)} expectations:"]
         for check in self.failures:
-            detail = (
-                f"{check.unexpected_count} offending rows" if check.unexpected_count else f"observed {check.observed}"
-            )
+            parts = [f"{check.unexpected_count} offending rows"] if check.unexpected_count else []
+            parts += [f"observed {check.observed}"] if check.observed is not None or not parts else []
+            detail = ", ".join(parts)
             lines.append(f"  - [{check.table}] {check.name} ({check.expectation}): {detail}")
             for example in check.examples:
                 lines.append(f"      {json.dumps(example, ensure_ascii=False)[:200]}")

@@ -144,7 +144,7 @@ def verify_weights(model_dir: Path) -> dict:
     """The folder's lineage, after checking its weights are the ones the lineage fingerprints."""
     import json
 
-    from bertops.lineage import file_sha256
+    from bertops.lineage import file_sha256, folder_fingerprint
 
     lineage_file, weights = model_dir / "lineage.json", model_dir / "model.safetensors"
     if not lineage_file.is_file() or not weights.is_file():
@@ -163,4 +163,14 @@ def verify_weights(model_dir: Path) -> dict:
             f"{weights} does not match the sha256 recorded in its lineage: the weights were damaged "
             "or replaced; re-run `bertops finetune`, or restore them with `dvc checkout`"
         )
+    recorded = lineage.get("files_sha256")
+    if recorded is not None:  # models saved before files were fingerprinted carry the weights' hash only
+        found = folder_fingerprint(model_dir)
+        changed = sorted(name for name in set(recorded) | set(found) if recorded.get(name) != found.get(name))
+        if changed:
+            raise ArtifactMismatch(
+                f"{model_dir}: {', '.join(changed)} changed, appeared or went missing since the model was saved "
+                "(config, code and tokenizer are read when it loads); re-run `bertops finetune`, or restore the "
+                "folder with `dvc checkout`"
+            )
     return lineage

@@ -26,13 +26,15 @@ class Checkpoint:
         return {"prepared": prepared_hash, "params": params, "world": world}
 
     def load(self) -> dict | None:
+        """The saved state, read without executing code (`weights_only`: tensors and plain Python
+        values only); a torn, foreign or code-carrying file is ignored and training starts over."""
         if not self.path.is_file():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception:  # a torn or foreign file: start over rather than fail
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # torn, foreign, or not plain data (an object that would run code): start over
             return None
-        return state if state.get("fingerprint") == self.fingerprint else None
+        return state if isinstance(state, dict) and state.get("fingerprint") == self.fingerprint else None
 
     def save(self, state: dict) -> None:
         import os
@@ -47,11 +49,19 @@ class Checkpoint:
 
 
 def rng_state() -> dict:
+    """Every generator's state as tensors and plain values (loadable with weights_only=True)."""
     import random
 
+    name, keys, position, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [
+            name,
+            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            int(position),
+            int(has_gauss),
+            float(cached),
+        ],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -61,7 +71,8 @@ def restore_rng(state: dict) -> None:
     import random
 
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -308,7 +308,7 @@ def save_model(
 ) -> None:
     """Write HF-format weights (safetensors), tokenizer, label map and lineage atomically."""
     from bertops.atomic import replace_dir, staging_dir
-    from bertops.lineage import build_lineage, file_sha256
+    from bertops.lineage import build_lineage, file_sha256, folder_fingerprint
 
     out_dir = Path(result.model_dir)
     tmp = staging_dir(out_dir)
@@ -327,10 +327,17 @@ def save_model(
         validation_report=str(config.paths.reports / "validate" / "report.json"),
     )
     lineage["prepared_hash"] = meta.get("prepared_hash")
+    # what prepare changed in the corpus (rows dropped or cleaned), as the prepared corpus records it
+    lineage["prepare_changes"] = {
+        k: meta[k] for k in ("eval_overlap_dropped_from_train", "rows_with_control_characters_stripped") if k in meta
+    }
     lineage.update(stage=run.stage, **run.lineage)
     # The fingerprint that evaluate -> gate -> package carry, so an approval cannot be reused
     # for other weights.
     lineage["model_sha256"] = file_sha256(tmp / "model.safetensors")
+    # Every file loading reads (config.json and the model's own code run with trust_remote_code, the
+    # tokenizer changes every input): verify_weights checks them all before a stage trusts the folder.
+    lineage["files_sha256"] = folder_fingerprint(tmp)
     (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
     replace_dir(tmp, out_dir)
 

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from bertops.config import Config, ConfigError
+from bertops.errors import ClusterUnreachable
 
 MAX_FAILURES = 3
 
@@ -121,7 +122,7 @@ def connect() -> None:
             socket.create_connection((host or "127.0.0.1", int(port or 10001)), timeout=5).close()
         except (OSError, ValueError) as exc:
             os.environ["RAY_ADDRESS"] = address
-            raise ConfigError(
+            raise ClusterUnreachable(
                 f"cannot reach the Ray cluster at RAY_ADDRESS={address!r} ({exc}); check the address "
                 "(host:port of the head node, or ray://host:10001) and that the cluster is up, or "
                 "unset RAY_ADDRESS to run on a local Ray"
@@ -137,7 +138,7 @@ def connect() -> None:
     except Exception as exc:  # ConnectionError, ValueError (bad format), RuntimeError, ...
         if not address:
             raise
-        raise ConfigError(
+        raise ClusterUnreachable(
             f"cannot connect to the Ray cluster at RAY_ADDRESS={address!r} ({type(exc).__name__}: "
             f"{str(exc)[:200]}); check the address (host:port of the head's GCS, or ray://host:10001) "
             "and that the cluster is up, or unset RAY_ADDRESS to run on a local Ray"

@@ -38,9 +38,12 @@ import service
 class Regression(service.Endpoint):
     route = "/score"
 
-    @bentoml.api(**service.BATCHING)
-    def score(self, texts: service.Texts) -> list[dict]:
-        """One score per text."""
+    @bentoml.api
+    async def score(self, texts: service.Texts) -> list[dict]:
+        """One score per text (through the shared batcher: a lone request never waits)."""
+        return await self.batched("/score", self._score, list(texts))
+
+    def _score(self, texts: list) -> list[dict]:
         values, truncated = self._infer("/score", texts, "logits")
         return [{"score": round(float(v[0]), 6), "model_version": self.version, "truncated": cut}
                 for v, cut in zip(values, truncated)]

@@ -109,8 +109,63 @@ def test_class_imbalance_and_duplicates(tmp_path: Path, sst2: Path):
     lines = (corpus / "train.tsv").read_text().splitlines()
     positives = [line for line in lines[1:] if line.endswith("\t1")]
     (corpus / "train.tsv").write_text("\n".join([lines[0]] + positives * 3) + "\n")
-    failed = {c.name for c in _failure(corpus, tmp_path).report.failures}
-    assert {"class balance within bounds", "duplicate rate under max_duplicate_rate"} <= failed
+    failure = _failure(corpus, tmp_path)
+    failed = {c.name: c for c in failure.report.failures}
+    assert "class balance within bounds" in failed
+    [duplicates] = [c for name, c in failed.items() if name.startswith("duplicate rate")]
+    # the rate it is named for (2 of every 3 rows repeat an earlier one), not the share of unique values
+    assert duplicates.observed.startswith("share 0.66") and "allowed 0.0500" in duplicates.observed
+    assert duplicates.unexpected_count == 2 * len(positives)
+    assert duplicates.examples and duplicates.examples[0]["sentence"] in {line.split("\t")[0] for line in positives}
+    assert "duplicate rate" in str(failure) and "share 0.66" in str(failure)
+
+
+def test_an_official_eval_split_that_overlaps_train_runs_unedited_with_eval_overlap_drop(tmp_path: Path, sst2: Path):
+    """Some public benchmarks' official test split repeats training rows: by default that is leakage
+    (refused); with validate.eval_overlap=drop the corpus passes as it is, prepare drops those rows
+    from train, and the count is in the validation report, the prepare report and the model lineage."""
+    import json
+
+    from bertops.data.prepare import load_prepared, prepare
+
+    corpus = _corpus(tmp_path / "c", sst2)
+    train_lines = (corpus / "train.tsv").read_text().splitlines()
+    dev_lines = (corpus / "dev.tsv").read_text().splitlines()
+    (corpus / "dev.tsv").write_text("\n".join(dev_lines + train_lines[1:11]) + "\n")
+    assert any("leakage" in c.name for c in _failure(corpus, tmp_path).report.failures)
+
+    cfg = smoke_config([f"ingest.path={corpus}", "validate.eval_overlap=drop", "prepare.max_train_rows=0"])
+    ingest(cfg, tmp_path)
+    report = validate(cfg, tmp_path)
+    [note] = [c for c in report.checks if "eval_overlap=drop" in c.name]
+    assert report.success and note.observed == 10
+    result = prepare(cfg, tmp_path)
+    assert result.dropped_leaks == 10
+    frames, _, meta = load_prepared(cfg, tmp_path)
+    assert meta["eval_overlap_dropped_from_train"] == 10
+    train_texts = set(frames["train"]["text"]) | set(frames["validation"]["text"])
+    assert not train_texts & set(frames["eval"]["text"])
+    assert json.loads((tmp_path / "reports/prepare/prepare.json").read_text())["dropped_leaks"] == 10
+
+
+def test_control_characters_are_flagged_past_their_bound_and_stripped_by_prepare(tmp_path: Path, sst2: Path):
+    from bertops.data.prepare import load_prepared, prepare
+
+    corpus = _corpus(tmp_path / "c", sst2)
+    lines = (corpus / "train.tsv").read_text().splitlines()
+    dirty = [lines[0]] + [line.replace(" ", "\x00 ", 1) if i % 10 == 0 else line for i, line in enumerate(lines[1:])]
+    (corpus / "train.tsv").write_text("\n".join(dirty) + "\n")
+    failure = _failure(corpus, tmp_path)  # 10% of the texts > max_control_char_share 0.01
+    [check] = [c for c in failure.report.failures if c.name.startswith("control characters")]
+    assert check.unexpected_count == 30 and "\x00" in check.examples[0]["sentence"]
+
+    cfg = smoke_config([f"ingest.path={corpus}", "validate.max_control_char_share=0.2", "prepare.max_train_rows=0"])
+    ingest(cfg, tmp_path)
+    validate(cfg, tmp_path)
+    prepare(cfg, tmp_path)
+    frames, _, meta = load_prepared(cfg, tmp_path)
+    assert meta["rows_with_control_characters_stripped"] == {"train": 30, "eval": 0}
+    assert not any("\x00" in text for frame in frames.values() for text in frame["text"])
 
 
 def test_cli_exits_non_zero_naming_the_expectation(tmp_path: Path, sst2: Path):

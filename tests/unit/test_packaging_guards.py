@@ -45,3 +45,36 @@ def test_weights_changed_since_training_are_never_packaged(tmp_path: Path):
     with pytest.raises(ArtifactMismatch, match="does not match the sha256"):
         package(smoke_config(), tmp_path)
     assert not (tmp_path / "registry").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda folder: (folder / "config.json").write_text('{"num_labels": 3}'), "config.json"),
+        (
+            lambda folder: (folder / "modeling_bertops.py").write_text("import os  # runs with trust_remote_code"),
+            "modeling_bertops.py",
+        ),
+        (lambda folder: (folder / "vocab.txt").unlink(), "vocab.txt"),
+        (lambda folder: (folder / "extra.py").write_text("print('new code')"), "extra.py"),
+    ],
+)
+def test_every_file_that_loading_reads_is_fingerprinted(tmp_path: Path, change, named: str):
+    """Not only the weights: config, the model's own code and the tokenizer change what a model does."""
+    from bertops.lineage import folder_fingerprint
+    from bertops.models.classifier import verify_weights
+
+    folder = tmp_path / "models/sst2"
+    for name, text in (
+        ("model.safetensors", "weights"),
+        ("config.json", '{"num_labels": 2}'),
+        ("modeling_bertops.py", "# the head"),
+        ("vocab.txt", "[PAD]\n[UNK]"),
+    ):
+        _write(folder / name, text)
+    lineage = {"model_sha256": file_sha256(folder / "model.safetensors"), "files_sha256": folder_fingerprint(folder)}
+    _write(folder / "lineage.json", lineage)
+    assert verify_weights(folder)["files_sha256"] == lineage["files_sha256"]  # untouched: trusted
+    change(folder)
+    with pytest.raises(ArtifactMismatch, match=named):
+        verify_weights(folder)

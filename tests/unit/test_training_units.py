@@ -74,3 +74,36 @@ def test_layer_maps_and_the_distillation_loss():
     far = torch.tensor([[3.0, -3.0], [-3.0, 3.0]])
     t1, t4 = (float(distillation_loss(logits, far, labels, t, 1.0)) for t in (1.0, 4.0))
     assert 0.1 < t4 / t1 < 10
+
+
+def test_a_checkpoint_resumes_every_generator_and_loads_without_running_code(tmp_path):
+    """The training state round-trips through weights_only loading (tensors and plain values), the
+    generators continue exactly where they were, and a file carrying an object that would run code
+    on load is ignored (training starts over) instead of executed."""
+    import pickle
+    import random
+
+    import numpy as np
+    import torch
+
+    from bertops.training.checkpoint import Checkpoint, restore_rng, rng_state
+
+    checkpoint = Checkpoint(tmp_path, {"prepared": "abc", "params": {}, "world": 1})
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    checkpoint.save(
+        {"model": {"w": torch.ones(2)}, "step": 7, "history": [{"step": 1, "loss": 0.5}], "rng": rng_state()}
+    )
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    loaded = checkpoint.load()
+    assert loaded is not None and loaded["step"] == 7 and torch.equal(loaded["model"]["w"], torch.ones(2))
+    restore_rng(loaded["rng"])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("this ran on load",))
+
+    with open(checkpoint.path, "wb") as fh:
+        pickle.dump({"fingerprint": checkpoint.fingerprint, "step": Exploit()}, fh)
+    assert checkpoint.load() is None
+    assert Checkpoint(tmp_path, {"prepared": "other", "params": {}, "world": 1}).load() is None

@@ -17,10 +17,14 @@ def test_suite_covers_every_rule_for_each_split():
             "text is not blank",
             "text is valid UTF-8",
             "labels inside the declared label set",
-            "duplicate rate under max_duplicate_rate",
+            "duplicate rate (rows repeating an earlier example) <= max_duplicate_rate 0.05",
+            "control characters (NUL, ...) in <= max_control_char_share 0.01 of texts",
         ):
             assert (split, rule) in names
     assert ("eval", "no exact duplicates of train examples (leakage)") in names
+    # eval_overlap=drop: the overlap is prepare's to drop, not a failure
+    dropping = {c.name for c in build_checks(smoke_config(["validate.eval_overlap=drop"]), ["train", "eval"])}
+    assert "no exact duplicates of train examples (leakage)" not in dropping
     assert (SHARE_TABLE, "class balance within bounds") in names
 
 
@@ -52,6 +56,7 @@ def test_derived_tables_flag_leaks_and_compute_label_shares():
     }
     tables = derived_tables(cfg, frames)
     assert tables["eval"][LEAK_COLUMN].tolist() == [True, False]
+    assert tables["train"]["repeats_an_earlier_row"].tolist() == [False] * 4
     assert tables[SHARE_TABLE].set_index("label")["share"].to_dict() == {"0": 0.25, "1": 0.75}
     assert LEAK_COLUMN not in frames["eval"].columns  # inputs untouched
 
@@ -76,3 +81,10 @@ def test_verdict_fails_if_any_check_failed_and_names_it():
     assert "[eval] labels inside the declared label set" in report.summary()
     assert '"label": "7"' in report.summary()
     assert verdict("sst2", "abc", [ok], {"train": 10}).success
+
+
+def test_repeats_and_control_characters_are_flagged_per_row():
+    frames = {"train": pd.DataFrame({"sentence": ["a", "b", "a", "x\x00y", "a"], "label": ["1", "0", "1", "0", "1"]})}
+    tables = derived_tables(smoke_config(), frames)
+    assert tables["train"]["repeats_an_earlier_row"].tolist() == [False, False, True, False, True]
+    assert tables["train"]["has_control_characters"].tolist() == [False, False, False, True, False]

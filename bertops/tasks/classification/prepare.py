@@ -20,7 +20,7 @@ from bertops.data.prepare import (
     token_stats,
 )
 from bertops.data.sources import DataSourceError, load_raw
-from bertops.encoding import encode, normalize_text
+from bertops.encoding import CONTROL_CHARACTERS, encode, normalize_text
 from bertops.lineage import files_sha256
 from bertops.models.pretrained import load_tokenizer
 
@@ -46,6 +46,16 @@ def to_examples(frame: pd.DataFrame, config: Config) -> pd.DataFrame:
     if ing.text_pair_column:
         keep &= out["text_pair"] != ""
     return out[keep].reset_index(drop=True)
+
+
+def control_character_rows(frames: dict[str, pd.DataFrame], config: Config) -> dict[str, int]:
+    """Per split, the rows whose text (or second sentence) holds control characters (NUL, ...)."""
+    columns = [c for c in (config.ingest.text_column, config.ingest.text_pair_column) if c]
+    counts = {}
+    for split, frame in frames.items():
+        flags = frame[columns].astype(str).apply(lambda column: column.str.contains(CONTROL_CHARACTERS, regex=True))
+        counts[split] = int(flags.any(axis=1).sum())
+    return counts
 
 
 def example_keys(frame: pd.DataFrame) -> pd.Series:
@@ -77,6 +87,7 @@ def prepare(config: Config, root: Path) -> PrepareResult:
     frames, manifest = load_raw(config, root)
     require_validated(config, root, manifest["data_hash"])
     prep = config.prepare
+    controls = control_character_rows(frames, config)  # normalize_text strips them; count what changed
     train, dup_train = deduplicate(to_examples(frames["train"], config))
     dropped = {"train": dup_train}
     if "eval" in frames:
@@ -122,6 +133,9 @@ def prepare(config: Config, root: Path) -> PrepareResult:
                 "prepared_hash": prepared_hash,
                 "tokenizer": config.finetune.model,
                 "max_length": prep.max_length,
+                # what prepare changed, carried into the model's lineage
+                "eval_overlap_dropped_from_train": leaks,
+                "rows_with_control_characters_stripped": controls,
             },
             indent=2,
         )

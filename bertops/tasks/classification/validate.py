@@ -9,7 +9,8 @@ import pandas as pd
 
 from bertops.config import Config
 from bertops.data.sources import load_raw
-from bertops.data.validation import Check, ValidationSuite
+from bertops.data.validation import Check, CheckResult, ValidationSuite
+from bertops.encoding import CONTROL_CHARACTERS
 
 LEAK_COLUMN = "leaks_from_train"
 
@@ -18,6 +19,8 @@ EXAMPLE_COLUMN = "example"  # the whole input: the text, or "text ||| second sen
 
 
 SHARE_TABLE = "label_shares"
+REPEAT_COLUMN = "repeats_an_earlier_row"
+CONTROL_COLUMN = "has_control_characters"
 
 
 def build_checks(config: Config, splits: list[str]) -> list[Check]:
@@ -50,9 +53,15 @@ def build_checks(config: Config, splits: list[str]) -> list[Check]:
             ),
             Check(
                 split,
-                "duplicate rate under max_duplicate_rate",
-                "ExpectColumnProportionOfUniqueValuesToBeBetween",
-                {"column": EXAMPLE_COLUMN, "min_value": 1.0 - val.max_duplicate_rate},
+                f"duplicate rate (rows repeating an earlier example) <= max_duplicate_rate {val.max_duplicate_rate}",
+                "ExpectColumnValuesToBeInSet",
+                {"column": REPEAT_COLUMN, "value_set": [False], "mostly": 1.0 - val.max_duplicate_rate},
+            ),
+            Check(
+                split,
+                f"control characters (NUL, ...) in <= max_control_char_share {val.max_control_char_share} of texts",
+                "ExpectColumnValuesToBeInSet",
+                {"column": CONTROL_COLUMN, "value_set": [False], "mostly": 1.0 - val.max_control_char_share},
             ),
         ]
         if ing.text_pair_column:
@@ -73,7 +82,7 @@ def build_checks(config: Config, splits: list[str]) -> list[Check]:
                     {"column": pair, "min_value": val.min_text_chars, "max_value": val.max_text_chars},
                 ),
             ]
-    if "eval" in splits:
+    if "eval" in splits and val.eval_overlap == "fail":
         checks.append(
             Check(
                 "eval",
@@ -103,6 +112,8 @@ def derived_tables(config: Config, frames: dict[str, pd.DataFrame]) -> dict[str,
             if pair and pair in table.columns:
                 key = key + " ||| " + table[pair].astype(str)
             table[EXAMPLE_COLUMN] = key.where(table[text].notna(), None)
+            table[REPEAT_COLUMN] = table[EXAMPLE_COLUMN].duplicated(keep="first") & table[text].notna()
+            table[CONTROL_COLUMN] = key.str.contains(CONTROL_CHARACTERS, regex=True)
     train = tables["train"]
     if "eval" in tables and EXAMPLE_COLUMN in tables["eval"].columns:
         train_examples = set(train[EXAMPLE_COLUMN]) if EXAMPLE_COLUMN in train.columns else set()
@@ -115,14 +126,33 @@ def derived_tables(config: Config, frames: dict[str, pd.DataFrame]) -> dict[str,
     return tables
 
 
+def overlap_note(config: Config, tables: dict[str, pd.DataFrame]) -> list[CheckResult]:
+    """validate.eval_overlap=drop: the eval examples that are also in train are not a failure
+    (prepare drops them from train); how many there are is recorded in the report."""
+    if config.validate_.eval_overlap != "drop" or "eval" not in tables or LEAK_COLUMN not in tables["eval"]:
+        return []
+    shared = int(tables["eval"][LEAK_COLUMN].sum())
+    return [
+        CheckResult(
+            "eval",
+            "eval examples also in train: dropped from train by prepare (eval_overlap=drop)",
+            "count",
+            True,
+            observed=shared,
+        )
+    ]
+
+
 def validation_suite(config: Config, root: Path) -> ValidationSuite:
     """The checks on the source tables (+ the leakage flag and the label-share table)."""
     frames, manifest = load_raw(config, root)
     ing = config.ingest
+    tables = derived_tables(config, frames)
     return ValidationSuite(
         build_checks(config, list(frames)),
-        derived_tables(config, frames),
+        tables,
         [c for c in (ing.text_column, ing.text_pair_column, ing.label_column) if c],
         {k: len(v) for k, v in frames.items()},
         manifest["data_hash"],
+        overlap_note(config, tables),
     )

