@@ -93,8 +93,10 @@ def test_behaviour_pass_rates_and_failures_per_kind(tmp_path: Path):
     )
     report = run_behaviour(load_cases(path), _keyword_model, ["negative", "positive"])
     assert report["mft"]["pass_rate"] == 0.5 and report["mft"]["failures"][0]["text"] == "great film"
-    # the typo hits "good" (the only word the toy model reads) or "film": either way it is recorded honestly
-    assert report["inv"]["cases"] == 2 and report["inv"]["passed"] in (1, 2)
+    # the typo is deterministic: "good" has no swappable inner pair, so "film" becomes "flim" and the toy
+    # model (which reads "good") keeps its answer; the names swap keeps it too
+    assert perturb("a good film", "typo", ["Ann", "Bob"]) == "a good flim"
+    assert report["inv"]["cases"] == 2 and report["inv"]["passed"] == 2
     assert report["dir"]["passed"] == 2 and [f["edited"] for f in report["dir"]["failures"]] == ["bad!"]
 
 

@@ -36,13 +36,26 @@ def test_bootstrap_interval_matches_scipy_bootstrap_on_fixed_data():
 
 
 def test_a_difference_inside_the_noise_straddles_zero():
+    """3 examples worse and 2 better out of 872: the CI must hold zero strictly inside it, and
+    McNemar must not call it significant (a CI that only touches zero, as when the challenger is
+    never better, would not pass)."""
     rng = np.random.default_rng(0)
     champion = rng.random(872) < 0.9
     challenger = champion.copy()
-    challenger[np.flatnonzero(challenger)[:3]] = False  # 3 of 872 examples worse: ~0.3 points
+    challenger[np.flatnonzero(champion)[:3]] = False  # 3 examples the champion gets right, lost
+    challenger[np.flatnonzero(~champion)[:2]] = True  # 2 it gets wrong, won
     result = compare(challenger, champion)
-    assert result.ci_low < 0 < result.ci_high or result.ci_high == pytest.approx(0, abs=1e-9)
+    assert result.ci_low < 0 < result.ci_high
     assert result.mcnemar_p > 0.05 and result.only_champion_right == 3
+
+
+def test_a_real_difference_does_not_straddle_zero():
+    rng = np.random.default_rng(0)
+    champion = rng.random(872) < 0.9
+    challenger = champion.copy()
+    challenger[np.flatnonzero(champion)[:40]] = False  # 40 of 872 worse: ~4.6 points
+    result = compare(challenger, champion)
+    assert result.ci_high < 0 and result.mcnemar_p < 0.001
 
 
 def test_shape_mismatch_is_refused():
