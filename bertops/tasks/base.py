@@ -68,3 +68,65 @@ class Task:
     def bento_files(self) -> dict[str, Path]:
         """Extra files the Bento carries: {name in the Bento: source file} (the task's pure core)."""
         return {}
+
+
+class ModuleTask(Task):
+    """A task whose hooks live in its own stage modules, named as the stages, each imported only
+    when its hook is called (a stage loads, and DVC tracks, only its own part of the task):
+
+    | hook | function |
+    | --- | --- |
+    | validation_suite | `<package>.validate.validation_suite` |
+    | prepare | `<package>.prepare.prepare` |
+    | training_spec | `<package>.finetune.training_spec` |
+    | evaluate | `<package>.evaluate.evaluate` |
+    | gate_rules | `<package>.gate.gate_rules` |
+    | export_for_serving, serving_settings | `<package>.package.<same name>` (optional) |
+
+    The task's pure core is `<package>.core`, carried into the Bento as `bertops_<name>_core.py`.
+    """
+
+    def __init__(self, name: str, package: str, service: str, route: str) -> None:
+        self.name, self.package, self.service, self.route = name, package, service, route
+
+    def _hook(self, module: str, function: str, required: bool = True) -> Any:
+        import importlib
+
+        try:
+            found = importlib.import_module(f"{self.package}.{module}")
+        except ModuleNotFoundError as exc:
+            if required or exc.name != f"{self.package}.{module}":
+                raise
+            return None
+        if not hasattr(found, function) and required:
+            raise NotImplementedError(f"task {self.name!r}: {self.package}.{module} defines no {function}()")
+        return getattr(found, function, None)
+
+    def validation_suite(self, config: Any, root: Path) -> Any:
+        return self._hook("validate", "validation_suite")(config, root)
+
+    def prepare(self, config: Any, root: Path) -> Any:
+        return self._hook("prepare", "prepare")(config, root)
+
+    def training_spec(self, config: Any, root: Path) -> Any:
+        return self._hook("finetune", "training_spec")(config, root)
+
+    def evaluate(self, config: Any, root: Path) -> Any:
+        return self._hook("evaluate", "evaluate")(config, root)
+
+    def gate_rules(self, policy: Any) -> Any:
+        return self._hook("gate", "gate_rules")(policy)
+
+    def export_for_serving(self, config: Any, root: Path, model_dir: Path) -> dict:
+        export = self._hook("package", "export_for_serving", required=False)
+        return export(config, root, model_dir) if export else super().export_for_serving(config, root, model_dir)
+
+    def serving_settings(self, config: Any) -> dict:
+        settings = self._hook("package", "serving_settings", required=False)
+        return settings(config) if settings else {}
+
+    def bento_files(self) -> dict[str, Path]:
+        import importlib.util
+
+        spec = importlib.util.find_spec(f"{self.package}.core")
+        return {f"bertops_{self.name}_core.py": Path(spec.origin)} if spec and spec.origin else {}

@@ -16,7 +16,7 @@ from bertops.tasks.ner.core import (
 from bertops.tasks.ner.validate import SPLITS, declared_tags, raw_sentences
 
 
-def prepare_ner(config: Config, root: Path):
+def prepare(config: Config, root: Path):
     """CoNLL sentences -> word pieces + aligned labels, train / validation / eval parquet files."""
 
     from bertops.atomic import replace_dir, staging_dir

@@ -48,7 +48,7 @@ def _features_frame(features: list[dict], training: bool) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def prepare_qa(config: Config, root: Path):
+def prepare(config: Config, root: Path):
     from bertops.atomic import replace_dir, staging_dir
     from bertops.data.prepare import require_validated, sample_splits, token_stats, write_prepare_reports
     from bertops.lineage import files_sha256
