@@ -267,11 +267,10 @@ class Batcher:
     keeps accepting. More than `max_queued` inputs waiting is an overload: 503, retry later.
     """
 
-    def __init__(self, run: Callable[[list], list], max_batch_size: int, max_queued: int, observe=None) -> None:
+    def __init__(self, run: Callable[[list], list], max_batch_size: int, max_queued: int) -> None:
         self.run = run  # list of inputs -> one result per input (blocking)
         self.max_batch_size = max_batch_size
         self.max_queued = max_queued
-        self.observe = observe  # (inputs in the call, seconds) -> None
         self.pending: deque[tuple[list, asyncio.Future]] = deque()
         self.queued = 0
         self.busy = False
@@ -300,13 +299,10 @@ class Batcher:
         return batch
 
     async def _drain(self) -> None:
-        import time
-
         try:
             while self.pending:
                 batch = self._next_batch()
                 flat = [x for items, _ in batch for x in items]
-                started = time.perf_counter()
                 try:
                     results = await asyncio.to_thread(self.run, flat)
                 except Exception:
@@ -319,8 +315,6 @@ class Batcher:
                         except Exception:
                             raise_into(future)
                     continue
-                if self.observe:
-                    self.observe(len(flat), time.perf_counter() - started)
                 offset = 0
                 for items, future in batch:
                     if not future.done():
