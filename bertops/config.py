@@ -196,6 +196,7 @@ class EvaluateConfig(_Section):
     slices: dict[str, SliceConfig]
     behaviour: Path | None
     latency_requests: int = Field(ge=10)
+    latency_rounds: int = Field(default=5, ge=1)  # alternating rounds the latency is timed in (medians)
     max_answer_tokens: int = Field(default=30, ge=1)  # qa: longest answer span considered
 
 
@@ -210,8 +211,8 @@ class BehaviourPolicy(_Section):
 class SpeedTrade(_Section):
     """Accept a faster challenger that is a little less accurate than production."""
 
-    min_speedup: float = Field(gt=1)  # production p95 / candidate p95, serving path
-    min_accuracy_ratio: float = Field(gt=0, le=1)  # candidate accuracy / production accuracy
+    min_speedup: float = Field(gt=1)  # production p95 / candidate p95, serving path, median over rounds
+    min_accuracy_ratio: float = Field(gt=0, le=1)  # lower CI bound of candidate accuracy / production accuracy
 
 
 class GateConfig(_Section):
@@ -220,6 +221,8 @@ class GateConfig(_Section):
     min_macro_f1: float | None = Field(ge=0, le=1)
     max_ece: float | None = Field(ge=0, le=1)
     max_p95_latency_ms: float | None = Field(gt=0)
+    # with a production model: candidate p95 / production p95, timed in the same alternating rounds
+    max_p95_latency_ratio: float | None = Field(default=1.25, gt=0)
     max_model_size_mb: float | None = Field(gt=0)
     min_behaviour_pass_rate: BehaviourPolicy | None
     non_inferiority_margin: float = Field(ge=0, le=1)

@@ -61,6 +61,26 @@ def _flat_metadata(lineage: dict) -> dict:
     return out
 
 
+def check_judged_runtime(export: dict, decision: dict, model_dir: Path) -> None:
+    """The bytes about to be served are the ones the gate judged: same runtime, same file hash."""
+    from bertops.lineage import file_sha256
+
+    judged = decision.get("runtime") or "torch"
+    if export.get("runtime") != judged:
+        raise GateRejected(
+            f"the gate judged runtime {judged!r}, but the export offers {export.get('runtime')!r}; "
+            "re-run `bertops evaluate` and `bertops gate`"
+        )
+    if judged == "torch":
+        return  # the weights themselves: their sha256 was checked against the decision above
+    detail = export["runtimes"][judged]
+    if file_sha256(model_dir / detail["file"]) != decision.get("runtime_sha256"):
+        raise GateRejected(
+            f"{detail['file']} is not the file the gate judged (sha256 differs); re-run `bertops evaluate` "
+            "and `bertops gate`"
+        )
+
+
 def package(config: Config, root: Path = Path("."), serving_dir: Path | None = None) -> PackageResult:
     """Save the approved model into the BentoML store, build its Bento, register a candidate."""
     import bentoml
@@ -96,6 +116,7 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     ) as saved:
         shutil.copytree(model_dir, saved.path, dirs_exist_ok=True)
         agreement = task.export_for_serving(config, root, Path(saved.path))
+        check_judged_runtime(agreement, decision, Path(saved.path))
         lineage["serving_export"] = agreement
         (Path(saved.path) / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
     model_tag = str(saved.tag)
@@ -111,7 +132,8 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
         "max_length": config.prepare.max_length,
         "unicode_form": config.prepare.unicode_form,
         "lowercase": config.prepare.lowercase,
-        "cpu_runtime": agreement["cpu_runtime"],
+        # The runtime the gate judged; the engine serves no other (see serving/engine.py).
+        "runtime": agreement["runtime"],
         "onnx_files": {k: v["file"] for k, v in agreement["runtimes"].items() if v["passed"]},
         **task.serving_settings(config),
     }

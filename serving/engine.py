@@ -245,9 +245,9 @@ def public_lineage(lineage: dict) -> dict:
     export = lineage.get("serving_export") or {}
     out = {k: lineage.get(k) for k in PUBLIC_LINEAGE if k in lineage}
     out["evaluation"] = {k: evaluation[k] for k in PUBLIC_EVALUATION if k in evaluation}
-    out["gate"] = {"approved": gate.get("approved"), "reasons": gate.get("reasons", [])}
+    out["gate"] = {"approved": gate.get("approved"), "reasons": gate.get("reasons", []), "runtime": gate.get("runtime")}
     out["serving_export"] = {
-        "cpu_runtime": export.get("cpu_runtime"),
+        "runtime": export.get("runtime") or export.get("cpu_runtime"),
         "runtimes": {
             name: {k: r.get(k) for k in ("passed", "accuracy", "max_abs_logit_diff", "size_mb")}
             for name, r in (export.get("runtimes") or {}).items()
@@ -360,16 +360,22 @@ class Engine:
         self.tokenizer.model_max_length = 10**9  # bertops_encoding truncates, and says which texts it cut
         self.max_length = settings["max_length"]
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        # BERTOPS_SERVE_RUNTIME overrides the packaged choice at start (ops, benchmarks); an ONNX
-        # runtime is only served if it passed its agreement check at package time.
-        runtime = os.environ.get("BERTOPS_SERVE_RUNTIME") or settings["serve"]["runtime"]
-        if runtime == "auto":
-            runtime = "torch" if self.device == "cuda" else settings["cpu_runtime"]
+        # The runtime the gate judged is the one served. BERTOPS_SERVE_RUNTIME picks another at start
+        # only together with BERTOPS_SERVE_UNJUDGED=1 (benchmarks, debugging), and /metadata then says
+        # "judged": false; an ONNX runtime that failed its agreement check is never served.
+        judged = settings.get("runtime") or settings.get("cpu_runtime") or "torch"  # cpu_runtime: older Bentos
+        runtime = os.environ.get("BERTOPS_SERVE_RUNTIME") or judged
+        if runtime != judged and os.environ.get("BERTOPS_SERVE_UNJUDGED") != "1":
+            raise RuntimeError(
+                f"runtime {runtime!r} was not judged by the gate for this model (it judged {judged!r}); "
+                "set BERTOPS_SERVE_UNJUDGED=1 as well to serve it anyway (benchmarks, debugging)"
+            )
         if runtime != "torch" and runtime not in settings["onnx_files"]:
             raise RuntimeError(
                 f"runtime {runtime!r} is not servable for this model: it is unknown or failed its "
-                f"agreement check at package time (servable: torch, {', '.join(settings['onnx_files'])})"
+                f"agreement check (servable: torch, {', '.join(settings['onnx_files'])})"
             )
+        self.judged = runtime == judged
         self.runtime = runtime
         self.config = AutoConfig.from_pretrained(path, trust_remote_code=True)
         if runtime == "torch":

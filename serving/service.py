@@ -102,6 +102,7 @@ class Endpoint:
         return {
             "model_version": self.version,
             "runtime": self.engine.runtime,
+            "runtime_judged_by_gate": self.engine.judged,
             "labels": self.labels,
             "max_length": self.engine.max_length,
             "max_texts_per_request": SERVE["max_texts_per_request"],

@@ -5,9 +5,12 @@ token states over the attention mask: the sentence vector that `POST /embed` ser
 mean-pooling head the embedding *is* the classifier's input, so one pass gives both.
 
 `export_for_serving` writes `onnx/model.onnx` (fp32) and `onnx/model-int8.onnx` (dynamic int8
-quantisation of the weights, ONNX Runtime) into a model folder, and `onnx/agreement.json`: the max
-absolute logit difference to PyTorch and the accuracy of each runtime on the eval set. A runtime
-whose check fails may not be served (`package` refuses it).
+quantisation of the weights, ONNX Runtime) into a folder, and `onnx/agreement.json`: the max
+absolute logit difference to PyTorch and the accuracy of each runtime on the examples it is given
+(`evaluate` gives it the validation slice carved from train: choosing a runtime is a choice among
+settings, so it never looks at the eval split). `choose_runtime` picks what `serve.runtime` asks
+for among the runtimes that passed; `evaluate` then scores that runtime, the gate judges it, and
+`package` ships exactly those bytes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from bertops.encoding import encode, to_feeds
 from bertops.errors import BertopsError
+from bertops.lineage import file_sha256
 
 ONNX_DIR = "onnx"
 FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
@@ -140,14 +144,48 @@ def session_logits(session, tokenizer, texts: list, max_length: int, batch_size:
     return out
 
 
+RUNTIMES = ("onnx-int8", "onnx", "torch")  # what serve.runtime=auto prefers on CPU, in order
+
+
+def choose_runtime(report: dict, requested: str) -> str:
+    """The runtime to serve on CPU: `requested`, or for "auto" the fastest that passed its check
+    (int8, then fp32 ONNX, then PyTorch, which needs no check). An ONNX runtime asked for by name
+    that failed its check is refused."""
+    runtimes = report.get("runtimes") or {}
+    if requested == "torch":
+        return "torch"
+    if requested == "auto":
+        return next((r for r in RUNTIMES[:2] if runtimes.get(r, {}).get("passed")), "torch")
+    detail = runtimes.get(requested)
+    if detail is None or not detail.get("passed"):
+        reason = (
+            "it was not exported"
+            if detail is None
+            else f"max |logit diff| {detail['max_abs_logit_diff']:.2e}, accuracy {detail['accuracy']:.4f} vs "
+            f"{report['torch_accuracy']:.4f} on {report['examples']} validation examples"
+        )
+        raise ExportCheckFailed(
+            f"serve.runtime={requested} failed its agreement check with PyTorch ({reason}); it is not "
+            "served. Use serve.runtime=auto or torch"
+        )
+    return requested
+
+
 def export_for_serving(
-    model_dir: Path, texts: list, labels: np.ndarray, max_length: int, max_abs_diff: float, max_accuracy_drop: float
+    model_dir: Path,
+    texts: list,
+    labels: np.ndarray,
+    max_length: int,
+    max_abs_diff: float,
+    max_accuracy_drop: float,
+    target: Path | None = None,
 ) -> dict:
-    """Export fp32 + int8 ONNX into model_dir/onnx and check both against PyTorch on `texts`."""
+    """Export fp32 + int8 ONNX into `target`/onnx (default: the model folder) and check both
+    against PyTorch on `texts`."""
     from bertops.models.classifier import load_classifier
 
     model, tokenizer = load_classifier(model_dir)
-    out = model_dir / ONNX_DIR
+    out = (target or model_dir) / ONNX_DIR
     started = time.perf_counter()
     export_onnx(model, tokenizer, out / FILES["onnx"])
     quantize_int8(out / FILES["onnx"], out / FILES["onnx-int8"])
@@ -173,6 +211,7 @@ def export_for_serving(
             "accuracy": accuracy,
             "agreement_with_torch": float((logits.argmax(-1) == reference.argmax(-1)).mean()),
             "size_mb": round((out / name).stat().st_size / 1e6, 2),
+            "sha256": file_sha256(out / name),
             "passed": bool(passed),
         }
     report["export_seconds"] = round(time.perf_counter() - started, 1)

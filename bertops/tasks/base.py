@@ -54,9 +54,11 @@ class Task:
         raise NotImplementedError(f"task {self.name!r} defines no gate rules")
 
     def export_for_serving(self, config: Any, root: Path, model_dir: Path) -> dict:
-        """Export faster runtimes into the packaged model folder and check them; default: PyTorch only."""
+        """Put the runtime the gate judged into the packaged model folder; the report names it
+        (`runtime`) and, for a file other than the weights, where it is and its sha256
+        (`runtimes[runtime]["file"/"sha256"]`). Default: PyTorch, served as trained."""
         return {
-            "cpu_runtime": "torch",
+            "runtime": "torch",
             "runtimes": {},
             "note": f"no ONNX export for {self.name} models: served by PyTorch",
         }

@@ -31,7 +31,19 @@ if TYPE_CHECKING:
 
 
 def teacher_dir(config: Config, root: Path) -> Path:
+    """The teacher's folder: distill.teacher, "production" (the registry's production model: the
+    student may then replace it under gate.speed_trade), or null = what finetune wrote."""
     teacher = config.distill.teacher
+    if teacher == "production":
+        from bertops.model_store import production_model
+
+        found = production_model(config, root)
+        if found is None:
+            raise ConfigError(
+                f"distill.teacher=production, but {config.package.model_name!r} has no production version yet; "
+                "promote a model first or name a teacher folder"
+            )
+        return found[1]
     path = Path(teacher) if teacher else config.paths.models / config.ingest.dataset
     return path if path.is_absolute() else root / path
 

@@ -144,3 +144,62 @@ def test_latency_profile_orders_percentiles():
     calls = []
     out = latency_profile(lambda t: calls.append(t), ["a", "b"], requests=50, warmup=3)
     assert len(calls) == 53 and out["requests"] == 50 and 0 <= out["p50_ms"] <= out["p95_ms"]
+
+
+def test_latency_rounds_alternate_the_order_and_take_medians_per_round():
+    import time
+
+    from bertops.evaluation.serving_cost import latency_rounds
+
+    order: list[str] = []
+
+    def side(name: str, ms: float):
+        def request(_):
+            order.append(name)
+            time.sleep(ms / 1000)
+
+        return request
+
+    timed = latency_rounds({"candidate": side("candidate", 2.0), "champion": side("champion", 4.0)}, ["t"], 25, 5)
+    warm = 5  # min(10, per_round) warm-up calls per side, candidate first
+    rounds = [order[warm * 2 + 10 * r : warm * 2 + 10 * (r + 1)] for r in range(5)]
+    assert [r[0] for r in rounds] == ["candidate", "champion", "candidate", "champion", "candidate"]
+    assert all(r[:5] == [r[0]] * 5 and r[5:] == [r[5]] * 5 for r in rounds)  # a side's round runs together
+    assert timed["candidate"]["requests"] == 25 and len(timed["candidate"]["p95_ms_rounds"]) == 5
+    ratio = timed["p95_ratio"]
+    assert ratio["of"] == "candidate / champion" and 0.3 < ratio["median"] < 0.8
+    assert ratio["spread"][0] <= ratio["median"] <= ratio["spread"][1]
+    assert timed["candidate"]["p50_ms"] <= timed["candidate"]["p95_ms"]
+
+
+def test_time_against_champion_times_alone_without_production():
+    from bertops.evaluation.serving_cost import time_against_champion
+
+    latency, against = time_against_champion(lambda _: None, None, ["a"], 20, 4)
+    assert against is None and latency["rounds"] == 4 and latency["requests"] == 20
+
+
+def _agreement(int8_passed: bool, onnx_passed: bool = True) -> dict:
+    runtime = {"max_abs_logit_diff": 0.3, "accuracy": 0.85, "file": "onnx/x.onnx"}
+    return {
+        "examples": 1347,
+        "torch_accuracy": 0.90,
+        "runtimes": {"onnx": {**runtime, "passed": onnx_passed}, "onnx-int8": {**runtime, "passed": int8_passed}},
+    }
+
+
+def test_auto_serves_the_fastest_runtime_that_passed_its_check():
+    from bertops.models.export import choose_runtime
+
+    assert choose_runtime(_agreement(True), "auto") == "onnx-int8"
+    assert choose_runtime(_agreement(False), "auto") == "onnx"  # int8 lost too much accuracy
+    assert choose_runtime(_agreement(False, False), "auto") == "torch"
+    assert choose_runtime(_agreement(False, False), "torch") == "torch"
+
+
+def test_an_int8_runtime_that_lost_too_much_accuracy_is_refused_by_name():
+    from bertops.models.export import ExportCheckFailed, choose_runtime
+
+    with pytest.raises(ExportCheckFailed, match=r"serve.runtime=onnx-int8 failed its agreement check.*0.8500 vs 0.9000"):
+        choose_runtime(_agreement(False), "onnx-int8")
+    assert choose_runtime(_agreement(True), "onnx-int8") == "onnx-int8"

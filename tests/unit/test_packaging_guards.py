@@ -78,3 +78,18 @@ def test_every_file_that_loading_reads_is_fingerprinted(tmp_path: Path, change, 
     change(folder)
     with pytest.raises(ArtifactMismatch, match=named):
         verify_weights(folder)
+
+
+def test_only_the_runtime_and_the_bytes_the_gate_judged_are_shipped(tmp_path: Path):
+    from bertops.packaging import check_judged_runtime
+
+    judged = tmp_path / "onnx/model-int8.onnx"
+    _write(judged, "int8 graph")
+    export = {"runtime": "onnx-int8", "runtimes": {"onnx-int8": {"file": "onnx/model-int8.onnx", "passed": True}}}
+    decision = {"approved": True, "runtime": "onnx-int8", "runtime_sha256": file_sha256(judged)}
+    check_judged_runtime(export, decision, tmp_path)  # the same runtime, the same bytes: shipped
+    with pytest.raises(GateRejected, match="judged runtime 'onnx'"):
+        check_judged_runtime(export, {**decision, "runtime": "onnx"}, tmp_path)
+    judged.write_text("re-exported since")  # other bytes than the gate saw
+    with pytest.raises(GateRejected, match="not the file the gate judged"):
+        check_judged_runtime(export, decision, tmp_path)

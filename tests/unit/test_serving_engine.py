@@ -195,9 +195,9 @@ def test_public_metadata_has_no_absolute_paths_and_no_full_report(engine):
             "per_class": {"a": 1},
             "slices": {"short": {}},
         },
-        "gate": {"approved": True, "reasons": [], "checks": [{"name": "accuracy"}]},
+        "gate": {"approved": True, "reasons": [], "runtime": "onnx-int8", "checks": [{"name": "accuracy"}]},
         "serving_export": {
-            "cpu_runtime": "onnx-int8",
+            "runtime": "onnx-int8",
             "examples": 872,
             "runtimes": {"onnx": {"passed": True, "accuracy": 0.9, "file": "/srv/x/onnx/model.onnx"}},
         },
@@ -206,5 +206,7 @@ def test_public_metadata_has_no_absolute_paths_and_no_full_report(engine):
     text = json.dumps(public)
     assert "/srv" not in text and "/usr" not in text and "params" not in public and "slices" not in text
     assert public["parent_model"] == "packaged all-MiniLM-L6-v2 (model)"
-    assert public["evaluation"] == {"accuracy": 0.9} and public["gate"] == {"approved": True, "reasons": []}
+    assert public["evaluation"] == {"accuracy": 0.9}
+    assert public["gate"] == {"approved": True, "reasons": [], "runtime": "onnx-int8"}
+    assert public["serving_export"]["runtime"] == "onnx-int8"
     assert public["serving_export"]["runtimes"]["onnx"]["passed"] is True

@@ -1,24 +1,30 @@
-"""Classification evaluation: accuracy, macro-F1, per-class, ECE, slices, behavioural checks, the
-serving cost, and the production model re-scored on the same examples (paired bootstrap +
-McNemar); the gate judges it with the paired accuracy rules."""
+"""Classification evaluation on the runtime that will be served: the candidate is exported (ONNX
+fp32 + int8, checked against PyTorch on the validation slice), `serve.runtime` picks the runtime,
+and accuracy, macro-F1, per-class figures, ECE, slices, behavioural checks and the serving cost all
+come from that runtime. The production model is re-scored on the same examples on the runtime *it*
+serves (paired bootstrap + McNemar) and timed in the same alternating rounds; the gate judges it
+with the paired accuracy rules."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
+from bertops.atomic import replace_dir, staging_dir
 from bertops.config import Config
-from bertops.data.prepare import (
-    load_prepared,
-)
-from bertops.encoding import encode, normalize_input
+from bertops.data.prepare import load_prepared
+from bertops.encoding import encode, normalize_input, to_feeds
 from bertops.evaluation.behaviour import load_cases, run_behaviour
 from bertops.evaluation.evaluate import Evaluation
 from bertops.evaluation.metrics import classification_metrics
-from bertops.evaluation.serving_cost import latency_profile, model_size_mb, serving_request
+from bertops.evaluation.serving_cost import model_size_mb, serving_request, time_against_champion
 from bertops.evaluation.slices import slice_masks, slice_metrics
 from bertops.evaluation.stats import compare
 from bertops.lineage import ArtifactMismatch
@@ -28,19 +34,54 @@ from bertops.tasks.classification.core import softmax
 from bertops.tasks.classification.prepare import model_inputs
 from bertops.training.predict import predict_logits
 
-GATE_KEYS = ("accuracy", "macro_f1", "ece", "examples", "model_sha256", "slices", "behaviour", "serving", "champion")
+GATE_KEYS = (
+    "accuracy",
+    "macro_f1",
+    "ece",
+    "examples",
+    "model_sha256",
+    "distilled_from",
+    "slices",
+    "behaviour",
+    "serving",
+    "champion",
+)
+MIN_CHECK_EXAMPLES = 500  # the agreement check's examples: the validation slice, topped up from train
 
 
-def probability_fn(model, tokenizer, config: Config) -> Callable[[list], np.ndarray]:
-    """texts (or (text, second sentence) pairs) -> probabilities, normalised and tokenized exactly
-    as training and serving do."""
+def serving_export_dir(config: Config, root: Path) -> Path:
+    """Where `evaluate` exports the candidate's serving runtimes (what the gate judges and
+    `package` ships): models/<dataset>-serving/onnx/."""
+    return root / config.paths.models / f"{config.ingest.dataset}-serving"
+
+
+@dataclass
+class Runtime:
+    """A classifier on one runtime: batched probabilities, and one request as the endpoint runs it."""
+
+    name: str  # torch | onnx | onnx-int8
+    predict: Callable[[list], np.ndarray]  # texts (or pairs) -> probabilities
+    request: Callable[[object], np.ndarray]  # one text (or pair) -> probabilities
+    size_mb: float  # what the runtime loads: the ONNX file, or the weights
+    sha256: str | None  # the ONNX file's; None for torch (the model's weights are model_sha256)
+
+
+def open_runtime(name: str, model_dir: Path, onnx_dir: Path, model, tokenizer, config: Config) -> Runtime:
+    """`name` on the model in `model_dir` (PyTorch) or its export in `onnx_dir`, normalising and
+    encoding as training and the endpoint do."""
+    from bertops.lineage import file_sha256
+    from bertops.models.export import FILES, onnx_session, session_logits
+
     prep = config.prepare
 
-    def predict(inputs: list) -> np.ndarray:
-        inputs = [normalize_input(x, prep.unicode_form, prep.lowercase) for x in inputs]
-        ids = encode(tokenizer, inputs, prep.max_length).input_ids
-        return softmax(
-            predict_logits(
+    def normalise(inputs: list) -> list:
+        return [normalize_input(x, prep.unicode_form, prep.lowercase) for x in inputs]
+
+    if name == "torch":
+
+        def predict(inputs: list) -> np.ndarray:
+            ids = encode(tokenizer, normalise(inputs), prep.max_length).input_ids
+            logits = predict_logits(
                 model,
                 ids,
                 tokenizer.pad_token_id,
@@ -48,9 +89,89 @@ def probability_fn(model, tokenizer, config: Config) -> Callable[[list], np.ndar
                 torch.device("cpu"),
                 sep_id=tokenizer.sep_token_id,
             )
+            return softmax(logits)
+
+        request = serving_request(model, tokenizer, prep.max_length, prep.unicode_form, prep.lowercase)
+        return Runtime(name, predict, request, model_size_mb(model_dir), None)
+    path = onnx_dir / FILES[name]
+    session = onnx_session(path)
+
+    def predict_onnx(inputs: list) -> np.ndarray:
+        return softmax(
+            session_logits(session, tokenizer, normalise(inputs), prep.max_length, config.evaluate.batch_size)
         )
 
-    return predict
+    def request_onnx(item) -> np.ndarray:
+        encoded = encode(tokenizer, normalise([item]), prep.max_length)
+        feeds = to_feeds(encoded.input_ids, encoded.token_type_ids, tokenizer.pad_token_id)
+        return softmax(session.run(["logits"], feeds)[0])
+
+    return Runtime(name, predict_onnx, request_onnx, round(path.stat().st_size / 1e6, 2), file_sha256(path))
+
+
+def check_examples(frames: dict[str, pd.DataFrame], seed: int) -> pd.DataFrame:
+    """The examples the exported runtimes are checked on: the validation slice carved from train,
+    topped up with train rows to MIN_CHECK_EXAMPLES (the *drop* from PyTorch to int8 on the same
+    rows is what is judged, so rows the model trained on serve; the eval split is never used to
+    choose a runtime)."""
+    validation = frames["validation"]
+    missing = MIN_CHECK_EXAMPLES - len(validation)
+    if missing <= 0:
+        return validation
+    extra = frames["train"].sample(n=min(missing, len(frames["train"])), random_state=seed)
+    return pd.concat([validation, extra], ignore_index=True)
+
+
+def export_candidate(config: Config, root: Path, model_dir: Path, frames: dict[str, pd.DataFrame]) -> dict:
+    """Export the candidate's ONNX runtimes into models/<dataset>-serving (replaced as a whole),
+    check them on the validation slice and choose the served one (`report["runtime"]`)."""
+    from bertops.models.export import choose_runtime, export_for_serving
+
+    target = serving_export_dir(config, root)
+    serve = config.serve
+    if serve.runtime == "torch":  # nothing to export: PyTorch is served as trained
+        report: dict = {"runtimes": {}, "note": "serve.runtime=torch: no ONNX export"}
+        staging = staging_dir(target)
+        staging.mkdir(parents=True)
+    else:
+        checks = check_examples(frames, config.prepare.seed)
+        staging = staging_dir(target)
+        try:
+            report = export_for_serving(
+                model_dir,
+                model_inputs(checks),
+                checks["label"].to_numpy(),
+                config.prepare.max_length,
+                serve.onnx_max_abs_diff,
+                serve.int8_max_accuracy_drop,
+                target=staging,
+            )
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        report["checked_on"] = "validation slice carved from train" + (
+            f" + {len(checks) - len(frames['validation'])} train rows"
+            if len(checks) > len(frames["validation"])
+            else ""
+        )
+    try:
+        report["runtime"] = choose_runtime(report, serve.runtime)  # refuses a named runtime that failed
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    (staging / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+    replace_dir(staging, target)
+    return report
+
+
+def served_runtime_of(model_dir: Path) -> str:
+    """The runtime a packaged (production) model is served on, from its lineage."""
+    lineage_path = model_dir / "lineage.json"
+    export = json.loads(lineage_path.read_text()).get("serving_export", {}) if lineage_path.is_file() else {}
+    runtime = export.get("runtime") or export.get("cpu_runtime") or "torch"  # cpu_runtime: before 2026-12
+    if runtime != "torch" and not (model_dir / export["runtimes"][runtime]["file"]).is_file():
+        raise ArtifactMismatch(f"{model_dir} is served on {runtime}, but its file is missing from the model store")
+    return runtime
 
 
 def score_champion(
@@ -61,9 +182,9 @@ def score_champion(
     candidate_correct: np.ndarray,
     labels: list[str],
     masks: dict[str, np.ndarray],
-) -> dict | None:
-    """Score the production model on the very same eval examples and compare (paired), overall
-    and per slice."""
+) -> tuple[dict, Runtime] | None:
+    """Score the production model, on the runtime it serves, on the very same eval examples and
+    compare (paired), overall and per slice."""
     found = production_model(config, root)
     if found is None:
         return None
@@ -74,9 +195,9 @@ def score_champion(
             f"production {version} predicts labels {model.config.id2label}, the candidate {labels}; "
             "they cannot be compared on the same examples"
         )
-    champion_correct = probability_fn(model, tokenizer, config)(texts).argmax(-1) == y_true
-    # The champion's serving latency, timed the same way and in the same run (the speed trade compares them).
-    latency = serving_cost(model, tokenizer, path, texts, config)["latency"]
+    runtime = open_runtime(served_runtime_of(path), path, path / "onnx", model, tokenizer, config)
+    champion_correct = runtime.predict(texts).argmax(-1) == y_true
+    lineage = json.loads((path / "lineage.json").read_text()) if (path / "lineage.json").is_file() else {}
     gate = config.gate
 
     def paired(mask: np.ndarray) -> dict:
@@ -85,22 +206,14 @@ def score_champion(
         )
         return {"accuracy": float(champion_correct[mask].mean()), **result.__dict__}
 
-    return {
+    report = {
         "version": version,
-        "latency": latency,
+        "runtime": runtime.name,
+        "model_sha256": lineage.get("model_sha256"),
         **paired(np.ones(len(y_true), dtype=bool)),
         "slices": {name: paired(mask) for name, mask in masks.items() if mask.any()},
     }
-
-
-def serving_cost(model, tokenizer, model_dir: Path, texts: list, config: Config) -> dict:
-    """Weights on disk and the latency of one /classify request, encoded as the endpoint encodes it."""
-    prep = config.prepare
-    request = serving_request(model, tokenizer, prep.max_length, prep.unicode_form, prep.lowercase)
-    return {
-        "model_size_mb": model_size_mb(model_dir),
-        "latency": latency_profile(request, texts, config.evaluate.latency_requests),
-    }
+    return report, runtime
 
 
 def behaviour_report(config: Config, root: Path, predict, labels: list[str]) -> dict | None:
@@ -112,7 +225,7 @@ def behaviour_report(config: Config, root: Path, predict, labels: list[str]) -> 
 
 def evaluate(config: Config, root: Path) -> Evaluation:
     """Accuracy, macro-F1, per-class figures, ECE, slices, behaviour, serving cost and the paired
-    champion comparison of the candidate on the prepared eval split."""
+    champion comparison of the candidate, on the runtime it will be served on, on the prepared eval split."""
     frames, id2label, meta = load_prepared(config, root)
     model_dir, lineage = checked_candidate(config, root, meta.get("prepared_hash"))
     model, tokenizer = load_classifier(model_dir)
@@ -121,21 +234,40 @@ def evaluate(config: Config, root: Path) -> Evaluation:
             f"{model_dir} predicts {model.config.num_labels} labels, the corpus has {len(id2label)}; "
             "re-run `bertops finetune` (or `dvc repro`) before evaluating"
         )
+    export = export_candidate(config, root, model_dir, frames)
+    served = open_runtime(
+        export["runtime"], model_dir, serving_export_dir(config, root) / "onnx", model, tokenizer, config
+    )
     evals = frames["eval"]
     texts, y_true = evals["text"].tolist(), evals["label"].to_numpy()
     inputs = model_inputs(evals)  # the texts, or (text, second sentence) pairs
     labels = [id2label[i] for i in range(len(id2label))]
-    predict = probability_fn(model, tokenizer, config)
-    probs = predict(inputs)
+    probs = served.predict(inputs)
     y_pred = probs.argmax(-1)
     metrics = classification_metrics(np.log(np.clip(probs, 1e-12, None)), y_true, labels, config.evaluate.ece_bins)
     masks = slice_masks(texts, evals["input_ids"].map(len).to_numpy(), config.evaluate.slices)
     metrics["slices"] = slice_metrics(y_true, y_pred, masks, len(labels))
-    metrics["behaviour"] = behaviour_report(config, root, predict, labels)
-    metrics["serving"] = serving_cost(model, tokenizer, model_dir, inputs, config)
+    metrics["behaviour"] = behaviour_report(config, root, served.predict, labels)
+    champion = score_champion(config, root, inputs, y_true, y_pred == y_true, labels, masks)
+    latency, against = time_against_champion(
+        served.request,
+        champion[1].request if champion else None,
+        inputs,
+        config.evaluate.latency_requests,
+        config.evaluate.latency_rounds,
+    )
+    metrics["serving"] = {
+        "runtime": served.name,
+        "runtime_sha256": served.sha256,
+        "model_size_mb": served.size_mb,
+        "latency": latency,
+        "export": export,
+    }
     metrics["model_dir"] = str(model_dir)
     metrics["model_sha256"] = lineage["model_sha256"]
-    metrics["champion"] = score_champion(config, root, inputs, y_true, y_pred == y_true, labels, masks)
+    # A distilled student names its teacher's weights: the gate's speed trade is for a student of production.
+    metrics["distilled_from"] = (lineage.get("teacher") or {}).get("model_sha256")
+    metrics["champion"] = {**champion[0], **(against or {})} if champion else None
     return Evaluation(metrics, {k: metrics[k] for k in GATE_KEYS}, markdown_summary(metrics), {"probabilities": probs})
 
 
@@ -181,7 +313,8 @@ def markdown_summary(metrics: dict) -> str:
         lat = serving["latency"]
         lines += [
             "",
-            f"Serving cost: {serving['model_size_mb']} MB of weights; one request p50 {lat['p50_ms']:.1f} ms, "
-            f"p95 {lat['p95_ms']:.1f} ms ({lat['requests']} requests, in-process)",
+            f"Judged on the runtime that will be served: **{serving.get('runtime', 'torch')}** "
+            f"({serving['model_size_mb']} MB); one request p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms "
+            f"(medians of {lat.get('rounds', 1)} rounds, {lat['requests']} requests, in-process)",
         ]
     return "\n".join(lines) + "\n"

@@ -1,44 +1,31 @@
-"""Classification packaging: ONNX fp32 + int8 exported into the model folder and checked against
-PyTorch on the eval split; the CPU runtime the endpoint will serve."""
+"""Classification packaging: the runtime the gate judged, shipped as those very bytes. `evaluate`
+exported and checked the ONNX runtimes (models/<dataset>-serving) and scored the one
+`serve.runtime` picks; this copies that export into the packaged model folder."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 from bertops.config import Config
-from bertops.data.prepare import (
-    load_prepared,
-)
-from bertops.tasks.classification.prepare import model_inputs
+from bertops.lineage import ArtifactMismatch
+from bertops.tasks.classification.evaluate import serving_export_dir
 
 
 def export_for_serving(config: Config, root: Path, model_dir: Path) -> dict:
-    """Export ONNX fp32 + int8 into the model folder and check both against PyTorch on the eval
-    split; pick the CPU runtime. A runtime asked for by name that failed its check is refused."""
-    from bertops.models.export import ExportCheckFailed
-    from bertops.models.export import export_for_serving as export
-
-    frames, _, _ = load_prepared(config, root)
-    evals = frames["eval"]
-    serve = config.serve
-    report = export(
-        model_dir,
-        model_inputs(evals),
-        evals["label"].to_numpy(),
-        config.prepare.max_length,
-        serve.onnx_max_abs_diff,
-        serve.int8_max_accuracy_drop,
-    )
-    passed = [r for r in ("onnx-int8", "onnx") if report["runtimes"][r]["passed"]]
-    if serve.runtime in ("onnx-int8", "onnx") and serve.runtime not in passed:
-        detail = report["runtimes"][serve.runtime]
-        raise ExportCheckFailed(
-            f"serve.runtime={serve.runtime} failed its agreement check with PyTorch (max |logit diff| "
-            f"{detail['max_abs_logit_diff']:.2e}, accuracy {detail['accuracy']:.4f} vs "
-            f"{report['torch_accuracy']:.4f}); "
-            f"it is not served. Use serve.runtime=auto or torch"
+    """Copy the judged export (its ONNX files and checks) into the packaged model folder; the
+    report names the judged runtime (`runtime`) and each file's sha256, which `package` checks
+    against the gate decision."""
+    source = serving_export_dir(config, root)
+    report_path = source / "export.json"
+    if not report_path.is_file():
+        raise ArtifactMismatch(
+            f"no serving export at {source} (evaluate writes it); run `bertops evaluate` and `bertops gate`"
         )
-    report["cpu_runtime"] = serve.runtime if serve.runtime != "auto" else (passed[0] if passed else "torch")
+    report = json.loads(report_path.read_text())
+    if (source / "onnx").is_dir():
+        shutil.copytree(source / "onnx", model_dir / "onnx", dirs_exist_ok=True)
     return report
 
 

@@ -50,7 +50,7 @@ def tag_request(model, tokenizer, max_length: int):
 def evaluate(config: Config, root: Path) -> Evaluation:
     """Entity P/R/F1 on the eval split (overall and per type), serving cost, champion comparison."""
     from bertops.data.prepare import load_prepared
-    from bertops.evaluation.serving_cost import latency_profile, model_size_mb
+    from bertops.evaluation.serving_cost import model_size_mb, time_against_champion
     from bertops.models.classifier import checked_candidate
 
     frames, id2label, meta = load_prepared(config, root)
@@ -64,6 +64,14 @@ def evaluate(config: Config, root: Path) -> Evaluation:
     scores = entity_scores(gold, predicted)
     texts = [" ".join(tokens) for tokens in evals["tokens"].map(list)]
     request = tag_request(model, tokenizer, config.prepare.max_length)
+    champion = score_ner_champion(config, root, evals, gold)
+    latency, against = time_against_champion(
+        request,
+        champion[1] if champion else None,
+        texts,
+        config.evaluate.latency_requests,
+        config.evaluate.latency_rounds,
+    )
     metrics = {
         "task": "ner",
         "examples": len(evals),
@@ -74,20 +82,14 @@ def evaluate(config: Config, root: Path) -> Evaluation:
         "model_sha256": lineage["model_sha256"],
         "model_dir": str(model_dir),
         "truncated_sentences": int(evals["truncated"].sum()),
-        "serving": {
-            "model_size_mb": model_size_mb(model_dir),
-            "latency": latency_profile(request, texts, config.evaluate.latency_requests),
-        },
-        "champion": score_ner_champion(config, root, evals, gold, texts),
+        "serving": {"runtime": "torch", "model_size_mb": model_size_mb(model_dir), "latency": latency},
+        "champion": {**champion[0], **(against or {})} if champion else None,
     }
     return Evaluation(metrics, metrics, markdown_summary(metrics))
 
 
-def score_ner_champion(
-    config: Config, root: Path, evals: pd.DataFrame, gold: list[list[str]], texts: list[str]
-) -> dict | None:
-    """The production tagger re-scored on the same sentences (and its serving latency)."""
-    from bertops.evaluation.serving_cost import latency_profile
+def score_ner_champion(config: Config, root: Path, evals: pd.DataFrame, gold: list[list[str]]):
+    """(The production tagger re-scored on the same sentences, its /tag request) or None."""
     from bertops.model_store import production_model
 
     found = production_model(config, root)
@@ -98,10 +100,8 @@ def score_ner_champion(
     predicted = predict_tags(
         model, evals, model.config.id2label, tokenizer.pad_token_id, config.evaluate.batch_size, torch.device("cpu")
     )
-    latency = latency_profile(
-        tag_request(model, tokenizer, config.prepare.max_length), texts, config.evaluate.latency_requests
-    )
-    return {"version": version, "entity_f1": entity_scores(gold, predicted)["f1"], "latency": latency}
+    scores = {"version": version, "entity_f1": entity_scores(gold, predicted)["f1"]}
+    return scores, tag_request(model, tokenizer, config.prepare.max_length)
 
 
 def markdown_summary(metrics: dict) -> str:

@@ -58,7 +58,8 @@ def answer_request(model, tokenizer, config: Config):
 def evaluate(config: Config, root: Path) -> Evaluation:
     """Exact match and F1 (official v1.1 normalisation), serving latency, the production reader re-scored."""
     from bertops.data.prepare import load_prepared
-    from bertops.evaluation.serving_cost import latency_profile, model_size_mb
+    from bertops.evaluation.serving_cost import model_size_mb, time_against_champion
+    from bertops.model_store import production_model
     from bertops.models.classifier import checked_candidate
 
     _, _, meta = load_prepared(config, root)
@@ -81,6 +82,25 @@ def evaluate(config: Config, root: Path) -> Evaluation:
     model, tokenizer = load_reader(model_dir)
     scores = scores_of(model, tokenizer)
     requests = [(e.question, e.context) for e in examples[:50]]
+    champion, champion_request = None, None
+    found = production_model(config, root)
+    if found is not None:
+        version, path = found
+        champion_model, champion_tokenizer = load_reader(path)
+        scored = scores_of(champion_model, champion_tokenizer)
+        champion = {
+            "version": version,
+            "f1": round(scored["f1"] / 100, 4),
+            "exact_match": round(scored["exact_match"] / 100, 4),
+        }
+        champion_request = answer_request(champion_model, champion_tokenizer, config)
+    latency, against = time_against_champion(
+        answer_request(model, tokenizer, config),
+        champion_request,
+        requests,
+        config.evaluate.latency_requests,
+        config.evaluate.latency_rounds,
+    )
     metrics = {
         "task": "qa",
         "examples": len(examples),
@@ -89,25 +109,9 @@ def evaluate(config: Config, root: Path) -> Evaluation:
         "f1": round(scores["f1"] / 100, 4),
         "model_sha256": lineage["model_sha256"],
         "model_dir": str(model_dir),
-        "serving": {
-            "model_size_mb": model_size_mb(model_dir),
-            "latency": latency_profile(
-                answer_request(model, tokenizer, config), requests, config.evaluate.latency_requests
-            ),
-        },
-        "champion": None,
+        "serving": {"runtime": "torch", "model_size_mb": model_size_mb(model_dir), "latency": latency},
+        "champion": {**champion, **(against or {})} if champion else None,
     }
-    from bertops.model_store import production_model
-
-    found = production_model(config, root)
-    if found is not None:
-        version, path = found
-        champion = scores_of(*load_reader(path))
-        metrics["champion"] = {
-            "version": version,
-            "f1": round(champion["f1"] / 100, 4),
-            "exact_match": round(champion["exact_match"] / 100, 4),
-        }
     lat = metrics["serving"]["latency"]
     summary = (
         f"## Extractive QA on {metrics['examples']} questions of {metrics['articles']} held-out articles\n\n"

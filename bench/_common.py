@@ -1,0 +1,40 @@
+"""Helpers shared by the benchmarks in bench/: the machine's fp32 matmul peak and summary statistics.
+
+Imported by the scripts as `bench._common` (they put the repository root on sys.path).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def matmul_peak_gflops(size: int = 1024, seconds: float = 3.0, rounds: int = 1) -> float:
+    """This machine's fp32 matmul rate in GFLOP/s: square `size` x `size` torch matmuls on all of
+    torch's threads (its default: one per core), counted as 2 * size**3 FLOPs each. The time is
+    split into `rounds` windows of `seconds / rounds` and the best window's rate is returned
+    (`rounds=1`: the mean rate over `seconds`, as bench/endpoint.py has always measured it)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    for _ in range(rounds):
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / rounds:
+            a @ b
+            count += 1
+        best = max(best, 2 * size**3 * count / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+def spread(values: list[float], digits: int = 1) -> dict:
+    """{"median", "min", "max", "runs"}: the summary of repeated measurements of one figure."""
+    return {
+        "median": round(float(np.median(values)), digits),
+        "min": round(float(min(values)), digits),
+        "max": round(float(max(values)), digits),
+        "runs": [round(float(v), digits) for v in values],
+    }
