@@ -3,13 +3,18 @@
 Both models are scored on the same prepared eval split, then timed on the CPU serving path
 (the runtime the endpoint uses: ONNX Runtime int8, exported and checked as `bertops package`
 does; plus PyTorch fp32 for reference) in the same run: requests of one text (latency) and
-batches of 32 (throughput). The two models are timed in alternating rounds and each figure is
-the median over the rounds, so that a slow spell of the machine (another process, frequency
-changes) lands on both models instead of biasing the ratio. Prints accuracy ratio and speed-up; the goal (DistilBERT's
-trade-off) is >= 97% of the teacher's accuracy at >= 1.8x its throughput with at most half the layers.
+batches of 32 (throughput). The two models are timed in `--repeats` rounds (default 3); each round
+times every figure of both models once, teacher and student in an order drawn at random per round
+(seeded: `--seed`, default 2, whose first three rounds hold both orders; the orders used are
+recorded in the output). Each figure is the median over the
+rounds with its spread (min-max), so that a slow spell of the machine (another process, frequency
+changes) lands on both models instead of biasing the ratio, and shows when it happened. Speed-ups
+are ratios of the medians; their spread is that of the per-round ratios (student / teacher of the
+same round). Prints accuracy ratio and speed-up; the goal (DistilBERT's trade-off) is >= 97% of the
+teacher's accuracy at >= 1.8x its throughput with at most half the layers.
 
 Run after `bertops finetune` and `bertops distill` (defaults: models/sst2 and models/sst2-student):
-    python bench/distill_tradeoff.py
+    python bench/distill_tradeoff.py [--repeats 3] [--seed 2]
 """
 
 from __future__ import annotations
@@ -40,17 +45,19 @@ def timed(run, items: list) -> float:
     return len(items) / (time.perf_counter() - started)
 
 
-def alternating(timers: dict[str, dict], rounds: int) -> dict[str, dict]:
-    """{model: {figure: median over `rounds`}}: each round times every model's every figure once."""
+def rounds_in_random_order(timers: dict[str, dict], rounds: int, seed: int) -> tuple[dict, list[list[str]]]:
+    """({model: {figure: [one value per round]}}, the model order of each round): each round times
+    every model's every figure once, the models in an order drawn from a seeded RNG."""
+    rng = np.random.default_rng(seed)
     samples = {model: {figure: [] for figure in figures} for model, figures in timers.items()}
+    orders = []
     for _ in range(rounds):
-        for model, figures in timers.items():
-            for figure, run in figures.items():
+        order = [str(model) for model in rng.permutation(list(timers))]
+        orders.append(order)
+        for model in order:
+            for figure, run in timers[model].items():
                 samples[model][figure].append(run())
-    return {
-        model: {figure: round(float(np.median(values)), 1) for figure, values in figures.items()}
-        for model, figures in samples.items()
-    }
+    return samples, orders
 
 
 def measure(model_dir: Path, texts: list[str], labels: np.ndarray, max_length: int, workdir: Path) -> tuple[dict, dict]:
@@ -107,10 +114,25 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, default=REPO / "models/sst2")
     parser.add_argument("--student", type=Path, default=REPO / "models/sst2-student")
     parser.add_argument("--prepared", type=Path, default=REPO / "data/prepared/sst2")
-    parser.add_argument("--rounds", type=int, default=7, help="alternating timing rounds (median reported)")
+    parser.add_argument(
+        "--repeats",
+        "--rounds",
+        dest="repeats",
+        type=int,
+        default=3,
+        help="timing rounds, teacher and student in random order in each (median and min-max reported)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=2,
+        help="seed of the RNG ordering each round (2: its first 3 rounds hold both orders; 0's: all teacher first)",
+    )
     args = parser.parse_args()
     import pandas as pd
     import torch
+
+    from bench._common import spread
 
     evals = pd.read_parquet(args.prepared / "eval.parquet")
     texts, labels = evals["text"].tolist(), evals["label"].to_numpy()
@@ -118,14 +140,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bertops-bench-") as tmp:
         teacher, teacher_timers = measure(args.teacher, texts, labels, max_length, Path(tmp))
         student, student_timers = measure(args.student, texts, labels, max_length, Path(tmp))
-        timings = alternating({"teacher": teacher_timers, "student": student_timers}, args.rounds)
-        teacher.update(timings["teacher"])
-        student.update(timings["student"])
+        samples, orders = rounds_in_random_order(
+            {"teacher": teacher_timers, "student": student_timers}, args.repeats, args.seed
+        )
+    for model, figures in (("teacher", teacher), ("student", student)):
+        figures.update({figure: spread(values)["median"] for figure, values in samples[model].items()})
+        figures["spread"] = {figure: spread(values) for figure, values in samples[model].items()}
+
+    def per_round(figure: str) -> dict:
+        return spread([s / t for s, t in zip(samples["student"][figure], samples["teacher"][figure])], digits=2)
+
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, cpu",
         "eval_examples": len(texts),
-        "timing_rounds": args.rounds,
+        "timing_rounds": args.repeats,
+        "timing_seed": args.seed,
+        "timing_orders": orders,
         "teacher": teacher,
         "student": student,
         "accuracy_ratio": round(student["accuracy_onnx_int8"] / teacher["accuracy_onnx_int8"], 4),
@@ -135,11 +166,20 @@ def main() -> None:
             student["onnx_int8_texts_per_s_batch32"] / teacher["onnx_int8_texts_per_s_batch32"], 2
         ),
         "speedup_torch_requests": round(student["torch_requests_per_s"] / teacher["torch_requests_per_s"], 2),
+        "speedup_torch_batch32": round(student["torch_texts_per_s_batch32"] / teacher["torch_texts_per_s_batch32"], 2),
+        "speedup_per_round": {figure: per_round(figure) for figure in samples["teacher"]},
     }
     out = REPO / "bench" / "out"
     out.mkdir(exist_ok=True)
     (out / "distill_tradeoff.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    print(f"\n{args.repeats} rounds, orders {orders}; median (min-max) per figure:")
+    for figure in samples["teacher"]:
+        t, st, r = teacher["spread"][figure], student["spread"][figure], result["speedup_per_round"][figure]
+        print(
+            f"  {figure}: teacher {t['median']} ({t['min']}-{t['max']}), student {st['median']} "
+            f"({st['min']}-{st['max']}), student/teacher per round {r['median']}x ({r['min']}-{r['max']})"
+        )
     print(
         f"student ({student['layers']} of {teacher['layers']} layers): {result['accuracy_ratio']:.1%} of the teacher's "
         f"accuracy ({student['accuracy_onnx_int8']} vs {teacher['accuracy_onnx_int8']}, ONNX int8), "

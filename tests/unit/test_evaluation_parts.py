@@ -200,6 +200,7 @@ def test_auto_serves_the_fastest_runtime_that_passed_its_check():
 def test_an_int8_runtime_that_lost_too_much_accuracy_is_refused_by_name():
     from bertops.models.export import ExportCheckFailed, choose_runtime
 
-    with pytest.raises(ExportCheckFailed, match=r"serve.runtime=onnx-int8 failed its agreement check.*0.8500 vs 0.9000"):
+    refused = r"serve.runtime=onnx-int8 failed its agreement check.*0.8500 vs 0.9000"
+    with pytest.raises(ExportCheckFailed, match=refused):
         choose_runtime(_agreement(False), "onnx-int8")
     assert choose_runtime(_agreement(True), "onnx-int8") == "onnx-int8"

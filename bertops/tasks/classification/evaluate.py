@@ -132,7 +132,6 @@ def export_candidate(config: Config, root: Path, model_dir: Path, frames: dict[s
     if serve.runtime == "torch":  # nothing to export: PyTorch is served as trained
         report: dict = {"runtimes": {}, "note": "serve.runtime=torch: no ONNX export"}
         staging = staging_dir(target)
-        staging.mkdir(parents=True)
     else:
         checks = check_examples(frames, config.prepare.seed)
         staging = staging_dir(target)
