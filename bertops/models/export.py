@@ -144,6 +144,12 @@ def session_logits(session, tokenizer, texts: list, max_length: int, batch_size:
     return out
 
 
+def serving_export_dir(config, root: Path) -> Path:
+    """Where `evaluate` exports the candidate's serving runtimes (what the gate judges and
+    `package` ships): models/<dataset>-serving/ (onnx/, export.json)."""
+    return root / config.paths.models / f"{config.ingest.dataset}-serving"
+
+
 RUNTIMES = ("onnx-int8", "onnx", "torch")  # what serve.runtime=auto prefers on CPU, in order
 
 

@@ -26,7 +26,7 @@ OVERRIDES = [
     "finetune.lr=3e-4",
     "finetune.checkpoint_every=0",
     "evaluate.latency_requests=10",
-    "gate.min_entity_f1=0.0",
+    "gate.min_entity_f1=0.2",  # 30 steps reach ~0.33; an untrained tagger or all-"O" scores ~0
     "gate.max_p95_latency_ms=5000",
     "serve.port=3923",
 ]
@@ -95,7 +95,7 @@ def test_ner_trains_evaluates_gates_and_serves_entities(tmp_path: Path):
     result = finetune(cfg, tmp_path)
     assert result.steps == 30 and result.validation_metric == "entity_f1"
     report = evaluate(cfg, tmp_path)
-    assert report["task"] == "ner" and 0 < report["entity_f1"] <= 1  # 30 steps already find some entities
+    assert report["task"] == "ner" and report["entity_f1"] >= 0.2  # 30 steps already find entities
     assert set(report["per_type"]) <= {"PER", "ORG", "LOC", "MISC"} and report["serving"]["latency"]["p95_ms"] > 0
     assert not gate(conll(["gate.min_entity_f1=0.999"]), tmp_path).approved
     decision = gate(cfg, tmp_path)

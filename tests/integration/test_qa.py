@@ -28,12 +28,14 @@ def squad(extra: list[str] = ()):
             "prepare.max_eval_rows=60",
             "prepare.max_length=192",
             "prepare.doc_stride=64",
-            "finetune.max_steps=15",
+            "finetune.max_steps=30",
             "finetune.progress=false",
             "finetune.lr=3e-4",
             "finetune.checkpoint_every=0",
             "evaluate.latency_requests=10",
-            "gate.min_qa_f1=0.0",
+            # 30 steps reach F1 ~0.17 on the 60 held-out questions; an untrained head scores 0.08
+            # (spans of frequent words overlap by chance), so the floor sits between the two
+            "gate.min_qa_f1=0.13",
             "gate.max_p95_latency_ms=5000",
             "serve.port=3925",
             *extra,
@@ -79,9 +81,9 @@ def test_qa_trains_evaluates_gates_and_answers(tmp_path: Path):
     assert len(train) == 240 and len(evals) == 60 and not {e.title for e in train} & {e.title for e in evals}
     assert len(features) >= len(evals)  # long contexts give several windows
     result = finetune(cfg, tmp_path)
-    assert result.steps == 15 and result.validation_metric == "squad_f1"
+    assert result.steps == 30 and result.validation_metric == "squad_f1"
     report = evaluate(cfg, tmp_path)
-    assert report["task"] == "qa" and report["examples"] == 60 and 0 <= report["exact_match"] <= report["f1"] <= 1
+    assert report["task"] == "qa" and report["examples"] == 60 and report["f1"] >= 0.13
     assert gate(cfg, tmp_path).approved
 
     shutil.copytree(REPO / "serving", tmp_path / "serving", dirs_exist_ok=True)

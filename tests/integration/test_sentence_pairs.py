@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import REPO, datasets_root
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+PAIRS_FLOOR = 0.8  # the learnable pair corpus: chance (and any broken pairing) is 0.5
 
 
 def rte(extra: list[str] = ()):
@@ -77,24 +78,63 @@ def test_a_pair_missing_its_second_sentence_is_caught_with_its_row(tmp_path: Pat
     assert "second sentence is not blank" in message and '"row": 7' in message, message
 
 
-def test_a_cross_encoder_trains_on_the_packed_pairs(tmp_path: Path):
+def _learnable_pairs(folder: Path, seed: int = 0) -> None:
+    """A pair corpus a few steps can learn, in RTE's columns, from SST-2 sentences: a sentence with
+    one word dropped is "entailment" of it, an unrelated sentence "not_entailment". A pipeline
+    that breaks the pairing (shuffled labels, segments swapped for another row's, an encoder that
+    does not learn) stays near 0.5 on it."""
+    import random
+
+    rng = random.Random(seed)
+    rows = (datasets_root() / "sst2" / "train.tsv").read_text().splitlines()[1:]
+    sentences = list(dict.fromkeys(r.split("\t")[0].strip() for r in rows if len(r.split()) >= 8))[:1200]
+    rng.shuffle(sentences)
+    folder.mkdir(parents=True)
+    for split, chunk in (("train", sentences[:600]), ("dev", sentences[600:840])):
+        lines = ["index\tsentence1\tsentence2\tlabel"]
+        for i, first in enumerate(chunk):
+            if i % 2 == 0:
+                words = first.split()
+                del words[rng.randrange(len(words))]
+                second, label = " ".join(words), "entailment"
+            else:
+                second, label = rng.choice(sentences[840:]), "not_entailment"
+            lines.append(f"{i}\t{first}\t{second}\t{label}")
+        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+
+
+def test_a_cross_encoder_learns_from_the_packed_pairs(tmp_path: Path):
+    """The cross-encoder path (both sentences in one input, segment ids 0/1, a fresh linear head)
+    learns a pair relation in a few steps: accuracy well above the 0.5 a broken pairing gives."""
     from bertops.data.ingest import ingest
     from bertops.data.prepare import prepare
     from bertops.data.validation import validate
     from bertops.evaluation.evaluate import evaluate
     from bertops.training.finetune import finetune
 
-    cfg = rte(["finetune.pooling=mean", "prepare.max_train_rows=120", "prepare.max_eval_rows=60"])
+    _learnable_pairs(tmp_path / "corpus")
+    cfg = rte(
+        [
+            f"ingest.search_paths=['{tmp_path / 'corpus'}']",
+            "ingest.dataset=pairs",
+            "finetune.pooling=mean",
+            "prepare.max_train_rows=0",
+            "prepare.max_eval_rows=0",
+            "finetune.max_steps=30",
+        ]
+    )
     ingest(cfg, tmp_path)
     validate(cfg, tmp_path)
     prepare(cfg, tmp_path)
     result = finetune(cfg, tmp_path)
-    lineage = json.loads((tmp_path / "models/rte/lineage.json").read_text())
-    assert result.steps == 12 and "linear_probe" not in lineage  # no probe: a fresh linear head
-    assert json.loads((tmp_path / "models/rte/config.json").read_text())["architectures"] == [
+    lineage = json.loads((tmp_path / "models/pairs/lineage.json").read_text())
+    assert result.steps == 30 and "linear_probe" not in lineage  # no probe: a fresh linear head
+    assert json.loads((tmp_path / "models/pairs/config.json").read_text())["architectures"] == [
         "MeanPoolingBertForSequenceClassification"
     ]
-    assert evaluate(cfg, tmp_path)["examples"] == 60
+    report = evaluate(cfg, tmp_path)
+    assert report["examples"] == 240
+    assert report["accuracy"] >= PAIRS_FLOOR, report["accuracy"]
 
 
 def test_rte_trains_evaluates_exports_and_serves_pairs(tmp_path: Path):
@@ -119,13 +159,16 @@ def test_rte_trains_evaluates_exports_and_serves_pairs(tmp_path: Path):
     assert result.steps == 12
     # the profile's siamese head: probed on the frozen encoder first, the probed start scored too
     lineage = json.loads((tmp_path / "models/rte/lineage.json").read_text())
-    assert 0.4 <= lineage["linear_probe"]["probe_train_accuracy"] <= 1
+    # the frozen encoder's cosine already carries RTE signal (0.58 here; a probe on shuffled labels: ~0.5)
+    assert lineage["linear_probe"]["probe_train_accuracy"] >= 0.55
     assert json.loads((tmp_path / "models/rte/config.json").read_text())["architectures"] == [
         "SiameseBertForSequenceClassification"
     ]
     assert [row["step"] for row in result.history if "validation_accuracy" in row][0] == 0
     report = evaluate(cfg, tmp_path)
-    assert report["examples"] == 120 and 0 <= report["accuracy"] <= 1 and report["behaviour"] is None
+    # RTE is hard for 12 steps (0.59 here, on 120 pairs: one SE is 4.5 points); that the pair path
+    # learns is pinned by the learnable corpus above, this checks the real corpus stays above chance
+    assert report["examples"] == 120 and report["accuracy"] >= 0.55 and report["behaviour"] is None
     assert gate(cfg, tmp_path).approved
 
     shutil.copytree(REPO / "serving", tmp_path / "serving", dirs_exist_ok=True)
@@ -147,7 +190,7 @@ def test_rte_trains_evaluates_exports_and_serves_pairs(tmp_path: Path):
 
         probs = np.load(tmp_path / "reports/evaluate/probabilities.npy")[:4]
         served = np.array([[item["probabilities"][name] for name in ("entailment", "not_entailment")] for item in body])
-        assert np.abs(served - probs).max() < 0.05  # ONNX int8 vs PyTorch fp32
+        assert np.abs(served - probs).max() < 0.05  # the same runtime; int8 scales activations per batch
         # A plain text (or a 3-element list) is not a pair: 400 naming the shape, and the server keeps answering.
         for bad in (["just one sentence"], [["a", "b", "c"]], [["a", ""]]):
             refused = httpx.post(f"{url}/classify", json={"texts": bad}, timeout=30)

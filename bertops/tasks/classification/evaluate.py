@@ -30,6 +30,7 @@ from bertops.evaluation.stats import compare
 from bertops.lineage import ArtifactMismatch
 from bertops.model_store import production_model
 from bertops.models.classifier import checked_candidate, load_classifier
+from bertops.models.export import serving_export_dir
 from bertops.tasks.classification.core import softmax
 from bertops.tasks.classification.prepare import model_inputs
 from bertops.training.predict import predict_logits
@@ -47,12 +48,6 @@ GATE_KEYS = (
     "champion",
 )
 MIN_CHECK_EXAMPLES = 500  # the agreement check's examples: the validation slice, topped up from train
-
-
-def serving_export_dir(config: Config, root: Path) -> Path:
-    """Where `evaluate` exports the candidate's serving runtimes (what the gate judges and
-    `package` ships): models/<dataset>-serving/onnx/."""
-    return root / config.paths.models / f"{config.ingest.dataset}-serving"
 
 
 @dataclass

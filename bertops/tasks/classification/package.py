@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bertops.config import Config
 from bertops.lineage import ArtifactMismatch
-from bertops.tasks.classification.evaluate import serving_export_dir
+from bertops.models.export import serving_export_dir
 
 
 def export_for_serving(config: Config, root: Path, model_dir: Path) -> dict:
