@@ -92,7 +92,9 @@ def _topical_corpus(path: Path, documents: int, sentences: int, seed: int) -> No
         topic = d % 40
         words = [f"{syllables[topic % 10]}{syllables[topic // 10]}{syllables[k]}" for k in range(10)]
         lines += ["", f" = Article {d} = ", ""]
-        text = " ".join(" ".join(rng.choices(words, k=rng.randint(6, 10))) + " ." for _ in range(sentences))
+        text = " ".join(
+            " ".join(rng.choices(words, k=rng.randint(6, 10))).capitalize() + " ." for _ in range(sentences)
+        )
         lines.append(" " + text + " ")
     path.write_text("\n".join(lines) + "\n")
 
@@ -105,8 +107,8 @@ def test_next_sentence_prediction_learns_what_it_can_see(datasets: Path, tmp_pat
 
     corpus = tmp_path / "topical"
     corpus.mkdir()
-    _topical_corpus(corpus / "wiki.valid.raw", documents=80, sentences=12, seed=0)
-    _topical_corpus(corpus / "wiki.test.raw", documents=40, sentences=12, seed=1)
+    _topical_corpus(corpus / "wiki.valid.raw", documents=200, sentences=16, seed=0)
+    _topical_corpus(corpus / "wiki.test.raw", documents=60, sentences=16, seed=1)
     cfg = _config(
         datasets,
         [
@@ -114,14 +116,14 @@ def test_next_sentence_prediction_learns_what_it_can_see(datasets: Path, tmp_pat
             "pretrain.vocab_size=600",
             "pretrain.max_length=32",
             "pretrain.short_seq_prob=0.0",
-            "pretrain.steps=150",
-            "pretrain.log_every=50",
+            "pretrain.steps=600",  # ~13 s here; 0.93 held-out (at 300 steps still 0.56: it learns late)
+            "pretrain.log_every=100",
             "pretrain.enabled=true",
             "finetune.model=pretrained",
         ],
     )
     metrics = pretrain_stage(cfg, tmp_path)
-    assert metrics["steps"] == 150 and metrics["heldout_examples"] > 100
+    assert metrics["steps"] == 600 and metrics["heldout_examples"] > 300
     assert metrics["heldout_nsp_accuracy"] >= NSP_FLOOR, metrics
 
 
