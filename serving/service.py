@@ -92,7 +92,9 @@ class Endpoint:
         an overloaded queue is a 503 with the reason."""
         if route not in self._batchers:
             serve = self.settings["serve"]
-            self._batchers[route] = engine.Batcher(run, serve["max_batch_size"], serve["max_queued_texts"])
+            self._batchers[route] = engine.Batcher(
+                run, serve["max_batch_size"], serve["max_queued_texts"], lanes=self.engine.lanes
+            )
         try:
             return await self._batchers[route].submit(items)
         except engine.Overloaded as exc:
@@ -103,6 +105,7 @@ class Endpoint:
             "model_version": self.version,
             "runtime": self.engine.runtime,
             "runtime_judged_by_gate": self.engine.judged,
+            "lanes": self.engine.lanes,
             "labels": self.labels,
             "max_length": self.engine.max_length,
             "max_texts_per_request": SERVE["max_texts_per_request"],
@@ -200,14 +203,15 @@ class TokenTagging(Endpoint):
     def _tag(self, texts: list) -> list[dict]:
         started = time.perf_counter()
         words = [self.core.split_words(t) for t in texts]
-        encoded = self.engine.tokenizer(
-            [[w for w, _, _ in row] or [""] for row in words],
-            is_split_into_words=True,
-            truncation=True,
-            max_length=self.engine.max_length,
-            padding=True,
-            return_tensors="np",
-        )
+        with self.engine.tokenizer_lock:  # shared by the lanes
+            encoded = self.engine.tokenizer(
+                [[w for w, _, _ in row] or [""] for row in words],
+                is_split_into_words=True,
+                truncation=True,
+                max_length=self.engine.max_length,
+                padding=True,
+                return_tensors="np",
+            )
         word_ids = [encoded.word_ids(i) for i in range(len(texts))]
         truncated = [len({w for w in ids if w is not None}) < len(row) for ids, row in zip(word_ids, words)]
         feeds = {k: encoded[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -249,14 +253,15 @@ class QuestionAnswering(Endpoint):
         started = time.perf_counter()
         settings = self.settings
         examples = [self.core.QAExample(str(i), "", q.context, q.question, []) for i, q in enumerate(questions)]
-        features = self.core.build_features(
-            self.engine.tokenizer,
-            examples,
-            self.engine.max_length,
-            settings["doc_stride"],
-            settings["max_query_length"],
-            training=False,
-        )
+        with self.engine.tokenizer_lock:  # shared by the lanes
+            features = self.core.build_features(
+                self.engine.tokenizer,
+                examples,
+                self.engine.max_length,
+                settings["doc_stride"],
+                settings["max_query_length"],
+                training=False,
+            )
         feeds = engine.encoding.to_feeds(
             [f["input_ids"] for f in features],
             [f["token_type_ids"] for f in features],

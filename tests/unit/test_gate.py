@@ -11,6 +11,7 @@ POLICY = smoke_config(
         "gate.min_macro_f1=0.85",
         "gate.max_ece=0.1",
         "gate.max_p95_latency_ms=50",
+        "gate.max_p95_latency_ratio=1.25",
         "gate.max_model_size_mb=150",
         "gate.min_behaviour_pass_rate={mft: 0.9, inv: 0.8, dir: 0.7}",
         "gate.non_inferiority_margin=0.02",

@@ -227,3 +227,48 @@ def test_the_engine_serves_only_the_runtime_the_gate_judged(engine, monkeypatch)
     monkeypatch.setenv("BERTOPS_SERVE_UNJUDGED", "1")
     with pytest.raises(RuntimeError, match="runtime 'onnx' is not servable"):
         engine.Engine(path, settings, head=None)
+
+
+def test_lanes_run_calls_side_by_side_and_share_what_waits(engine):
+    """Two lanes: "a" and "b" run at once, each alone; what arrives while both are busy is batched
+    into the next call of the first lane to free up (nothing waits for a lane still computing);
+    never more than two calls at once."""
+    model = SlowModel(0.05)
+    active, peak = [0], [0]
+
+    def run(items: list) -> list:
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        try:
+            return model(items)
+        finally:
+            active[0] -= 1
+
+    batcher = engine.Batcher(run, max_batch_size=8, max_queued=100, lanes=2)
+
+    async def scenario():
+        started = time.perf_counter()
+        first = [asyncio.ensure_future(batcher.submit([x])) for x in "ab"]
+        await asyncio.sleep(0.01)  # both lanes busy
+        rest = [asyncio.ensure_future(batcher.submit([x])) for x in "cdef"]
+        results = [await f for f in first + rest]
+        return results, time.perf_counter() - started
+
+    results, seconds = asyncio.run(scenario())
+    assert results == [[f"out:{x}"] for x in "abcdef"]
+    assert sorted(map(tuple, model.calls[:2])) == [("a",), ("b",)]
+    assert model.calls[2:] == [list("cdef")]
+    assert peak[0] == 2 and batcher.running == batcher.computing == 0
+    assert seconds < 0.05 * 3  # a and b side by side, then one batch: two call times, not three
+
+
+def test_idle_lanes_split_what_waits(engine):
+    """A burst arriving at an idle endpoint is split between the idle lanes, not taken by one."""
+    model = SlowModel(0.03)
+    batcher = engine.Batcher(model, max_batch_size=32, max_queued=100, lanes=2)
+
+    async def scenario():
+        return await asyncio.gather(*(batcher.submit([i]) for i in range(8)))
+
+    assert asyncio.run(scenario()) == [[f"out:{i}"] for i in range(8)]
+    assert sorted(len(c) for c in model.calls) == [4, 4]
