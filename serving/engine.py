@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
+
 import bertops_encoding as encoding  # copied beside this file by `bertops package`
 from fastapi import FastAPI
 from pydantic import Field
@@ -347,6 +349,26 @@ class Batcher:
             offset += len(items)
 
 
+def length_groups(lengths, max_padding: float = 0.25, min_group: int = 4) -> list:
+    """Row indices grouped by similar length (shortest first): a group grows while it holds fewer
+    than `min_group` rows or its padded size (rows x its longest) stays within `max_padding` of
+    its real tokens."""
+    order = np.argsort(lengths, kind="stable")
+    groups: list[list[int]] = []
+    group: list[int] = []
+    real = 0
+    for i in order:
+        n = int(lengths[i])
+        if group and len(group) >= min_group and (len(group) + 1) * n > (1 + max_padding) * (real + n):
+            groups.append(group)
+            group, real = [], 0
+        group.append(int(i))
+        real += n
+    if group:
+        groups.append(group)
+    return [np.asarray(g) for g in groups]
+
+
 class Overloaded(RuntimeError):
     """Too many inputs already queued: the service answers 503."""
 
@@ -441,8 +463,27 @@ class Engine:
             encoded.input_ids, encoded.token_type_ids, self.tokenizer.pad_token_id
         ), encoded.truncated
 
-    def run(self, feeds: dict, output: str = "logits"):
-        """output: "logits" or "embedding" (mean of the encoder's token states)."""
+    def run(self, feeds: dict, output: str = "logits", per_token: bool = False):
+        """output: "logits" or "embedding" (mean of the encoder's token states), one row per input.
+        A batch runs as groups of similar length, each cut to its own longest row (as training
+        buckets its batches): the padding a batch of mixed lengths would compute is skipped.
+        per_token: outputs with a sequence axis (token tagging) run as one padded call."""
+        if per_token:
+            return self._run(feeds, output)
+        lengths = feeds["attention_mask"].sum(axis=1)
+        groups = length_groups(lengths)
+        if len(groups) == 1 and int(lengths.max()) == feeds["attention_mask"].shape[1]:
+            return self._run(feeds, output)
+        out = None
+        for index in groups:
+            width = int(lengths[index].max())
+            values = self._run({k: v[index, :width] for k, v in feeds.items()}, output)
+            if out is None:
+                out = np.empty((len(lengths), *values.shape[1:]), dtype=values.dtype)
+            out[index] = values
+        return out
+
+    def _run(self, feeds: dict, output: str):
         import torch
 
         if self.runtime != "torch":

@@ -215,7 +215,7 @@ class TokenTagging(Endpoint):
         word_ids = [encoded.word_ids(i) for i in range(len(texts))]
         truncated = [len({w for w in ids if w is not None}) < len(row) for ids, row in zip(word_ids, words)]
         feeds = {k: encoded[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
-        logits = self.engine.run(feeds, "logits")
+        logits = self.engine.run(feeds, "logits", per_token=True)
         engine.metrics().observe("/tag", len(texts), time.perf_counter() - started, sum(truncated))
         out = []
         for text, row, row_words, ids_of_words, cut in zip(texts, logits, words, word_ids, truncated):

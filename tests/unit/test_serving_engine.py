@@ -272,3 +272,14 @@ def test_idle_lanes_split_what_waits(engine):
 
     assert asyncio.run(scenario()) == [[f"out:{i}"] for i in range(8)]
     assert sorted(len(c) for c in model.calls) == [4, 4]
+
+
+def test_length_groups_cut_padding_and_keep_every_row(engine):
+    import numpy as np
+
+    lengths = np.array([40, 5, 6, 38, 7, 5, 41, 6, 39, 60])
+    groups = engine.length_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(10))  # every row once
+    padded = sum(len(g) * lengths[g].max() for g in groups)
+    assert padded < len(lengths) * lengths.max() / 2  # one padded call would compute twice as much
+    assert all(len(g) >= 4 for g in groups[:-1])  # no tiny calls but the last
