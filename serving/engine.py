@@ -19,9 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
-
 import bertops_encoding as encoding  # copied beside this file by `bertops package`
+import numpy as np
 from fastapi import FastAPI
 from pydantic import Field
 
