@@ -5,7 +5,9 @@ Imported by the scripts as `bench._common` (they put the repository root on sys.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -38,3 +40,13 @@ def spread(values: list[float], digits: int = 1) -> dict:
         "max": round(float(max(values)), digits),
         "runs": [round(float(v), digits) for v in values],
     }
+
+
+def save_result(name: str, result: dict) -> Path:
+    """Print a benchmark's raw result and write it to bench/out/<name>.json."""
+    print(json.dumps(result, indent=2))
+    out = Path(__file__).resolve().parent / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

@@ -11,9 +11,7 @@ compilation excluded and reported apart), in alternating rounds; median steps/s 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ sys.path.insert(0, str(REPO))
 def main() -> None:
     import torch
 
+    from bench._common import spread
     from bertops.models.classifier import build_classifier
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,18 +67,14 @@ def main() -> None:
         "length": args.length,
         "batch_size": args.batch_size,
         "warmup_seconds": {name: round(v[1], 1) for name, v in sides.items()},
-        "steps_per_s": {
-            name: {"median": round(statistics.median(v), 3), "runs": [round(x, 3) for x in v]}
-            for name, v in rates.items()
-        },
+        "steps_per_s": {name: spread(v, digits=3) for name, v in rates.items()},
     }
     result["compiled_vs_eager"] = round(
         result["steps_per_s"]["compiled"]["median"] / result["steps_per_s"]["eager"]["median"], 3
     )
-    print(json.dumps(result, indent=2))
-    out = REPO / "bench/out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compile_step.json").write_text(json.dumps(result, indent=2) + "\n")
+    from bench._common import save_result
+
+    save_result("compile_step", result)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ the choice, for the record. Run after `make run` (it reads models/sst2 and data/
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -77,10 +76,9 @@ def main() -> None:
         # The eval split, once, after the choice (both schemes, for the record).
         for scheme in sessions:
             results["schemes"][scheme]["eval"] = score("eval", scheme)
-    print(json.dumps(results, indent=2))
-    out = REPO / "bench/out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "int8_scheme.json").write_text(json.dumps(results, indent=2) + "\n")
+    from bench._common import save_result
+
+    save_result("int8_scheme", results)
 
 
 if __name__ == "__main__":
