@@ -124,13 +124,12 @@ def export_candidate(config: Config, root: Path, model_dir: Path, frames: dict[s
 
     target = serving_export_dir(config, root)
     serve = config.serve
-    if serve.runtime == "torch":  # nothing to export: PyTorch is served as trained
-        report: dict = {"runtimes": {}, "note": "serve.runtime=torch: no ONNX export"}
-        staging = staging_dir(target)
-    else:
-        checks = check_examples(frames, config.prepare.seed)
-        staging = staging_dir(target)
-        try:
+    staging = staging_dir(target)
+    try:  # a failed export or a refused runtime leaves the previous export as it was
+        if serve.runtime == "torch":  # nothing to export: PyTorch is served as trained
+            report: dict = {"runtimes": {}, "note": "serve.runtime=torch: no ONNX export"}
+        else:
+            checks = check_examples(frames, config.prepare.seed)
             report = export_for_serving(
                 model_dir,
                 model_inputs(checks),
@@ -140,15 +139,10 @@ def export_candidate(config: Config, root: Path, model_dir: Path, frames: dict[s
                 serve.int8_max_accuracy_drop,
                 target=staging,
             )
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        report["checked_on"] = "validation slice carved from train" + (
-            f" + {len(checks) - len(frames['validation'])} train rows"
-            if len(checks) > len(frames["validation"])
-            else ""
-        )
-    try:
+            topped_up = len(checks) - len(frames["validation"])
+            report["checked_on"] = "validation slice carved from train" + (
+                f" + {topped_up} train rows" if topped_up else ""
+            )
         report["runtime"] = choose_runtime(report, serve.runtime)  # refuses a named runtime that failed
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -158,10 +152,9 @@ def export_candidate(config: Config, root: Path, model_dir: Path, frames: dict[s
     return report
 
 
-def served_runtime_of(model_dir: Path) -> str:
+def served_runtime_of(model_dir: Path, lineage: dict) -> str:
     """The runtime a packaged (production) model is served on, from its lineage."""
-    lineage_path = model_dir / "lineage.json"
-    export = json.loads(lineage_path.read_text()).get("serving_export", {}) if lineage_path.is_file() else {}
+    export = lineage.get("serving_export") or {}
     runtime = export.get("runtime") or export.get("cpu_runtime") or "torch"  # cpu_runtime: before 2026-12
     if runtime != "torch" and not (model_dir / export["runtimes"][runtime]["file"]).is_file():
         raise ArtifactMismatch(f"{model_dir} is served on {runtime}, but its file is missing from the model store")
@@ -189,9 +182,9 @@ def score_champion(
             f"production {version} predicts labels {model.config.id2label}, the candidate {labels}; "
             "they cannot be compared on the same examples"
         )
-    runtime = open_runtime(served_runtime_of(path), path, path / "onnx", model, tokenizer, config)
-    champion_correct = runtime.predict(texts).argmax(-1) == y_true
     lineage = json.loads((path / "lineage.json").read_text()) if (path / "lineage.json").is_file() else {}
+    runtime = open_runtime(served_runtime_of(path, lineage), path, path / "onnx", model, tokenizer, config)
+    champion_correct = runtime.predict(texts).argmax(-1) == y_true
     gate = config.gate
 
     def paired(mask: np.ndarray) -> dict:
