@@ -290,15 +290,14 @@ def main() -> None:
 
     from bench._common import matmul_peak_gflops
     from bertops.config import load_config
-    from bertops.model_store import production_bento
-    from bertops.registry import Registry
+    from bertops.model_store import registry_for
 
     cfg = load_config(REPO / "params.yaml")
-    bento = production_bento(cfg)
-    version = Registry(cfg.paths.registry).production(cfg.package.model_name)
-    model_dir = bentoml.models.get(
-        Registry(cfg.paths.registry).versions(cfg.package.model_name)[version]["model_tag"]
-    ).path
+    registry = registry_for(cfg)
+    version = registry.production(cfg.package.model_name)
+    record = registry.versions(cfg.package.model_name)[version]
+    bento = record["bento_tag"]
+    model_dir = bentoml.models.get(record["model_tag"]).path
     datasets = Path(os.environ.get("BERTOPS_DATASETS", REPO.parent / "shared" / "datasets"))
     dev = pd.read_csv(datasets / "sst2" / "dev.tsv", sep="\t", quoting=3)
     texts = dev["sentence"].tolist()

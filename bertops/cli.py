@@ -216,10 +216,10 @@ def rollback(
 ) -> None:
     """Make the previous production version production again."""
     from bertops import server
-    from bertops.registry import Registry
+    from bertops.model_store import registry_for
 
     cfg = _config(params, profile, set_)
-    target = _run("rollback", lambda: Registry(cfg.paths.registry).rollback(cfg.package.model_name, reason))
+    target = _run("rollback", lambda: registry_for(cfg).rollback(cfg.package.model_name, reason))
     typer.echo(f"{cfg.package.model_name}: production is now {target}")
     followed = _run("serve", lambda: server.follow_registry(cfg))
     typer.echo(followed or "no detached server is running; `bertops serve --detach` serves the new version")
@@ -233,7 +233,7 @@ def serve(
     profile: Path | None = ProfileOpt,
     set_: list[str] = SetOpt,
 ) -> None:
-    """Serve the production model's Bento on serve.host:serve.port."""
+    """Serve the registry's production model on serve.host:serve.port, following the registry."""
     from bertops import server
 
     cfg = _config(params, profile, set_)
@@ -364,10 +364,10 @@ def dashboard(
 @models_app.command("list")
 def models_list(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt) -> None:
     """Versions with their stage and key metrics."""
-    from bertops.registry import Registry
+    from bertops.model_store import registry_for
 
     cfg = _config(params, profile, set_)
-    versions = Registry(cfg.paths.registry).versions(cfg.package.model_name)
+    versions = _run("models", lambda: registry_for(cfg).versions(cfg.package.model_name))
     if not versions:
         typer.echo(f"no versions of {cfg.package.model_name} yet")
     for version, record in versions.items():
@@ -383,10 +383,10 @@ def models_show(
     version: str, params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt
 ) -> None:
     """One version's full record: lineage, gate decision, metrics."""
-    from bertops.registry import Registry
+    from bertops.model_store import registry_for
 
     cfg = _config(params, profile, set_)
-    versions = Registry(cfg.paths.registry).versions(cfg.package.model_name)
+    versions = _run("models", lambda: registry_for(cfg).versions(cfg.package.model_name))
     if version not in versions:
         typer.echo(f"error: no version {version!r}; known: {sorted(versions)}", err=True)
         raise typer.Exit(1)
@@ -396,10 +396,10 @@ def models_show(
 @models_app.command("history")
 def models_history(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt) -> None:
     """Every registration, promotion and rollback with who/when/why."""
-    from bertops.registry import Registry
+    from bertops.model_store import registry_for
 
     cfg = _config(params, profile, set_)
-    for event in Registry(cfg.paths.registry).history(cfg.package.model_name):
+    for event in _run("models", lambda: registry_for(cfg).history(cfg.package.model_name)):
         typer.echo(
             f"{event['when']}  {event['action']:<9} {event['version']}  previous={event['previous']}  "
             f"by={event['who']}  forced={event['forced']}  reason={event['reason']}"

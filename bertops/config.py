@@ -256,8 +256,15 @@ class ServeConfig(_Section):
     max_text_chars: int = Field(ge=1)
     normalize_embeddings: bool
     api_token_env: str | None = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    poll_s: float = Field(gt=0)
+    admin_token_env: str | None = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     onnx_max_abs_diff: float = Field(gt=0)
     int8_max_accuracy_drop: float = Field(ge=0, le=1)
+
+
+class RegistryConfig(_Section):
+    url: str | None  # None = the embedded SQLite file <paths.registry>/registry.db
+    store: str | None  # None = the local folder <paths.registry>/store
 
 
 class ScheduleConfig(_Section):
@@ -291,6 +298,7 @@ class Config(_Section):
     package: PackageConfig
     promote: PromoteConfig
     serve: ServeConfig
+    registry: RegistryConfig
     schedule: ScheduleConfig
     notify: NotifyConfig
     dashboard: DashboardConfig

@@ -1,39 +1,176 @@
-"""The production model in the team's stores: its version in the registry and its files in the
-BentoML model store (the BentoML adapter for reading; `packaging` writes)."""
+"""The team's state, resolved from config: the registry database (`registry_for`) and the model
+store (`ModelStore`, `store_for`), and the production model fetched on demand (`production_model`).
+
+The model store holds one tar file per packaged version, `<store>/<model>/<version>.tar`, at any
+fsspec URL: a local folder by default (`<paths.registry>/store`), `s3://`, `gs://`, ... for a team
+(`BERTOPS_STORE_URL` or `registry.store`). Its sha256 is recorded in the registry, and every fetch
+checks it: a missing or altered artifact is refused, never served. Fetched versions are unpacked
+into a local cache (`$BERTOPS_CACHE`, else `<paths.registry>/cache`), so a machine downloads each
+version once.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tarfile
+import tempfile
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 from bertops.config import Config
+from bertops.errors import BertopsError, TransientError
+from bertops.lineage import file_sha256
 from bertops.registry import Registry, RegistryError
 
+STORE_ENV = "BERTOPS_STORE_URL"
+CACHE_ENV = "BERTOPS_CACHE"
 
-def production_bento(config: Config, root: Path = Path(".")) -> str:
-    """The Bento tag of the production version (what `bertops serve` serves)."""
-    registry = Registry(root / config.paths.registry)
+
+class StoreError(BertopsError, RuntimeError):
+    """A model artifact that cannot be stored or fetched (unreachable store, missing or altered file)."""
+
+
+class StoreUnreachable(StoreError, TransientError):
+    """The model store cannot be reached (now); a retry may succeed."""
+
+
+def registry_for(config: Config, root: Path = Path(".")) -> Registry:
+    """The registry: BERTOPS_REGISTRY_URL, else registry.url, else <paths.registry>/registry.db."""
+    return Registry.at(root / config.paths.registry, config.registry.url)
+
+
+def store_for(config: Config, root: Path = Path(".")) -> ModelStore:
+    """The model store: BERTOPS_STORE_URL, else registry.store, else the folder <paths.registry>/store."""
+    registry_dir = root / config.paths.registry
+    url = os.environ.get(STORE_ENV) or config.registry.store or str((registry_dir / "store").resolve())
+    cache = Path(os.environ.get(CACHE_ENV) or registry_dir / "cache")
+    return ModelStore(url, cache)
+
+
+def masked(url: str) -> str:
+    """The URL with any password in it hidden."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+@dataclass(frozen=True)
+class ModelStore:
+    url: str
+    cache: Path
+
+    def _fs(self):
+        import fsspec
+
+        try:
+            fs, path = fsspec.core.url_to_fs(self.url)
+        except (ImportError, ValueError) as exc:
+            raise StoreError(
+                f"model store {masked(self.url)} cannot be opened ({exc}); set {STORE_ENV} or registry.store "
+                "to a folder or an fsspec URL (s3://..., gs://... need s3fs/gcsfs installed)"
+            ) from None
+        return fs, path.rstrip("/")
+
+    def _unreachable(self, exc: Exception) -> StoreError:
+        return StoreUnreachable(f"cannot use the model store {masked(self.url)}: {exc}; nothing was changed")
+
+    def put(self, name: str, version: str, folder: Path) -> dict:
+        """Upload `folder` as `<store>/<name>/<version>.tar`; returns its uri, sha256 and size."""
+        fs, base = self._fs()
+        with tempfile.TemporaryDirectory(prefix="bertops-store-") as tmp:
+            archive = Path(tmp) / f"{version}.tar"
+            with tarfile.open(archive, "w") as tar:
+                for path in sorted(Path(folder).rglob("*")):
+                    if path.is_file():
+                        tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+            digest = file_sha256(archive)
+            target = f"{base}/{name}/{version}.tar"
+            try:
+                fs.makedirs(f"{base}/{name}", exist_ok=True)
+                fs.put_file(str(archive), target + ".partial")
+                fs.mv(target + ".partial", target)  # readers see no file or the whole file
+            except OSError as exc:
+                raise self._unreachable(exc) from None
+        return {"uri": f"{self.url.rstrip('/')}/{name}/{version}.tar", "sha256": digest, "bytes": archive.stat().st_size}
+
+    def fetch(self, name: str, version: str, sha256: str) -> Path:
+        """The unpacked folder of `name:version` in the local cache, downloading it if needed; its
+        tar must hash to `sha256` (the registry's record), or it is refused."""
+        local = self.cache / name / f"{version}-{sha256[:12]}"
+        if (local / ".complete").is_file():
+            return local
+        fs, base = self._fs()
+        source = f"{base}/{name}/{version}.tar"
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{version}-", dir=local.parent) as tmp:
+            archive = Path(tmp) / "model.tar"
+            try:
+                fs.get_file(source, str(archive))
+            except FileNotFoundError:
+                raise StoreError(
+                    f"{name}:{version} is missing from the model store ({masked(self.url)}/{name}/{version}.tar); "
+                    "restore it or promote another version"
+                ) from None
+            except OSError as exc:
+                raise self._unreachable(exc) from None
+            found = file_sha256(archive)
+            if found != sha256:
+                raise StoreError(
+                    f"{name}:{version} in the model store does not match the registry (sha256 {found[:12]}..., "
+                    f"registered {sha256[:12]}...): the artifact was altered or replaced; it is not loaded"
+                )
+            unpacked = Path(tmp) / "model"
+            with tarfile.open(archive) as tar:
+                tar.extractall(unpacked, filter="data")  # refuses absolute paths, '..' and links out
+            (unpacked / ".complete").write_text(sha256 + "\n")
+            try:
+                os.rename(unpacked, local)
+            except OSError:  # another process unpacked it first
+                if not (local / ".complete").is_file():
+                    raise
+        return local
+
+    def remove_cached(self, name: str, keep: set[str]) -> None:
+        """Drop cached versions of `name` other than `keep` (an endpoint after a switch)."""
+        folder = self.cache / name
+        for entry in folder.iterdir() if folder.is_dir() else []:
+            if entry.is_dir() and entry.name.rsplit("-", 1)[0] not in keep and not entry.name.startswith("."):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def fetch_version(config: Config, version: str, root: Path = Path("."), registry: Registry | None = None) -> Path:
+    """The local folder of a registered version, from the model store (checked against its sha256)."""
+    registry = registry or registry_for(config, root)
     name = config.package.model_name
-    version = registry.production(name)
-    if version is None:
-        raise RegistryError(f"model {name!r} has no production version; run the pipeline or `bertops promote VERSION`")
-    return registry.versions(name)[version]["bento_tag"]
+    record = registry.versions(name).get(version)
+    if record is None:
+        raise RegistryError(f"model {name!r} has no version {version!r}")
+    artifact = record.get("artifact")
+    if artifact:
+        return store_for(config, root).fetch(name, version, artifact["sha256"])
+    return _bentoml_store_path(record["model_tag"])  # a version packaged before the model store
 
 
 def production_model(config: Config, root: Path = Path(".")) -> tuple[str, Path] | None:
-    """(version, local folder) of the production model in the BentoML store; None before the first."""
-    registry = Registry(root / config.paths.registry)
-    name = config.package.model_name
-    version = registry.production(name)
+    """(version, local folder) of the production model, fetched from the store; None before the first."""
+    registry = registry_for(config, root)
+    version = registry.production(config.package.model_name)
     if version is None:
         return None
+    return version, fetch_version(config, version, root, registry)
+
+
+def _bentoml_store_path(tag: str) -> Path:
     import bentoml
 
-    tag = registry.versions(name)[version]["model_tag"]
     try:
-        return version, Path(bentoml.models.get(tag).path)
+        return Path(bentoml.models.get(tag).path)
     except bentoml.exceptions.NotFound:
-        raise RegistryError(
-            f"production model {tag} is missing from the BentoML store "
+        raise StoreError(
+            f"model {tag} is in neither the model store nor the BentoML store "
             f"({os.environ.get('BENTOML_HOME', '~/bentoml')}); restore it or promote another version"
         ) from None

@@ -14,7 +14,8 @@ import yaml
 
 from bertops.config import Config
 from bertops.errors import BertopsError
-from bertops.registry import Registry, RegistryError
+from bertops.model_store import registry_for, store_for
+from bertops.registry import RegistryError
 
 SETTINGS_FILE = "bertops_serving.json"
 
@@ -81,6 +82,23 @@ def check_judged_runtime(export: dict, decision: dict, model_dir: Path) -> None:
         )
 
 
+def serving_settings(config: Config, task, model_tag: str, agreement: dict) -> dict:
+    """What the service reads at start: the request schema, limits and the runtime the gate judged.
+    The service encodes text exactly as `prepare` did for training (the same bertops.encoding module)."""
+    return {
+        "model_tag": model_tag,
+        "task": task.name,
+        "serve": config.serve.model_dump(),
+        "max_length": config.prepare.max_length,
+        "unicode_form": config.prepare.unicode_form,
+        "lowercase": config.prepare.lowercase,
+        # The runtime the gate judged; the engine serves no other (see serving/engine.py).
+        "runtime": agreement["runtime"],
+        "onnx_files": {k: v["file"] for k, v in agreement["runtimes"].items() if v["passed"]},
+        **task.serving_settings(config),
+    }
+
+
 def package(config: Config, root: Path = Path("."), serving_dir: Path | None = None) -> PackageResult:
     """Save the approved model into the BentoML store, build its Bento, register a candidate."""
     import bentoml
@@ -110,6 +128,9 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
 
     task = get_task(config.ingest.task)
     name = config.package.model_name
+    store = store_for(config, root)
+    registry = registry_for(config, root)
+    registry.state(name)  # an unreachable database fails here, before anything is built
     # An exception inside this block (a failed export check) discards the half-made store entry.
     with bentoml.models.create(
         name, labels={"dataset": config.ingest.dataset}, metadata=_flat_metadata(lineage)
@@ -119,24 +140,16 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
         check_judged_runtime(agreement, decision, Path(saved.path))
         lineage["serving_export"] = agreement
         (Path(saved.path) / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
+        settings = serving_settings(config, task, str(saved.tag), agreement)
+        # The model carries its serving settings: an endpoint that follows the registry reads them.
+        (Path(saved.path) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     model_tag = str(saved.tag)
     version = saved.tag.version
     assert version is not None  # bentoml.models.create gives the new model a generated version
+    # The team's copy: any machine that reaches the store can fetch this version (checked by sha256).
+    artifact = store.put(name, version, Path(saved.path))
 
     serving_dir = serving_dir or root / "serving"
-    # The service encodes text exactly as `prepare` did for training (the same bertops.encoding module).
-    settings = {
-        "model_tag": model_tag,
-        "task": task.name,
-        "serve": config.serve.model_dump(),
-        "max_length": config.prepare.max_length,
-        "unicode_form": config.prepare.unicode_form,
-        "lowercase": config.prepare.lowercase,
-        # The runtime the gate judged; the engine serves no other (see serving/engine.py).
-        "runtime": agreement["runtime"],
-        "onnx_files": {k: v["file"] for k, v in agreement["runtimes"].items() if v["passed"]},
-        **task.serving_settings(config),
-    }
     (serving_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     build = yaml.safe_load((serving_dir / "bentofile.yaml").read_text())
     include = list(build.get("include") or [])
@@ -157,12 +170,13 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
         docker=build.get("docker"),
         labels={"dataset": config.ingest.dataset, "model": model_tag},
     )
-    Registry(root / config.paths.registry).register(
+    registry.register(
         name,
         version,
         {
             "model_tag": model_tag,
             "bento_tag": str(bento.tag),
+            "artifact": artifact,
             "lineage": {k: v for k, v in lineage.items() if k not in ("evaluation", "gate")},
             "gate": decision,
             "metrics": evaluation,
@@ -179,7 +193,7 @@ def promote(
     config: Config, root: Path = Path("."), version: str | None = None, reason: str = "", force: bool = False
 ) -> dict:
     """Move a version (default: the last packaged one) to `promote.stage`."""
-    registry = Registry(root / config.paths.registry)
+    registry = registry_for(config, root)
     name = config.package.model_name
     if version is None:
         packaged = root / config.paths.reports / "package" / "package.json"

@@ -1,89 +1,242 @@
-"""The model registry: versions, stages (candidate -> production -> archived), lineage and the
-promotion history, in one JSON file.
+"""The model registry: versions, stages (candidate -> production -> archived), lineage, gate
+decisions and the promotion history, in a SQL database through SQLAlchemy 2.
 
-Every change happens under an exclusive file lock and is written with an atomic rename, so a
-crash leaves the old or the new state, never a mix, and concurrent promotions serialise.
+Where it lives: `BERTOPS_REGISTRY_URL`, else the `registry.url` setting, else an embedded SQLite
+file `<paths.registry>/registry.db` (no server needed). A team points every machine at one
+PostgreSQL database (`postgresql+psycopg://user:pass@host/db`). Alembic owns the schema
+(`bertops/migrations/`): opening a registry brings its database to the latest revision.
+
+The database enforces what the old JSON file enforced by hand: a partial unique index allows one
+production version per model name; every change is one transaction that starts by taking the
+model's row lock (an upsert that bumps `registry_models.revision`), so concurrent promotions from
+many machines serialise, and a crash leaves the old state or the new one. Endpoints poll the
+revision to notice a promotion cheaply.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import getpass
 import json
 import os
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bertops.atomic import fsync_dir
-from bertops.errors import BertopsError
+import sqlalchemy as sa
+
+from bertops.errors import BertopsError, TransientError
 
 STAGES = ("candidate", "staging", "production", "archived")
+URL_ENV = "BERTOPS_REGISTRY_URL"
+VERSION_TABLE = "bertops_alembic_version"  # not Prefect's alembic_version: one database may hold both
+CONNECT_TIMEOUT_S = 5
+
+metadata = sa.MetaData()
+models_table = sa.Table(
+    "registry_models",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("production", sa.String(200), nullable=True),
+    sa.Column("revision", sa.Integer, nullable=False, server_default="0"),  # bumped by every change
+)
+versions_table = sa.Table(
+    "registry_versions",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("version", sa.String(200), primary_key=True),
+    sa.Column("stage", sa.String(20), nullable=False),
+    sa.Column("registered_at", sa.String(40), nullable=False),
+    sa.Column("record", sa.JSON, nullable=False),
+    sa.Index(
+        "one_production_per_model",
+        "name",
+        unique=True,
+        sqlite_where=sa.text("stage = 'production'"),
+        postgresql_where=sa.text("stage = 'production'"),
+    ),
+)
+history_table = sa.Table(
+    "registry_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False, index=True),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("version", sa.String(200), nullable=False),
+    sa.Column("stage", sa.String(20), nullable=False),
+    sa.Column("previous", sa.String(200), nullable=True),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("forced", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("who", sa.String(200), nullable=False),
+    sa.Column("at", sa.String(40), nullable=False),
+)
+imports_table = sa.Table(  # legacy registry.json files already imported (each once)
+    "registry_imports",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("at", sa.String(40), nullable=False),
+)
 
 
 class RegistryError(BertopsError, RuntimeError):
     """A registry operation that cannot be done; the message says why and what to do."""
 
 
+class RegistryUnreachable(RegistryError, TransientError):
+    """The registry database cannot be reached (now); a retry may succeed."""
+
+
+def default_url(registry_dir: Path) -> str:
+    return f"sqlite:///{Path(registry_dir).resolve() / 'registry.db'}"
+
+
+def resolve_url(setting: str | None, registry_dir: Path) -> str:
+    """BERTOPS_REGISTRY_URL, else the `registry.url` setting, else the embedded SQLite file."""
+    return os.environ.get(URL_ENV) or setting or default_url(registry_dir)
+
+
+def masked(url: str) -> str:
+    """The URL with its password hidden (for messages and logs)."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparseable URL>"
+
+
+_engines: dict[tuple[str, int], sa.Engine] = {}  # per process: a forked child never shares a pool
+_migrated: set[str] = set()
+
+
+def _engine(url: str) -> sa.Engine:
+    key = (url, os.getpid())
+    if key in _engines:
+        return _engines[key]
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise RegistryError(
+            f"registry URL {url!r} is not a database URL; use e.g. sqlite:///registry/registry.db or "
+            f"postgresql+psycopg://user:password@host:5432/bertops (set {URL_ENV} or registry.url)"
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_settings(dbapi_connection, _record) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers (polling endpoints) never block a promotion
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+    else:
+        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if parsed.get_backend_name() == "postgresql" else {}
+        try:
+            engine = sa.create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+        except (ImportError, sa.exc.NoSuchModuleError) as exc:
+            raise RegistryError(f"no driver for registry URL {masked(url)}: {exc}") from None
+    _engines[key] = engine
+    return engine
+
+
+def _unreachable(url: str, exc: Exception) -> RegistryError:
+    detail = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or ["no detail"])[0][:300]
+    return RegistryUnreachable(
+        f"cannot use the registry database {masked(url)}: {detail}. Check that it is running and "
+        f"reachable, and that {URL_ENV} (or registry.url) names it; nothing was changed"
+    )
+
+
 @dataclass
 class Registry:
-    root: Path  # the registry folder (paths.registry)
+    """One registry database. `legacy_json`: a `registry.json` of an older bertops, imported once."""
+
+    url: str
+    legacy_json: Path | None = None
+    _ready: bool = field(default=False, repr=False)
+
+    @classmethod
+    def at(cls, registry_dir: Path, url: str | None = None) -> Registry:
+        """The registry for a workspace's registry folder (URL resolved as `resolve_url` says)."""
+        return cls(resolve_url(url, registry_dir), legacy_json=Path(registry_dir) / "registry.json")
 
     @property
-    def file(self) -> Path:
-        return self.root / "registry.json"
-
-    # -- storage ------------------------------------------------------------------------------
-    def read(self) -> dict[str, Any]:
-        if not self.file.is_file():
-            return {"models": {}}
-        try:
-            return json.loads(self.file.read_text())
-        except json.JSONDecodeError as exc:
-            raise RegistryError(
-                f"{self.file} is not valid JSON ({exc.msg}); restore it from a backup or git/DVC"
-            ) from None
+    def engine(self) -> sa.Engine:
+        engine = _engine(self.url)
+        if not self._ready:
+            with self._errors():
+                if self.url not in _migrated:
+                    upgrade(engine)
+                    _migrated.add(self.url)
+                if self.legacy_json is not None and self.legacy_json.is_file():
+                    import_json(engine, self.legacy_json)
+            self._ready = True
+        return engine
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[dict[str, Any]]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            for stale in self.root.glob(".registry-*.json"):  # left by a writer that died mid-update
-                stale.unlink(missing_ok=True)
-            state = self.read()
-            yield state
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".registry-", suffix=".json")
-            with os.fdopen(fd, "w") as fh:
-                json.dump(state, fh, indent=2)
-                fh.flush()
-                os.fsync(fh.fileno())
-            _step("registry-written")
-            os.replace(tmp, self.file)  # readers see the old file or the new one, whole
-            _step("registry-replaced")
-            fsync_dir(self.root)  # the rename itself survives a power loss
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise _unreachable(self.url, exc) from None
 
     # -- queries ------------------------------------------------------------------------------
     def versions(self, name: str) -> dict[str, dict[str, Any]]:
-        return self.read()["models"].get(name, {}).get("versions", {})
+        with self._errors(), self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(versions_table).where(versions_table.c.name == name).order_by(versions_table.c.registered_at)
+            )
+            return {r.version: {**r.record, "stage": r.stage, "registered_at": r.registered_at} for r in rows}
 
     def production(self, name: str) -> str | None:
-        return self.read()["models"].get(name, {}).get("production")
+        return self.state(name)[0]
+
+    def state(self, name: str) -> tuple[str | None, int]:
+        """(production version, revision): what an endpoint polls; the revision moves on every change."""
+        with self._errors(), self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(models_table.c.production, models_table.c.revision).where(models_table.c.name == name)
+            ).first()
+        return (row.production, row.revision) if row else (None, 0)
 
     def history(self, name: str) -> list[dict[str, Any]]:
-        return self.read()["models"].get(name, {}).get("history", [])
+        with self._errors(), self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(history_table).where(history_table.c.name == name).order_by(history_table.c.id)
+            )
+            return [_event_dict(r) for r in rows]
+
+    def names(self) -> list[str]:
+        with self._errors(), self.engine.connect() as conn:
+            return list(conn.execute(sa.select(models_table.c.name).order_by(models_table.c.name)).scalars())
 
     # -- changes ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _change(self, name: str) -> Iterator[tuple[sa.Connection, str | None]]:
+        """One transaction holding `name`'s row lock; yields (connection, production version)."""
+        with self._errors(), self.engine.begin() as conn:
+            production = _lock_model(conn, name)
+            yield conn, production
+            _step("registry-written")
+        _step("registry-committed")
+
     def register(self, name: str, version: str, record: dict[str, Any]) -> None:
         """Add a packaged model version as a candidate."""
-        with self._transaction() as state:
-            model = state["models"].setdefault(name, {"versions": {}, "production": None, "history": []})
-            model["versions"][version] = {**record, "stage": "candidate", "registered_at": _now()}
-            model["history"].append(_event("register", version, None, "packaged", stage="candidate"))
+        with self._change(name) as (conn, _):
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        versions_table.insert().values(
+                            name=name, version=version, stage="candidate", registered_at=_now(), record=record
+                        )
+                    )
+            except sa.exc.IntegrityError:
+                raise RegistryError(f"{name}:{version} is already registered; versions are immutable") from None
+            _add_event(conn, name, "register", version, None, "packaged", stage="candidate")
 
     def promote(
         self, name: str, version: str, stage: str = "production", reason: str = "", force: bool = False
@@ -91,47 +244,127 @@ class Registry:
         """Move `version` to `stage`; the previous production version is archived. Returns it."""
         if stage not in STAGES:
             raise RegistryError(f"unknown stage {stage!r}; choose one of {STAGES}")
-        with self._transaction() as state:
-            model = state["models"].get(name)
-            if model is None or version not in model["versions"]:
-                known = sorted(model["versions"]) if model else []
-                raise RegistryError(f"model {name!r} has no version {version!r}; known versions: {known}")
-            record = model["versions"][version]
+        if force and not reason:
+            raise RegistryError("--force needs --reason: say why the gate is overridden")
+        with self._change(name) as (conn, previous):
+            record = _version(conn, name, version)
             gate = record.get("gate") or {}
             if stage == "production" and not gate.get("approved") and not force:
                 raise RegistryError(
                     f"{name}:{version} has {'no' if not gate else 'a negative'} gate decision; run `bertops gate` "
                     "or pass --force with --reason to promote anyway (the reason is recorded)"
                 )
-            if force and not reason:
-                raise RegistryError("--force needs --reason: say why the gate is overridden")
-            previous = model.get("production")
             if stage == "production":
                 if previous and previous != version:
-                    model["versions"][previous]["stage"] = "archived"
-                model["production"] = version
-            elif model.get("production") == version:
-                model["production"] = None
-            record["stage"] = stage
-            model["history"].append(_event("promote", version, previous, reason or stage, forced=force, stage=stage))
+                    _set_stage(conn, name, previous, "archived")
+                _set_stage(conn, name, version, "production")
+                _set_production(conn, name, version)
+            else:
+                if previous == version:
+                    _set_production(conn, name, None)
+                _set_stage(conn, name, version, stage)
+            _add_event(conn, name, "promote", version, previous, reason or stage, forced=force, stage=stage)
             return previous
 
     def rollback(self, name: str, reason: str = "") -> str:
         """Re-promote the production version that came before the current one."""
-        with self._transaction() as state:
-            model = state["models"].get(name)
-            current = model and model.get("production")
+        with self._change(name) as (conn, current):
             if not current:
                 raise RegistryError(f"model {name!r} has no production version to roll back from")
-            stack = production_stack(model["history"])
+            events = conn.execute(
+                sa.select(history_table).where(history_table.c.name == name).order_by(history_table.c.id)
+            )
+            stack = production_stack([_event_dict(e) for e in events])
             if len(stack) < 2:
                 raise RegistryError(f"{name}:{current} has no earlier production version to roll back to")
             target = stack[-2]
-            model["versions"][current]["stage"] = "archived"
-            model["versions"][target]["stage"] = "production"
-            model["production"] = target
-            model["history"].append(_event("rollback", target, current, reason or "rollback"))
+            _set_stage(conn, name, current, "archived")
+            _set_stage(conn, name, target, "production")
+            _set_production(conn, name, target)
+            _add_event(conn, name, "rollback", target, current, reason or "rollback")
             return target
+
+
+# -- statements ---------------------------------------------------------------------------------
+def _lock_model(conn: sa.Connection, name: str) -> str | None:
+    """Create the model's row if needed and take its lock (the first statement of every change:
+    on SQLite it takes the write lock, on PostgreSQL the row lock, until the commit)."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise RegistryError(f"registry databases are SQLite or PostgreSQL, not {dialect}")
+    statement = insert(models_table).values(name=name, revision=1)
+    conn.execute(
+        statement.on_conflict_do_update(index_elements=["name"], set_={"revision": models_table.c.revision + 1})
+    )
+    return conn.execute(sa.select(models_table.c.production).where(models_table.c.name == name)).scalar_one()
+
+
+def _version(conn: sa.Connection, name: str, version: str) -> dict[str, Any]:
+    record = conn.execute(
+        sa.select(versions_table.c.record).where(versions_table.c.name == name, versions_table.c.version == version)
+    ).scalar_one_or_none()
+    if record is None:
+        known = list(
+            conn.execute(sa.select(versions_table.c.version).where(versions_table.c.name == name)).scalars()
+        )
+        raise RegistryError(f"model {name!r} has no version {version!r}; known versions: {sorted(known)}")
+    return record
+
+
+def _set_stage(conn: sa.Connection, name: str, version: str, stage: str) -> None:
+    conn.execute(
+        versions_table.update()
+        .where(versions_table.c.name == name, versions_table.c.version == version)
+        .values(stage=stage)
+    )
+
+
+def _set_production(conn: sa.Connection, name: str, version: str | None) -> None:
+    conn.execute(models_table.update().where(models_table.c.name == name).values(production=version))
+
+
+def _add_event(
+    conn: sa.Connection,
+    name: str,
+    action: str,
+    version: str,
+    previous: str | None,
+    reason: str,
+    forced: bool = False,
+    stage: str = "production",
+    who: str | None = None,
+    at: str | None = None,
+) -> None:
+    conn.execute(
+        history_table.insert().values(
+            name=name,
+            action=action,
+            version=version,
+            stage=stage,
+            previous=previous,
+            reason=reason,
+            forced=forced,
+            who=who or _who(),
+            at=at or _now(),
+        )
+    )
+
+
+def _event_dict(row) -> dict[str, Any]:
+    return {
+        "action": row.action,
+        "version": row.version,
+        "stage": row.stage,
+        "previous": row.previous,
+        "reason": row.reason,
+        "forced": bool(row.forced),
+        "who": row.who,
+        "when": row.at,
+    }
 
 
 def production_stack(history: list[dict[str, Any]]) -> list[str]:
@@ -146,28 +379,98 @@ def production_stack(history: list[dict[str, Any]]) -> list[str]:
     return stack
 
 
+# -- schema and the one-time import ---------------------------------------------------------------
+def _alembic_config(connection: sa.Connection):
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(engine: sa.Engine) -> None:
+    """Bring the database to the latest schema revision (Alembic); a no-op when it is there."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    with engine.begin() as conn:
+        head = ScriptDirectory.from_config(_alembic_config(conn)).get_current_head()
+        current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+        if current == head:
+            return
+        if engine.dialect.name == "postgresql":  # two machines opening a fresh database at once
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(4242016)"))
+        command.upgrade(_alembic_config(conn), "head")
+
+
+def import_json(engine: sa.Engine, path: Path) -> bool:
+    """Import an older bertops' registry.json (versions, stages, production, history), once per
+    file content; the file itself is left where it is. Returns whether it imported."""
+    import hashlib
+
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    with engine.connect() as conn:
+        if conn.execute(sa.select(imports_table.c.sha256).where(imports_table.c.sha256 == digest)).first():
+            return False
+    try:
+        state = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"{path} is not valid JSON ({exc.msg}); restore it from a backup or move it away") from None
+    with engine.begin() as conn:
+        if conn.execute(sa.select(imports_table.c.sha256).where(imports_table.c.sha256 == digest)).first():
+            return False  # another process imported it meanwhile
+        for name, model in state.get("models", {}).items():
+            _lock_model(conn, name)
+            present = set(
+                conn.execute(sa.select(versions_table.c.version).where(versions_table.c.name == name)).scalars()
+            )
+            if present:
+                raise RegistryError(
+                    f"{path} holds model {name!r}, which the registry database already has; "
+                    "import it into an empty database or move the file away"
+                )
+            for version, record in model.get("versions", {}).items():
+                body = {k: v for k, v in record.items() if k not in ("stage", "registered_at")}
+                conn.execute(
+                    versions_table.insert().values(
+                        name=name,
+                        version=version,
+                        stage=record.get("stage", "candidate"),
+                        registered_at=record.get("registered_at") or _now(),
+                        record=body,
+                    )
+                )
+            _set_production(conn, name, model.get("production"))
+            for event in model.get("history", []):
+                _add_event(
+                    conn,
+                    name,
+                    event["action"],
+                    event["version"],
+                    event.get("previous"),
+                    event.get("reason", ""),
+                    forced=bool(event.get("forced")),
+                    stage=event.get("stage", "production"),
+                    who=event.get("who"),
+                    at=event.get("when"),
+                )
+        conn.execute(imports_table.insert().values(sha256=digest, source=str(path.resolve()), at=_now()))
+    return True
+
+
 def _step(name: str) -> None:
     """A named point between two steps of a write (the crash tests stop a process at each one)."""
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
-def _event(
-    action: str, version: str, previous: str | None, reason: str, forced: bool = False, stage: str = "production"
-) -> dict[str, Any]:
+def _who() -> str:
     try:
-        who = getpass.getuser()
+        return os.environ.get("BERTOPS_USER") or getpass.getuser()
     except (KeyError, OSError):
-        who = "unknown"
-    return {
-        "action": action,
-        "version": version,
-        "stage": stage,
-        "previous": previous,
-        "reason": reason,
-        "forced": forced,
-        "who": who,
-        "when": _now(),
-    }
+        return "unknown"

@@ -1,12 +1,22 @@
-"""`serve`: run the production model's Bento with `bentoml serve`, in the foreground or detached.
+"""`serve`: run the production endpoint, in the foreground or detached. It follows the registry.
 
-The endpoint follows the registry at start: it serves the Bento that the registry calls
-production. After `promote`/`rollback`, `bertops serve --detach` restarts it on the new version.
+`bertops serve` resolves the registry's production version, fetches it from the model store
+(sha256 checked), lays out a working folder with the service code (serving/service.py, engine.py,
+the encoding and the task's pure core) and starts `bentoml serve` there. From then on the endpoint
+follows the registry by itself (bertops.follow): a promotion or rollback reaches it within
+`serve.poll_s` seconds with no restart, and `promote`/`rollback` ask it to look at once
+(POST /admin/reload, with the admin token this module hands a detached server).
+
+Needs nothing from the workspace but the two URLs (BERTOPS_REGISTRY_URL, BERTOPS_STORE_URL or the
+`registry` settings): an endpoint on another machine starts from an empty folder.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +29,8 @@ import httpx
 from bertops.config import Config
 from bertops.errors import BertopsError
 
+SERVING_SOURCE = Path(__file__).resolve().parents[1] / "serving"  # service.py + engine.py
+
 
 class ServeError(BertopsError, RuntimeError):
     """The endpoint could not be started or stopped; the message says why."""
@@ -28,12 +40,12 @@ def _bentoml() -> str:
     return str(Path(sys.executable).with_name("bentoml"))
 
 
-def _command(config: Config, bento: str) -> list[str]:
-    return [_bentoml(), "serve", bento, "--host", config.serve.host, "--port", str(config.serve.port)]
-
-
 def pid_path(config: Config) -> Path:
     return config.paths.registry / "serve.pid"
+
+
+def token_path(config: Config) -> Path:
+    return config.paths.registry / "serve.admin-token"
 
 
 def log_path(config: Config) -> Path:
@@ -41,16 +53,62 @@ def log_path(config: Config) -> Path:
 
 
 def describe(config: Config) -> str:
-    from bertops.model_store import production_bento
+    """name:version of the registry's production model."""
+    from bertops.model_store import registry_for
+    from bertops.registry import RegistryError
 
-    return production_bento(config)
+    name = config.package.model_name
+    version = registry_for(config).production(name)
+    if version is None:
+        raise RegistryError(f"model {name!r} has no production version; run the pipeline or `bertops promote VERSION`")
+    return f"{name}:{version}"
+
+
+def prepare(config: Config, root: Path = Path(".")) -> tuple[list[str], dict[str, str]]:
+    """The `bentoml serve` command and environment of an endpoint that follows the registry."""
+    from bertops.model_store import fetch_version, registry_for, store_for
+    from bertops.packaging import SETTINGS_FILE
+    from bertops.registry import RegistryError
+    from bertops.tasks import get_task
+
+    registry, store = registry_for(config, root), store_for(config, root)
+    name = config.package.model_name
+    version = registry.production(name)
+    if version is None:
+        raise RegistryError(f"model {name!r} has no production version; run the pipeline or `bertops promote VERSION`")
+    path = fetch_version(config, version, root, registry).resolve()
+    if not (path / SETTINGS_FILE).is_file():
+        raise ServeError(f"{name}:{version} was packaged by an older bertops (no {SETTINGS_FILE}); re-package it")
+    model_settings = json.loads((path / SETTINGS_FILE).read_text())
+    task = get_task(model_settings["task"])
+    if not (SERVING_SOURCE / "service.py").is_file():
+        raise ServeError(f"the service code is missing ({SERVING_SOURCE}); install bertops from its repository")
+    from bertops import encoding
+
+    workdir = Path(tempfile.mkdtemp(prefix="bertops-serve-"))
+    files = {"service.py": SERVING_SOURCE / "service.py", "engine.py": SERVING_SOURCE / "engine.py"}
+    files.update({"bertops_encoding.py": Path(encoding.__file__), **task.bento_files()})
+    for target, source in files.items():
+        shutil.copyfile(source, workdir / target)
+    settings = {
+        **model_settings,
+        "serve": config.serve.model_dump(),  # this endpoint's limits; the model brings its task settings
+        "follow": {"model": name, "version": version, "model_path": str(path)},
+    }
+    (workdir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    env = {
+        **os.environ,
+        "BERTOPS_REGISTRY_URL": registry.url,
+        "BERTOPS_STORE_URL": store.url,
+        "BERTOPS_CACHE": str(store.cache.resolve()),
+    }
+    command = [_bentoml(), "serve", task.service, "--working-dir", str(workdir)]
+    return command + ["--host", config.serve.host, "--port", str(config.serve.port)], env
 
 
 def run_foreground(config: Config) -> None:
-    from bertops.model_store import production_bento
-
-    bento = production_bento(config)
-    os.execv(_bentoml(), _command(config, bento))
+    command, env = prepare(config)
+    os.execve(command[0], command, env)
 
 
 def wait_ready(url: str, timeout: float, process: subprocess.Popen | None = None, probe: str = "/readyz") -> None:
@@ -69,21 +127,26 @@ def wait_ready(url: str, timeout: float, process: subprocess.Popen | None = None
 
 def start_detached(config: Config, timeout: float = 180) -> str:
     """Start (or restart) the server in the background; returns its URL once /readyz answers."""
-    from bertops.model_store import production_bento
-
-    bento = production_bento(config)
+    command, env = prepare(config)
     stop(config)
     url = f"http://{config.serve.host}:{config.serve.port}"
-    # From an empty folder: the Bento carries everything it serves (nothing is read from here).
+    admin_env = config.serve.admin_token_env
+    if admin_env and not env.get(admin_env):  # a token for this server only, so promote can reach it
+        env[admin_env] = secrets.token_urlsafe(24)
+        path = token_path(config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(env[admin_env])
     return _spawn_and_wait(
-        _command(config, bento),
+        command,
         url,
         "/readyz",
         timeout,
         pid_path(config),
         log_path(config),
         lambda: stop(config),
-        cwd=tempfile.mkdtemp(prefix="bertops-serve-"),
+        env=env,
+        cwd=tempfile.mkdtemp(prefix="bertops-serve-"),  # nothing is read from the workspace
     )
 
 
@@ -153,16 +216,29 @@ def running(config: Config) -> bool:
     return b"bentoml" in cmdline
 
 
-def follow_registry(config: Config) -> str | None:
-    """After promote/rollback: restart a running detached server on the new production Bento.
-
-    Returns a line saying what now serves and how long the switch took; None if no server runs.
-    """
+def follow_registry(config: Config, timeout: float = 120) -> str | None:
+    """After promote/rollback: ask a running detached server to switch now (it would within
+    serve.poll_s anyway). Returns what it serves and how long the switch took; None if none runs."""
     if not running(config):
         return None
+    env = config.serve.admin_token_env or ""
+    token = os.environ.get(env) or (token_path(config).read_text().strip() if token_path(config).is_file() else "")
+    url = f"http://{config.serve.host}:{config.serve.port}"
     started = time.perf_counter()
-    url = start_detached(config)
-    return f"{url} now serves {describe(config)} (restart took {time.perf_counter() - started:.1f}s)"
+    try:
+        response = httpx.post(f"{url}/admin/reload", headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise ServeError(f"the endpoint at {url} did not answer the reload ({exc}); it follows the registry by itself") from None
+    status = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    if response.status_code != 200:
+        raise ServeError(
+            f"the endpoint at {url} did not switch: {status.get('error') or response.text[:300]}; "
+            "it keeps serving its current version"
+        )
+    return (
+        f"{url} now serves {config.package.model_name}:{status.get('serving')} "
+        f"(switched in {time.perf_counter() - started:.1f}s, no restart)"
+    )
 
 
 # -- the Prefect dashboard ---------------------------------------------------------------------

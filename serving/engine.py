@@ -21,14 +21,16 @@ from typing import Annotated, Any
 
 import bertops_encoding as encoding  # copied beside this file by `bertops package`
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from pydantic import Field
 
 SETTINGS_FILE = Path(__file__).with_name("bertops_serving.json")
 OPEN_PATHS = ("/healthz", "/livez", "/readyz")  # probes stay open when a token is required
 TASK_ROUTES = ("/classify", "/tag", "/answer")  # one per built-in task; the SHARED ones are served by all
 SHARED_ROUTES = ("/embed", "/tokenize")
-API_PATHS = (*TASK_ROUTES, *SHARED_ROUTES, "/metadata", "/metrics")
+ADMIN_PATHS = ("/admin/reload",)  # their own token (serve.admin_token_env), not the API token
+API_PATHS = (*TASK_ROUTES, *SHARED_ROUTES, "/metadata", "/metrics", *ADMIN_PATHS)
 
 
 def load_settings() -> dict:
@@ -105,7 +107,7 @@ def guard(settings: dict, route: str):
                 return await self.app(scope, receive, send)
             path = scope.get("path", "")
             endpoint = path if path in (*API_PATHS, *OPEN_PATHS, route) else "other"
-            if self.token is not None and path not in OPEN_PATHS and not self._authorized(scope):
+            if self.token is not None and path not in (*OPEN_PATHS, *ADMIN_PATHS) and not self._authorized(scope):
                 return await _refuse(
                     send,
                     endpoint,
@@ -148,10 +150,14 @@ def guard(settings: dict, route: str):
 
         def _authorized(self, scope) -> bool:
             header = dict(scope.get("headers") or []).get(b"authorization", b"")
-            scheme, _, credentials = header.partition(b" ")
-            return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token)
+            return bearer_matches(header, self.token)
 
     return Guard
+
+
+def bearer_matches(header: bytes, token: bytes) -> bool:
+    scheme, _, credentials = header.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), token)
 
 
 async def _refuse(send, endpoint: str, status: int, message: str, headers: list | None = None) -> None:
@@ -379,9 +385,14 @@ def raise_into(future: asyncio.Future) -> None:
         future.set_exception(sys.exc_info()[1] or RuntimeError("the model call failed"))
 
 
-def info_app(describe) -> FastAPI:
-    """The read-only GET routes beside BentoML's POST APIs: `describe()` -> the /metadata answer
-    (the running service's, set when it starts)."""
+class NotFollowing(RuntimeError):
+    """An admin reload on an endpoint that serves its packaged model only."""
+
+
+def info_app(describe, reload) -> FastAPI:
+    """The routes beside BentoML's POST APIs: `describe()` -> GET /metadata (the running service's,
+    set when it starts); `reload()` -> POST /admin/reload (look at the registry now; needs
+    "Authorization: Bearer <value of serve.admin_token_env>")."""
     app = FastAPI()
 
     @app.get("/metadata")
@@ -389,7 +400,37 @@ def info_app(describe) -> FastAPI:
         """The model version, runtime, lineage, label map and max sequence length."""
         return describe()
 
+    @app.post("/admin/reload")
+    def admin_reload(request: Request):
+        """Check the registry now and switch to its production version (no restart)."""
+        env = load_settings()["serve"].get("admin_token_env") or ""
+        token = os.environ.get(env, "")
+        if not token:
+            return JSONResponse({"error": f"the admin API is off: start the server with {env or 'an admin token'} set"}, 403)
+        if not bearer_matches(request.headers.get("authorization", "").encode(), token.encode()):
+            return JSONResponse({"error": f"missing or wrong admin token: send 'Authorization: Bearer <{env}>'"}, 401)
+        try:
+            status = reload()
+        except NotFollowing as exc:
+            return JSONResponse({"error": str(exc)}, 409)
+        return JSONResponse(status, 503 if status.get("error") else 200)
+
     return app
+
+
+class Served:
+    """One loaded model version: what a request batch reads once and runs on from start to end."""
+
+    def __init__(self, version: str, engine: Engine, lineage: dict, labels: list, settings: dict) -> None:
+        self.version, self.engine, self.lineage, self.labels, self.settings = version, engine, lineage, labels, settings
+
+    @classmethod
+    def load(cls, path, version: str, settings: dict, head) -> Served:
+        model = Engine(str(path), settings, head)
+        lineage = json.loads((Path(path) / "lineage.json").read_text())
+        config = model.config
+        labels = [config.id2label[i] for i in range(config.num_labels)] if settings["task"] != "qa" else []
+        return cls(version, model, lineage, labels, settings)
 
 
 class Engine:

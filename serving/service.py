@@ -32,6 +32,7 @@ else is read when a service starts.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -64,28 +65,81 @@ class Question(BaseModel):
 
 _running: dict = {}  # the service instance of this worker (one per process), for GET /metadata
 
+# Set by `bertops serve`: the endpoint follows the registry (bertops.follow) and loads each
+# production version from the model store; a Bento started on its own serves its packaged model.
+FOLLOW = SETTINGS.get("follow")
+
 
 def _describe() -> dict:
     return _running["service"].describe()
 
 
-class Endpoint:
-    """What every task's service shares: the model, /embed and /metadata."""
+def _reload() -> dict:
+    return _running["service"].reload()
 
-    model_ref = bentoml.models.BentoModel(SETTINGS["model_tag"])  # a class attribute: packaged into the Bento
+
+class Endpoint:
+    """What every task's service shares: the model, /embed and /metadata.
+
+    `self.model` (an engine.Served: version, engine, lineage, labels, settings) is swapped whole
+    when the registry's production version changes; each request batch reads it once, so it runs
+    and answers on one version from start to end."""
+
+    if not FOLLOW:
+        model_ref = bentoml.models.BentoModel(SETTINGS["model_tag"])  # a class attribute: packaged into the Bento
     head = AutoModelForSequenceClassification
     route = ""
 
     def __init__(self) -> None:
         self.settings = engine.load_settings()
-        path = self.model_ref.path
-        self.engine = engine.Engine(path, self.settings, self.head)
-        self.version = str(self.model_ref.tag)
-        self.lineage = json.loads((Path(path) / "lineage.json").read_text())
-        config = self.engine.config
-        self.labels = [config.id2label[i] for i in range(config.num_labels)] if self.settings["task"] != "qa" else []
+        if FOLLOW:
+            path, version = FOLLOW["model_path"], FOLLOW["version"]
+        else:
+            path, version = self.model_ref.path, str(self.model_ref.tag)
+        self.model = self.load(path, self._label(version), self.settings)
         self._batchers: dict[str, engine.Batcher] = {}
+        self.follower = None
+        if FOLLOW:
+            from bertops.follow import Follower
+            from bertops.model_store import ModelStore
+            from bertops.registry import Registry
+
+            registry = Registry(os.environ["BERTOPS_REGISTRY_URL"])
+            store = ModelStore(os.environ["BERTOPS_STORE_URL"], Path(os.environ["BERTOPS_CACHE"]))
+            self.follower = Follower(
+                FOLLOW["model"], registry, store, self.switch, FOLLOW["version"], self.settings["serve"]["poll_s"]
+            ).start()
         _running["service"] = self
+
+    @staticmethod
+    def _label(version: str) -> str:
+        return version if ":" in version else f"{FOLLOW['model']}:{version}"
+
+    def load(self, path, version: str, settings: dict) -> engine.Served:
+        """Load and warm a model (the first request it answers pays no start-up cost)."""
+        served = engine.Served.load(path, version, settings, self.head)
+        self.warm(served)
+        return served
+
+    def warm(self, served: engine.Served) -> None:
+        feeds, _ = served.engine.encode(["warm up"])
+        served.engine.run(feeds, "logits")
+
+    def switch(self, version: str, path: Path) -> None:
+        """Load `version` beside the current model, warm it, then swap (bertops.follow calls this)."""
+        settings = {**json.loads((Path(path) / engine.SETTINGS_FILE.name).read_text()), "serve": self.settings["serve"]}
+        for key in ("task", "text_pairs"):  # the request schema is fixed when the service starts
+            if settings.get(key) != self.settings.get(key):
+                raise RuntimeError(
+                    f"{version} needs {key}={settings.get(key)!r} but this endpoint serves {key}="
+                    f"{self.settings.get(key)!r}; start a new endpoint for it"
+                )
+        self.model = self.load(path, self._label(version), settings)  # one reference: the switch is atomic
+
+    def reload(self) -> dict:
+        if self.follower is None:
+            raise engine.NotFollowing("this endpoint serves its packaged model; start it with `bertops serve` to follow the registry")
+        return self.follower.check(retry_refused=True)
 
     async def batched(self, route: str, run, items: list) -> list:
         """`run(items)` through this route's batcher (engine.Batcher: a lone request never waits);
@@ -93,7 +147,7 @@ class Endpoint:
         if route not in self._batchers:
             serve = self.settings["serve"]
             self._batchers[route] = engine.Batcher(
-                run, serve["max_batch_size"], serve["max_queued_texts"], lanes=self.engine.lanes
+                run, serve["max_batch_size"], serve["max_queued_texts"], lanes=self.model.engine.lanes
             )
         try:
             return await self._batchers[route].submit(items)
@@ -101,31 +155,33 @@ class Endpoint:
             raise bentoml.exceptions.ServiceUnavailable(str(exc)) from None
 
     def describe(self) -> dict:
+        m = self.model
         return {
-            "model_version": self.version,
-            "runtime": self.engine.runtime,
-            "runtime_judged_by_gate": self.engine.judged,
-            "lanes": self.engine.lanes,
-            "labels": self.labels,
-            "max_length": self.engine.max_length,
+            "model_version": m.version,
+            "runtime": m.engine.runtime,
+            "runtime_judged_by_gate": m.engine.judged,
+            "lanes": m.engine.lanes,
+            "labels": m.labels,
+            "max_length": m.engine.max_length,
             "max_texts_per_request": SERVE["max_texts_per_request"],
             "input": "[first, second] sentence pairs" if PAIRS else "texts",
-            "task": self.settings["task"],
+            "task": m.settings["task"],
             "embedding_normalized": SERVE["normalize_embeddings"],
-            "lineage": engine.public_lineage(self.lineage),  # public fields only: docs/operations.md
+            "lineage": engine.public_lineage(m.lineage),  # public fields only: docs/operations.md
+            "follow": self.follower.status() if self.follower else None,
         }
 
-    def _infer(self, endpoint: str, inputs: list, output: str):
+    def _infer(self, m: engine.Served, endpoint: str, inputs: list, output: str):
         started = time.perf_counter()
-        feeds, truncated = self.engine.encode(inputs)
-        values = self.engine.run(feeds, output)
+        feeds, truncated = m.engine.encode(inputs)
+        values = m.engine.run(feeds, output)
         engine.metrics().observe(endpoint, len(inputs), time.perf_counter() - started, sum(truncated))
         return values, truncated
 
     @bentoml.api
     def tokenize(self, texts: Texts) -> list[dict]:
         """The token ids the model is fed for each text (normalised and cut exactly as in training)."""
-        feeds, truncated = self.engine.encode(texts)
+        feeds, truncated = self.model.engine.encode(texts)
         return [
             {"input_ids": [int(t) for t, m in zip(ids, mask) if m], "truncated": cut}
             for ids, mask, cut in zip(feeds["input_ids"], feeds["attention_mask"], truncated)
@@ -137,13 +193,14 @@ class Endpoint:
         return await self.batched("/embed", self._embed, list(texts))
 
     def _embed(self, texts: list) -> list[dict]:
-        vectors, truncated = self._infer("/embed", texts, "embedding")
+        m = self.model
+        vectors, truncated = self._infer(m, "/embed", texts, "embedding")
         if SERVE["normalize_embeddings"]:
             vectors = vectors / np.clip(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12, None)
         return [
             {
                 "embedding": [round(float(x), 6) for x in v],
-                "model_version": self.version,
+                "model_version": m.version,
                 "truncated": cut,
                 "normalized": SERVE["normalize_embeddings"],
             }
@@ -159,7 +216,7 @@ Questions = engine.batch_type(Question, SERVE["max_texts_per_request"])
 
 
 @bentoml.service(name="bertops", traffic={"timeout": 60}, workers=SERVE["workers"])
-@bentoml.asgi_app(engine.info_app(_describe), path="/")
+@bentoml.asgi_app(engine.info_app(_describe, _reload), path="/")
 class Classification(Endpoint):
     route = "/classify"
 
@@ -176,15 +233,16 @@ class Classification(Endpoint):
         return await self.batched("/classify", self._classify, list(texts))
 
     def _classify(self, texts: list) -> list[dict]:
-        logits, truncated = self._infer("/classify", [tuple(t) if isinstance(t, list) else t for t in texts], "logits")
+        m = self.model
+        logits, truncated = self._infer(m, "/classify", [tuple(t) if isinstance(t, list) else t for t in texts], "logits")
         return [
-            {**self.core.answer(p, self.labels), "model_version": self.version, "truncated": cut}
+            {**self.core.answer(p, m.labels), "model_version": m.version, "truncated": cut}
             for p, cut in zip(self.core.softmax(logits), truncated)
         ]
 
 
 @bentoml.service(name="bertops", traffic={"timeout": 60}, workers=SERVE["workers"])
-@bentoml.asgi_app(engine.info_app(_describe), path="/")
+@bentoml.asgi_app(engine.info_app(_describe, _reload), path="/")
 class TokenTagging(Endpoint):
     route = "/tag"
     head = AutoModelForTokenClassification
@@ -202,30 +260,31 @@ class TokenTagging(Endpoint):
 
     def _tag(self, texts: list) -> list[dict]:
         started = time.perf_counter()
+        m = self.model
         words = [self.core.split_words(t) for t in texts]
-        with self.engine.tokenizer_lock:  # shared by the lanes
-            encoded = self.engine.tokenizer(
+        with m.engine.tokenizer_lock:  # shared by the lanes
+            encoded = m.engine.tokenizer(
                 [[w for w, _, _ in row] or [""] for row in words],
                 is_split_into_words=True,
                 truncation=True,
-                max_length=self.engine.max_length,
+                max_length=m.engine.max_length,
                 padding=True,
                 return_tensors="np",
             )
         word_ids = [encoded.word_ids(i) for i in range(len(texts))]
         truncated = [len({w for w in ids if w is not None}) < len(row) for ids, row in zip(word_ids, words)]
         feeds = {k: encoded[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
-        logits = self.engine.run(feeds, "logits", per_token=True)
+        logits = m.engine.run(feeds, "logits", per_token=True)
         engine.metrics().observe("/tag", len(texts), time.perf_counter() - started, sum(truncated))
         out = []
         for text, row, row_words, ids_of_words, cut in zip(texts, logits, words, word_ids, truncated):
             ids, scores = self.core.word_scores(row, ids_of_words, num_words=len(row_words))
-            tags = [self.labels[i] for i in ids]
+            tags = [m.labels[i] for i in ids]
             entities = self.core.spans_to_entities(text, row_words, tags, scores) if row_words else []
             out.append(
                 {
                     "entities": [{**e, "score": round(e["score"], 6)} for e in entities],
-                    "model_version": self.version,
+                    "model_version": m.version,
                     "truncated": cut,
                 }
             )
@@ -233,16 +292,20 @@ class TokenTagging(Endpoint):
 
 
 @bentoml.service(name="bertops", traffic={"timeout": 60}, workers=SERVE["workers"])
-@bentoml.asgi_app(engine.info_app(_describe), path="/")
+@bentoml.asgi_app(engine.info_app(_describe, _reload), path="/")
 class QuestionAnswering(Endpoint):
     route = "/answer"
     head = AutoModelForQuestionAnswering
 
     def __init__(self) -> None:
-        super().__init__()
         import bertops_qa_core
 
         self.core = bertops_qa_core
+        super().__init__()
+
+    def warm(self, served: engine.Served) -> None:
+        feeds, _ = served.engine.encode([("a question?", "a context")])
+        served.engine.forward(feeds)
 
     @bentoml.api
     async def answer(self, questions: Questions) -> list[dict]:
@@ -251,13 +314,14 @@ class QuestionAnswering(Endpoint):
 
     def _answer(self, questions: list) -> list[dict]:
         started = time.perf_counter()
-        settings = self.settings
+        m = self.model
+        settings = m.settings
         examples = [self.core.QAExample(str(i), "", q.context, q.question, []) for i, q in enumerate(questions)]
-        with self.engine.tokenizer_lock:  # shared by the lanes
+        with m.engine.tokenizer_lock:  # shared by the lanes
             features = self.core.build_features(
-                self.engine.tokenizer,
+                m.engine.tokenizer,
                 examples,
-                self.engine.max_length,
+                m.engine.max_length,
                 settings["doc_stride"],
                 settings["max_query_length"],
                 training=False,
@@ -265,9 +329,9 @@ class QuestionAnswering(Endpoint):
         feeds = engine.encoding.to_feeds(
             [f["input_ids"] for f in features],
             [f["token_type_ids"] for f in features],
-            self.engine.tokenizer.pad_token_id,
+            m.engine.tokenizer.pad_token_id,
         )
-        out = self.engine.forward(feeds)
+        out = m.engine.forward(feeds)
         starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
         predictions = self.core.postprocess(
             examples, features, list(starts), list(ends), max_answer_length=settings["max_answer_tokens"]
@@ -277,7 +341,7 @@ class QuestionAnswering(Endpoint):
             {
                 **predictions[e.id],
                 "score": round(predictions[e.id]["score"], 6),
-                "model_version": self.version,
+                "model_version": m.version,
                 "windows": sum(f["example_index"] == i for f in features),
             }
             for i, e in enumerate(examples)

@@ -63,3 +63,12 @@ def smoke_config(overrides: list[str] = (), profile: bool = True):
 @pytest.fixture()
 def make_config():
     return smoke_config
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A real PostgreSQL server (started once per session on 127.0.0.1) for the registry tests."""
+    from tests.postgres import postgres_server
+
+    with postgres_server() as url:
+        yield url

@@ -1,16 +1,35 @@
+"""The registry on a real database: every test runs against the embedded SQLite file and against
+a real PostgreSQL server (tests/postgres.py), each test on a database of its own."""
+
 import json
 import multiprocessing as mp
+import os
+import signal
+import time
+import uuid
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from bertops.registry import Registry, RegistryError
+from bertops.registry import Registry, RegistryError, masked, versions_table
 
 APPROVED = {"gate": {"approved": True}}
 
 
-def test_register_promote_archive_and_history(tmp_path: Path):
-    reg = Registry(tmp_path)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    server = request.getfixturevalue("postgres_url")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with sa.create_engine(server, isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    return server.rsplit("/", 1)[0] + f"/{name}"
+
+
+def test_register_promote_archive_and_history(url: str):
+    reg = Registry(url)
     reg.register("m", "v1", APPROVED)
     reg.register("m", "v2", APPROVED)
     assert reg.promote("m", "v1") is None
@@ -18,12 +37,26 @@ def test_register_promote_archive_and_history(tmp_path: Path):
     versions = reg.versions("m")
     assert reg.production("m") == "v2"
     assert versions["v1"]["stage"] == "archived" and versions["v2"]["stage"] == "production"
+    assert versions["v2"]["gate"] == {"approved": True}
     assert [e["action"] for e in reg.history("m")] == ["register", "register", "promote", "promote"]
     assert reg.history("m")[-1]["reason"] == "better" and reg.history("m")[-1]["who"]
 
 
-def test_rollback_returns_to_the_previous_production(tmp_path: Path):
-    reg = Registry(tmp_path)
+def test_every_change_moves_the_revision_that_endpoints_poll(url: str):
+    reg = Registry(url)
+    assert reg.state("m") == (None, 0)
+    reg.register("m", "v1", APPROVED)
+    _, after_register = reg.state("m")
+    reg.promote("m", "v1")
+    production, after_promote = reg.state("m")
+    assert production == "v1" and after_promote > after_register > 0
+    with pytest.raises(RegistryError):
+        reg.promote("m", "v9")
+    assert reg.state("m") == ("v1", after_promote)  # a refused change moves nothing
+
+
+def test_rollback_returns_to_the_previous_production(url: str):
+    reg = Registry(url)
     for v in ("v1", "v2"):
         reg.register("m", v, APPROVED)
         reg.promote("m", v)
@@ -33,8 +66,18 @@ def test_rollback_returns_to_the_previous_production(tmp_path: Path):
         reg.rollback("m")
 
 
-def test_promotion_needs_a_positive_gate_or_a_forced_reason(tmp_path: Path):
-    reg = Registry(tmp_path)
+def test_repeated_rollbacks_walk_back_through_production_versions(url: str):
+    reg = Registry(url)
+    for v in ("v1", "v2", "v3"):
+        reg.register("m", v, APPROVED)
+        reg.promote("m", v)
+    assert reg.rollback("m") == "v2"
+    assert reg.rollback("m") == "v1"
+    assert reg.production("m") == "v1"
+
+
+def test_promotion_needs_a_positive_gate_or_a_forced_reason(url: str):
+    reg = Registry(url)
     reg.register("m", "bad", {"gate": {"approved": False}})
     reg.register("m", "ungated", {})
     with pytest.raises(RegistryError, match="negative gate decision"):
@@ -48,84 +91,141 @@ def test_promotion_needs_a_positive_gate_or_a_forced_reason(tmp_path: Path):
     assert reg.history("m")[-1]["forced"] is True
 
 
-def test_unknown_version_is_named(tmp_path: Path):
-    reg = Registry(tmp_path)
+def test_unknown_and_duplicate_versions_are_named(url: str):
+    reg = Registry(url)
     reg.register("m", "v1", APPROVED)
     with pytest.raises(RegistryError, match="no version 'v9'.*v1"):
         reg.promote("m", "v9")
+    with pytest.raises(RegistryError, match="m:v1 is already registered"):
+        reg.register("m", "v1", {"gate": {"approved": False}})
+    assert reg.versions("m")["v1"]["gate"] == {"approved": True}  # the first record stands
 
 
-def test_a_crash_inside_an_update_leaves_the_old_state(tmp_path: Path):
-    reg = Registry(tmp_path)
+def test_the_database_itself_allows_one_production_version_per_model(url: str):
+    reg = Registry(url)
+    for v in ("v1", "v2"):
+        reg.register("m", v, APPROVED)
+    reg.promote("m", "v1")
+    with pytest.raises(sa.exc.IntegrityError), reg.engine.begin() as conn:  # a writer that skips the API
+        conn.execute(versions_table.update().where(versions_table.c.version == "v2").values(stage="production"))
+    assert [v for v, r in reg.versions("m").items() if r["stage"] == "production"] == ["v1"]
+
+
+def test_a_failure_inside_a_change_leaves_the_old_state(url: str):
+    reg = Registry(url)
     reg.register("m", "v1", APPROVED)
-    before = reg.file.read_text()
     with pytest.raises(ZeroDivisionError):
-        with reg._transaction() as state:
-            state["models"]["m"]["production"] = "v1"
+        with reg._change("m") as (conn, _):
+            conn.execute(versions_table.update().values(stage="production"))
             1 / 0  # noqa: B018 (the crash inside the transaction)
-    assert reg.file.read_text() == before
-    assert not list(tmp_path.glob(".registry-*"))
+    assert reg.versions("m")["v1"]["stage"] == "candidate" and reg.production("m") is None
 
 
-def _promote_many(root: str, versions: list[str]) -> None:
-    reg = Registry(Path(root))
+def _promote_many(url: str, versions: list[str]) -> None:
+    reg = Registry(url)
     for v in versions:
         reg.promote("m", v)
 
 
-def test_concurrent_promotions_leave_a_consistent_state(tmp_path: Path):
-    reg = Registry(tmp_path)
+def test_concurrent_promotions_from_many_processes_leave_one_production(url: str):
+    reg = Registry(url)
     versions = [f"v{i}" for i in range(12)]
     for v in versions:
         reg.register("m", v, APPROVED)
-    ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_promote_many, args=(str(tmp_path), versions[i::3])) for i in range(3)]
+    ctx = mp.get_context("spawn")  # separate processes, separate connections: like separate machines
+    procs = [ctx.Process(target=_promote_many, args=(url, versions[i::3])) for i in range(3)]
     for p in procs:
         p.start()
     for p in procs:
         p.join()
-    state = json.loads(reg.file.read_text())["models"]["m"]
-    in_production = [v for v, r in state["versions"].items() if r["stage"] == "production"]
-    assert in_production == [state["production"]]  # exactly one, and it is the pointer
-    assert sum(e["action"] == "promote" for e in state["history"]) == 12
+    assert all(p.exitcode == 0 for p in procs)
+    in_production = [v for v, r in reg.versions("m").items() if r["stage"] == "production"]
+    assert in_production == [reg.production("m")]  # exactly one, and it is the pointer
+    assert sum(e["action"] == "promote" for e in reg.history("m")) == 12  # every history entry kept
 
 
-def test_repeated_rollbacks_walk_back_through_production_versions(tmp_path: Path):
-    reg = Registry(tmp_path)
-    for v in ("v1", "v2", "v3"):
-        reg.register("m", v, APPROVED)
-        reg.promote("m", v)
-    assert reg.rollback("m") == "v2"
-    assert reg.rollback("m") == "v1"
-    assert reg.production("m") == "v1"
-
-
-def _promote_forever(root: str, versions: list[str]) -> None:
-    reg = Registry(Path(root))
+def _promote_forever(url: str, versions: list[str]) -> None:
+    reg = Registry(url)
     while True:
         for v in versions:
             reg.promote("m", v)
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.1, 0.25])
-def test_killing_a_process_mid_promotion_leaves_a_consistent_registry(tmp_path: Path, delay: float):
-    import os
-    import signal
-    import time
-
-    reg = Registry(tmp_path)
+@pytest.mark.parametrize("delay", [0.3, 0.6, 1.0])
+def test_killing_a_process_mid_promotion_leaves_a_consistent_registry(url: str, delay: float):
+    reg = Registry(url)
     versions = [f"v{i}" for i in range(6)]
     for v in versions:
         reg.register("m", v, APPROVED)
-    proc = mp.get_context("fork").Process(target=_promote_forever, args=(str(tmp_path), versions))
+    proc = mp.get_context("spawn").Process(target=_promote_forever, args=(url, versions))
     proc.start()
     time.sleep(delay)
     os.kill(proc.pid, signal.SIGKILL)  # no cleanup runs: like a crash or power loss
     proc.join()
-    state = json.loads(reg.file.read_text())["models"]["m"]  # always parseable: old or new, never half
-    production = [v for v, r in state["versions"].items() if r["stage"] == "production"]
-    assert production == ([state["production"]] if state["production"] else [])
-    # The lock died with the process: the next promotion goes through.
-    reg.promote("m", "v0", reason="after the crash")
+    production = [v for v, r in reg.versions("m").items() if r["stage"] == "production"]
+    assert production == ([reg.production("m")] if reg.production("m") else [])
+    promotions = [e for e in reg.history("m") if e["action"] == "promote"]
+    assert not promotions or promotions[-1]["version"] == reg.production("m")  # history and pointer agree
+    reg.promote("m", "v0", reason="after the crash")  # the dead writer's lock went with it
     assert reg.production("m") == "v0"
-    assert not list(tmp_path.glob(".registry-*.json"))  # a dead writer's temp file is swept
+
+
+def test_an_old_registry_json_is_imported_once_with_nothing_lost(tmp_path: Path):
+    legacy = {
+        "models": {
+            "m": {
+                "production": "v2",
+                "versions": {
+                    "v1": {**APPROVED, "bento_tag": "m:v1", "stage": "archived", "registered_at": "2026-01-01T00:00:00+00:00"},
+                    "v2": {**APPROVED, "bento_tag": "m:v2", "stage": "production", "registered_at": "2026-01-02T00:00:00+00:00"},
+                },
+                "history": [
+                    {"action": "register", "version": "v1", "stage": "candidate", "previous": None, "reason": "packaged", "forced": False, "who": "ann", "when": "2026-01-01T00:00:00+00:00"},
+                    {"action": "promote", "version": "v1", "stage": "production", "previous": None, "reason": "first", "forced": False, "who": "ann", "when": "2026-01-01T00:01:00+00:00"},
+                    {"action": "register", "version": "v2", "stage": "candidate", "previous": None, "reason": "packaged", "forced": False, "who": "bob", "when": "2026-01-02T00:00:00+00:00"},
+                    {"action": "promote", "version": "v2", "stage": "production", "previous": "v1", "reason": "better", "forced": True, "who": "bob", "when": "2026-01-02T00:01:00+00:00"},
+                ],
+            }
+        }
+    }  # fmt: skip
+    (tmp_path / "registry.json").write_text(json.dumps(legacy))
+    reg = Registry.at(tmp_path)
+    assert reg.production("m") == "v2"
+    assert reg.versions("m") == legacy["models"]["m"]["versions"]
+    assert reg.history("m") == legacy["models"]["m"]["history"]
+    assert reg.rollback("m") == "v1"  # the imported history drives rollbacks
+    again = Registry.at(tmp_path)  # a second open (another command) imports nothing twice
+    assert again.production("m") == "v1" and len(again.history("m")) == 5
+    assert (tmp_path / "registry.json").is_file()  # the old file stays as it was
+
+
+def test_an_unreachable_database_fails_fast_naming_the_url_without_its_password():
+    with socket_closed() as port:
+        reg = Registry(f"postgresql+psycopg://team:s3cret@127.0.0.1:{port}/bertops")
+        started = time.monotonic()
+        with pytest.raises(RegistryError) as err:
+            reg.production("m")
+    assert time.monotonic() - started < 10
+    message = str(err.value)
+    assert f"postgresql+psycopg://team:***@127.0.0.1:{port}/bertops" in message and "s3cret" not in message
+    assert "BERTOPS_REGISTRY_URL" in message and "nothing was changed" in message
+
+
+def test_a_url_that_is_not_a_database_is_named():
+    with pytest.raises(RegistryError, match="not a database URL"):
+        Registry("registry/registry.json").production("m")
+    assert masked("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+
+
+class socket_closed:
+    """A loopback port with nothing listening."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def __exit__(self, *exc) -> None:
+        return None
