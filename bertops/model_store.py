@@ -87,7 +87,7 @@ class ModelStore:
                 for path in sorted(Path(folder).rglob("*")):
                     if path.is_file():
                         tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
-            digest = file_sha256(archive)
+            digest, size = file_sha256(archive), archive.stat().st_size
             target = f"{base}/{name}/{version}.tar"
             try:
                 fs.makedirs(f"{base}/{name}", exist_ok=True)
@@ -95,7 +95,7 @@ class ModelStore:
                 fs.mv(target + ".partial", target)  # readers see no file or the whole file
             except OSError as exc:
                 raise self._unreachable(exc) from None
-        return {"uri": f"{self.url.rstrip('/')}/{name}/{version}.tar", "sha256": digest, "bytes": archive.stat().st_size}
+        return {"uri": f"{self.url.rstrip('/')}/{name}/{version}.tar", "sha256": digest, "bytes": size}
 
     def fetch(self, name: str, version: str, sha256: str) -> Path:
         """The unpacked folder of `name:version` in the local cache, downloading it if needed; its

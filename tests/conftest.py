@@ -72,3 +72,12 @@ def postgres_url() -> str:
 
     with postgres_server() as url:
         yield url
+
+
+def registry_state(root: Path, name: str = "bertops-sst2") -> dict:
+    """The registry of the workspace at `root` (BERTOPS_REGISTRY_URL when set), as one dict:
+    production, versions, history (what the tests compare before and after)."""
+    from bertops.registry import Registry
+
+    registry = Registry.at(Path(root) / "registry")
+    return {"production": registry.production(name), "versions": registry.versions(name), "history": registry.history(name)}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, datasets_root, smoke_config
+from tests.conftest import REPO, datasets_root, registry_state, smoke_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STAGES = ["ingest", "validate", "pretrain", "prepare", "finetune", "distill", "evaluate", "gate", "package", "promote"]
@@ -79,7 +79,7 @@ def _retrain(root: Path):
 
 
 def _versions(root: Path) -> dict:
-    return json.loads((root / "registry/registry.json").read_text())["models"]["bertops-sst2"]
+    return registry_state(root)
 
 
 def test_retrain_twice_then_on_a_changed_corpus(repo, harness):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, datasets_root
+from tests.conftest import REPO, datasets_root, registry_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -86,7 +86,7 @@ def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path,
         "package",
         "promote",
     ]
-    registry = json.loads((workspace / "registry/registry.json").read_text())["models"]["bertops-sst2"]
+    registry = registry_state(workspace)
     assert registry["production"] is not None
 
     async def artifact(key: str) -> str:
@@ -125,7 +125,7 @@ def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path,
         _run([f"ingest.path={bad}", f"notify.webhook_url={hook_url}"])
     assert events[-1]["event"] == "failure" and events[-1]["stage"] == "validate"
     assert "labels inside the declared label set" in events[-1]["message"]
-    after = json.loads((workspace / "registry/registry.json").read_text())["models"]["bertops-sst2"]
+    after = registry_state(workspace)
     assert after["production"] == registry["production"] and after["versions"].keys() == registry["versions"].keys()
     assert (workspace / "models/sst2/model.safetensors").read_bytes() == model_bytes
 
@@ -142,7 +142,7 @@ def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path,
     )
     outcomes = {stage: outcome for stage, _, outcome in summary["timings"]}
     assert outcomes["pretrain"] == "disabled" and outcomes["distill"] == "ran"
-    shipped = json.loads((workspace / "registry/registry.json").read_text())["models"]["bertops-sst2"]
+    shipped = registry_state(workspace)
     lineage = shipped["versions"][shipped["production"]]["lineage"]
     assert shipped["production"] != registry["production"] and lineage["stage"] == "distill"
     assert lineage["student"]["layers"] == 2 and lineage["teacher"]["layers"] == 6

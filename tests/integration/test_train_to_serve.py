@@ -136,7 +136,9 @@ def test_rejected_model_is_not_packaged(trained_workspace):
     assert not gate(strict, root).approved
     with pytest.raises(GateRejected, match="accuracy"):
         package(strict, root)
-    assert not (root / "registry/registry.json").exists()
+    from bertops.model_store import registry_for
+
+    assert registry_for(cfg, root).versions(cfg.package.model_name) == {}  # nothing registered
     gate(cfg, root)  # restore the approving decision for the next test
 
 
@@ -144,8 +146,8 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
     import shutil
 
     from bertops import server
+    from bertops.model_store import registry_for
     from bertops.packaging import package, promote
-    from bertops.registry import Registry
     from tests.conftest import REPO
 
     root, cfg, _ = trained_workspace
@@ -153,7 +155,7 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
     packaged = package(cfg, root)
     record = promote(cfg, root)
     assert record["version"] == packaged.version
-    registry = Registry(root / "registry")
+    registry = registry_for(cfg, root)
     assert registry.production("bertops-sst2") == packaged.version
     assert registry.versions("bertops-sst2")[packaged.version]["lineage"]["dataset"] == "sst2"
 
@@ -213,8 +215,9 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
         )
         assert again.json() == body
 
-        # The endpoint follows the registry: promoting a second (approved) version restarts the running
-        # server on it, and a rollback brings the first one back.
+        # The endpoint follows the registry: a second (approved) version, promoted while clients keep
+        # sending requests, is loaded beside the first and switched to with no restart and no failed
+        # request; a rollback written to the registry alone reaches it by polling.
         lenient = smoke_config(
             [
                 "finetune.max_steps=2",
@@ -228,19 +231,93 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
         )
         assert gate(lenient, root).approved
         second = package(lenient, root)
-        assert promote(lenient, root)["previous"] == packaged.version
-        assert second.version in server.follow_registry(cfg)
-
-        def serving() -> str:
-            return httpx.post(f"{url}/classify", json={"texts": ["fine"]}, timeout=60).json()[0]["model_version"]
-
-        assert serving() == second.model_tag
-        assert registry.rollback("bertops-sst2", reason="test") == packaged.version
-        assert packaged.version in server.follow_registry(cfg)
-        assert serving() == packaged.model_tag
+        pid = server.pid_path(cfg).read_text()
+        with _steady_traffic(url) as seen:
+            assert promote(lenient, root)["previous"] == packaged.version
+            assert second.version in server.follow_registry(cfg)
+            _wait_for(lambda: seen["versions"][-1:] == [second.model_tag], 10)
+            assert registry.rollback("bertops-sst2", reason="test") == packaged.version
+            _wait_for(lambda: seen["versions"][-1:] == [packaged.model_tag], cfg.serve.poll_s + 20)  # no reload call
+        assert seen["failed"] == [] and seen["answered"] > 20, seen["failed"][:3]
+        assert {packaged.model_tag, second.model_tag} <= set(seen["versions"])
+        assert server.pid_path(cfg).read_text() == pid  # the same server process throughout
+        _an_altered_or_missing_artifact_is_refused_and_the_endpoint_keeps_serving(root, cfg, url, registry, packaged)
     finally:
         print(server.stop(cfg))
         os.chdir(cwd)
+
+
+class _steady_traffic:
+    """Two clients sending requests back to back; records the versions that answered and any failure."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        self.url, self.stop = url, threading.Event()
+        self.seen: dict = {"versions": [], "failed": [], "answered": 0}
+
+    def _client(self) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not self.stop.is_set():
+                try:
+                    reply = client.post(f"{self.url}/classify", json={"texts": ["a fine film"]})
+                except httpx.HTTPError as exc:
+                    self.seen["failed"].append(repr(exc))
+                    continue
+                if reply.status_code != 200:
+                    self.seen["failed"].append(f"{reply.status_code} {reply.text[:200]}")
+                    continue
+                self.seen["answered"] += 1
+                version = reply.json()[0]["model_version"]
+                if self.seen["versions"][-1:] != [version]:
+                    self.seen["versions"].append(version)
+
+    def __enter__(self) -> dict:
+        import threading
+
+        self.threads = [threading.Thread(target=self._client) for _ in range(2)]
+        for thread in self.threads:
+            thread.start()
+        return self.seen
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+
+def _wait_for(condition, timeout: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _an_altered_or_missing_artifact_is_refused_and_the_endpoint_keeps_serving(root, cfg, url, registry, packaged):
+    from bertops import server
+    from bertops.model_store import StoreError, store_for
+    from bertops.packaging import promote
+
+    name = cfg.package.model_name
+    record = registry.versions(name)[packaged.version]
+    body = {k: v for k, v in record.items() if k not in ("stage", "registered_at")}
+    store = Path(store_for(cfg, root).url) / name
+    (store / "altered.tar").write_bytes((store / f"{packaged.version}.tar").read_bytes() + b"tampered")
+    for version in ("altered", "missing"):  # the registry says: the bytes of the good version
+        registry.register(name, version, body)
+    for version, why in (("altered", "does not match the registry"), ("missing", "missing from the model store")):
+        promote(cfg, root, version=version)
+        with pytest.raises(server.ServeError, match=why):
+            server.follow_registry(cfg)
+        reply = httpx.post(f"{url}/classify", json={"texts": ["fine"]}, timeout=60)
+        assert reply.status_code == 200 and reply.json()[0]["model_version"] == packaged.model_tag
+        follow = httpx.get(f"{url}/metadata", timeout=10).json()["follow"]
+        assert version in follow["refused"] and follow["serving"] == packaged.version
+    with pytest.raises(StoreError, match="missing from the model store"):
+        server.start_detached(cfg, timeout=60)  # a fresh start refuses it too, and says why
+    registry.promote(name, packaged.version, reason="back to the good one")
 
 
 def _embeddings_are_unit_sentence_vectors(url: str) -> None:
@@ -307,6 +384,10 @@ def test_bearer_token_is_required_when_configured(trained_workspace, monkeypatch
             reply = httpx.post(f"{url}/classify", json={"texts": ["fine"]}, headers=headers, timeout=30)
             assert reply.status_code == 401 and "bearer token" in reply.json()["error"]
         assert httpx.get(f"{url}/metadata", timeout=10).status_code == 401
+        # The admin call has its own token (start_detached made one; promote reads it): the API's is refused.
+        admin = httpx.post(f"{url}/admin/reload", headers={"Authorization": "Bearer s3cret-token"}, timeout=30)
+        assert admin.status_code == 401 and "admin token" in admin.json()["error"]
+        assert "now serves" in server.follow_registry(cfg)
         ok = httpx.post(
             f"{url}/classify", json={"texts": ["fine"]}, headers={"Authorization": "Bearer s3cret-token"}, timeout=60
         )
