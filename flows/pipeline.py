@@ -207,6 +207,20 @@ TASKS = (
 )
 
 
+@task(name="push", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+def push_task(ctx: RunContext) -> str:
+    """`dvc push` what the run tracks (data, models) to the DVC remote, so the next pod (a fresh
+    checkout) starts from it. No remote configured: nothing to push. A failed push fails the run."""
+    root = Path(ctx.root)
+    remotes = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], cwd=root, capture_output=True, text=True)
+    if remotes.returncode != 0 or not remotes.stdout.strip():
+        return "no DVC remote configured: nothing pushed (`dvc remote add -d NAME URL` to share data and models)"
+    proc = subprocess.run([sys.executable, "-m", "dvc", "push", "-q"], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PipelineError("push", (proc.stderr or proc.stdout).strip()[-1000:] or "dvc push failed", transient=True)
+    return "pushed to the DVC remote"
+
+
 @task(name="check-for-changes", cache_policy=NO_CACHE)
 def changes_task(ctx: RunContext) -> dict:
     """Whether anything the pipeline depends on changed since the last successful run (DVC decides)."""
@@ -337,6 +351,8 @@ def retrain(
                 logger.info("changed since the last run: %s", ", ".join(sorted(changes)))
             for stage_task in TASKS:
                 timings.append(stage_task(ctx))
+            if executor == "dvc":
+                logger.info(push_task(ctx))
         except Exception as exc:
             notify(
                 config.notify,
