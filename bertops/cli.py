@@ -192,16 +192,21 @@ def promote(
     version: str | None = typer.Argument(None, help="registry version (default: the last packaged)"),
     force: bool = typer.Option(False, "--force", help="promote despite a missing/negative gate decision"),
     reason: str = typer.Option("", "--reason", help="why (recorded in the history; required with --force)"),
+    canary: float | None = typer.Option(None, "--canary", help="send this percent of requests to VERSION"),
+    shadow: bool = typer.Option(False, "--shadow", help="run VERSION on every request, answers discarded"),
     params: Path = ParamsOpt,
     profile: Path | None = ProfileOpt,
     set_: list[str] = SetOpt,
 ) -> None:
-    """Mark a model version as production (the endpoint serves production)."""
+    """Mark a model version as production (the endpoint follows), or start a canary or a shadow of
+    it; promoting the canary's version completes the rollout, `bertops rollback` withdraws it."""
     from bertops import server
     from bertops.packaging import promote as run
 
     cfg = _config(params, profile, set_)
-    _echo_json(_run("promote", lambda: run(cfg, version=version, reason=reason, force=force)))
+    _echo_json(
+        _run("promote", lambda: run(cfg, version=version, reason=reason, force=force, canary=canary, shadow=shadow))
+    )
     followed = _run("serve", lambda: server.follow_registry(cfg))
     if followed:
         typer.echo(followed)
@@ -214,13 +219,20 @@ def rollback(
     profile: Path | None = ProfileOpt,
     set_: list[str] = SetOpt,
 ) -> None:
-    """Make the previous production version production again."""
+    """Withdraw a running canary or shadow; without one, make the previous production version
+    production again."""
     from bertops import server
     from bertops.model_store import registry_for
 
     cfg = _config(params, profile, set_)
-    target = _run("rollback", lambda: registry_for(cfg).rollback(cfg.package.model_name, reason))
-    typer.echo(f"{cfg.package.model_name}: production is now {target}")
+    registry, name = registry_for(cfg), cfg.package.model_name
+    routing = _run("rollback", lambda: registry.routing(name))
+    if routing.canary or routing.shadow:
+        withdrawn = _run("rollback", lambda: registry.withdraw(name, reason or "rolled back"))
+        typer.echo(f"{name}: withdrew {', '.join(withdrawn)}; production stays {routing.production}")
+    else:
+        target = _run("rollback", lambda: registry.rollback(name, reason))
+        typer.echo(f"{name}: production is now {target}")
     followed = _run("serve", lambda: server.follow_registry(cfg))
     typer.echo(followed or "no detached server is running; `bertops serve --detach` serves the new version")
 
@@ -367,9 +379,15 @@ def models_list(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set
     from bertops.model_store import registry_for
 
     cfg = _config(params, profile, set_)
-    versions = _run("models", lambda: registry_for(cfg).versions(cfg.package.model_name))
+    registry = registry_for(cfg)
+    versions = _run("models", lambda: registry.versions(cfg.package.model_name))
     if not versions:
         typer.echo(f"no versions of {cfg.package.model_name} yet")
+    routing = _run("models", lambda: registry.routing(cfg.package.model_name))
+    if routing.canary:
+        typer.echo(f"canary: {routing.canary} takes {routing.canary_percent:g}% of requests")
+    if routing.shadow:
+        typer.echo(f"shadow: {routing.shadow} answers every request in the background")
     for version, record in versions.items():
         metrics = record.get("metrics", {})
         typer.echo(
@@ -401,8 +419,8 @@ def models_history(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, 
     cfg = _config(params, profile, set_)
     for event in _run("models", lambda: registry_for(cfg).history(cfg.package.model_name)):
         typer.echo(
-            f"{event['when']}  {event['action']:<9} {event['version']}  previous={event['previous']}  "
-            f"by={event['who']}  forced={event['forced']}  reason={event['reason']}"
+            f"{event['when']}  {event['action']:<9} {event['stage']:<10} {event['version']}  "
+            f"previous={event['previous']}  by={event['who']}  forced={event['forced']}  reason={event['reason']}"
         )
 
 

@@ -243,6 +243,13 @@ class PromoteConfig(_Section):
     stage: Literal["production", "staging"]
 
 
+class CanaryConfig(_Section):
+    window_s: float = Field(gt=0)
+    min_requests: int = Field(ge=1)
+    max_error_rate: float = Field(ge=0, le=1)
+    max_p95_ratio: float = Field(gt=0)
+
+
 class ServeConfig(_Section):
     host: str
     port: int = Field(ge=1, le=65535)
@@ -257,6 +264,7 @@ class ServeConfig(_Section):
     normalize_embeddings: bool
     api_token_env: str | None = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     poll_s: float = Field(gt=0)
+    canary: CanaryConfig
     admin_token_env: str | None = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     onnx_max_abs_diff: float = Field(gt=0)
     int8_max_accuracy_drop: float = Field(ge=0, le=1)

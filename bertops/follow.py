@@ -18,74 +18,130 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from bertops.model_store import ModelStore
-from bertops.registry import Registry
+from bertops.registry import Registry, Routing
 
 log = logging.getLogger("bertops.follow")
 
 
 class Follower:
-    def __init__(
-        self,
-        name: str,
-        registry: Registry,
-        store: ModelStore,
-        switch: Callable[[str, Path], None],
-        current: str | None,
-        poll_s: float,
-    ) -> None:
-        self.name, self.registry, self.store, self.switch = name, registry, store, switch
-        self.current, self.poll_s = current, poll_s
+    """Keeps a service on the registry's routing: production, and an optional canary and shadow.
+
+    `service` loads versions: `switch(version, path)` makes one production; `set_trial(role,
+    version, path, percent)` starts (version given) or ends (None) the canary or the shadow. With a
+    `watch`, a canary whose health fails its limits is withdrawn in the registry (who: auto)."""
+
+    def __init__(self, name: str, registry: Registry, store: ModelStore, service, current: str | None,
+                 poll_s: float, watch: CanaryWatch | None = None) -> None:  # fmt: skip
+        self.name, self.registry, self.store, self.service = name, registry, store, service
+        self.poll_s, self.watch = poll_s, watch
+        self.serving: dict[str, str | None] = {"production": current, "canary": None, "shadow": None}
+        self.canary_percent: float | None = None
         self.error: str | None = None
         self.refused: dict[str, str] = {}  # version -> why it was not loaded
+        self.withdrawn: str | None = None  # the last automatic withdrawal, and why
         self.checked_at: float | None = None
         self.switched_at: float | None = None
         self._lock = threading.Lock()  # one check at a time (the poller and an admin reload)
         self._stop = threading.Event()
 
+    @property
+    def current(self) -> str | None:
+        return self.serving["production"]
+
     def check(self, retry_refused: bool = False) -> dict:
-        """Look at the registry now; switch if production moved. Returns `status()`."""
+        """Look at the registry now and follow it. Returns `status()`."""
         with self._lock:
             try:
-                production, _ = self.registry.state(self.name)
-                if production and production != self.current and (retry_refused or production not in self.refused):
-                    self._switch_to(production)
+                routing = self.registry.routing(self.name)
+                self._follow(routing, retry_refused)
+                self._judge_canary()
                 self.error = None
-            except Exception as exc:  # noqa: BLE001 - whatever failed, the current version keeps serving
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the current versions keep serving
                 self.error = f"{type(exc).__name__}: {exc}"
-                log.warning("following the registry: %s (still serving %s)", self.error, self.current)
+                log.warning("following the registry: %s (still serving %s)", self.error, self.serving)
             self.checked_at = time.time()
             return self.status()
 
-    def _switch_to(self, version: str) -> None:
+    def _wanted(self, version: str | None, retry_refused: bool) -> bool:
+        return bool(version) and (retry_refused or version not in self.refused)
+
+    def _follow(self, routing: Routing, retry_refused: bool) -> None:
+        if routing.production != self.serving["production"] and self._wanted(routing.production, retry_refused):
+            path = self._fetch(routing.production)
+            self._apply(routing.production, partial(self.service.switch, routing.production, path))
+            previous, self.serving["production"] = self.serving["production"], routing.production
+            self.switched_at = time.time()
+            log.warning("now serving %s:%s (was %s)", self.name, routing.production, previous)
+            self.store.remove_cached(self.name, keep={v for v in (*self.serving.values(), previous) if v})
+        for role, version, percent in (
+            ("canary", routing.canary, routing.canary_percent),
+            ("shadow", routing.shadow, None),
+        ):
+            if version == self.serving[role] and (role != "canary" or percent == self.canary_percent):
+                continue
+            if version is None:
+                self.service.set_trial(role, None, None, None)
+                self.serving[role] = None
+                log.warning("%s of %s ended", role, self.name)
+            elif self._wanted(version, retry_refused):
+                path = self._fetch(version)
+                self._apply(version, partial(self.service.set_trial, role, version, path, percent))
+                self.serving[role] = version
+                log.warning("%s: %s:%s%s", role, self.name, version, f" takes {percent:g}%" if percent else "")
+            if role == "canary":
+                self.canary_percent = percent if self.serving["canary"] else None
+
+    def _fetch(self, version: str) -> Path:
         record = self.registry.versions(self.name).get(version) or {}
         artifact = record.get("artifact")
         try:
             if not artifact:
                 raise RuntimeError(f"{self.name}:{version} has no artifact in the model store (packaged before it?)")
-            path = self.store.fetch(self.name, version, artifact["sha256"])
-            self.switch(version, path)
+            return self.store.fetch(self.name, version, artifact["sha256"])
         except Exception as exc:
             self.refused[version] = f"{type(exc).__name__}: {exc}"
             raise
-        previous, self.current = self.current, version
+
+    def _apply(self, version: str, load: Callable[[], None]) -> None:
+        try:
+            load()
+        except Exception as exc:
+            self.refused[version] = f"{type(exc).__name__}: {exc}"
+            raise
         self.refused.pop(version, None)
-        self.switched_at = time.time()
-        log.warning("now serving %s:%s (was %s)", self.name, version, previous)
-        self.store.remove_cached(self.name, keep={v for v in (version, previous) if v})  # previous: a quick rollback
+
+    def _judge_canary(self) -> None:
+        canary, production = self.serving["canary"], self.serving["production"]
+        if self.watch is None or not canary or not production:
+            return
+        reason = self.watch.verdict(canary, production)
+        if reason is None:
+            return
+        self.registry.withdraw(self.name, reason=f"canary {canary}: {reason}", who="auto")
+        self.service.set_trial("canary", None, None, None)
+        self.serving["canary"], self.canary_percent = None, None
+        self.withdrawn = f"{canary}: {reason}"
+        log.warning("canary %s:%s withdrawn automatically: %s", self.name, canary, reason)
 
     def status(self) -> dict:
         return {
             "following": self.name,
-            "serving": self.current,
+            "serving": self.serving["production"],
+            "canary": self.serving["canary"],
+            "canary_percent": self.canary_percent,
+            "shadow": self.serving["shadow"],
             "poll_s": self.poll_s,
             "checked_at": self.checked_at,
             "switched_at": self.switched_at,
             "error": self.error,
             "refused": dict(self.refused),
+            "withdrawn": self.withdrawn,
         }
 
     def start(self) -> Follower:
@@ -98,3 +154,54 @@ class Follower:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+class CanaryWatch:
+    """The canary's health over a sliding window, against production's in the same window:
+    `verdict()` says why it must be withdrawn (error share or p95 latency over the limits), or None."""
+
+    def __init__(
+        self, window_s: float, min_requests: int, max_error_rate: float, max_p95_ratio: float, clock=time.monotonic
+    ) -> None:
+        self.window_s, self.min_requests = window_s, min_requests
+        self.max_error_rate, self.max_p95_ratio = max_error_rate, max_p95_ratio
+        self.clock = clock
+        self._events: deque[tuple[float, str, float, bool]] = deque()
+        self._lock = threading.Lock()
+
+    def record(self, version: str, seconds: float, ok: bool) -> None:
+        with self._lock:
+            self._events.append((self.clock(), version, seconds, ok))
+            self._prune()
+
+    def _prune(self) -> None:
+        horizon = self.clock() - self.window_s
+        while self._events and self._events[0][0] < horizon:
+            self._events.popleft()
+
+    def verdict(self, canary: str, production: str) -> str | None:
+        with self._lock:
+            self._prune()
+            events = list(self._events)
+        mine = [(s, ok) for _, v, s, ok in events if v == canary]
+        theirs = [s for _, v, s, ok in events if v == production and ok]
+        if len(mine) < self.min_requests:
+            return None
+        errors = sum(not ok for _, ok in mine) / len(mine)
+        window = f"over the last {self.window_s:g}s ({len(mine)} canary requests)"
+        if errors > self.max_error_rate:
+            return f"error rate {errors:.1%} {window} exceeds serve.canary.max_error_rate {self.max_error_rate:.1%}"
+        latencies = [s for s, ok in mine if ok]
+        if latencies and len(theirs) >= self.min_requests:
+            p95, base = _p95(latencies), _p95(theirs)
+            if p95 > self.max_p95_ratio * base:
+                return (
+                    f"p95 latency {p95 * 1000:.1f} ms is {p95 / base:.2f}x production's {base * 1000:.1f} ms {window}, "
+                    f"over serve.canary.max_p95_ratio {self.max_p95_ratio:g}"
+                )
+        return None
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]

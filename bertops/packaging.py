@@ -190,16 +190,29 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
 
 
 def promote(
-    config: Config, root: Path = Path("."), version: str | None = None, reason: str = "", force: bool = False
+    config: Config,
+    root: Path = Path("."),
+    version: str | None = None,
+    reason: str = "",
+    force: bool = False,
+    canary: float | None = None,
+    shadow: bool = False,
 ) -> dict:
-    """Move a version (default: the last packaged one) to `promote.stage`."""
+    """Move a version (default: the last packaged one) to `promote.stage`; or, with `canary`, send
+    that share of the requests to it; or, with `shadow`, run it beside production on every request."""
     registry = registry_for(config, root)
     name = config.package.model_name
+    if canary is not None and shadow:
+        raise RegistryError("choose --canary PERCENT or --shadow, not both")
     if version is None:
         packaged = root / config.paths.reports / "package" / "package.json"
         if not packaged.is_file():
             raise RegistryError("no version given and nothing packaged yet; run `bertops package` or pass VERSION")
         version = json.loads(packaged.read_text())["version"]
+    if canary is not None or shadow:
+        routing = registry.start_trial(name, version, canary, reason=reason, force=force)
+        return {"model": name, "version": version, "stage": "canary" if canary is not None else "shadow",
+                "canary_percent": canary, "production": routing.production}  # fmt: skip
     previous = registry.promote(name, version, config.promote.stage, reason=reason, force=force)
     record = {
         "model": name,

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from bertops.errors import BertopsError, TransientError
 
-STAGES = ("candidate", "staging", "production", "archived")
+STAGES = ("candidate", "staging", "production", "archived")  # canary and shadow are roles, not stages
 URL_ENV = "BERTOPS_REGISTRY_URL"
 VERSION_TABLE = "bertops_alembic_version"  # not Prefect's alembic_version: one database may hold both
 CONNECT_TIMEOUT_S = 5
@@ -41,6 +41,9 @@ models_table = sa.Table(
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("production", sa.String(200), nullable=True),
     sa.Column("revision", sa.Integer, nullable=False, server_default="0"),  # bumped by every change
+    sa.Column("canary", sa.String(200), nullable=True),  # a version taking canary_percent of the requests
+    sa.Column("canary_percent", sa.Float, nullable=True),
+    sa.Column("shadow", sa.String(200), nullable=True),  # a version run on every request, answers discarded
 )
 versions_table = sa.Table(
     "registry_versions",
@@ -151,6 +154,17 @@ def _unreachable(url: str, exc: Exception) -> RegistryError:
     )
 
 
+@dataclass(frozen=True)
+class Routing:
+    """Where an endpoint sends requests: production, plus an optional canary and shadow."""
+
+    production: str | None = None
+    canary: str | None = None
+    canary_percent: float | None = None
+    shadow: str | None = None
+    revision: int = 0
+
+
 @dataclass
 class Registry:
     """One registry database. `legacy_json`: a `registry.json` of an older bertops, imported once."""
@@ -196,12 +210,17 @@ class Registry:
         return self.state(name)[0]
 
     def state(self, name: str) -> tuple[str | None, int]:
-        """(production version, revision): what an endpoint polls; the revision moves on every change."""
+        """(production version, revision): the revision moves on every change."""
+        routing = self.routing(name)
+        return routing.production, routing.revision
+
+    def routing(self, name: str) -> Routing:
+        """Production, canary (with its share) and shadow: what an endpoint polls."""
         with self._errors(), self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(models_table.c.production, models_table.c.revision).where(models_table.c.name == name)
-            ).first()
-        return (row.production, row.revision) if row else (None, 0)
+            row = conn.execute(sa.select(models_table).where(models_table.c.name == name)).first()
+        if row is None:
+            return Routing()
+        return Routing(row.production, row.canary, row.canary_percent, row.shadow, row.revision)
 
     def history(self, name: str) -> list[dict[str, Any]]:
         with self._errors(), self.engine.connect() as conn:
@@ -259,12 +278,69 @@ class Registry:
                     _set_stage(conn, name, previous, "archived")
                 _set_stage(conn, name, version, "production")
                 _set_production(conn, name, version)
+                routing = _routing(conn, name)
+                if version in (routing.canary, routing.shadow):  # the rollout completes
+                    reason = reason or f"completes the {'canary' if version == routing.canary else 'shadow'}"
+                    _set_trial(conn, name, canary=routing.canary != version, shadow=routing.shadow != version)
             else:
                 if previous == version:
                     _set_production(conn, name, None)
                 _set_stage(conn, name, version, stage)
             _add_event(conn, name, "promote", version, previous, reason or stage, forced=force, stage=stage)
             return previous
+
+    def start_trial(
+        self, name: str, version: str, canary_percent: float | None = None, reason: str = "", force: bool = False
+    ) -> Routing:
+        """Send `canary_percent`% of the requests to `version` (a canary), or, with None, run it on
+        every request in the background without returning its answers (a shadow). The version
+        must have passed the gate, unless forced with a reason."""
+        role = "shadow" if canary_percent is None else "canary"
+        if canary_percent is not None and not 0 < canary_percent < 100:
+            raise RegistryError(
+                f"--canary takes a share of the requests in percent, above 0 and below 100; got {canary_percent}"
+            )
+        if force and not reason:
+            raise RegistryError("--force needs --reason: say why the gate is overridden")
+        with self._change(name) as (conn, production):
+            gate = _version(conn, name, version).get("gate") or {}
+            if not gate.get("approved") and not force:
+                raise RegistryError(
+                    f"{name}:{version} has {'no' if not gate else 'a negative'} gate decision, so it gets no "
+                    f"{role} traffic; run `bertops gate`, or pass --force with --reason (recorded)"
+                )
+            if version == production:
+                raise RegistryError(f"{name}:{version} is already production; a {role} needs another version")
+            if production is None:
+                raise RegistryError(f"model {name!r} has no production version to run a {role} beside")
+            values = {"canary": version, "canary_percent": canary_percent} if role == "canary" else {"shadow": version}
+            conn.execute(models_table.update().where(models_table.c.name == name).values(**values))
+            share = f"{canary_percent:g}% of requests" if role == "canary" else "every request, answers discarded"
+            _add_event(
+                conn,
+                name,
+                role,
+                version,
+                production,
+                f"{share}; {reason}" if reason else share,
+                forced=force,
+                stage=role,
+            )
+            return _routing(conn, name)
+
+    def withdraw(self, name: str, reason: str = "", who: str | None = None) -> list[str]:
+        """End the canary and the shadow (production is untouched). Returns the withdrawn versions."""
+        with self._change(name) as (conn, production):
+            routing = _routing(conn, name)
+            withdrawn = []
+            for role, version in (("canary", routing.canary), ("shadow", routing.shadow)):
+                if version:
+                    _add_event(
+                        conn, name, "withdraw", version, production, reason or f"{role} withdrawn", stage=role, who=who
+                    )
+                    withdrawn.append(version)
+            _set_trial(conn, name, canary=False, shadow=False)
+            return withdrawn
 
     def rollback(self, name: str, reason: str = "") -> str:
         """Re-promote the production version that came before the current one."""
@@ -308,9 +384,7 @@ def _version(conn: sa.Connection, name: str, version: str) -> dict[str, Any]:
         sa.select(versions_table.c.record).where(versions_table.c.name == name, versions_table.c.version == version)
     ).scalar_one_or_none()
     if record is None:
-        known = list(
-            conn.execute(sa.select(versions_table.c.version).where(versions_table.c.name == name)).scalars()
-        )
+        known = list(conn.execute(sa.select(versions_table.c.version).where(versions_table.c.name == name)).scalars())
         raise RegistryError(f"model {name!r} has no version {version!r}; known versions: {sorted(known)}")
     return record
 
@@ -321,6 +395,22 @@ def _set_stage(conn: sa.Connection, name: str, version: str, stage: str) -> None
         .where(versions_table.c.name == name, versions_table.c.version == version)
         .values(stage=stage)
     )
+
+
+def _routing(conn: sa.Connection, name: str) -> Routing:
+    row = conn.execute(sa.select(models_table).where(models_table.c.name == name)).one()
+    return Routing(row.production, row.canary, row.canary_percent, row.shadow, row.revision)
+
+
+def _set_trial(conn: sa.Connection, name: str, canary: bool, shadow: bool) -> None:
+    """Keep (True) or clear (False) the canary and the shadow."""
+    values: dict[str, Any] = {}
+    if not canary:
+        values.update(canary=None, canary_percent=None)
+    if not shadow:
+        values["shadow"] = None
+    if values:
+        conn.execute(models_table.update().where(models_table.c.name == name).values(**values))
 
 
 def _set_production(conn: sa.Connection, name: str, version: str | None) -> None:

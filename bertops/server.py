@@ -228,7 +228,9 @@ def follow_registry(config: Config, timeout: float = 120) -> str | None:
     try:
         response = httpx.post(f"{url}/admin/reload", headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
     except httpx.HTTPError as exc:
-        raise ServeError(f"the endpoint at {url} did not answer the reload ({exc}); it follows the registry by itself") from None
+        raise ServeError(
+            f"the endpoint at {url} did not answer the reload ({exc}); it follows the registry by itself"
+        ) from None
     status = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
     if response.status_code != 200:
         raise ServeError(

@@ -61,20 +61,29 @@ class Metrics:
         self.batch_size = Histogram(
             "bertops_batch_size",
             "texts per model call (after adaptive batching)",
-            ["endpoint"],
+            ["endpoint", "version"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
         self.inference = Histogram(
             "bertops_inference_seconds",
             "seconds per model call",
-            ["endpoint"],
+            ["endpoint", "version"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self.truncated = Counter("bertops_truncated_texts_total", "texts truncated to the model's max length")
+        self.answers = Counter(
+            "bertops_answers_total", "requests answered, by the version that answered", ["endpoint", "version"]
+        )
+        self.shadow = Counter(
+            "bertops_shadow_answers_total",
+            "inputs the shadow version also answered, by agreement with production",
+            ["endpoint", "version", "outcome"],
+        )
+        self.shadow_skipped = Counter("bertops_shadow_skipped_total", "requests the shadow skipped (it was busy)")
 
-    def observe(self, endpoint: str, batch: int, seconds: float, truncated: int = 0) -> None:
-        self.batch_size.labels(endpoint).observe(batch)
-        self.inference.labels(endpoint).observe(seconds)
+    def observe(self, endpoint: str, version: str, batch: int, seconds: float, truncated: int = 0) -> None:
+        self.batch_size.labels(endpoint, version).observe(batch)
+        self.inference.labels(endpoint, version).observe(seconds)
         if truncated:
             self.truncated.inc(truncated)
 
@@ -385,6 +394,79 @@ def raise_into(future: asyncio.Future) -> None:
         future.set_exception(sys.exc_info()[1] or RuntimeError("the model call failed"))
 
 
+class Share:
+    """A deterministic share of requests: take() is True for `percent`% of calls, evenly spread
+    (10% = every tenth), so a canary's observed share is its configured one, not a random draw."""
+
+    def __init__(self) -> None:
+        self.percent, self._credit, self._lock = 0.0, 0.0, threading.Lock()
+
+    def set(self, percent: float) -> None:
+        with self._lock:
+            self.percent, self._credit = percent, 0.0
+
+    def take(self) -> bool:
+        with self._lock:
+            self._credit += self.percent
+            if self._credit >= 100.0:
+                self._credit -= 100.0
+                return True
+            return False
+
+
+def without(value: Any, keys: tuple[str, ...]) -> Any:
+    """`value` with the given dict keys removed at every depth."""
+    if isinstance(value, dict):
+        return {k: without(v, keys) for k, v in value.items() if k not in keys}
+    if isinstance(value, list):
+        return [without(v, keys) for v in value]
+    return value
+
+
+class Shadow:
+    """Runs the shadow version on production's requests in the background, at most `max_pending`
+    requests at a time (beyond that a request is skipped and counted, never queued), and keeps only
+    whether its answers agree with production's (`key` picks what must match)."""
+
+    def __init__(self, key: Callable[[dict], Any], max_pending: int = 64) -> None:
+        self.key, self.max_pending = key, max_pending
+        self.counts = {"compared": 0, "agreed": 0, "skipped": 0, "errors": 0}
+        self.version: str | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def submit(self, route: str, batcher: Callable[[], Batcher], items: list, answers: list) -> None:
+        if len(self._tasks) >= self.max_pending:
+            self.counts["skipped"] += 1
+            metrics().shadow_skipped.inc()
+            return
+        task = asyncio.get_running_loop().create_task(self._compare(route, batcher(), items, answers))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _compare(self, route: str, batcher: Batcher, items: list, answers: list) -> None:
+        try:
+            theirs = await batcher.submit(items)
+        except Exception:  # noqa: BLE001 - a failing shadow never touches production's answers
+            self.counts["errors"] += 1
+            return
+        version = theirs[0]["model_version"] if theirs else "?"
+        if version != self.version:
+            self.version, self.counts = version, {"compared": 0, "agreed": 0, "skipped": 0, "errors": 0}
+        agreed = sum(self.key(a) == self.key(b) for a, b in zip(answers, theirs))
+        self.counts["compared"] += len(answers)
+        self.counts["agreed"] += agreed
+        metrics().shadow.labels(route, version, "agree").inc(agreed)
+        metrics().shadow.labels(route, version, "disagree").inc(len(answers) - agreed)
+
+    def summary(self) -> dict:
+        compared = self.counts["compared"]
+        return {
+            "version": self.version,
+            **self.counts,
+            "agreement": self.counts["agreed"] / compared if compared else None,
+        }
+
+
 class NotFollowing(RuntimeError):
     """An admin reload on an endpoint that serves its packaged model only."""
 
@@ -406,7 +488,9 @@ def info_app(describe, reload) -> FastAPI:
         env = load_settings()["serve"].get("admin_token_env") or ""
         token = os.environ.get(env, "")
         if not token:
-            return JSONResponse({"error": f"the admin API is off: start the server with {env or 'an admin token'} set"}, 403)
+            return JSONResponse(
+                {"error": f"the admin API is off: start the server with {env or 'an admin token'} set"}, 403
+            )
         if not bearer_matches(request.headers.get("authorization", "").encode(), token.encode()):
             return JSONResponse({"error": f"missing or wrong admin token: send 'Authorization: Bearer <{env}>'"}, 401)
         try:

@@ -97,18 +97,25 @@ class Endpoint:
         else:
             path, version = self.model_ref.path, str(self.model_ref.tag)
         self.model = self.load(path, self._label(version), self.settings)
-        self._batchers: dict[str, engine.Batcher] = {}
+        self.trials: dict[str, engine.Served | None] = {"canary": None, "shadow": None}
+        self.canary_share = engine.Share()
+        self.shadow = engine.Shadow(self.agreement_key)
+        self._batchers: dict[tuple[str, str], engine.Batcher] = {}
         self.follower = None
+        self.watch = None
         if FOLLOW:
-            from bertops.follow import Follower
+            from bertops.follow import CanaryWatch, Follower
             from bertops.model_store import ModelStore
             from bertops.registry import Registry
 
             registry = Registry(os.environ["BERTOPS_REGISTRY_URL"])
             store = ModelStore(os.environ["BERTOPS_STORE_URL"], Path(os.environ["BERTOPS_CACHE"]))
+            self.watch = CanaryWatch(**self.settings["serve"]["canary"])
             self.follower = Follower(
-                FOLLOW["model"], registry, store, self.switch, FOLLOW["version"], self.settings["serve"]["poll_s"]
-            ).start()
+                FOLLOW["model"], registry, store, self, FOLLOW["version"], self.settings["serve"]["poll_s"], self.watch
+            )
+            self.follower.check()  # a canary or shadow already running is joined at once
+            self.follower.start()
         _running["service"] = self
 
     @staticmethod
@@ -125,8 +132,7 @@ class Endpoint:
         feeds, _ = served.engine.encode(["warm up"])
         served.engine.run(feeds, "logits")
 
-    def switch(self, version: str, path: Path) -> None:
-        """Load `version` beside the current model, warm it, then swap (bertops.follow calls this)."""
+    def _load_version(self, version: str, path) -> engine.Served:
         settings = {**json.loads((Path(path) / engine.SETTINGS_FILE.name).read_text()), "serve": self.settings["serve"]}
         for key in ("task", "text_pairs"):  # the request schema is fixed when the service starts
             if settings.get(key) != self.settings.get(key):
@@ -134,25 +140,67 @@ class Endpoint:
                     f"{version} needs {key}={settings.get(key)!r} but this endpoint serves {key}="
                     f"{self.settings.get(key)!r}; start a new endpoint for it"
                 )
-        self.model = self.load(path, self._label(version), settings)  # one reference: the switch is atomic
+        return self.load(path, self._label(version), settings)
+
+    def switch(self, version: str, path: Path) -> None:
+        """Load `version` beside the current model, warm it, then swap (bertops.follow calls this)."""
+        self.model = self._load_version(version, path)  # one reference: the switch is atomic
+
+    def set_trial(self, role: str, version: str | None, path, percent: float | None) -> None:
+        """Start (version given) or end (None) the canary or the shadow (bertops.follow calls this)."""
+        self.trials[role] = self._load_version(version, path) if version else None
+        if role == "canary":
+            self.canary_share.set(percent or 0.0)
+
+    def served(self, which: str) -> engine.Served:
+        """The model a batch of `which` lane runs on (production when its trial just ended)."""
+        return self.trials.get(which) or self.model if which != "production" else self.model
+
+    @staticmethod
+    def agreement_key(answer: dict):
+        """What must match for the shadow to agree with production (scores may differ)."""
+        return engine.without(answer, ("model_version", "probabilities", "score", "embedding"))
 
     def reload(self) -> dict:
         if self.follower is None:
-            raise engine.NotFollowing("this endpoint serves its packaged model; start it with `bertops serve` to follow the registry")
+            raise engine.NotFollowing(
+                "this endpoint serves its packaged model; start it with `bertops serve` to follow the registry"
+            )
         return self.follower.check(retry_refused=True)
 
-    async def batched(self, route: str, run, items: list) -> list:
-        """`run(items)` through this route's batcher (engine.Batcher: a lone request never waits);
-        an overloaded queue is a 503 with the reason."""
-        if route not in self._batchers:
+    def _batcher(self, route: str, which: str, run) -> engine.Batcher:
+        if (route, which) not in self._batchers:
             serve = self.settings["serve"]
-            self._batchers[route] = engine.Batcher(
-                run, serve["max_batch_size"], serve["max_queued_texts"], lanes=self.model.engine.lanes
-            )
+            self._batchers[route, which] = engine.Batcher(
+                lambda items: run(items, which), serve["max_batch_size"], serve["max_queued_texts"],
+                lanes=self.model.engine.lanes,
+            )  # fmt: skip
+        return self._batchers[route, which]
+
+    async def batched(self, route: str, run, items: list) -> list:
+        """`run(items, which)` through the batcher of this route and lane (engine.Batcher: a lone
+        request never waits); an overloaded queue is a 503 with the reason. The canary's share of
+        requests runs on the canary; with a shadow, the task route's requests run on it too, in the
+        background, and only its agreement with production is kept."""
+        which = "canary" if self.trials["canary"] is not None and self.canary_share.take() else "production"
+        version = self.served(which).version
+        started = time.perf_counter()
         try:
-            return await self._batchers[route].submit(items)
+            answers = await self._batcher(route, which, run).submit(items)
         except engine.Overloaded as exc:
             raise bentoml.exceptions.ServiceUnavailable(str(exc)) from None
+        except Exception:
+            self._record(version, time.perf_counter() - started, ok=False)
+            raise
+        self._record(version, time.perf_counter() - started, ok=True)
+        engine.metrics().answers.labels(route, answers[0]["model_version"] if answers else version).inc()
+        if which == "production" and route == self.route and self.trials["shadow"] is not None:
+            self.shadow.submit(route, lambda: self._batcher(route, "shadow", run), items, answers)
+        return answers
+
+    def _record(self, version: str, seconds: float, ok: bool) -> None:
+        if self.watch is not None and self.trials["canary"] is not None:
+            self.watch.record(version, seconds, ok)
 
     def describe(self) -> dict:
         m = self.model
@@ -169,13 +217,14 @@ class Endpoint:
             "embedding_normalized": SERVE["normalize_embeddings"],
             "lineage": engine.public_lineage(m.lineage),  # public fields only: docs/operations.md
             "follow": self.follower.status() if self.follower else None,
+            "shadow": self.shadow.summary() if self.trials["shadow"] is not None else None,
         }
 
     def _infer(self, m: engine.Served, endpoint: str, inputs: list, output: str):
         started = time.perf_counter()
         feeds, truncated = m.engine.encode(inputs)
         values = m.engine.run(feeds, output)
-        engine.metrics().observe(endpoint, len(inputs), time.perf_counter() - started, sum(truncated))
+        engine.metrics().observe(endpoint, m.version, len(inputs), time.perf_counter() - started, sum(truncated))
         return values, truncated
 
     @bentoml.api
@@ -192,8 +241,8 @@ class Endpoint:
         """One sentence embedding per text: the mean of the encoder's token states."""
         return await self.batched("/embed", self._embed, list(texts))
 
-    def _embed(self, texts: list) -> list[dict]:
-        m = self.model
+    def _embed(self, texts: list, which: str = "production") -> list[dict]:
+        m = self.served(which)
         vectors, truncated = self._infer(m, "/embed", texts, "embedding")
         if SERVE["normalize_embeddings"]:
             vectors = vectors / np.clip(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12, None)
@@ -232,9 +281,11 @@ class Classification(Endpoint):
         sentence-pair model (the model version answers too)."""
         return await self.batched("/classify", self._classify, list(texts))
 
-    def _classify(self, texts: list) -> list[dict]:
-        m = self.model
-        logits, truncated = self._infer(m, "/classify", [tuple(t) if isinstance(t, list) else t for t in texts], "logits")
+    def _classify(self, texts: list, which: str = "production") -> list[dict]:
+        m = self.served(which)
+        logits, truncated = self._infer(
+            m, "/classify", [tuple(t) if isinstance(t, list) else t for t in texts], "logits"
+        )
         return [
             {**self.core.answer(p, m.labels), "model_version": m.version, "truncated": cut}
             for p, cut in zip(self.core.softmax(logits), truncated)
@@ -258,9 +309,9 @@ class TokenTagging(Endpoint):
         """Named entities in each raw text: type, surface text, [start, end) character offsets, score."""
         return await self.batched("/tag", self._tag, list(texts))
 
-    def _tag(self, texts: list) -> list[dict]:
+    def _tag(self, texts: list, which: str = "production") -> list[dict]:
         started = time.perf_counter()
-        m = self.model
+        m = self.served(which)
         words = [self.core.split_words(t) for t in texts]
         with m.engine.tokenizer_lock:  # shared by the lanes
             encoded = m.engine.tokenizer(
@@ -275,7 +326,7 @@ class TokenTagging(Endpoint):
         truncated = [len({w for w in ids if w is not None}) < len(row) for ids, row in zip(word_ids, words)]
         feeds = {k: encoded[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
         logits = m.engine.run(feeds, "logits", per_token=True)
-        engine.metrics().observe("/tag", len(texts), time.perf_counter() - started, sum(truncated))
+        engine.metrics().observe("/tag", m.version, len(texts), time.perf_counter() - started, sum(truncated))
         out = []
         for text, row, row_words, ids_of_words, cut in zip(texts, logits, words, word_ids, truncated):
             ids, scores = self.core.word_scores(row, ids_of_words, num_words=len(row_words))
@@ -312,9 +363,9 @@ class QuestionAnswering(Endpoint):
         """The best answer span of each context: text, [start, end) character offsets, score."""
         return await self.batched("/answer", self._answer, list(questions))
 
-    def _answer(self, questions: list) -> list[dict]:
+    def _answer(self, questions: list, which: str = "production") -> list[dict]:
         started = time.perf_counter()
-        m = self.model
+        m = self.served(which)
         settings = m.settings
         examples = [self.core.QAExample(str(i), "", q.context, q.question, []) for i, q in enumerate(questions)]
         with m.engine.tokenizer_lock:  # shared by the lanes
@@ -336,7 +387,7 @@ class QuestionAnswering(Endpoint):
         predictions = self.core.postprocess(
             examples, features, list(starts), list(ends), max_answer_length=settings["max_answer_tokens"]
         )
-        engine.metrics().observe("/answer", len(questions), time.perf_counter() - started)
+        engine.metrics().observe("/answer", m.version, len(questions), time.perf_counter() - started)
         return [
             {
                 **predictions[e.id],

@@ -80,4 +80,8 @@ def registry_state(root: Path, name: str = "bertops-sst2") -> dict:
     from bertops.registry import Registry
 
     registry = Registry.at(Path(root) / "registry")
-    return {"production": registry.production(name), "versions": registry.versions(name), "history": registry.history(name)}
+    return {
+        "production": registry.production(name),
+        "versions": registry.versions(name),
+        "history": registry.history(name),
+    }

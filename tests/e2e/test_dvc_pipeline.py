@@ -29,7 +29,26 @@ def _sh(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> tuple[Path, dict]:
+def team(tmp_path_factory, postgres_url: str):
+    """The team's state: a registry database on a real PostgreSQL server and a model store folder,
+    named by the two environment variables every workspace and endpoint of the team sets."""
+    import sqlalchemy as sa
+
+    with sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(sa.text("CREATE DATABASE e2e_team"))
+    urls = {
+        "BERTOPS_REGISTRY_URL": postgres_url.rsplit("/", 1)[0] + "/e2e_team",
+        "BERTOPS_STORE_URL": str(tmp_path_factory.mktemp("modelstore")),
+    }
+    saved = {k: os.environ.get(k) for k in urls}
+    os.environ.update(urls)
+    yield urls
+    for key, value in saved.items():
+        os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, team) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("dvcrepo")
     for item in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / item, root / item)
@@ -142,3 +161,64 @@ def test_retrain_twice_then_on_a_changed_corpus(repo, harness):
     after = _versions(root)
     assert len(after["versions"]) == len(before_corpus_change["versions"]) + 1
     assert after["production"] != before_corpus_change["production"]
+
+
+def test_a_second_workspace_sharing_only_the_team_state_carries_on(repo, tmp_path: Path):
+    """Workspace B, a fresh clone in another folder with its own BentoML home and cache, shares
+    nothing with A but the registry database, the model store and the DVC remote: its retrain finds
+    A's production version as the champion, gates its own candidate against it and promotes it. An
+    endpoint started from an empty folder with only the two URLs serves A's version, then B's, with
+    no restart."""
+    import httpx
+
+    root, env, _ = repo
+    champion = _versions(root)["production"]
+    git = ["git", "-c", "user.name=bertops-test", "-c", "user.email=test@localhost"]
+    _sh(git + ["add", "-A"], root, env)  # what a team commits after a run: dvc.lock (the flow pushed the data)
+    _sh(git + ["commit", "-qm", "a run in workspace A"], root, env)
+
+    bertops = str(Path(sys.executable).with_name("bertops"))
+    endpoint = tmp_path / "endpoint"
+    endpoint.mkdir()
+    serve = [bertops, "serve", "--params", str(REPO / "params.yaml"), "-s", "serve.port=3931", "-s", "serve.poll_s=1"]
+    eenv = {
+        **env,
+        "BENTOML_HOME": str(tmp_path / "endpoint-bentoml"),
+        "BERTOPS_CACHE": str(tmp_path / "endpoint-cache"),
+    }
+    _sh(serve + ["--detach"], endpoint, eenv)
+    try:
+        pid = (endpoint / "registry" / "serve.pid").read_text()
+
+        def serving() -> str:
+            reply = httpx.post("http://127.0.0.1:3931/classify", json={"texts": ["a fine film"]}, timeout=60)
+            assert reply.status_code == 200, reply.text
+            return reply.json()[0]["model_version"]
+
+        assert serving() == f"bertops-sst2:{champion}"
+
+        b = tmp_path / "b"
+        _sh(["git", "clone", "-q", str(root), str(b)], tmp_path, env)
+        benv = {**env, "BENTOML_HOME": str(tmp_path / "b-bentoml"), "BERTOPS_CACHE": str(tmp_path / "b-cache")}
+        _sh([sys.executable, "-m", "dvc", "pull", "-q"], b, benv)  # what the flow-run pod's pull step does
+        params = yaml.safe_load((b / "params.yaml").read_text())
+        params["finetune"]["seed"] += 1  # B trains a candidate of its own
+        (b / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        _sh([bertops, "run"], b, benv)
+
+        compared = json.loads((b / "reports/evaluate/metrics.json").read_text())["champion"]
+        assert compared["version"] == champion  # found in the shared registry, fetched from the store
+        assert json.loads((b / "reports/gate/decision.json").read_text())["approved"] is True
+        after = _versions(root)
+        assert after["production"] != champion and after["production"] in after["versions"]
+        promotions = [e["version"] for e in after["history"] if e["action"] == "promote"]
+        assert promotions[-2:] == [champion, after["production"]]
+        assert not (b / "registry" / "registry.db").exists()  # B kept no registry of its own
+
+        deadline = time.monotonic() + 30
+        while serving() != f"bertops-sst2:{after['production']}":
+            assert time.monotonic() < deadline, "the endpoint did not follow the promotion"
+            time.sleep(0.5)
+        assert (endpoint / "registry" / "serve.pid").read_text() == pid  # no restart
+    finally:
+        subprocess.run(serve + ["--stop"], cwd=endpoint, env=eenv, capture_output=True)

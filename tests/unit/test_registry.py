@@ -170,24 +170,31 @@ def test_killing_a_process_mid_promotion_leaves_a_consistent_registry(url: str, 
     assert reg.production("m") == "v0"
 
 
+def _legacy_event(action: str, version: str, previous, reason: str, who: str, when: str, forced=False) -> dict:
+    stage = "candidate" if action == "register" else "production"
+    return {"action": action, "version": version, "stage": stage, "previous": previous, "reason": reason,
+            "forced": forced, "who": who, "when": f"2026-01-0{when}+00:00"}  # fmt: skip
+
+
 def test_an_old_registry_json_is_imported_once_with_nothing_lost(tmp_path: Path):
+    day = "2026-01-0{}T00:00:00+00:00"
     legacy = {
         "models": {
             "m": {
                 "production": "v2",
                 "versions": {
-                    "v1": {**APPROVED, "bento_tag": "m:v1", "stage": "archived", "registered_at": "2026-01-01T00:00:00+00:00"},
-                    "v2": {**APPROVED, "bento_tag": "m:v2", "stage": "production", "registered_at": "2026-01-02T00:00:00+00:00"},
+                    "v1": {**APPROVED, "bento_tag": "m:v1", "stage": "archived", "registered_at": day.format(1)},
+                    "v2": {**APPROVED, "bento_tag": "m:v2", "stage": "production", "registered_at": day.format(2)},
                 },
                 "history": [
-                    {"action": "register", "version": "v1", "stage": "candidate", "previous": None, "reason": "packaged", "forced": False, "who": "ann", "when": "2026-01-01T00:00:00+00:00"},
-                    {"action": "promote", "version": "v1", "stage": "production", "previous": None, "reason": "first", "forced": False, "who": "ann", "when": "2026-01-01T00:01:00+00:00"},
-                    {"action": "register", "version": "v2", "stage": "candidate", "previous": None, "reason": "packaged", "forced": False, "who": "bob", "when": "2026-01-02T00:00:00+00:00"},
-                    {"action": "promote", "version": "v2", "stage": "production", "previous": "v1", "reason": "better", "forced": True, "who": "bob", "when": "2026-01-02T00:01:00+00:00"},
+                    _legacy_event("register", "v1", None, "packaged", "ann", "1T00:00:00"),
+                    _legacy_event("promote", "v1", None, "first", "ann", "1T00:01:00"),
+                    _legacy_event("register", "v2", None, "packaged", "bob", "2T00:00:00"),
+                    _legacy_event("promote", "v2", "v1", "better", "bob", "2T00:01:00", forced=True),
                 ],
             }
         }
-    }  # fmt: skip
+    }
     (tmp_path / "registry.json").write_text(json.dumps(legacy))
     reg = Registry.at(tmp_path)
     assert reg.production("m") == "v2"
@@ -229,3 +236,58 @@ class socket_closed:
 
     def __exit__(self, *exc) -> None:
         return None
+
+
+def test_a_canary_is_started_completed_or_withdrawn_and_the_history_says_who(url: str):
+    reg = Registry(url)
+    for v in ("v1", "v2", "v3"):
+        reg.register("m", v, APPROVED)
+    reg.register("m", "bad", {"gate": {"approved": False}})
+    with pytest.raises(RegistryError, match="no production version"):
+        reg.start_trial("m", "v2", 10)
+    reg.promote("m", "v1")
+    routing = reg.start_trial("m", "v2", 10, reason="try it")
+    assert (routing.production, routing.canary, routing.canary_percent, routing.shadow) == ("v1", "v2", 10, None)
+    assert reg.routing("m").revision == routing.revision
+    with pytest.raises(RegistryError, match="negative gate decision, so it gets no canary traffic"):
+        reg.start_trial("m", "bad", 10)
+    with pytest.raises(RegistryError, match="already production"):
+        reg.start_trial("m", "v1", 10)
+    for share in (0, 100, -5):
+        with pytest.raises(RegistryError, match="above 0 and below 100"):
+            reg.start_trial("m", "v3", share)
+    reg.promote("m", "v2")  # completes the rollout
+    done = reg.routing("m")
+    assert (done.production, done.canary, done.canary_percent) == ("v2", None, None)
+    assert reg.history("m")[-1]["reason"] == "completes the canary"
+
+    reg.start_trial("m", "v3", 5)
+    reg.start_trial("m", "bad", None, reason="see how it disagrees", force=True)  # a forced shadow
+    assert (reg.routing("m").canary, reg.routing("m").shadow) == ("v3", "bad")
+    assert reg.withdraw("m", reason="p95 over the limit", who="auto") == ["v3", "bad"]
+    after = reg.routing("m")
+    assert (after.production, after.canary, after.shadow) == ("v2", None, None)
+    last = reg.history("m")[-2:]
+    assert [(e["action"], e["stage"], e["who"], e["version"]) for e in last] == [
+        ("withdraw", "canary", "auto", "v3"),
+        ("withdraw", "shadow", "auto", "bad"),
+    ]
+    assert reg.history("m")[-3]["forced"] is True and reg.history("m")[-3]["action"] == "shadow"
+    assert reg.production("m") == "v2"  # withdrawing never touches production
+
+
+def test_a_database_of_an_older_schema_is_migrated_in_place_with_its_data(url: str):
+    from alembic import command
+
+    from bertops import registry as module
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(module._alembic_config(conn), "0001")  # the schema before canary and shadow
+        conn.execute(sa.text("INSERT INTO registry_models (name, production, revision) VALUES ('m', NULL, 1)"))
+    engine.dispose()
+    reg = Registry(url)
+    assert reg.routing("m").revision == 1 and reg.routing("m").canary is None  # upgraded, nothing lost
+    with reg.engine.connect() as conn:
+        version = conn.execute(sa.text(f"SELECT version_num FROM {module.VERSION_TABLE}")).scalar_one()
+    assert version == "0002"
