@@ -11,7 +11,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install browser run serve stop dashboard schedule lint test test-unit test-slow test-fast bench clean
+.PHONY: install browser postgres run serve stop dashboard schedule lint test test-unit test-slow test-fast bench clean
 
 install: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -37,6 +37,13 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 
+# PostgreSQL binaries for the registry tests against a real server (Debian's package; the tests
+# start their own server on 127.0.0.1 in a temporary folder and stop it).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql; }
+
 dashboard: install
 	$(BIN)/bertops dashboard --detach
 
@@ -53,15 +60,15 @@ lint: install
 
 # The README's test command: fast tiers first, each stopping the run when it fails, so a lint or
 # unit failure is reported in a minute, before the slow tiers start.
-test: install browser
+test: install browser postgres
 	@echo "== tier 1/3: lint" && start=$$(date +%s) && $(MAKE) --no-print-directory lint && echo "lint: $$(( $$(date +%s) - start )) s"
 	@echo "== tier 2/3: unit" && $(MAKE) --no-print-directory test-unit
 	@echo "== tier 3/3: integration + e2e" && $(MAKE) --no-print-directory test-slow
 
-test-unit: install
+test-unit: install postgres
 	$(BIN)/python -m pytest tests/unit
 
-test-slow: install browser
+test-slow: install browser postgres
 	$(BIN)/python -m pytest tests/integration tests/e2e
 
 test-fast: test-unit
@@ -70,6 +77,7 @@ bench: install
 	$(BIN)/python bench/finetune_throughput.py
 	$(BIN)/python bench/pretrain_throughput.py
 	$(BIN)/python bench/endpoint.py   # needs a production model: `make run` first
+	$(BIN)/python bench/promotion.py  # builds its own two-version workspace in /tmp
 
 clean:
 	rm -rf data/raw data/prepared models reports registry serving/bertops_serving.json

@@ -120,7 +120,7 @@ class Follower:
         canary, production = self.serving["canary"], self.serving["production"]
         if self.watch is None or not canary or not production:
             return
-        reason = self.watch.verdict(canary, production)
+        reason = self.watch.verdict(f"{self.name}:{canary}", f"{self.name}:{production}")  # as answers name them
         if reason is None:
             return
         self.registry.withdraw(self.name, reason=f"canary {canary}: {reason}", who="auto")

@@ -471,7 +471,7 @@ class NotFollowing(RuntimeError):
     """An admin reload on an endpoint that serves its packaged model only."""
 
 
-def info_app(describe, reload) -> FastAPI:
+def info_app(describe, reload=None) -> FastAPI:
     """The routes beside BentoML's POST APIs: `describe()` -> GET /metadata (the running service's,
     set when it starts); `reload()` -> POST /admin/reload (look at the registry now; needs
     "Authorization: Bearer <value of serve.admin_token_env>")."""
@@ -494,6 +494,8 @@ def info_app(describe, reload) -> FastAPI:
         if not bearer_matches(request.headers.get("authorization", "").encode(), token.encode()):
             return JSONResponse({"error": f"missing or wrong admin token: send 'Authorization: Bearer <{env}>'"}, 401)
         try:
+            if reload is None:
+                raise NotFollowing("this service has no reload")
             status = reload()
         except NotFollowing as exc:
             return JSONResponse({"error": str(exc)}, 409)

@@ -34,7 +34,7 @@ import service
 
 
 @bentoml.service(name="bertops", traffic={"timeout": 60}, workers=1)
-@bentoml.asgi_app(engine.info_app(service._describe), path="/")
+@bentoml.asgi_app(engine.info_app(service._describe, service._reload), path="/")
 class Regression(service.Endpoint):
     route = "/score"
 
@@ -43,9 +43,10 @@ class Regression(service.Endpoint):
         """One score per text (through the shared batcher: a lone request never waits)."""
         return await self.batched("/score", self._score, list(texts))
 
-    def _score(self, texts: list) -> list[dict]:
-        values, truncated = self._infer("/score", texts, "logits")
-        return [{"score": round(float(v[0]), 6), "model_version": self.version, "truncated": cut}
+    def _score(self, texts: list, which: str = "production") -> list[dict]:
+        m = self.served(which)  # production, or the canary/shadow this batch runs on
+        values, truncated = self._infer(m, "/score", texts, "logits")
+        return [{"score": round(float(v[0]), 6), "model_version": m.version, "truncated": cut}
                 for v, cut in zip(values, truncated)]
 
 

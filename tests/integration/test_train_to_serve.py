@@ -241,10 +241,72 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
         assert seen["failed"] == [] and seen["answered"] > 20, seen["failed"][:3]
         assert {packaged.model_tag, second.model_tag} <= set(seen["versions"])
         assert server.pid_path(cfg).read_text() == pid  # the same server process throughout
+        _canary_and_shadow(root, cfg, url, registry, packaged, second, lenient)
         _an_altered_or_missing_artifact_is_refused_and_the_endpoint_keeps_serving(root, cfg, url, registry, packaged)
     finally:
         print(server.stop(cfg))
         os.chdir(cwd)
+
+
+def _an_unhealthy_canary_is_withdrawn_by_the_endpoint(root, cfg, url, headers) -> None:
+    from bertops.model_store import registry_for
+
+    registry, name = registry_for(cfg, root), cfg.package.model_name
+    other = next(v for v, r in registry.versions(name).items() if r["stage"] == "archived" and r["gate"]["approved"])
+    registry.start_trial(name, other, 50, reason="too slow on purpose")
+    _wait_for(lambda: httpx.get(f"{url}/metadata", headers=headers, timeout=10).json()["follow"]["canary"] == other, 30)
+    for i in range(40):
+        httpx.post(f"{url}/classify", json={"texts": [f"text {i}"]}, headers=headers, timeout=60)
+    _wait_for(lambda: registry.routing(name).canary is None, 30)
+    last = registry.history(name)[-1]
+    assert (last["action"], last["who"], last["version"]) == ("withdraw", "auto", other)
+    assert "max_p95_ratio" in last["reason"]
+    follow = httpx.get(f"{url}/metadata", headers=headers, timeout=10).json()["follow"]
+    assert follow["canary"] is None and other in follow["withdrawn"]
+
+
+def _canary_and_shadow(root, cfg, url, registry, packaged, second, lenient) -> None:
+    """A canary takes exactly its share and both versions show in /metrics; withdrawing it returns
+    every request to production; a shadow answers in the background (only its agreement is kept);
+    promoting the shadow's version completes the rollout."""
+    from bertops import server
+    from bertops.packaging import promote
+
+    name = cfg.package.model_name
+
+    def versions(n: int) -> list[str]:
+        return [
+            httpx.post(f"{url}/classify", json={"texts": [f"film number {i}"]}, timeout=60).json()[0]["model_version"]
+            for i in range(n)
+        ]
+
+    promote(lenient, root, version=second.version, canary=25)
+    server.follow_registry(cfg)
+    seen = versions(40)
+    assert seen.count(second.model_tag) == 10 and seen.count(packaged.model_tag) == 30
+    exposition = httpx.get(f"{url}/metrics", timeout=10).text
+    for tag in (packaged.model_tag, second.model_tag):
+        assert f'bertops_answers_total{{endpoint="/classify",version="{tag}"}}' in exposition
+        assert f'bertops_inference_seconds_count{{endpoint="/classify",version="{tag}"}}' in exposition
+    assert registry.withdraw(name, reason="test") == [second.version]  # what `bertops rollback` does
+    server.follow_registry(cfg)
+    assert set(versions(10)) == {packaged.model_tag}
+
+    promote(lenient, root, version=second.version, shadow=True)
+    server.follow_registry(cfg)
+    assert set(versions(12)) == {packaged.model_tag}  # the shadow's answers are never returned
+    _wait_for(lambda: (httpx.get(f"{url}/metadata", timeout=10).json()["shadow"] or {}).get("compared", 0) >= 12, 30)
+    shadow = httpx.get(f"{url}/metadata", timeout=10).json()["shadow"]
+    assert shadow["version"] == second.model_tag and 0 <= shadow["agreement"] <= 1 and shadow["errors"] == 0
+    series = f'bertops_shadow_answers_total{{endpoint="/classify",outcome="agree",version="{second.model_tag}"}}'
+    assert series in httpx.get(f"{url}/metrics", timeout=10).text
+    promote(lenient, root, version=second.version)  # completes the rollout
+    assert registry.routing(name).shadow is None and registry.history(name)[-1]["reason"] == "completes the shadow"
+    server.follow_registry(cfg)
+    assert set(versions(5)) == {second.model_tag}
+    registry.rollback(name, reason="back to the first")
+    server.follow_registry(cfg)
+    assert set(versions(5)) == {packaged.model_tag}
 
 
 class _steady_traffic:
@@ -369,12 +431,15 @@ def _bad_requests_get_4xx_and_the_server_keeps_answering(url: str, cfg) -> None:
 
 
 def test_bearer_token_is_required_when_configured(trained_workspace, monkeypatch):
-    """Runs after the serve test: restarts the production endpoint with a token in its environment."""
+    """Runs after the serve test: restarts the production endpoint with a token in its environment
+    (and canary limits no canary can meet: the endpoint withdraws one by itself)."""
     import os
 
     from bertops import server
+    from tests.conftest import smoke_config
 
     root, cfg, _ = trained_workspace
+    cfg = smoke_config(["serve.canary.min_requests=5", "serve.canary.max_p95_ratio=0.001", "serve.poll_s=1"])
     monkeypatch.chdir(root)
     monkeypatch.setenv(cfg.serve.api_token_env, "s3cret-token")
     try:
@@ -388,6 +453,7 @@ def test_bearer_token_is_required_when_configured(trained_workspace, monkeypatch
         admin = httpx.post(f"{url}/admin/reload", headers={"Authorization": "Bearer s3cret-token"}, timeout=30)
         assert admin.status_code == 401 and "admin token" in admin.json()["error"]
         assert "now serves" in server.follow_registry(cfg)
+        _an_unhealthy_canary_is_withdrawn_by_the_endpoint(root, cfg, url, {"Authorization": "Bearer s3cret-token"})
         ok = httpx.post(
             f"{url}/classify", json={"texts": ["fine"]}, headers={"Authorization": "Bearer s3cret-token"}, timeout=60
         )
@@ -514,3 +580,31 @@ def _a_lone_request_after_a_burst_does_not_wait(url: str) -> None:
     assert statuses == [200] * 400
     after = lone_p50()
     assert after < 3 * fresh + 0.015, (fresh, after)
+
+
+def test_a_packaged_bento_still_serves_its_own_model_on_its_own(trained_workspace, tmp_path: Path):
+    """The Bento `package` builds stays self-contained (for `bentoml containerize`): started from an
+    empty folder with no registry or store in sight, it serves the model packaged into it."""
+    import os
+    import sys
+
+    from bertops import server
+    from bertops.model_store import registry_for
+
+    root, cfg, _ = trained_workspace
+    registry = registry_for(cfg, root)
+    version = registry.production(cfg.package.model_name)
+    record = registry.versions(cfg.package.model_name)[version]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTOPS_")}
+    command = [str(Path(sys.executable).with_name("bentoml")), "serve", record["bento_tag"], "--port", "3919"]
+    pid = tmp_path / "bento.pid"
+    url = server._spawn_and_wait(
+        command, "http://127.0.0.1:3919", "/readyz", 240, pid, tmp_path / "bento.log",
+        lambda: server.stop_process(pid, "bentoml"), env=env, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        reply = httpx.post(f"{url}/classify", json={"texts": ["a fine film"]}, timeout=60)
+        assert reply.status_code == 200 and reply.json()[0]["model_version"] == record["model_tag"]
+        assert httpx.get(f"{url}/metadata", timeout=10).json()["follow"] is None
+    finally:
+        server.stop_process(pid, "bentoml")

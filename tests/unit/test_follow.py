@@ -187,8 +187,8 @@ def test_an_unhealthy_canary_is_withdrawn_in_the_registry_by_auto(team):
     registry.start_trial("m", "v2", 50)
     follower.check()
     for _ in range(5):
-        watch.record("v1", 0.01, True)
-        watch.record("v2", 0.01, False)
+        watch.record("m:v1", 0.01, True)  # versions as the answers name them
+        watch.record("m:v2", 0.01, False)
     status = follower.check()
     assert status["canary"] is None and "error rate 100.0%" in status["withdrawn"]
     assert service.trials["canary"] is None and registry.routing("m").canary is None
