@@ -38,7 +38,9 @@ class StoreUnreachable(StoreError, TransientError):
 
 def registry_for(config: Config, root: Path = Path(".")) -> Registry:
     """The registry: BERTOPS_REGISTRY_URL, else registry.url, else <paths.registry>/registry.db."""
-    return Registry.at(root / config.paths.registry, config.registry.url)
+    from bertops.events import announce
+
+    return Registry.at(root / config.paths.registry, config.registry.url, on_event=announce)
 
 
 def store_for(config: Config, root: Path = Path(".")) -> ModelStore:

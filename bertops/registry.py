@@ -20,7 +20,7 @@ import datetime as dt
 import getpass
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,12 +171,13 @@ class Registry:
 
     url: str
     legacy_json: Path | None = None
+    on_event: Callable[[str, dict[str, Any]], None] | None = None  # (model, history entry) after each commit
     _ready: bool = field(default=False, repr=False)
 
     @classmethod
-    def at(cls, registry_dir: Path, url: str | None = None) -> Registry:
+    def at(cls, registry_dir: Path, url: str | None = None, on_event=None) -> Registry:
         """The registry for a workspace's registry folder (URL resolved as `resolve_url` says)."""
-        return cls(resolve_url(url, registry_dir), legacy_json=Path(registry_dir) / "registry.json")
+        return cls(resolve_url(url, registry_dir), legacy_json=Path(registry_dir) / "registry.json", on_event=on_event)
 
     @property
     def engine(self) -> sa.Engine:
@@ -238,10 +239,14 @@ class Registry:
     def _change(self, name: str) -> Iterator[tuple[sa.Connection, str | None]]:
         """One transaction holding `name`'s row lock; yields (connection, production version)."""
         with self._errors(), self.engine.begin() as conn:
+            conn.info["bertops_events"] = []  # (the pooled connection's info outlives a transaction)
             production = _lock_model(conn, name)
             yield conn, production
             _step("registry-written")
+            events = conn.info.pop("bertops_events", [])
         _step("registry-committed")
+        for event in events if self.on_event else []:
+            self.on_event(name, event)
 
     def register(self, name: str, version: str, record: dict[str, Any]) -> None:
         """Add a packaged model version as a candidate."""
@@ -429,19 +434,13 @@ def _add_event(
     who: str | None = None,
     at: str | None = None,
 ) -> None:
-    conn.execute(
-        history_table.insert().values(
-            name=name,
-            action=action,
-            version=version,
-            stage=stage,
-            previous=previous,
-            reason=reason,
-            forced=forced,
-            who=who or _who(),
-            at=at or _now(),
-        )
-    )
+    values = dict(
+        action=action, version=version, stage=stage, previous=previous, reason=reason, forced=forced,
+        who=who or _who(),
+    )  # fmt: skip
+    when = at or _now()
+    conn.execute(history_table.insert().values(name=name, at=when, **values))
+    conn.info.setdefault("bertops_events", []).append({**values, "when": when})  # announced after the commit
 
 
 def _event_dict(row) -> dict[str, Any]:

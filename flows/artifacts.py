@@ -188,6 +188,16 @@ def publish(stage: str, config: Config, root: Path, since: float, extra: dict | 
             markdown=promotion_markdown(record, url, (extra or {}).get("followed")),
             description="the new production version and its endpoint",
         )
+        from bertops.model_store import registry_for
+
+        history = registry_for(config, root).history(config.package.model_name)[-20:]
+        create_table_artifact(
+            key="bertops-registry-history",
+            table=[
+                {k: e[k] for k in ("when", "action", "stage", "version", "previous", "who", "reason")} for e in history
+            ],
+            description="the registry's latest stage changes: promotions, canaries, shadows, withdrawals, rollbacks",
+        )
         create_link_artifact(
             key="bertops-endpoint",
             link=url,

@@ -108,6 +108,10 @@ def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path,
     curves = asyncio.run(artifact("bertops-training-curves"))
     assert "validation accuracy" in curves and any(c in curves for c in "▁▂▃▄▅▆▇█")
     assert registry["production"] in asyncio.run(artifact("bertops-promotion"))
+    history = asyncio.run(artifact("bertops-registry-history"))
+    assert registry["production"] in json.dumps(history) and "promote" in json.dumps(history)
+    # Every registry change is also a Prefect event about the model (the event feed, automations).
+    _wait_for_event("bertops.model.promote", registry["production"])
     assert asyncio.run(artifact("bertops-endpoint")).endswith("(http://127.0.0.1:3917)")
     # One promotion event reached the webhook, naming the version.
     assert [e["event"] for e in events] == ["promotion"] and events[0]["version"] == registry["production"]
@@ -146,6 +150,22 @@ def test_flow_runs_every_stage_and_publishes_a_summary(harness, workspace: Path,
     lineage = shipped["versions"][shipped["production"]]["lineage"]
     assert shipped["production"] != registry["production"] and lineage["stage"] == "distill"
     assert lineage["student"]["layers"] == 2 and lineage["teacher"]["layers"] == 6
+
+
+def _wait_for_event(name: str, version: str, timeout: float = 30) -> None:
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            page = client.read_events(filter=EventFilter(event=EventNameFilter(name=[name])))
+        if any(e.payload.get("version") == version for e in page.events):
+            return
+        assert time.monotonic() < deadline, f"no {name} event for {version}"
+        time.sleep(1)
 
 
 def test_a_second_run_while_one_holds_the_workspace_is_skipped(harness, workspace: Path):

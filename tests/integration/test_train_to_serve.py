@@ -4,6 +4,7 @@ promote, and a real request to the served endpoint on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import httpx
@@ -433,7 +434,6 @@ def _bad_requests_get_4xx_and_the_server_keeps_answering(url: str, cfg) -> None:
 def test_bearer_token_is_required_when_configured(trained_workspace, monkeypatch):
     """Runs after the serve test: restarts the production endpoint with a token in its environment
     (and canary limits no canary can meet: the endpoint withdraws one by itself)."""
-    import os
 
     from bertops import server
     from tests.conftest import smoke_config
@@ -458,9 +458,40 @@ def test_bearer_token_is_required_when_configured(trained_workspace, monkeypatch
             f"{url}/classify", json={"texts": ["fine"]}, headers={"Authorization": "Bearer s3cret-token"}, timeout=60
         )
         assert ok.status_code == 200 and ok.json()[0]["label"] in ("negative", "positive")
+        _killed_mid_switch_it_restarts_on_production(root, cfg, {"Authorization": "Bearer s3cret-token"})
     finally:
         print(server.stop(cfg))
         assert os.environ[cfg.serve.api_token_env] == "s3cret-token"
+
+
+def _killed_mid_switch_it_restarts_on_production(root, cfg, headers) -> None:
+    """SIGKILL while it loads a newly promoted version: nothing is lost; restarted, it serves the
+    registry's production version."""
+    import signal
+    import threading
+    import time
+
+    from bertops import server
+    from bertops.model_store import registry_for
+
+    registry, name = registry_for(cfg, root), cfg.package.model_name
+    current = registry.production(name)
+    other = next(v for v, r in registry.versions(name).items() if r["stage"] == "archived" and r["gate"]["approved"])
+    registry.promote(name, other, reason="promoted, then the endpoint dies mid-switch")
+    threading.Thread(target=lambda: _swallow(lambda: server.follow_registry(cfg)), daemon=True).start()
+    time.sleep(0.3)  # the reload is under way: fetching or loading the new version
+    os.killpg(int(server.pid_path(cfg).read_text()), signal.SIGKILL)
+    url = server.start_detached(cfg, timeout=240)
+    reply = httpx.post(f"{url}/classify", json={"texts": ["fine"]}, headers=headers, timeout=60)
+    assert reply.status_code == 200 and reply.json()[0]["model_version"] == f"{name}:{other}"
+    assert registry.production(name) == other and current != other
+
+
+def _swallow(call) -> None:
+    try:
+        call()
+    except Exception:  # noqa: BLE001 - the server it talks to is being killed
+        pass
 
 
 def test_a_runtime_that_fails_its_export_check_is_never_judged_or_packaged(trained_workspace):

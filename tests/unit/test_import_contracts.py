@@ -78,7 +78,7 @@ def test_generic_stage_modules_hold_no_task_code():
 
 # What an endpoint that follows the registry imports (inside Endpoint.__init__, only when `bertops
 # serve` started it, so with bertops installed): the follower and the two stores it reads.
-FOLLOW_IMPORTS = {"bertops.follow", "bertops.model_store", "bertops.registry"}
+FOLLOW_IMPORTS = {"bertops.follow", "bertops.model_store", "bertops.registry", "bertops.events"}
 
 
 def test_the_service_files_need_no_bertops():

@@ -291,3 +291,22 @@ def test_a_database_of_an_older_schema_is_migrated_in_place_with_its_data(url: s
     with reg.engine.connect() as conn:
         version = conn.execute(sa.text(f"SELECT version_num FROM {module.VERSION_TABLE}")).scalar_one()
     assert version == "0002"
+
+
+def test_each_committed_change_is_announced_once_and_a_refused_one_never(url: str):
+    seen: list[tuple[str, str, str]] = []
+    reg = Registry(url, on_event=lambda name, event: seen.append((name, event["action"], event["version"])))
+    reg.register("m", "v1", APPROVED)
+    reg.register("m", "v2", {"gate": {"approved": False}})
+    reg.promote("m", "v1")
+    with pytest.raises(RegistryError):
+        reg.promote("m", "v2")  # refused inside the transaction: rolled back, nothing announced
+    reg.start_trial("m", "v2", 10, reason="look", force=True)
+    reg.withdraw("m", who="auto")
+    assert seen == [
+        ("m", "register", "v1"),
+        ("m", "register", "v2"),
+        ("m", "promote", "v1"),
+        ("m", "canary", "v2"),
+        ("m", "withdraw", "v2"),
+    ]

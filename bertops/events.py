@@ -1,0 +1,34 @@
+"""Registry changes as Prefect events (the one Prefect adapter of the logic layer): each
+registration, promotion, canary, shadow, withdrawal and rollback becomes the event
+`bertops.model.<action>` about the resource `bertops.model.<name>`, related to the version, with
+who, when, why and the stage. They show in the Prefect UI's event feed and can drive automations.
+
+Sent only where a Prefect API is configured (PREFECT_API_URL, or a flow run's API); an event that
+cannot be sent is logged and never fails the change it reports.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("bertops.events")
+
+
+def announce(name: str, event: dict) -> None:
+    try:
+        from prefect.events import emit_event
+
+        emit_event(
+            event=f"bertops.model.{event['action']}",
+            resource={"prefect.resource.id": f"bertops.model.{name}", "prefect.resource.name": name},
+            related=[
+                {
+                    "prefect.resource.id": f"bertops.model-version.{name}.{event['version']}",
+                    "prefect.resource.role": "model-version",
+                    "prefect.resource.name": event["version"],
+                }
+            ],
+            payload=event,
+        )
+    except Exception as exc:  # noqa: BLE001 - reporting a change never undoes or fails it
+        log.warning("could not send the Prefect event for %s %s: %s", event.get("action"), name, exc)
