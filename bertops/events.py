@@ -17,6 +17,10 @@ log = logging.getLogger("bertops.events")
 def announce(name: str, event: dict) -> None:
     try:
         from prefect.events import emit_event
+        from prefect.settings import get_current_settings
+
+        if not get_current_settings().api.url:  # no API here: never start an ephemeral Prefect server for this
+            return
 
         emit_event(
             event=f"bertops.model.{event['action']}",

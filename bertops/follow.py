@@ -123,10 +123,12 @@ class Follower:
         reason = self.watch.verdict(f"{self.name}:{canary}", f"{self.name}:{production}")  # as answers name them
         if reason is None:
             return
-        self.registry.withdraw(self.name, reason=f"canary {canary}: {reason}", who="auto")
+        # Its traffic stops here first; then the registry records it (if that write fails, the next
+        # check reloads the canary, the window still holds the evidence, and it is withdrawn again).
         self.service.set_trial("canary", None, None, None)
         self.serving["canary"], self.canary_percent = None, None
         self.withdrawn = f"{canary}: {reason}"
+        self.registry.withdraw(self.name, reason=f"canary {canary}: {reason}", who="auto")
         log.warning("canary %s:%s withdrawn automatically: %s", self.name, canary, reason)
 
     def status(self) -> dict:

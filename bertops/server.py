@@ -176,8 +176,10 @@ def stop(config: Config) -> str:
 
 
 def stop_process(path: Path, marker: str) -> str:
-    """Stop the detached process group whose leader's pid is in `path` (if its command line still
-    contains `marker`: a recycled pid belongs to someone else)."""
+    """Stop the detached server whose leader's pid is in `path` (if its command line still
+    contains `marker`: a recycled pid belongs to someone else), with every process under it:
+    BentoML starts its workers in sessions of their own, so the leader's process group alone
+    would leave them serving (and holding the port) as orphans."""
     if not path.is_file():
         return "no detached server running"
     pid = int(path.read_text())
@@ -188,20 +190,54 @@ def stop_process(path: Path, marker: str) -> str:
         return f"server {pid} had already stopped"
     if marker not in cmdline:  # the pid was reused by an unrelated process: leave it alone
         return f"server {pid} had already stopped"
+    tree = [pid, *descendants(pid)]
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return f"server {pid} had already stopped"
     except PermissionError as exc:
         raise ServeError(f"cannot stop server {pid}: {exc}") from None
-    for _ in range(40):
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
+    for _ in range(60):
+        if not any(_alive(p) for p in tree):
             return f"stopped server {pid}"
         time.sleep(0.25)
-    os.killpg(pid, signal.SIGKILL)
+    kill_tree(tree)
     return f"killed server {pid}"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, theirs, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_tree(pids: list[int]) -> None:
+    """SIGKILL each process (and its group: what it started) at once: no cleanup runs."""
+    for pid in pids:
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited: only its parent has not read its status yet
 
 
 def running(config: Config) -> bool:

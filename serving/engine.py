@@ -28,7 +28,7 @@ from pydantic import Field
 SETTINGS_FILE = Path(__file__).with_name("bertops_serving.json")
 OPEN_PATHS = ("/healthz", "/livez", "/readyz")  # probes stay open when a token is required
 TASK_ROUTES = ("/classify", "/tag", "/answer")  # one per built-in task; the SHARED ones are served by all
-SHARED_ROUTES = ("/embed", "/tokenize")
+SHARED_ROUTES = ("/embed", "/tokenize", "/v1/embeddings")  # /v1/embeddings: the OpenAI-compatible embeddings API
 ADMIN_PATHS = ("/admin/reload",)  # their own token (serve.admin_token_env), not the API token
 API_PATHS = (*TASK_ROUTES, *SHARED_ROUTES, "/metadata", "/metrics", *ADMIN_PATHS)
 
@@ -178,7 +178,79 @@ async def _refuse(send, endpoint: str, status: int, message: str, headers: list 
             "headers": [(b"content-type", b"application/json"), *(headers or [])],
         }
     )
-    await send({"type": "http.response.body", "body": json.dumps({"error": message}).encode()})
+    error = openai_error(status, message) if endpoint.startswith("/v1/") else {"error": message}
+    await send({"type": "http.response.body", "body": json.dumps(error).encode()})
+
+
+def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    """The error body the OpenAI API (and its clients) use."""
+    kind = {401: "authentication_error", 404: "not_found_error", 503: "server_error"}.get(
+        status, "invalid_request_error"
+    )
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class OpenAIRequestError(ValueError):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.param, self.code = status, param, code
+
+
+def parse_openai_embeddings(body: Any, serve: dict, models: set[str]) -> tuple[list[str], str]:
+    """A POST /v1/embeddings body -> (texts, encoding_format), or OpenAIRequestError naming what is
+    wrong. `models`: the names this endpoint answers to (any of them, or none, may be sent)."""
+    if not isinstance(body, dict):
+        raise OpenAIRequestError(400, 'send a JSON object, e.g. {"input": ["a text"], "model": "..."}')
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts:
+        raise OpenAIRequestError(400, "'input' must be a non-empty string or list of strings", "input")
+    if not all(isinstance(t, str) for t in texts):
+        raise OpenAIRequestError(
+            400, "'input' must hold strings (token arrays are not supported: send the text)", "input"
+        )
+    if len(texts) > serve["max_texts_per_request"]:
+        raise OpenAIRequestError(
+            400, f"'input' holds {len(texts)} texts; at most {serve['max_texts_per_request']} per request", "input"
+        )
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise OpenAIRequestError(400, f"input[{i}] is blank", "input")
+        if len(text) > serve["max_text_chars"]:
+            raise OpenAIRequestError(
+                400, f"input[{i}] has {len(text)} characters; at most {serve['max_text_chars']}", "input"
+            )
+    model = body.get("model")
+    if model is not None and model not in models:
+        raise OpenAIRequestError(
+            404,
+            f"model {model!r} is not served here; this endpoint serves {sorted(models)}",
+            "model",
+            "model_not_found",
+        )
+    fmt = body.get("encoding_format") or "float"
+    if fmt not in ("float", "base64"):
+        raise OpenAIRequestError(400, f"'encoding_format' is 'float' or 'base64', not {fmt!r}", "encoding_format")
+    if body.get("dimensions") is not None:
+        raise OpenAIRequestError(
+            400, "'dimensions' is not supported: the model's vectors have a fixed size", "dimensions"
+        )
+    return texts, fmt
+
+
+def openai_embeddings_body(vectors: list[list[float]], fmt: str, model: str, tokens: int) -> dict:
+    import base64
+
+    def encoded(vector: list[float]):
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode() if fmt == "base64" else vector
+
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encoded(v)} for i, v in enumerate(vectors)],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def _too_large(size: int | None, limit: int) -> str:
@@ -471,11 +543,32 @@ class NotFollowing(RuntimeError):
     """An admin reload on an endpoint that serves its packaged model only."""
 
 
-def info_app(describe, reload=None) -> FastAPI:
+def info_app(describe, reload=None, embed=None) -> FastAPI:
     """The routes beside BentoML's POST APIs: `describe()` -> GET /metadata (the running service's,
     set when it starts); `reload()` -> POST /admin/reload (look at the registry now; needs
-    "Authorization: Bearer <value of serve.admin_token_env>")."""
+    "Authorization: Bearer <value of serve.admin_token_env>"); `await embed(texts)` -> (vectors,
+    model version, token count) for POST /v1/embeddings, the OpenAI-compatible embeddings API."""
     app = FastAPI()
+
+    @app.post("/v1/embeddings")
+    async def openai_embeddings(request: Request):
+        """Embeddings in the OpenAI API's shape (input: a string or a list; encoding_format: float or base64)."""
+        if embed is None:
+            return JSONResponse(openai_error(404, "this service serves no embeddings"), 404)
+        try:
+            try:
+                body = await request.json()
+            except ValueError:
+                raise OpenAIRequestError(400, "the body is not valid JSON") from None
+            version = describe()["model_version"]
+            texts, fmt = parse_openai_embeddings(body, load_settings()["serve"], {version, version.split(":")[0]})
+        except OpenAIRequestError as exc:
+            return JSONResponse(openai_error(exc.status, str(exc), exc.param, exc.code), exc.status)
+        try:
+            vectors, model, tokens = await embed(texts)
+        except Overloaded as exc:
+            return JSONResponse(openai_error(503, str(exc)), 503)
+        return openai_embeddings_body(vectors, fmt, model, tokens)
 
     @app.get("/metadata")
     def metadata() -> dict:

@@ -78,6 +78,10 @@ def _reload() -> dict:
     return _running["service"].reload()
 
 
+async def _embed_texts(texts: list) -> tuple[list, str, int]:
+    return await _running["service"].embed_texts(texts)
+
+
 class Endpoint:
     """What every task's service shares: the model, /embed and /metadata.
 
@@ -104,11 +108,12 @@ class Endpoint:
         self.follower = None
         self.watch = None
         if FOLLOW:
+            from bertops.events import announce
             from bertops.follow import CanaryWatch, Follower
             from bertops.model_store import ModelStore
             from bertops.registry import Registry
 
-            registry = Registry(os.environ["BERTOPS_REGISTRY_URL"])
+            registry = Registry(os.environ["BERTOPS_REGISTRY_URL"], on_event=announce)  # e.g. an automatic withdrawal
             store = ModelStore(os.environ["BERTOPS_STORE_URL"], Path(os.environ["BERTOPS_CACHE"]))
             self.watch = CanaryWatch(**self.settings["serve"]["canary"])
             self.follower = Follower(
@@ -241,6 +246,13 @@ class Endpoint:
         """One sentence embedding per text: the mean of the encoder's token states."""
         return await self.batched("/embed", self._embed, list(texts))
 
+    async def embed_texts(self, texts: list) -> tuple[list, str, int]:
+        """(vectors, the version that made them, tokens fed): /embed's work for POST /v1/embeddings."""
+        rows = await self.batched("/embed", self._embed, texts)
+        feeds, _ = self.model.engine.encode(texts)  # what the model is fed, counted as the usage
+        tokens = int(feeds["attention_mask"].sum())
+        return [r["embedding"] for r in rows], rows[0]["model_version"], tokens
+
     def _embed(self, texts: list, which: str = "production") -> list[dict]:
         m = self.served(which)
         vectors, truncated = self._infer(m, "/embed", texts, "embedding")
@@ -265,7 +277,7 @@ Questions = engine.batch_type(Question, SERVE["max_texts_per_request"])
 
 
 @bentoml.service(name="bertops", traffic={"timeout": 60}, workers=SERVE["workers"])
-@bentoml.asgi_app(engine.info_app(_describe, _reload), path="/")
+@bentoml.asgi_app(engine.info_app(_describe, _reload, _embed_texts), path="/")
 class Classification(Endpoint):
     route = "/classify"
 
@@ -293,7 +305,7 @@ class Classification(Endpoint):
 
 
 @bentoml.service(name="bertops", traffic={"timeout": 60}, workers=SERVE["workers"])
-@bentoml.asgi_app(engine.info_app(_describe, _reload), path="/")
+@bentoml.asgi_app(engine.info_app(_describe, _reload, _embed_texts), path="/")
 class TokenTagging(Endpoint):
     route = "/tag"
     head = AutoModelForTokenClassification
@@ -343,7 +355,7 @@ class TokenTagging(Endpoint):
 
 
 @bentoml.service(name="bertops", traffic={"timeout": 60}, workers=SERVE["workers"])
-@bentoml.asgi_app(engine.info_app(_describe, _reload), path="/")
+@bentoml.asgi_app(engine.info_app(_describe, _reload, _embed_texts), path="/")
 class QuestionAnswering(Endpoint):
     route = "/answer"
     head = AutoModelForQuestionAnswering

@@ -166,9 +166,9 @@ def test_retrain_twice_then_on_a_changed_corpus(repo, harness):
 def test_a_second_workspace_sharing_only_the_team_state_carries_on(repo, tmp_path: Path):
     """Workspace B, a fresh clone in another folder with its own BentoML home and cache, shares
     nothing with A but the registry database, the model store and the DVC remote: its retrain finds
-    A's production version as the champion, gates its own candidate against it and promotes it. An
-    endpoint started from an empty folder with only the two URLs serves A's version, then B's, with
-    no restart."""
+    A's production version as the champion, gates its own candidate against it and promotes it. Two
+    endpoints (replicas), each started from an empty folder with only the two URLs, serve A's
+    version, then converge on B's, with no restart."""
     import httpx
 
     root, env, _ = repo
@@ -178,24 +178,33 @@ def test_a_second_workspace_sharing_only_the_team_state_carries_on(repo, tmp_pat
     _sh(git + ["commit", "-qm", "a run in workspace A"], root, env)
 
     bertops = str(Path(sys.executable).with_name("bertops"))
-    endpoint = tmp_path / "endpoint"
-    endpoint.mkdir()
-    serve = [bertops, "serve", "--params", str(REPO / "params.yaml"), "-s", "serve.port=3931", "-s", "serve.poll_s=1"]
-    eenv = {
-        **env,
-        "BENTOML_HOME": str(tmp_path / "endpoint-bentoml"),
-        "BERTOPS_CACHE": str(tmp_path / "endpoint-cache"),
-    }
-    _sh(serve + ["--detach"], endpoint, eenv)
+    # Two endpoints (two replicas), each started from an empty folder with its own BentoML home and
+    # cache: all they get is the two URLs.
+    endpoints = []
+    for port in (3931, 3932):
+        folder = tmp_path / f"endpoint-{port}"
+        folder.mkdir()
+        serve = [
+            bertops,
+            "serve",
+            "--params",
+            str(REPO / "params.yaml"),
+            "-s",
+            f"serve.port={port}",
+            "-s",
+            "serve.poll_s=1",
+        ]
+        eenv = {**env, "BENTOML_HOME": str(folder / "bentoml"), "BERTOPS_CACHE": str(folder / "cache")}
+        _sh(serve + ["--detach"], folder, eenv)
+        endpoints.append((port, folder, serve, eenv, (folder / "registry" / "serve.pid").read_text()))
     try:
-        pid = (endpoint / "registry" / "serve.pid").read_text()
 
-        def serving() -> str:
-            reply = httpx.post("http://127.0.0.1:3931/classify", json={"texts": ["a fine film"]}, timeout=60)
+        def serving(port: int) -> str:
+            reply = httpx.post(f"http://127.0.0.1:{port}/classify", json={"texts": ["a fine film"]}, timeout=60)
             assert reply.status_code == 200, reply.text
             return reply.json()[0]["model_version"]
 
-        assert serving() == f"bertops-sst2:{champion}"
+        assert {serving(port) for port, *_ in endpoints} == {f"bertops-sst2:{champion}"}
 
         b = tmp_path / "b"
         _sh(["git", "clone", "-q", str(root), str(b)], tmp_path, env)
@@ -215,10 +224,13 @@ def test_a_second_workspace_sharing_only_the_team_state_carries_on(repo, tmp_pat
         assert promotions[-2:] == [champion, after["production"]]
         assert not (b / "registry" / "registry.db").exists()  # B kept no registry of its own
 
+        # Both replicas converge on B's version, with no restart.
         deadline = time.monotonic() + 30
-        while serving() != f"bertops-sst2:{after['production']}":
-            assert time.monotonic() < deadline, "the endpoint did not follow the promotion"
+        while {serving(port) for port, *_ in endpoints} != {f"bertops-sst2:{after['production']}"}:
+            assert time.monotonic() < deadline, "the endpoints did not follow the promotion"
             time.sleep(0.5)
-        assert (endpoint / "registry" / "serve.pid").read_text() == pid  # no restart
+        for _port, folder, *_, pid in endpoints:
+            assert (folder / "registry" / "serve.pid").read_text() == pid  # no restart
     finally:
-        subprocess.run(serve + ["--stop"], cwd=endpoint, env=eenv, capture_output=True)
+        for _port, folder, serve, eenv, _ in endpoints:
+            subprocess.run(serve + ["--stop"], cwd=folder, env=eenv, capture_output=True)

@@ -161,7 +161,7 @@ def _wait_for_event(name: str, version: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while True:
         with get_client(sync_client=True) as client:
-            page = client.read_events(filter=EventFilter(event=EventNameFilter(name=[name])))
+            page = client.read_events(filter=EventFilter(event=EventNameFilter(name=[name])), limit=50)
         if any(e.payload.get("version") == version for e in page.events):
             return
         assert time.monotonic() < deadline, f"no {name} event for {version}"

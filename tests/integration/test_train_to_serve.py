@@ -187,6 +187,7 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
 
         assert str(root.resolve()) not in public and sys.prefix not in public and "per_class" not in public
         _embeddings_are_unit_sentence_vectors(url)
+        _the_python_client_and_the_openai_embeddings_api(url, packaged)
         _bad_requests_get_4xx_and_the_server_keeps_answering(url, cfg)
         _oversized_bodies_get_413_while_others_are_served(root, cfg, url)
         _a_lone_request_after_a_burst_does_not_wait(url)
@@ -395,6 +396,37 @@ def _embeddings_are_unit_sentence_vectors(url: str) -> None:
     assert similarity[0, 1] > similarity[0, 2]  # paraphrases sit closer than unrelated text
 
 
+def _the_python_client_and_the_openai_embeddings_api(url: str, packaged) -> None:
+    import numpy as np
+    import openai
+
+    from bertops.client import Client, ClientError
+
+    texts = [f"review number {i}: a fine film" for i in range(70)]  # more than one request's worth
+    with Client(url) as client:
+        vectors = client.encode(texts)
+        assert vectors.shape == (70, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+        assert [a["label"] for a in client.classify(["a gripping film"])][0] in ("negative", "positive")
+        with pytest.raises(ClientError, match="400"):
+            client.encode([""])
+    # The official OpenAI client, pointed at the endpoint (by default it asks for base64 and decodes).
+    api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    reply = api.embeddings.create(model=packaged.model_tag.split(":")[0], input=texts[:3])
+    assert [d.index for d in reply.data] == [0, 1, 2] and reply.model == packaged.model_tag
+    assert np.allclose([d.embedding for d in reply.data], vectors[:3], atol=1e-5)
+    assert reply.usage.prompt_tokens == reply.usage.total_tokens > 3 * 5
+    packed = api.embeddings.create(model=packaged.model_tag, input="one text", encoding_format="float")
+    floats = packed.data[0].embedding
+    assert len(floats) == 384 and abs(float(np.linalg.norm(floats)) - 1) < 1e-4
+    with pytest.raises(openai.NotFoundError):
+        api.embeddings.create(model="text-embedding-3-small", input="x")
+    with pytest.raises(openai.BadRequestError) as err:
+        api.embeddings.create(model=packaged.model_tag, input=[])
+    assert "non-empty" in err.value.body["message"]
+    raw = httpx.post(f"{url}/v1/embeddings", content=b"hello", headers={"Content-Type": "text/plain"}, timeout=30)
+    assert raw.status_code == 415 and raw.json()["error"]["type"] == "invalid_request_error"
+
+
 def _bad_requests_get_4xx_and_the_server_keeps_answering(url: str, cfg) -> None:
     limit = cfg.serve.max_texts_per_request
     bad_json = [
@@ -467,7 +499,6 @@ def test_bearer_token_is_required_when_configured(trained_workspace, monkeypatch
 def _killed_mid_switch_it_restarts_on_production(root, cfg, headers) -> None:
     """SIGKILL while it loads a newly promoted version: nothing is lost; restarted, it serves the
     registry's production version."""
-    import signal
     import threading
     import time
 
@@ -480,7 +511,8 @@ def _killed_mid_switch_it_restarts_on_production(root, cfg, headers) -> None:
     registry.promote(name, other, reason="promoted, then the endpoint dies mid-switch")
     threading.Thread(target=lambda: _swallow(lambda: server.follow_registry(cfg)), daemon=True).start()
     time.sleep(0.3)  # the reload is under way: fetching or loading the new version
-    os.killpg(int(server.pid_path(cfg).read_text()), signal.SIGKILL)
+    leader = int(server.pid_path(cfg).read_text())
+    server.kill_tree([leader, *server.descendants(leader)])  # the whole endpoint dies at once, workers too
     url = server.start_detached(cfg, timeout=240)
     reply = httpx.post(f"{url}/classify", json={"texts": ["fine"]}, headers=headers, timeout=60)
     assert reply.status_code == 200 and reply.json()[0]["model_version"] == f"{name}:{other}"

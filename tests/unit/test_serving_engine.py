@@ -283,3 +283,51 @@ def test_length_groups_cut_padding_and_keep_every_row(engine):
     padded = sum(len(g) * lengths[g].max() for g in groups)
     assert padded < len(lengths) * lengths.max() / 2  # one padded call would compute twice as much
     assert all(len(g) >= 4 for g in groups[:-1])  # no tiny calls but the last
+
+
+SERVE_LIMITS = {"max_texts_per_request": 3, "max_text_chars": 20}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param", "says"),
+    [
+        ([], 400, None, "JSON object"),
+        ({}, 400, "input", "non-empty string or list"),
+        ({"input": []}, 400, "input", "non-empty string or list"),
+        ({"input": [[101, 2023]]}, 400, "input", "token arrays are not supported"),
+        ({"input": ["a", "b", "c", "d"]}, 400, "input", "at most 3 per request"),
+        ({"input": ["ok", "  "]}, 400, "input", "input[1] is blank"),
+        ({"input": "x" * 21}, 400, "input", "at most 20"),
+        ({"input": "ok", "model": "gpt-4"}, 404, "model", "'gpt-4' is not served here"),
+        ({"input": "ok", "encoding_format": "int8"}, 400, "encoding_format", "'float' or 'base64'"),
+        ({"input": "ok", "dimensions": 64}, 400, "dimensions", "not supported"),
+    ],
+)
+def test_openai_embedding_requests_are_checked_and_refused_in_the_openai_shape(engine, body, status, param, says):
+    with pytest.raises(engine.OpenAIRequestError) as err:
+        engine.parse_openai_embeddings(body, SERVE_LIMITS, {"m", "m:v1"})
+    assert (err.value.status, err.value.param) == (status, param) and says in str(err.value)
+    shaped = engine.openai_error(err.value.status, str(err.value), err.value.param, err.value.code)
+    assert set(shaped["error"]) == {"message", "type", "param", "code"} and shaped["error"]["message"] == str(err.value)
+
+
+def test_openai_embedding_answers_carry_floats_or_their_base64_bytes(engine):
+    import base64
+
+    import numpy as np
+
+    assert engine.parse_openai_embeddings({"input": "one text", "model": "m"}, SERVE_LIMITS, {"m"}) == (
+        ["one text"],
+        "float",
+    )
+    vectors = [[0.5, -1.25, 3.0], [1.0, 0.0, 0.0]]
+    plain = engine.openai_embeddings_body(vectors, "float", "m:v1", 7)
+    assert (
+        plain["object"] == "list"
+        and plain["model"] == "m:v1"
+        and plain["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+    )
+    assert [d["index"] for d in plain["data"]] == [0, 1] and plain["data"][0]["embedding"] == vectors[0]
+    packed = engine.openai_embeddings_body(vectors, "base64", "m:v1", 7)
+    decoded = np.frombuffer(base64.b64decode(packed["data"][0]["embedding"]), dtype="<f4")
+    assert decoded.tolist() == vectors[0]
