@@ -413,7 +413,9 @@ def _the_python_client_and_the_openai_embeddings_api(url: str, packaged) -> None
     api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     reply = api.embeddings.create(model=packaged.model_tag.split(":")[0], input=texts[:3])
     assert [d.index for d in reply.data] == [0, 1, 2] and reply.model == packaged.model_tag
-    assert np.allclose([d.embedding for d in reply.data], vectors[:3], atol=1e-5)
+    # The same vectors (int8 dynamic quantisation scales activations per batch, so a text's vector
+    # moves slightly with its batch-mates: compared by cosine, not bit for bit).
+    assert (np.sum(np.array([d.embedding for d in reply.data]) * vectors[:3], axis=1) > 0.99).all()
     assert reply.usage.prompt_tokens == reply.usage.total_tokens > 3 * 5
     packed = api.embeddings.create(model=packaged.model_tag, input="one text", encoding_format="float")
     floats = packed.data[0].embedding

@@ -107,3 +107,33 @@ def test_a_null_floor_is_off_as_documented():
     }
     decision = decide(report, cfg.gate.model_copy(update={"min_behaviour_pass_rate": None}))
     assert decision.approved and [c.name for c in decision.checks] == ["p95 latency ms", "model size MB"]
+
+
+def test_an_unreachable_registry_or_store_fails_the_cli_in_seconds_naming_the_url(tmp_path: Path, monkeypatch):
+    import socket
+    import time
+
+    from typer.testing import CliRunner
+
+    from bertops.cli import app
+    from bertops.model_store import ModelStore, StoreError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BERTOPS_REGISTRY_URL", f"postgresql+psycopg://team:hunter2@127.0.0.1:{port}/bertops")
+    params = Path(__file__).resolve().parents[2] / "params.yaml"
+    started = time.monotonic()
+    for command in (["models", "list"], ["promote", "v1"], ["rollback"]):
+        result = CliRunner().invoke(app, [*command, "--params", str(params)])
+        assert result.exit_code == TRANSIENT_EXIT, result.output
+        assert f"team:***@127.0.0.1:{port}/bertops" in result.output and "hunter2" not in result.output
+    assert time.monotonic() - started < 30
+    (tmp_path / "not-a-folder").write_text("a file where the store's folder should be")
+    store = ModelStore(str(tmp_path / "not-a-folder"), tmp_path / "cache")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "weights").write_bytes(b"w")
+    with pytest.raises(StoreError, match="cannot use the model store .*not-a-folder") as err:
+        store.put("m", "v1", tmp_path / "model")
+    assert is_transient(err.value)
