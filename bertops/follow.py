@@ -72,12 +72,13 @@ class Follower:
         return bool(version) and (retry_refused or version not in self.refused)
 
     def _follow(self, routing: Routing, retry_refused: bool) -> None:
-        if routing.production != self.serving["production"] and self._wanted(routing.production, retry_refused):
-            path = self._fetch(routing.production)
-            self._apply(routing.production, partial(self.service.switch, routing.production, path))
-            previous, self.serving["production"] = self.serving["production"], routing.production
+        production = routing.production
+        if production and production != self.serving["production"] and self._wanted(production, retry_refused):
+            path = self._fetch(production)
+            self._apply(production, partial(self.service.switch, production, path))
+            previous, self.serving["production"] = self.serving["production"], production
             self.switched_at = time.time()
-            log.warning("now serving %s:%s (was %s)", self.name, routing.production, previous)
+            log.warning("now serving %s:%s (was %s)", self.name, production, previous)
             self.store.remove_cached(self.name, keep={v for v in (*self.serving.values(), previous) if v})
         for role, version, percent in (
             ("canary", routing.canary, routing.canary_percent),

@@ -245,8 +245,9 @@ class Registry:
             _step("registry-written")
             events = conn.info.pop("bertops_events", [])
         _step("registry-committed")
-        for event in events if self.on_event else []:
-            self.on_event(name, event)
+        if self.on_event is not None:
+            for event in events:
+                self.on_event(name, event)
 
     def register(self, name: str, version: str, record: dict[str, Any]) -> None:
         """Add a packaged model version as a candidate."""
@@ -370,14 +371,12 @@ class Registry:
 def _lock_model(conn: sa.Connection, name: str) -> str | None:
     """Create the model's row if needed and take its lock (the first statement of every change:
     on SQLite it takes the write lock, on PostgreSQL the row lock, until the commit)."""
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise RegistryError(f"registry databases are SQLite or PostgreSQL, not {dialect}")
-    statement = insert(models_table).values(name=name, revision=1)
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialects: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}  # both upsert
+    if conn.dialect.name not in dialects:
+        raise RegistryError(f"registry databases are SQLite or PostgreSQL, not {conn.dialect.name}")
+    statement = dialects[conn.dialect.name](models_table).values(name=name, revision=1)
     conn.execute(
         statement.on_conflict_do_update(index_elements=["name"], set_={"revision": models_table.c.revision + 1})
     )
