@@ -82,7 +82,27 @@ def check_judged_runtime(export: dict, decision: dict, model_dir: Path) -> None:
         )
 
 
-def serving_settings(config: Config, task, model_tag: str, agreement: dict) -> dict:
+def _embedding_model(config: Config, root: Path, model_dir: Path) -> dict | None:
+    """serve.embedding_model=parent: the general-purpose encoder the model was fine-tuned from
+    (finetune.model) goes into the model's folder for `/embed`, exported and checked like the
+    classifier; "production": /embed serves the production model's own encoder (None here)."""
+    if config.serve.embedding_model != "parent":
+        return None
+    from bertops.models.export import EMBEDDING_DIR, export_embedding_model, sample_texts
+    from bertops.models.pretrained import describe_model_source, resolve_model_source
+
+    texts = sample_texts(root / config.paths.prepared / config.ingest.dataset)
+    report = export_embedding_model(
+        resolve_model_source(config.finetune.model),
+        model_dir / EMBEDDING_DIR,
+        texts,
+        config.prepare.max_length,
+        config.serve.onnx_max_abs_diff,
+    )
+    return {"name": describe_model_source(config.finetune.model), "folder": EMBEDDING_DIR, **report}
+
+
+def serving_settings(config: Config, task, model_tag: str, agreement: dict, embedding: dict | None = None) -> dict:
     """What the service reads at start: the request schema, limits and the runtime the gate judged.
     The service encodes text exactly as `prepare` did for training (the same bertops.encoding module)."""
     return {
@@ -95,6 +115,17 @@ def serving_settings(config: Config, task, model_tag: str, agreement: dict) -> d
         # The runtime the gate judged; the engine serves no other (see serving/engine.py).
         "runtime": agreement["runtime"],
         "onnx_files": {k: v["file"] for k, v in agreement["runtimes"].items() if v["passed"]},
+        # /embed's model when it is not the served model's own encoder (serve.embedding_model)
+        "embedding": None
+        if embedding is None
+        else {
+            "name": embedding["name"],
+            "folder": embedding["folder"],
+            "runtime": embedding["runtime"],
+            "onnx_files": {embedding["runtime"]: embedding["runtimes"][embedding["runtime"]]["file"]}
+            if embedding["runtime"] != "torch"
+            else {},
+        },
         **task.serving_settings(config),
     }
 
@@ -140,7 +171,10 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
         check_judged_runtime(agreement, decision, Path(saved.path))
         lineage["serving_export"] = agreement
         (Path(saved.path) / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
-        settings = serving_settings(config, task, str(saved.tag), agreement)
+        embedding = _embedding_model(config, root, Path(saved.path))
+        lineage["embedding_model"] = embedding
+        (Path(saved.path) / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
+        settings = serving_settings(config, task, str(saved.tag), agreement, embedding)
         # The model carries its serving settings: an endpoint that follows the registry reads them.
         (Path(saved.path) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     model_tag = str(saved.tag)

@@ -600,8 +600,12 @@ def info_app(describe, reload=None, embed=None) -> FastAPI:
 class Served:
     """One loaded model version: what a request batch reads once and runs on from start to end."""
 
-    def __init__(self, version: str, engine: Engine, lineage: dict, labels: list, settings: dict) -> None:
+    def __init__(self, version: str, engine: Engine, lineage: dict, labels: list, settings: dict,
+                 embedder: Engine | None = None) -> None:  # fmt: skip
         self.version, self.engine, self.lineage, self.labels, self.settings = version, engine, lineage, labels, settings
+        self.embedder = embedder or engine  # what /embed runs: the designated embedding model, or the model itself
+        embedding = settings.get("embedding")
+        self.embedding_model = embedding["name"] if embedding else f"{version} (its own encoder)"
 
     @classmethod
     def load(cls, path, version: str, settings: dict, head) -> Served:
@@ -609,13 +613,19 @@ class Served:
         lineage = json.loads((Path(path) / "lineage.json").read_text())
         config = model.config
         labels = [config.id2label[i] for i in range(config.num_labels)] if settings["task"] != "qa" else []
-        return cls(version, model, lineage, labels, settings)
+        embedder = None
+        if embedding := settings.get("embedding"):
+            from transformers import AutoModel
+
+            own = {**settings, "runtime": embedding["runtime"], "onnx_files": embedding["onnx_files"]}
+            embedder = Engine(str(Path(path) / embedding["folder"]), own, AutoModel, runtime_override=False)
+        return cls(version, model, lineage, labels, settings, embedder)
 
 
 class Engine:
     """The model on the chosen runtime, and the request encoding shared with training."""
 
-    def __init__(self, path: str, settings: dict, head) -> None:
+    def __init__(self, path: str, settings: dict, head, runtime_override: bool = True) -> None:
         import torch
         from transformers import AutoConfig, AutoTokenizer
 
@@ -629,7 +639,7 @@ class Engine:
         # only together with BERTOPS_SERVE_UNJUDGED=1 (benchmarks, debugging), and /metadata then says
         # "judged": false; an ONNX runtime that failed its agreement check is never served.
         judged = settings.get("runtime") or settings.get("cpu_runtime") or "torch"  # cpu_runtime: older Bentos
-        runtime = os.environ.get("BERTOPS_SERVE_RUNTIME") or judged
+        runtime = (os.environ.get("BERTOPS_SERVE_RUNTIME") if runtime_override else None) or judged
         if runtime != judged and os.environ.get("BERTOPS_SERVE_UNJUDGED") != "1":
             raise RuntimeError(
                 f"runtime {runtime!r} was not judged by the gate for this model (it judged {judged!r}); "

@@ -220,6 +220,7 @@ class Endpoint:
             "input": "[first, second] sentence pairs" if PAIRS else "texts",
             "task": m.settings["task"],
             "embedding_normalized": SERVE["normalize_embeddings"],
+            "embedding_model": m.embedding_model,
             "lineage": engine.public_lineage(m.lineage),  # public fields only: docs/operations.md
             "follow": self.follower.status() if self.follower else None,
             "shadow": self.shadow.summary() if self.trials["shadow"] is not None else None,
@@ -249,19 +250,23 @@ class Endpoint:
     async def embed_texts(self, texts: list) -> tuple[list, str, int]:
         """(vectors, the version that made them, tokens fed): /embed's work for POST /v1/embeddings."""
         rows = await self.batched("/embed", self._embed, texts)
-        feeds, _ = self.model.engine.encode(texts)  # what the model is fed, counted as the usage
+        feeds, _ = self.model.embedder.encode(texts)  # what the model is fed, counted as the usage
         tokens = int(feeds["attention_mask"].sum())
         return [r["embedding"] for r in rows], rows[0]["model_version"], tokens
 
     def _embed(self, texts: list, which: str = "production") -> list[dict]:
         m = self.served(which)
-        vectors, truncated = self._infer(m, "/embed", texts, "embedding")
+        started = time.perf_counter()
+        feeds, truncated = m.embedder.encode(texts)
+        vectors = m.embedder.run(feeds, "embedding")
+        engine.metrics().observe("/embed", m.version, len(texts), time.perf_counter() - started, sum(truncated))
         if SERVE["normalize_embeddings"]:
             vectors = vectors / np.clip(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12, None)
         return [
             {
                 "embedding": [round(float(x), 6) for x in v],
                 "model_version": m.version,
+                "embedding_model": m.embedding_model,
                 "truncated": cut,
                 "normalized": SERVE["normalize_embeddings"],
             }

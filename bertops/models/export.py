@@ -66,8 +66,29 @@ def _sentence_module(model):
     return SentenceHeads(model).eval()
 
 
-def export_onnx(model, tokenizer, path: Path, opset: int = 17) -> None:
-    """Trace the model to ONNX with dynamic batch and sequence axes."""
+def _embedding_module(encoder):
+    import torch
+
+    class MeanPooledEncoder(torch.nn.Module):
+        """input ids -> the mean of the encoder's token states over the attention mask."""
+
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            hidden = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+    return MeanPooledEncoder(encoder).eval()
+
+
+def export_onnx(model, tokenizer, path: Path, opset: int = 17, embedding_only: bool = False) -> None:
+    """Trace the model to ONNX with dynamic batch and sequence axes (outputs `logits` and
+    `embedding`; `embedding_only`: a bare encoder, `embedding` alone)."""
     import warnings
 
     import torch
@@ -82,12 +103,12 @@ def export_onnx(model, tokenizer, path: Path, opset: int = 17) -> None:
         # The TorchScript-based exporter (dynamo=False): exact for BERT graphs and needs no
         # onnxscript at serve time.
         torch.onnx.export(
-            _sentence_module(model),
+            _embedding_module(model) if embedding_only else _sentence_module(model),
             args,
             str(path),
             dynamo=False,
             input_names=list(INPUTS),
-            output_names=["logits", "embedding"],
+            output_names=["embedding"] if embedding_only else ["logits", "embedding"],
             opset_version=opset,
             dynamic_axes={name: {0: "batch", 1: "sequence"} for name in INPUTS},
         )
@@ -221,5 +242,74 @@ def export_for_serving(
             "passed": bool(passed),
         }
     report["export_seconds"] = round(time.perf_counter() - started, 1)
+    (out / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+EMBEDDING_DIR = "embedding"
+
+
+def sample_texts(prepared: Path, limit: int = 200) -> list[str]:
+    """Up to `limit` texts from a prepared validation split (any task: the string columns, token
+    lists joined), for the embedding export's check."""
+    import pandas as pd
+
+    path = prepared / "validation.parquet"
+    frame = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+    texts: list[str] = []
+    for column in frame.columns:
+        for value in frame[column].head(limit):
+            if isinstance(value, str) and value.strip():
+                texts.append(value)
+            elif isinstance(value, (list, np.ndarray)) and len(value) and all(isinstance(v, str) for v in value):
+                texts.append(" ".join(value))
+    return texts[:limit] or ["a short example", "and a somewhat longer second example text"]
+
+
+def export_embedding_model(source: str, target: Path, texts: list, max_length: int, max_abs_diff: float,
+                           min_cosine: float = 0.99) -> dict:  # fmt: skip
+    """The encoder at `source` (a folder or hub id) saved into `target` for `/embed`, with ONNX fp32
+    and int8 exports checked against PyTorch's mean-pooled embeddings on `texts`: fp32 within
+    `max_abs_diff`, int8 at a cosine of at least `min_cosine` for every text. Returns the report
+    (runtime: the fastest that passed)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    encoder = AutoModel.from_pretrained(source).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    target.mkdir(parents=True, exist_ok=True)
+    encoder.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    out = target / ONNX_DIR
+    export_onnx(encoder, tokenizer, out / FILES["onnx"], embedding_only=True)
+    quantize_int8(out / FILES["onnx"], out / FILES["onnx-int8"])
+    pooled = _embedding_module(encoder)
+    reference = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for index, feeds in _batches(tokenizer, texts, max_length, 64):
+            reference[index] = pooled(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+    runtimes: dict[str, dict[str, Any]] = {}
+    for runtime, name in FILES.items():
+        session = onnx_session(out / name)
+        values = np.zeros_like(reference)
+        for index, feeds in _batches(tokenizer, texts, max_length, 64):
+            values[index] = session.run(["embedding"], feeds)[0]
+        cosine = np.sum(values * reference, axis=1) / (
+            np.linalg.norm(values, axis=1) * np.linalg.norm(reference, axis=1) + 1e-12
+        )
+        diff = float(np.abs(values - reference).max())
+        passed = diff <= max_abs_diff if runtime == "onnx" else float(cosine.min()) >= min_cosine
+        runtimes[runtime] = {
+            "file": f"{ONNX_DIR}/{name}",
+            "max_abs_diff": diff,
+            "min_cosine": float(cosine.min()),
+            "size_mb": round((out / name).stat().st_size / 1e6, 2),
+            "passed": bool(passed),
+        }
+    chosen = next((r for r in ("onnx-int8", "onnx") if runtimes[r]["passed"]), "torch")
+    if chosen != "torch":  # the endpoint loads the chosen file, the config and the tokenizer only
+        for path in [*target.glob("*.safetensors"), *(out / name for r, name in FILES.items() if r != chosen)]:
+            path.unlink()
+    report = {"examples": len(texts), "runtime": chosen, "runtimes": runtimes, "dimension": encoder.config.hidden_size}
     (out / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -394,6 +394,19 @@ def _embeddings_are_unit_sentence_vectors(url: str) -> None:
     assert vectors.shape == (3, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
     similarity = vectors @ vectors.T
     assert similarity[0, 1] > similarity[0, 2]  # paraphrases sit closer than unrelated text
+    # /embed is served by the general-purpose encoder the classifier was fine-tuned from (its parent),
+    # whose space sentiment training has not bent: topic, not sentiment, decides closeness.
+    assert {item["embedding_model"] for item in reply.json()} == {
+        httpx.get(f"{url}/metadata").json()["embedding_model"]
+    }
+    assert "all-MiniLM-L6-v2" in reply.json()[0]["embedding_model"]
+    pair = httpx.post(
+        f"{url}/embed",
+        json={"texts": ["a cat sat on the mat", "a kitten rested on the rug", "stock prices fell sharply"]},
+        timeout=60,
+    ).json()
+    cat, kitten, stocks = (np.array(item["embedding"]) for item in pair)
+    assert cat @ kitten > 0.5 and cat @ stocks < 0.2, (cat @ kitten, cat @ stocks)
 
 
 def _the_python_client_and_the_openai_embeddings_api(url: str, packaged) -> None:

@@ -1,0 +1,104 @@
+"""Do the endpoint's embeddings keep their meaning? Question-to-paragraph retrieval on SQuAD v1.1.
+
+400 paragraphs of the SQuAD v1.1 dev set (seeded sample, one question each); each question's
+nearest paragraph by cosine of the embeddings; recall@1, recall@5, MRR. Three embedders, in one
+run, on the same texts:
+
+- the endpoint's `POST /embed` (whatever `serve.embedding_model` made it: by default the parent
+  encoder, exported to ONNX int8), through `bertops.client.Client`;
+- the parent encoder itself (all-MiniLM-L6-v2, PyTorch fp32, mean pooling): the baseline; the
+  goal is the endpoint >= parent - 0.01 recall@1;
+- the served classifier's own encoder (mean pooling over its token states, PyTorch fp32): what
+  /embed served before `serve.embedding_model` existed.
+
+    python bench/embedding_retrieval.py --url http://127.0.0.1:3000 [--model-dir MODEL] [--paragraphs 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def retrieval_set(path: Path, n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(questions, paragraphs): paragraph i holds the answer to question i."""
+    data = json.loads(path.read_text())["data"]
+    pairs = [(p["qas"][0]["question"], p["context"]) for article in data for p in article["paragraphs"] if p["qas"]]
+    random.Random(seed).shuffle(pairs)
+    chosen = pairs[:n]
+    return [q for q, _ in chosen], [c for _, c in chosen]
+
+
+def scores(questions: np.ndarray, paragraphs: np.ndarray) -> dict:
+    q = questions / np.linalg.norm(questions, axis=1, keepdims=True)
+    p = paragraphs / np.linalg.norm(paragraphs, axis=1, keepdims=True)
+    similarity = q @ p.T
+    rank = (similarity > similarity[np.arange(len(q)), np.arange(len(q))][:, None]).sum(axis=1)  # 0 = first
+    return {
+        "recall@1": round(float((rank < 1).mean()), 4),
+        "recall@5": round(float((rank < 5).mean()), 4),
+        "mrr": round(float((1.0 / (rank + 1)).mean()), 4),
+    }
+
+
+def torch_embed(model_dir: str, texts: list[str], max_length: int = 128) -> np.ndarray:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer, encoder = AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), 32):
+            batch = tokenizer(texts[start : start + 32], padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt")  # fmt: skip
+            hidden = encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            out.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
+    return np.concatenate(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:3000")
+    parser.add_argument("--model-dir", help="the served classifier's folder (its own encoder, for comparison)")
+    parser.add_argument("--paragraphs", type=int, default=400)
+    args = parser.parse_args()
+
+    from bench._common import save_result
+    from bertops.client import Client
+    from bertops.models.pretrained import resolve_model_source
+
+    datasets = Path(os.environ.get("BERTOPS_DATASETS", REPO.parent / "shared" / "datasets"))
+    questions, paragraphs = retrieval_set(datasets / "squad-v1.1" / "dev-v1.1.json", args.paragraphs)
+    results: dict = {"paragraphs": len(paragraphs), "max_length": 128}
+    with Client(args.url) as client:
+        meta = client.metadata()
+        results["endpoint"] = {
+            "embedding_model": meta.get("embedding_model"),
+            "model_version": meta["model_version"],
+            **scores(client.encode(questions), client.encode(paragraphs)),
+        }
+    parent = resolve_model_source("packaged")
+    results["parent_encoder_torch_fp32"] = scores(torch_embed(parent, questions), torch_embed(parent, paragraphs))
+    if args.model_dir:
+        results["classifier_own_encoder_torch_fp32"] = scores(
+            torch_embed(args.model_dir, questions), torch_embed(args.model_dir, paragraphs)
+        )
+    results["endpoint_minus_parent_recall@1"] = round(
+        results["endpoint"]["recall@1"] - results["parent_encoder_torch_fp32"]["recall@1"], 4
+    )
+    save_result("embedding_retrieval", results)
+
+
+if __name__ == "__main__":
+    main()
