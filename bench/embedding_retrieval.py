@@ -1,6 +1,6 @@
 """Do the endpoint's embeddings keep their meaning? Question-to-paragraph retrieval on SQuAD v1.1.
 
-400 paragraphs of the SQuAD v1.1 dev set (seeded sample, one question each); each question's
+400 paragraphs of the SQuAD v1.1 dev set (whole articles, seeded; one question each); each question's
 nearest paragraph by cosine of the embeddings; recall@1, recall@5, MRR. Three embedders, in one
 run, on the same texts:
 
@@ -31,12 +31,13 @@ sys.path.insert(0, str(REPO))
 
 
 def retrieval_set(path: Path, n: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """(questions, paragraphs): paragraph i holds the answer to question i."""
-    data = json.loads(path.read_text())["data"]
-    pairs = [(p["qas"][0]["question"], p["context"]) for article in data for p in article["paragraphs"] if p["qas"]]
-    random.Random(seed).shuffle(pairs)
-    chosen = pairs[:n]
-    return [q for q, _ in chosen], [c for _, c in chosen]
+    """(questions, paragraphs): paragraph i holds the answer to question i. Whole articles, in a
+    seeded order, until `n` paragraphs: the distractors of a question are mostly paragraphs of its
+    own article (same topic), as in a real document collection, not random other topics."""
+    articles = json.loads(path.read_text())["data"]
+    random.Random(seed).shuffle(articles)
+    pairs = [(p["qas"][0]["question"], p["context"]) for article in articles for p in article["paragraphs"] if p["qas"]]
+    return [q for q, _ in pairs[:n]], [c for _, c in pairs[:n]]
 
 
 def scores(questions: np.ndarray, paragraphs: np.ndarray) -> dict:
@@ -80,19 +81,23 @@ def main() -> None:
 
     datasets = Path(os.environ.get("BERTOPS_DATASETS", REPO.parent / "shared" / "datasets"))
     questions, paragraphs = retrieval_set(datasets / "squad-v1.1" / "dev-v1.1.json", args.paragraphs)
-    results: dict = {"paragraphs": len(paragraphs), "max_length": 128}
     with Client(args.url) as client:
         meta = client.metadata()
+        # every embedder cuts texts where the endpoint does (its max_length): equal settings
+        results: dict = {"paragraphs": len(paragraphs), "max_length": meta["max_length"]}
         results["endpoint"] = {
             "embedding_model": meta.get("embedding_model"),
             "model_version": meta["model_version"],
             **scores(client.encode(questions), client.encode(paragraphs)),
         }
     parent = resolve_model_source("packaged")
-    results["parent_encoder_torch_fp32"] = scores(torch_embed(parent, questions), torch_embed(parent, paragraphs))
+    length = meta["max_length"]
+    results["parent_encoder_torch_fp32"] = scores(
+        torch_embed(parent, questions, length), torch_embed(parent, paragraphs, length)
+    )
     if args.model_dir:
         results["classifier_own_encoder_torch_fp32"] = scores(
-            torch_embed(args.model_dir, questions), torch_embed(args.model_dir, paragraphs)
+            torch_embed(args.model_dir, questions, length), torch_embed(args.model_dir, paragraphs, length)
         )
     results["endpoint_minus_parent_recall@1"] = round(
         results["endpoint"]["recall@1"] - results["parent_encoder_torch_fp32"]["recall@1"], 4
