@@ -226,10 +226,12 @@ class Endpoint:
             "shadow": self.shadow.summary() if self.trials["shadow"] is not None else None,
         }
 
-    def _infer(self, m: engine.Served, endpoint: str, inputs: list, output: str):
+    def _infer(self, m: engine.Served, endpoint: str, inputs: list, output: str, on: engine.Engine | None = None):
+        """`output` for `inputs` on `m`'s model (or on `on`, e.g. its embedding model), timed and counted."""
+        on = on or m.engine
         started = time.perf_counter()
-        feeds, truncated = m.engine.encode(inputs)
-        values = m.engine.run(feeds, output)
+        feeds, truncated = on.encode(inputs)
+        values = on.run(feeds, output)
         engine.metrics().observe(endpoint, m.version, len(inputs), time.perf_counter() - started, sum(truncated))
         return values, truncated
 
@@ -256,10 +258,7 @@ class Endpoint:
 
     def _embed(self, texts: list, which: str = "production") -> list[dict]:
         m = self.served(which)
-        started = time.perf_counter()
-        feeds, truncated = m.embedder.encode(texts)
-        vectors = m.embedder.run(feeds, "embedding")
-        engine.metrics().observe("/embed", m.version, len(texts), time.perf_counter() - started, sum(truncated))
+        vectors, truncated = self._infer(m, "/embed", texts, "embedding", on=m.embedder)
         if SERVE["normalize_embeddings"]:
             vectors = vectors / np.clip(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12, None)
         return [
