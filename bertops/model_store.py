@@ -15,14 +15,13 @@ import os
 import shutil
 import tarfile
 import tempfile
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 from bertops.config import Config
 from bertops.errors import BertopsError, TransientError
 from bertops.lineage import file_sha256
-from bertops.registry import Registry, RegistryError
+from bertops.registry import Registry, RegistryError, masked
 
 STORE_ENV = "BERTOPS_STORE_URL"
 CACHE_ENV = "BERTOPS_CACHE"
@@ -49,15 +48,6 @@ def store_for(config: Config, root: Path = Path(".")) -> ModelStore:
     url = os.environ.get(STORE_ENV) or config.registry.store or str((registry_dir / "store").resolve())
     cache = Path(os.environ.get(CACHE_ENV) or registry_dir / "cache")
     return ModelStore(url, cache)
-
-
-def masked(url: str) -> str:
-    """The URL with any password in it hidden."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import datetime as dt
 import getpass
 import json
 import os
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,11 +103,11 @@ def resolve_url(setting: str | None, registry_dir: Path) -> str:
 
 
 def masked(url: str) -> str:
-    """The URL with its password hidden (for messages and logs)."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<unparseable URL>"
+    """The URL with any password in it hidden, for messages and logs (database and store URLs)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password:
+        return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+    return url
 
 
 _engines: dict[tuple[str, int], sa.Engine] = {}  # per process: a forked child never shares a pool
