@@ -264,6 +264,59 @@ def serve(
     _run("serve", lambda: server.run_foreground(cfg))
 
 
+@app.command()
+def monitor(
+    url: str | None = typer.Option(None, "--url", help="the endpoint (default: monitor.url, else serve.host:port)"),
+    version: str | None = typer.Option(
+        None, "--version", help="the version whose window to judge (default: production)"
+    ),
+    window_file: Path | None = typer.Option(None, "--window-file", help="judge a saved GET /monitor/window body"),
+    build_reference: bool = typer.Option(
+        False, "--build-reference", help="a version packaged without a reference profile: compute it now"
+    ),
+    serve_: bool = typer.Option(
+        False, "--serve", help="run the check as a Prefect deployment every monitor.interval_s"
+    ),
+    params: Path = ParamsOpt,
+    profile: Path | None = ProfileOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Compare what the production endpoint receives and answers with what its model was judged on:
+    per feature a drift statistic and verdict (reports/monitor/); drift may start a retrain."""
+    import importlib
+
+    from bertops.monitoring.monitor import markdown
+    from bertops.monitoring.monitor import monitor as run
+
+    cfg = _config(params, profile, set_)
+    if serve_:
+        flows = importlib.import_module("bertops_flows.monitor")
+        import signal
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        typer.echo(f"serving deployment drift-watch/{cfg.monitor.deployment} (every {cfg.monitor.interval_s:g}s); "
+                   "Ctrl-C stops it")  # fmt: skip
+        flows.drift_watch.serve(
+            name=cfg.monitor.deployment,
+            interval=cfg.monitor.interval_s,
+            parameters={
+                "params": str(params),
+                "profile": str(profile) if profile else None,
+                "overrides": list(set_),
+                "url": url,
+            },  # fmt: skip
+            global_limit=1,
+            tags=["bertops", "drift"],
+            description="bertops drift monitoring of the production endpoint",
+        )
+        return
+    result = _run(
+        "monitor", lambda: run(cfg, url=url, version=version, window_file=window_file, build_reference=build_reference)
+    )
+    typer.echo(markdown(result))
+    typer.echo(f"report: {cfg.paths.reports}/monitor/report.json")
+
+
 @app.command("run")
 def run_pipeline(
     flow_name: str = typer.Argument("retrain", help="the flow to run: retrain (ingest ... promote)"),
@@ -304,6 +357,9 @@ def schedule(
     interval: float | None = typer.Option(None, "--interval", help="or: every N seconds"),
     name: str | None = typer.Option(None, "--name", help="deployment name (default: schedule.deployment)"),
     executor: str = typer.Option("auto", help="passed to every run"),
+    on_drift: bool = typer.Option(
+        False, "--on-drift", help="also start a run when `bertops monitor` reports drift (event bertops.drift.detected)"
+    ),
     params: Path = ParamsOpt,
     profile: Path | None = ProfileOpt,
     set_: list[str] = SetOpt,
@@ -311,7 +367,8 @@ def schedule(
     """Serve the retrain flow as a Prefect deployment on a schedule (runs until stopped).
 
     The params path, profile and overrides become the deployment's parameters, visible and
-    editable in the Prefect UI. One run at a time (deployment concurrency limit 1 + workspace lock)."""
+    editable in the Prefect UI. One run at a time (deployment concurrency limit 1, a colliding run is
+    cancelled, + workspace lock). --on-drift: drift found by `bertops monitor` starts a run too."""
     retrain = _retrain_flow()
     cfg = _config(params, profile, set_)
     if cron and interval:
@@ -331,10 +388,19 @@ def schedule(
     import signal
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    import importlib
+
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    triggers = [importlib.import_module("bertops_flows.monitor").drift_trigger(cfg, parameters)] if on_drift else []
+    if on_drift:
+        typer.echo(f"and on the event bertops.drift.detected about {cfg.package.model_name}")
     retrain.serve(
         name=name or cfg.schedule.deployment,
         parameters=parameters,
-        global_limit=1,
+        triggers=triggers,
+        # a run due while another runs (a drift event during a nightly run) is cancelled, not queued
+        global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
         limit=1,
         tags=["bertops", cfg.ingest.dataset],
         description="bertops scheduled retraining",

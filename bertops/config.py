@@ -250,6 +250,13 @@ class CanaryConfig(_Section):
     max_p95_ratio: float = Field(gt=0)
 
 
+class LiveMonitorConfig(_Section):
+    enabled: bool
+    window: int = Field(ge=10)
+    sample_rate: float = Field(ge=0, le=1)
+    sample_dir: str | None
+
+
 class ServeConfig(_Section):
     host: str
     port: int = Field(ge=1, le=65535)
@@ -266,9 +273,24 @@ class ServeConfig(_Section):
     api_token_env: str | None = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     poll_s: float = Field(gt=0)
     canary: CanaryConfig
+    monitor: LiveMonitorConfig
     admin_token_env: str | None = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     onnx_max_abs_diff: float = Field(gt=0)
     int8_max_accuracy_drop: float = Field(ge=0, le=1)
+
+
+class MonitorConfig(_Section):
+    url: str | None = Field(pattern=r"^https?://")
+    alpha: float = Field(gt=0, lt=1)
+    min_window: int = Field(ge=10)
+    window: int = Field(ge=10)
+    permutations: int = Field(ge=99)
+    max_embedding_rows: int = Field(ge=50)
+    reference_rows: int = Field(ge=50)
+    interval_s: float = Field(gt=0)
+    cooldown_s: float = Field(ge=0)
+    deployment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int
 
 
 class RegistryConfig(_Section):
@@ -286,6 +308,7 @@ class NotifyConfig(_Section):
     webhook_url: str | None = Field(pattern=r"^https?://")
     on_failure: bool
     on_promotion: bool
+    on_drift: bool
     timeout_s: float = Field(gt=0)
 
 
@@ -307,6 +330,7 @@ class Config(_Section):
     package: PackageConfig
     promote: PromoteConfig
     serve: ServeConfig
+    monitor: MonitorConfig
     registry: RegistryConfig
     schedule: ScheduleConfig
     notify: NotifyConfig

@@ -36,3 +36,34 @@ def announce(name: str, event: dict) -> None:
         )
     except Exception as exc:  # noqa: BLE001 - reporting a change never undoes or fails it
         log.warning("could not send the Prefect event for %s %s: %s", event.get("action"), name, exc)
+
+
+DRIFT_EVENT = "bertops.drift.detected"
+
+
+def drift_detected(name: str, version: str, report: dict) -> bool:
+    """The event `bertops.drift.detected` about `bertops.model.<name>` (what `bertops schedule
+    --on-drift` starts a retrain on); True when it was sent."""
+    try:
+        from prefect.events import emit_event
+        from prefect.settings import get_current_settings
+
+        if not get_current_settings().api.url:
+            log.warning("drift in %s, but no Prefect API is configured (PREFECT_API_URL): no event sent", version)
+            return False
+        sent = emit_event(
+            event=DRIFT_EVENT,
+            resource={"prefect.resource.id": f"bertops.model.{name}", "prefect.resource.name": name},
+            related=[
+                {
+                    "prefect.resource.id": f"bertops.model-version.{name}.{version.split(':')[-1]}",
+                    "prefect.resource.role": "model-version",
+                    "prefect.resource.name": version,
+                }
+            ],
+            payload={k: report.get(k) for k in ("verdict", "message", "window", "drifted", "threshold")},
+        )
+        return sent is not None
+    except Exception as exc:  # noqa: BLE001 - reporting drift never fails the check
+        log.warning("could not send the Prefect drift event for %s: %s", version, exc)
+        return False

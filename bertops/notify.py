@@ -1,4 +1,4 @@
-"""Notifications: one JSON event per failed run or promotion, to a log line and a webhook.
+"""Notifications: one JSON event per failed run, promotion or detected drift, to a log line and a webhook.
 
 A notification never fails the work it reports on: a webhook that is down or slow is logged
 and skipped.
@@ -17,7 +17,7 @@ log = logging.getLogger("bertops.notify")
 
 
 def notify(policy: NotifyConfig, event: str, message: str, **details) -> dict:
-    """event: "failure" or "promotion". Returns the event (with `delivered`)."""
+    """event: "failure", "promotion" or "drift". Returns the event (with `delivered`)."""
     payload = {
         "event": event,
         "message": message,
@@ -27,11 +27,13 @@ def notify(policy: NotifyConfig, event: str, message: str, **details) -> dict:
         "user": getpass.getuser(),
         **details,
     }
-    wanted = policy.on_failure if event == "failure" else policy.on_promotion
+    wanted = {"failure": policy.on_failure, "drift": policy.on_drift}.get(event, policy.on_promotion)
     payload["delivered"] = False
     if not wanted:
         return payload
-    log.warning("bertops %s: %s", event, message) if event == "failure" else log.info("bertops %s: %s", event, message)
+    log.warning("bertops %s: %s", event, message) if event != "promotion" else log.info(
+        "bertops %s: %s", event, message
+    )
     if policy.webhook_url:
         import httpx
 

@@ -102,6 +102,29 @@ def _embedding_model(config: Config, root: Path, model_dir: Path) -> dict | None
     return {"name": describe_model_source(config.finetune.model), "folder": EMBEDDING_DIR, **report}
 
 
+def service_files(task) -> dict[str, Path]:
+    """Pure modules the service imports, copied beside it as they are (into the Bento, or into the
+    working folder of `bertops serve`): the encoding, drift monitoring's window, the task's core."""
+    from bertops import encoding
+    from bertops.monitoring import window
+
+    return {"bertops_encoding.py": Path(encoding.__file__), "bertops_window.py": Path(window.__file__),
+            **task.bento_files()}  # fmt: skip
+
+
+def _reference_profile(config: Config, root: Path, task, model_dir: Path) -> dict | None:
+    """The version's reference profile for drift monitoring (bertops.monitoring.reference), from the
+    eval split on the runtime that will be served; None for tasks it does not cover yet."""
+    if task.name != "classification":
+        return None
+    from bertops.monitoring.reference import profile_version
+
+    prepared = root / config.paths.prepared / config.ingest.dataset
+    id2label = json.loads((prepared / "labels.json").read_text())["id2label"]
+    names = [id2label[str(i)] for i in range(len(id2label))]
+    return profile_version(model_dir, prepared, names, config.monitor.reference_rows, config.monitor.seed)
+
+
 def serving_settings(config: Config, task, model_tag: str, agreement: dict, embedding: dict | None = None) -> dict:
     """What the service reads at start: the request schema, limits and the runtime the gate judged.
     The service encodes text exactly as `prepare` did for training (the same bertops.encoding module)."""
@@ -177,6 +200,7 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
         settings = serving_settings(config, task, str(saved.tag), agreement, embedding)
         # The model carries its serving settings: an endpoint that follows the registry reads them.
         (Path(saved.path) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        reference = _reference_profile(config, root, task, Path(saved.path))  # travels with the version
     model_tag = str(saved.tag)
     version = saved.tag.version
     assert version is not None  # bentoml.models.create gives the new model a generated version
@@ -187,10 +211,7 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     (serving_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     build = yaml.safe_load((serving_dir / "bentofile.yaml").read_text())
     include = list(build.get("include") or [])
-    # Pure modules the service imports, copied in as they are: the encoding and the task's core.
-    from bertops import encoding
-
-    for bento_name, source in {"bertops_encoding.py": Path(encoding.__file__), **task.bento_files()}.items():
+    for bento_name, source in service_files(task).items():
         if Path(source).resolve() != (serving_dir / bento_name).resolve():
             shutil.copyfile(source, serving_dir / bento_name)
         include.append(bento_name)
@@ -214,6 +235,7 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
             "lineage": {k: v for k, v in lineage.items() if k not in ("evaluation", "gate")},
             "gate": decision,
             "metrics": evaluation,
+            "reference_profile": reference,
         },
     )
     result = PackageResult(model_tag, str(bento.tag), version)

@@ -67,7 +67,7 @@ def describe(config: Config) -> str:
 def prepare(config: Config, root: Path = Path(".")) -> tuple[list[str], dict[str, str]]:
     """The `bentoml serve` command and environment of an endpoint that follows the registry."""
     from bertops.model_store import fetch_version, registry_for, store_for
-    from bertops.packaging import SETTINGS_FILE
+    from bertops.packaging import SETTINGS_FILE, service_files
     from bertops.registry import RegistryError
     from bertops.tasks import get_task
 
@@ -83,11 +83,9 @@ def prepare(config: Config, root: Path = Path(".")) -> tuple[list[str], dict[str
     task = get_task(model_settings["task"])
     if not (SERVING_SOURCE / "service.py").is_file():
         raise ServeError(f"the service code is missing ({SERVING_SOURCE}); install bertops from its repository")
-    from bertops import encoding
-
     workdir = Path(tempfile.mkdtemp(prefix="bertops-serve-"))
     files = {"service.py": SERVING_SOURCE / "service.py", "engine.py": SERVING_SOURCE / "engine.py"}
-    files.update({"bertops_encoding.py": Path(encoding.__file__), **task.bento_files()})
+    files.update(service_files(task))
     for target, source in files.items():
         shutil.copyfile(source, workdir / target)
     settings = {

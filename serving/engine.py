@@ -29,8 +29,8 @@ SETTINGS_FILE = Path(__file__).with_name("bertops_serving.json")
 OPEN_PATHS = ("/healthz", "/livez", "/readyz")  # probes stay open when a token is required
 TASK_ROUTES = ("/classify", "/tag", "/answer")  # one per built-in task; the SHARED ones are served by all
 SHARED_ROUTES = ("/embed", "/tokenize", "/v1/embeddings")  # /v1/embeddings: the OpenAI-compatible embeddings API
-ADMIN_PATHS = ("/admin/reload",)  # their own token (serve.admin_token_env), not the API token
-API_PATHS = (*TASK_ROUTES, *SHARED_ROUTES, "/metadata", "/metrics", *ADMIN_PATHS)
+ADMIN_PATHS = ("/admin/reload", "/admin/drift")  # their own token (serve.admin_token_env), not the API token
+API_PATHS = (*TASK_ROUTES, *SHARED_ROUTES, "/metadata", "/metrics", "/monitor/window", *ADMIN_PATHS)
 
 
 def load_settings() -> dict:
@@ -53,7 +53,7 @@ class Metrics:
     """bertops' Prometheus series, created in the worker (after BentoML set up multiprocess mode)."""
 
     def __init__(self) -> None:
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
         self.requests = Counter(
             "bertops_requests_total", "HTTP requests by endpoint and outcome", ["endpoint", "outcome"]
@@ -80,6 +80,51 @@ class Metrics:
             ["endpoint", "version", "outcome"],
         )
         self.shadow_skipped = Counter("bertops_shadow_skipped_total", "requests the shadow skipped (it was busy)")
+        # drift monitoring's live side (serve.monitor): what the endpoint is asked and what it answers
+        self.input_tokens = Histogram(
+            "bertops_input_tokens", "word pieces per input (with [CLS]/[SEP])", ["version"],
+            buckets=(8, 16, 24, 32, 48, 64, 96, 128, 256, 512),
+        )  # fmt: skip
+        self.unknown = Counter("bertops_unknown_wordpieces_total", "unknown word pieces in inputs", ["version"])
+        self.predictions = Counter("bertops_predictions_total", "predicted labels", ["version", "label"])
+        self.confidence = Histogram(
+            "bertops_confidence", "top probability per answer", ["version"],
+            buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+        )  # fmt: skip
+        # set by `bertops monitor` (POST /admin/drift) after each comparison
+        self.drift_pvalue = Gauge(
+            "bertops_drift_pvalue", "p-value of the last drift test, per feature", ["version", "feature"],
+            multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.drift_psi = Gauge(
+            "bertops_drift_psi", "population stability index of the last check, per feature", ["version", "feature"],
+            multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.drift_detected = Gauge(
+            "bertops_drift_detected", "1 when the last check found drift", ["version"], multiprocess_mode="mostrecent"
+        )
+
+    def observe_window(self, version: str, features: dict, labels: list) -> None:
+        """The Prometheus side of one recorded batch (bertops_window's columns)."""
+        tokens = self.input_tokens.labels(version)
+        for n in features["tokens"]:
+            tokens.observe(int(n))
+        unknown = float(np.sum(features["unknown_share"] * np.maximum(features["tokens"] - 2, 1)))
+        if unknown:
+            self.unknown.labels(version).inc(unknown)
+        if "label" in features:
+            confidence = self.confidence.labels(version)
+            for label, p in zip(features["label"], features["confidence"]):
+                self.predictions.labels(version, labels[int(label)]).inc()
+                confidence.observe(float(p))
+
+    def set_drift(self, version: str, report: dict) -> None:
+        for feature in report.get("features") or []:
+            if feature.get("p_value") is not None:
+                self.drift_pvalue.labels(version, feature["feature"]).set(feature["p_value"])
+            if feature.get("psi") is not None:
+                self.drift_psi.labels(version, feature["feature"]).set(feature["psi"])
+        self.drift_detected.labels(version).set(1.0 if report.get("verdict") == "drift" else 0.0)
 
     def observe(self, endpoint: str, version: str, batch: int, seconds: float, truncated: int = 0) -> None:
         self.batch_size.labels(endpoint, version).observe(batch)
@@ -543,11 +588,13 @@ class NotFollowing(RuntimeError):
     """An admin reload on an endpoint that serves its packaged model only."""
 
 
-def info_app(describe, reload=None, embed=None) -> FastAPI:
+def info_app(describe, reload=None, embed=None, window=None, drift=None) -> FastAPI:
     """The routes beside BentoML's POST APIs: `describe()` -> GET /metadata (the running service's,
     set when it starts); `reload()` -> POST /admin/reload (look at the registry now; needs
     "Authorization: Bearer <value of serve.admin_token_env>"); `await embed(texts)` -> (vectors,
-    model version, token count) for POST /v1/embeddings, the OpenAI-compatible embeddings API."""
+    model version, token count) for POST /v1/embeddings, the OpenAI-compatible embeddings API;
+    `window(version, last)` -> GET /monitor/window (the live window drift monitoring compares);
+    `drift(report)` -> POST /admin/drift (the last comparison's scores, as Prometheus gauges)."""
     app = FastAPI()
 
     @app.post("/v1/embeddings")
@@ -575,9 +622,7 @@ def info_app(describe, reload=None, embed=None) -> FastAPI:
         """The model version, runtime, lineage, label map and max sequence length."""
         return describe()
 
-    @app.post("/admin/reload")
-    def admin_reload(request: Request):
-        """Check the registry now and switch to its production version (no restart)."""
+    def admin_refusal(request: Request) -> JSONResponse | None:
         env = load_settings()["serve"].get("admin_token_env") or ""
         token = os.environ.get(env, "")
         if not token:
@@ -586,6 +631,13 @@ def info_app(describe, reload=None, embed=None) -> FastAPI:
             )
         if not bearer_matches(request.headers.get("authorization", "").encode(), token.encode()):
             return JSONResponse({"error": f"missing or wrong admin token: send 'Authorization: Bearer <{env}>'"}, 401)
+        return None
+
+    @app.post("/admin/reload")
+    def admin_reload(request: Request):
+        """Check the registry now and switch to its production version (no restart)."""
+        if (refused := admin_refusal(request)) is not None:
+            return refused
         try:
             if reload is None:
                 raise NotFollowing("this service has no reload")
@@ -593,6 +645,40 @@ def info_app(describe, reload=None, embed=None) -> FastAPI:
         except NotFollowing as exc:
             return JSONResponse({"error": str(exc)}, 409)
         return JSONResponse(status, 503 if status.get("error") else 200)
+
+    @app.get("/monitor/window")
+    def monitor_window(version: str | None = None, last: int | None = None):
+        """The live window of `version` (default: production): per input, tokens, unknown share,
+        truncation, predicted label, confidence and embedding, newest `last` (default: all held)."""
+        if last is not None and last < 1:
+            return JSONResponse({"error": f"last must be a positive number of inputs, not {last}"}, 400)
+        if window is None:
+            return JSONResponse({"error": "this service keeps no window"}, 404)
+        try:
+            return window(version, last)
+        except LookupError as exc:
+            return JSONResponse({"error": str(exc)}, 404)
+
+    @app.post("/admin/drift")
+    async def admin_drift(request: Request):
+        """Record a drift report from `bertops monitor` (its verdict and per-feature scores become
+        Prometheus gauges)."""
+        if (refused := admin_refusal(request)) is not None:
+            return refused
+        try:
+            report = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "the body is not valid JSON"}, 400)
+        if not isinstance(report, dict) or not isinstance(report.get("version"), str):
+            return JSONResponse({"error": "send a drift report: {version, verdict, features: [...]}"}, 400)
+        if not isinstance(report.get("features", []), list):
+            return JSONResponse({"error": "'features' must be a list"}, 400)
+        if drift is not None:
+            try:
+                drift(report)
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                return JSONResponse({"error": f"malformed feature in the drift report: {exc}"}, 400)
+        return {"recorded": report["version"]}
 
     return app
 
@@ -692,38 +778,45 @@ class Engine:
             encoded.input_ids, encoded.token_type_ids, self.tokenizer.pad_token_id
         ), encoded.truncated
 
-    def run(self, feeds: dict, output: str = "logits", per_token: bool = False):
-        """output: "logits" or "embedding" (mean of the encoder's token states), one row per input.
+    def run(self, feeds: dict, output: str | tuple[str, ...] = "logits", per_token: bool = False):
+        """output: "logits" or "embedding" (mean of the encoder's token states), one row per input,
+        or a tuple of them (one forward pass, a tuple of arrays back).
         A batch runs as groups of similar length, each cut to its own longest row (as training
         buckets its batches): the padding a batch of mixed lengths would compute is skipped.
         per_token: outputs with a sequence axis (token tagging) run as one padded call."""
+        outputs = (output,) if isinstance(output, str) else output
         if per_token:
-            return self._run(feeds, output)
+            return self._run(feeds, outputs)[0]
         lengths = feeds["attention_mask"].sum(axis=1)
         groups = length_groups(lengths)
         if len(groups) == 1 and int(lengths.max()) == feeds["attention_mask"].shape[1]:
-            return self._run(feeds, output)
-        out = None
-        for index in groups:
-            width = int(lengths[index].max())
-            values = self._run({k: v[index, :width] for k, v in feeds.items()}, output)
-            if out is None:
-                out = np.empty((len(lengths), *values.shape[1:]), dtype=values.dtype)
-            out[index] = values
-        return out
+            values = self._run(feeds, outputs)
+        else:
+            values = []
+            for index in groups:
+                width = int(lengths[index].max())
+                part = self._run({k: v[index, :width] for k, v in feeds.items()}, outputs)
+                if not values:
+                    values = [np.empty((len(lengths), *p.shape[1:]), dtype=p.dtype) for p in part]
+                for whole, piece in zip(values, part):
+                    whole[index] = piece
+        return values[0] if isinstance(output, str) else tuple(values)
 
-    def _run(self, feeds: dict, output: str):
+    def _run(self, feeds: dict, outputs: tuple[str, ...]) -> list:
         import torch
 
         if self.runtime != "torch":
-            return self.session.run([output], feeds)[0]
+            return self.session.run(list(outputs), feeds)
         tensors = {k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()}
         with torch.inference_mode(), torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype is not None):
-            if output == "logits":
-                return self.model(**tensors).logits.float().cpu().numpy()
-            hidden = self.model.base_model(**tensors).last_hidden_state.float()
-            mask = tensors["attention_mask"].unsqueeze(-1).float()
-            return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).cpu().numpy()
+            values = {}
+            if "embedding" in outputs:
+                hidden = self.model.base_model(**tensors).last_hidden_state.float()
+                mask = tensors["attention_mask"].unsqueeze(-1).float()
+                values["embedding"] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).cpu().numpy()
+            if "logits" in outputs:
+                values["logits"] = self.model(**tensors).logits.float().cpu().numpy()
+            return [values[name] for name in outputs]
 
     def forward(self, feeds: dict):
         """The torch model's whole output (heads with several outputs, e.g. start/end logits)."""

@@ -32,12 +32,14 @@ else is read when a service starts.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Annotated
 
 import bentoml
+import bertops_window
 import engine
 from pydantic import BaseModel, Field
 
@@ -82,6 +84,18 @@ async def _embed_texts(texts: list) -> tuple[list, str, int]:
     return await _running["service"].embed_texts(texts)
 
 
+def _window(version: str | None, last: int | None) -> dict:
+    return _running["service"].window(version, last)
+
+
+def _drift(report: dict) -> None:
+    _running["service"].record_drift(report)
+
+
+def _info_app():
+    return engine.info_app(_describe, _reload, _embed_texts, _window, _drift)
+
+
 class Endpoint:
     """What every task's service shares: the model, /embed and /metadata.
 
@@ -105,6 +119,14 @@ class Endpoint:
         self.canary_share = engine.Share()
         self.shadow = engine.Shadow(self.agreement_key)
         self._batchers: dict[tuple[str, str], engine.Batcher] = {}
+        monitor = self.settings["serve"]["monitor"]  # drift monitoring's live side (off: nothing is kept)
+        self.windows = bertops_window.Windows(monitor["window"]) if monitor["enabled"] else None
+        self.sampler = (
+            bertops_window.Sampler(monitor["sample_rate"], Path(monitor["sample_dir"]))
+            if monitor["enabled"] and monitor["sample_rate"] > 0 and monitor["sample_dir"]
+            else None
+        )
+        self.last_drift: dict | None = None
         self.follower = None
         self.watch = None
         if FOLLOW:
@@ -224,16 +246,62 @@ class Endpoint:
             "lineage": engine.public_lineage(m.lineage),  # public fields only: docs/operations.md
             "follow": self.follower.status() if self.follower else None,
             "shadow": self.shadow.summary() if self.trials["shadow"] is not None else None,
+            "monitor": None
+            if self.windows is None
+            else {
+                "windows": self.windows.summary(),
+                "sampling": self.sampler is not None,
+                "last_drift": self.last_drift,
+            },
         }
 
-    def _infer(self, m: engine.Served, endpoint: str, inputs: list, output: str, on: engine.Engine | None = None):
-        """`output` for `inputs` on `m`'s model (or on `on`, e.g. its embedding model), timed and counted."""
+    def _infer(self, m: engine.Served, endpoint: str, inputs: list, output, on: engine.Engine | None = None):
+        """`output` (a name or a tuple of names) for `inputs` on `m`'s model (or on `on`, e.g. its
+        embedding model), timed and counted -> (values, which inputs were cut, the feeds)."""
         on = on or m.engine
         started = time.perf_counter()
         feeds, truncated = on.encode(inputs)
         values = on.run(feeds, output)
         engine.metrics().observe(endpoint, m.version, len(inputs), time.perf_counter() - started, sum(truncated))
-        return values, truncated
+        return values, truncated, feeds
+
+    def keep_window(self, m: engine.Served, feeds: dict, truncated: list, probabilities, embeddings, inputs, answers) -> None:
+        """Keep what drift monitoring compares (bertops_window), and a sample of requests when asked;
+        a failure here is logged, never a failed request."""
+        try:
+            features = bertops_window.text_features(
+                feeds["input_ids"], feeds["attention_mask"], m.engine.tokenizer.unk_token_id, truncated
+            )
+            if probabilities is not None:
+                features.update(bertops_window.answer_features(probabilities))
+            self.windows.record(m.version, features, embeddings)
+            engine.metrics().observe_window(m.version, features, m.labels)
+            if self.sampler is not None:
+                self.sampler.offer(m.version, inputs, answers)
+        except Exception:  # noqa: BLE001 - monitoring never fails serving
+            logging.getLogger("bertops.monitor").exception("could not record the batch for drift monitoring")
+
+    def window(self, version: str | None, last: int | None) -> dict:
+        version = version or self.model.version
+        if ":" not in version:  # a bare version of this model
+            version = f"{self.model.version.split(':')[0]}:{version}"
+        if self.windows is None:
+            raise LookupError("drift monitoring is off on this endpoint (serve.monitor.enabled: false)")
+        snapshot = self.windows.snapshot(version, last)
+        if snapshot is None:
+            raise LookupError(f"no requests of {version} recorded yet (recorded: {sorted(self.windows.summary())})")
+        served = next((s for s in (self.model, *self.trials.values()) if s is not None and s.version == version), None)
+        return {
+            "version": version,
+            "labels": served.labels if served else self.model.labels,
+            "inputs": len(snapshot["tokens"]),
+            **self.windows.summary().get(version, {}),
+            "columns": bertops_window.encode_arrays(snapshot),
+        }
+
+    def record_drift(self, report: dict) -> None:
+        engine.metrics().set_drift(report["version"], report)
+        self.last_drift = {k: report.get(k) for k in ("version", "verdict", "window", "drifted", "checked_at")}
 
     @bentoml.api
     def tokenize(self, texts: Texts) -> list[dict]:
@@ -258,7 +326,7 @@ class Endpoint:
 
     def _embed(self, texts: list, which: str = "production") -> list[dict]:
         m = self.served(which)
-        vectors, truncated = self._infer(m, "/embed", texts, "embedding", on=m.embedder)
+        vectors, truncated, _ = self._infer(m, "/embed", texts, "embedding", on=m.embedder)
         if SERVE["normalize_embeddings"]:
             vectors = vectors / np.clip(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12, None)
         return [
@@ -281,7 +349,7 @@ Questions = engine.batch_type(Question, SERVE["max_texts_per_request"])
 
 
 @bentoml.service(name="bertops", traffic={"timeout": 60}, workers=SERVE["workers"])
-@bentoml.asgi_app(engine.info_app(_describe, _reload, _embed_texts), path="/")
+@bentoml.asgi_app(_info_app(), path="/")
 class Classification(Endpoint):
     route = "/classify"
 
@@ -299,17 +367,25 @@ class Classification(Endpoint):
 
     def _classify(self, texts: list, which: str = "production") -> list[dict]:
         m = self.served(which)
-        logits, truncated = self._infer(
-            m, "/classify", [tuple(t) if isinstance(t, list) else t for t in texts], "logits"
-        )
+        inputs = [tuple(t) if isinstance(t, list) else t for t in texts]
+        if self.windows is None:
+            logits, truncated, _ = self._infer(m, "/classify", inputs, "logits")
+            return self._answers(m, self.core.softmax(logits), truncated)
+        (logits, embeddings), truncated, feeds = self._infer(m, "/classify", inputs, ("logits", "embedding"))
+        probabilities = self.core.softmax(logits)
+        answers = self._answers(m, probabilities, truncated)
+        self.keep_window(m, feeds, truncated, probabilities, embeddings, texts, answers)
+        return answers
+
+    def _answers(self, m: engine.Served, probabilities, truncated) -> list[dict]:
         return [
             {**self.core.answer(p, m.labels), "model_version": m.version, "truncated": cut}
-            for p, cut in zip(self.core.softmax(logits), truncated)
+            for p, cut in zip(probabilities, truncated)
         ]
 
 
 @bentoml.service(name="bertops", traffic={"timeout": 60}, workers=SERVE["workers"])
-@bentoml.asgi_app(engine.info_app(_describe, _reload, _embed_texts), path="/")
+@bentoml.asgi_app(_info_app(), path="/")
 class TokenTagging(Endpoint):
     route = "/tag"
     head = AutoModelForTokenClassification
@@ -359,7 +435,7 @@ class TokenTagging(Endpoint):
 
 
 @bentoml.service(name="bertops", traffic={"timeout": 60}, workers=SERVE["workers"])
-@bentoml.asgi_app(engine.info_app(_describe, _reload, _embed_texts), path="/")
+@bentoml.asgi_app(_info_app(), path="/")
 class QuestionAnswering(Endpoint):
     route = "/answer"
     head = AutoModelForQuestionAnswering
