@@ -11,6 +11,7 @@ version once.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tarfile
@@ -125,6 +126,29 @@ class ModelStore:
                 if not (local / ".complete").is_file():
                     raise
         return local
+
+    def read_state(self, name: str, key: str) -> dict:
+        """A small JSON document the team shares beside the versions (`<store>/<name>/<key>.json`,
+        e.g. when drift last started a retrain); {} when there is none yet."""
+        fs, base = self._fs()
+        try:
+            with fs.open(f"{base}/{name}/{key}.json", "r") as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise self._unreachable(exc) from None
+
+    def write_state(self, name: str, key: str, doc: dict) -> None:
+        fs, base = self._fs()
+        target = f"{base}/{name}/{key}.json"
+        try:
+            fs.makedirs(f"{base}/{name}", exist_ok=True)
+            with fs.open(target + ".partial", "w") as fh:
+                fh.write(json.dumps(doc) + "\n")
+            fs.mv(target + ".partial", target)
+        except OSError as exc:
+            raise self._unreachable(exc) from None
 
     def remove_cached(self, name: str, keep: set[str]) -> None:
         """Drop cached versions of `name` other than `keep` (an endpoint after a switch)."""

@@ -140,8 +140,7 @@ def workspace_busy(root: Path) -> str | None:
     return holder
 
 
-def _state_path(config: Config, root: Path) -> Path:
-    return root / config.paths.registry / "monitor" / f"{config.package.model_name}.json"
+STATE_KEY = "drift-state"  # <store>/<model>/drift-state.json: when drift last started a retrain
 
 
 def plot(reference: dict, live: dict, labels: list[str], path: Path) -> None:
@@ -246,8 +245,10 @@ def monitor(
         config.monitor.max_embedding_rows, config.monitor.seed,
     ).to_dict()  # fmt: skip
     now = time.time() if now is None else now
-    state_path = _state_path(config, root)
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    from bertops.model_store import store_for
+
+    store = store_for(config, root)  # the cool-down is the team's: shared like the versions
+    state = store.read_state(config.package.model_name, STATE_KEY)
     decision = decide_retrain(report["verdict"], now, state.get("last_trigger"), config.monitor.cooldown_s,
                               workspace_busy(root))  # fmt: skip
     out = root / config.paths.reports / "monitor"
@@ -271,8 +272,7 @@ def monitor(
             config.notify, "drift", f"{version}: {report['message']}", model=config.package.model_name,
             version=version, drifted=report["drifted"],
         )["delivered"]  # fmt: skip
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        state_path.write_text(json.dumps({"last_trigger": now, "version": version}) + "\n")
+        store.write_state(config.package.model_name, STATE_KEY, {"last_trigger": now, "version": version})
     if not window_file:
         result["posted"] = post_scores(config, url, {**report, "version": version, "checked_at": result["checked_at"]})
     (out / "report.json").write_text(json.dumps(result, indent=2, default=float) + "\n")

@@ -110,6 +110,7 @@ def test_a_scheduled_deployment_runs_by_itself_and_stops_cleanly(dashboard):
                 "30",
                 "--name",
                 "ci",
+                "--on-drift",
                 "--profile",
                 "configs/smoke.yaml",
                 "-s",
@@ -142,6 +143,9 @@ def test_a_scheduled_deployment_runs_by_itself_and_stops_cleanly(dashboard):
         assert completed is not None, f"no scheduled run completed within the wait:\n{tail()}"
         deployment = httpx.get(f"{api}/deployments/{completed['deployment_id']}", timeout=10).json()
         assert deployment["name"] == "ci" and deployment["parameters"]["profile"] == "configs/smoke.yaml"
+        # a run due while another runs is cancelled, not queued (a drift event during a nightly run)
+        assert deployment["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+        _drift_starts_a_run(api, env, completed["deployment_id"], tail)
     except BaseException as exc:
         problem = exc
         raise
@@ -159,6 +163,35 @@ def test_a_scheduled_deployment_runs_by_itself_and_stops_cleanly(dashboard):
         time.sleep(0.5)
     assert not _alive(seen | {schedule.pid}), "processes left behind after stopping the schedule"
     (workspace / "completed_run_id").write_text(completed["id"])
+
+
+def _drift_starts_a_run(api: str, env: dict, deployment_id: str, tail) -> None:
+    """`bertops.drift.detected` (as `bertops monitor` sends it) makes the deployment's trigger
+    start a run: one created by the automation, not by the schedule."""
+    sent = subprocess.run(
+        [sys.executable, "-c", "from bertops.events import drift_detected; "
+         "print(drift_detected('bertops-sst2', 'bertops-sst2:v1', {'verdict': 'drift', 'drifted': ['tokens']}))"],
+        env={**env, "PREFECT_API_URL": api}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert sent.stdout.strip() == "True", sent.stderr[-2000:]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            reply = httpx.post(
+                f"{api}/flow_runs/filter",
+                json={"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "limit": 50},
+                timeout=10,
+            )
+            reply.raise_for_status()
+        except httpx.HTTPError:
+            time.sleep(2)
+            continue
+        triggered = [r for r in reply.json() if (r.get("created_by") or {}).get("type") == "AUTOMATION"]
+        if triggered:
+            assert triggered[0]["parameters"]["profile"] == "configs/smoke.yaml"
+            return
+        time.sleep(2)
+    pytest.fail(f"no run was started by the drift trigger within 120 s:\n{tail()}")
 
 
 def test_the_prefect_ui_shows_the_runs_artifacts(dashboard):

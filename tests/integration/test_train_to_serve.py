@@ -191,6 +191,7 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
         _bad_requests_get_4xx_and_the_server_keeps_answering(url, cfg)
         _oversized_bodies_get_413_while_others_are_served(root, cfg, url)
         _a_lone_request_after_a_burst_does_not_wait(url)
+        _drift_is_watched(root, url, packaged)
 
         # A damaged challenger (2 optimizer steps) loses to the champion on the same examples: the gate
         # rejects it, nothing is packaged or promoted, and the endpoint keeps answering as before.
@@ -686,3 +687,90 @@ def test_a_packaged_bento_still_serves_its_own_model_on_its_own(trained_workspac
         assert httpx.get(f"{url}/metadata", timeout=10).json()["follow"] is None
     finally:
         server.stop_process(pid, "bentoml")
+
+
+def _drift_is_watched(root: Path, url: str, packaged) -> None:
+    """The version carries its reference profile; the endpoint keeps the live window; `bertops
+    monitor` (function, flow and CLI) judges it: eval-split text is no drift, long run-on text is,
+    the scores reach /metrics, and the first drift starts a retrain (webhook) then cools down."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from bertops.cli import app
+    from bertops.model_store import registry_for
+    from bertops.monitoring.monitor import monitor
+    from tests.conftest import REPO, smoke_config
+
+    hooks: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            hooks.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    overrides = [
+        "monitor.window=150",
+        "monitor.min_window=100",
+        f"notify.webhook_url=http://127.0.0.1:{hook.server_port}/",
+    ]
+    cfg = smoke_config(overrides)
+    record = registry_for(cfg, root).versions("bertops-sst2")[packaged.version]
+    eval_texts = pd.read_parquet(root / cfg.paths.prepared / "sst2" / "eval.parquet")["text"].tolist()
+    profile = record["reference_profile"]
+    assert profile["rows"] == len(eval_texts) and set(profile["label_shares"]) == {"negative", "positive"}
+    assert profile["embedding"]["dims"] == 384 and sum(profile["confidence_histogram"]["counts"]) == len(eval_texts)
+    try:
+        for i in range(0, 150, 30):
+            assert httpx.post(f"{url}/classify", json={"texts": eval_texts[i : i + 30]}, timeout=60).status_code == 200
+        calm = monitor(cfg, root)
+        assert calm["report"]["verdict"] == "ok" and calm["report"]["window"] == 150, calm["report"]["message"]
+        assert calm["retrain"]["trigger"] is False and calm["posted"] is True
+        window = httpx.get(f"{url}/monitor/window", params={"last": 150}, timeout=30)
+        (root / "window.json").write_text(window.text)
+        run_on = [" and then ".join(eval_texts[i : i + 6]) for i in range(150)]  # long, truncated inputs
+        for i in range(0, 150, 30):
+            assert httpx.post(f"{url}/classify", json={"texts": run_on[i : i + 30]}, timeout=60).status_code == 200
+        drifted = monitor(cfg, root)
+        report = drifted["report"]
+        assert report["verdict"] == "drift" and {"tokens", "truncated"} <= set(report["drifted"]), report["message"]
+        assert drifted["retrain"]["trigger"] is True and drifted["retrain"]["notification"] is True
+        assert hooks and hooks[0]["event"] == "drift" and "tokens" in hooks[0]["drifted"]
+        again = monitor(cfg, root)  # the drift persists: no second retrain within the cool-down
+        assert again["report"]["verdict"] == "drift" and again["retrain"]["trigger"] is False
+        assert "cooling down" in again["retrain"]["reason"] and len(hooks) == 1
+        out = root / cfg.paths.reports / "monitor"
+        assert (out / "drift.png").stat().st_size > 10_000 and "| tokens |" in (out / "report.md").read_text()
+        exposition = httpx.get(f"{url}/metrics", timeout=10).text
+        assert f'bertops_drift_detected{{version="{packaged.model_tag}"}} 1.0' in exposition
+        assert f'bertops_input_tokens_count{{version="{packaged.model_tag}"}}' in exposition
+        assert httpx.get(f"{url}/metadata", timeout=10).json()["monitor"]["last_drift"]["verdict"] == "drift"
+    finally:
+        hook.shutdown()
+    # The CLI: a saved window is judged (exit 0); a broken one or a dead endpoint is a clear error, exit != 0.
+    args = ["--params", str(REPO / "params.yaml"), "--profile", str(REPO / "configs" / "smoke.yaml"),
+            *[a for o in ["monitor.window=150", "monitor.cooldown_s=0"] for a in ("-s", o)]]  # fmt: skip
+    runner = CliRunner()
+    ok = runner.invoke(app, ["monitor", "--window-file", str(root / "window.json"), *args])
+    assert ok.exit_code == 0 and "**OK**" in ok.output, ok.output
+    (root / "broken.json").write_text('{"version": "x", "columns": {"tokens": {"data": "??"}}}')
+    broken = runner.invoke(app, ["monitor", "--window-file", str(root / "broken.json"), *args])
+    assert broken.exit_code == 1 and "malformed" in broken.output
+    dead = runner.invoke(app, ["monitor", "--url", "http://127.0.0.1:9", *args])
+    assert dead.exit_code == 75 and "no endpoint answered" in dead.output
+    # The drift-watch flow: the same check as a Prefect flow run, published as artifacts.
+    from bertops_flows.monitor import drift_watch
+
+    state = drift_watch(
+        params=str(REPO / "params.yaml"), profile=str(REPO / "configs" / "smoke.yaml"),
+        overrides=["monitor.window=150"], url=url, root=str(root), return_state=True,
+    )  # fmt: skip
+    assert state.is_completed() and state.result()["verdict"] == "drift"

@@ -331,3 +331,49 @@ def test_openai_embedding_answers_carry_floats_or_their_base64_bytes(engine):
     packed = engine.openai_embeddings_body(vectors, "base64", "m:v1", 7)
     decoded = np.frombuffer(base64.b64decode(packed["data"][0]["embedding"]), dtype="<f4")
     assert decoded.tolist() == vectors[0]
+
+
+def test_monitor_routes_serve_the_window_and_take_drift_scores_only_with_the_admin_token(engine, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    engine.SETTINGS_FILE.write_text(json.dumps({"serve": {"admin_token_env": "TEST_ADMIN_TOKEN"}}))
+    monkeypatch.setenv("TEST_ADMIN_TOKEN", "s3cret")
+    asked, recorded = [], []
+
+    def window(version, last):
+        asked.append((version, last))
+        if version == "gone":
+            raise LookupError("no requests of gone recorded yet")
+        return {"version": version or "m:1", "columns": {}}
+
+    client = TestClient(engine.info_app(lambda: {"model_version": "m:1"}, None, None, window, recorded.append))
+    assert client.get("/monitor/window", params={"last": 50}).json()["version"] == "m:1"
+    assert asked == [(None, 50)]
+    assert client.get("/monitor/window", params={"last": 0}).status_code == 400
+    missing = client.get("/monitor/window", params={"version": "gone"})
+    assert missing.status_code == 404 and "gone" in missing.json()["error"]
+    report = {"version": "m:1", "verdict": "drift", "features": [{"feature": "tokens", "p_value": 1e-9, "psi": 0.4}]}
+    assert client.post("/admin/drift", json=report).status_code == 401  # no token
+    assert client.post("/admin/drift", json=report, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert not recorded
+    ok = client.post("/admin/drift", json=report, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200 and recorded == [report]
+    bad = client.post("/admin/drift", json={"verdict": "drift"}, headers={"Authorization": "Bearer s3cret"})
+    assert bad.status_code == 400 and "version" in bad.json()["error"]
+
+
+def test_drift_scores_become_gauges_and_a_malformed_feature_is_a_400(engine, monkeypatch):
+    from fastapi.testclient import TestClient
+    from prometheus_client import REGISTRY
+
+    engine.SETTINGS_FILE.write_text(json.dumps({"serve": {"admin_token_env": "TEST_ADMIN_TOKEN"}}))
+    monkeypatch.setenv("TEST_ADMIN_TOKEN", "s3cret")
+    metrics = engine.metrics()
+    client = TestClient(engine.info_app(lambda: {}, None, None, None, lambda r: metrics.set_drift(r["version"], r)))
+    auth = {"Authorization": "Bearer s3cret"}
+    report = {"version": "m:2", "verdict": "drift", "features": [{"feature": "label", "p_value": 0.0004, "psi": 0.2}]}
+    assert client.post("/admin/drift", json=report, headers=auth).status_code == 200
+    assert REGISTRY.get_sample_value("bertops_drift_pvalue", {"version": "m:2", "feature": "label"}) == 0.0004
+    assert REGISTRY.get_sample_value("bertops_drift_detected", {"version": "m:2"}) == 1.0
+    bad = client.post("/admin/drift", json={"version": "m:2", "features": ["x"]}, headers=auth)
+    assert bad.status_code == 400 and "malformed" in bad.json()["error"]

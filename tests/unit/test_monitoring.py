@@ -1,0 +1,184 @@
+"""Drift monitoring's parts: the endpoint's window, the tests and their verdicts, the retrain decision."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from bertops.monitoring import drift
+from bertops.monitoring.monitor import decide_retrain, workspace_busy
+from bertops.monitoring.window import (
+    Sampler,
+    Window,
+    Windows,
+    answer_features,
+    decode_arrays,
+    encode_arrays,
+    text_features,
+)
+
+
+def _features(n: int, rng: np.random.Generator, length_mean: float = 25.0, positive: float = 0.5, dims: int = 16,
+              shift: float = 0.0) -> tuple[dict, np.ndarray]:  # fmt: skip
+    tokens = np.clip(rng.poisson(length_mean, n), 3, 128).astype(np.int16)
+    p = np.clip(rng.beta(8, 1, n), 0.5, 1.0)
+    label = (rng.random(n) < positive).astype(np.int16)
+    embeddings = rng.normal(size=(n, dims)) + shift
+    features = {"tokens": tokens, "unknown_share": np.zeros(n, np.float32), "truncated": tokens >= 128,
+                "label": label, "confidence": p.astype(np.float32)}  # fmt: skip
+    return features, embeddings.astype(np.float16)
+
+
+def _reference(n: int, seed: int, **kw) -> dict:
+    features, embeddings = _features(n, np.random.default_rng(seed), **kw)
+    return {**features, "embedding": embeddings}
+
+
+def judge(reference: dict, live: dict, min_window: int = 100, alpha: float = 0.01) -> drift.DriftReport:
+    return drift.compare(reference, live, ["negative", "positive"], alpha, min_window, 999, 400, seed=0)
+
+
+def test_text_features_count_tokens_unknown_pieces_and_truncation():
+    ids = np.array([[101, 100, 7, 102, 0], [101, 5, 6, 7, 102]])
+    mask = (ids != 0).astype(np.int64)
+    got = text_features(ids, mask, unk_id=100, truncated=[False, True])
+    assert got["tokens"].tolist() == [4, 5]
+    assert got["unknown_share"].tolist() == pytest.approx([0.5, 0.0])  # one of the 2 pieces between [CLS]/[SEP]
+    assert got["truncated"].tolist() == [False, True]
+    answers = answer_features(np.array([[0.2, 0.8], [0.9, 0.1]]))
+    assert answers["label"].tolist() == [1, 0] and answers["confidence"].tolist() == pytest.approx([0.8, 0.9])
+
+
+def test_the_window_keeps_the_newest_inputs_in_order_and_wraps():
+    window = Window(size=5)
+    for start in range(0, 12, 3):  # 12 inputs in batches of 3 into a window of 5
+        n = np.arange(start, start + 3)
+        window.record({"tokens": n.astype(np.int16), "unknown_share": np.zeros(3), "truncated": np.zeros(3, bool),
+                       "label": (n % 2).astype(np.int16), "confidence": np.full(3, 0.9)},
+                      np.repeat(n[:, None], 4, axis=1).astype(np.float16))  # fmt: skip
+    snap = window.snapshot()
+    assert snap["tokens"].tolist() == [7, 8, 9, 10, 11]
+    assert snap["embedding"][:, 0].tolist() == [7, 8, 9, 10, 11]
+    assert window.snapshot(last=2)["tokens"].tolist() == [10, 11]
+    window.record({"tokens": np.arange(20, 28, dtype=np.int16), "unknown_share": np.zeros(8),
+                   "truncated": np.zeros(8, bool)})  # fmt: skip  # bigger than the window, no answers (e.g. NER)
+    snap = window.snapshot()
+    assert snap["tokens"].tolist() == [23, 24, 25, 26, 27]
+    assert len(snap["label"]) == 0 and len(snap["embedding"]) == 0  # unanswered inputs carry no answer columns
+    windows = Windows(4)
+    windows.record("m:1", {"tokens": np.array([3], np.int16), "unknown_share": np.zeros(1), "truncated": [False]})
+    assert windows.snapshot("m:2") is None and windows.summary() == {"m:1": {"held": 1, "seen": 1}}
+
+
+def test_arrays_survive_the_json_round_trip_and_bad_ones_are_named():
+    features, embeddings = _features(7, np.random.default_rng(0))
+    arrays = {**features, "embedding": embeddings}
+    back = decode_arrays(json.loads(json.dumps(encode_arrays(arrays))))
+    for name, array in arrays.items():
+        assert back[name].dtype == array.dtype and np.array_equal(back[name], array)
+    with pytest.raises(ValueError, match="'tokens'"):
+        decode_arrays({"tokens": {"dtype": "<i2", "shape": [3], "data": "not base64!"}})
+
+
+def test_in_distribution_windows_rarely_alarm():
+    reference = _reference(800, seed=1)
+    alarms = sum(judge(reference, _reference(500, seed=100 + i)).verdict == drift.DRIFT for i in range(12))
+    assert alarms <= 1
+
+
+@pytest.mark.parametrize(
+    ("shift", "feature"),
+    [({"length_mean": 12.0}, "tokens"), ({"positive": 0.8}, "label"), ({"shift": 0.5}, "embedding")],
+)
+def test_a_shifted_window_is_caught_on_the_feature_that_moved(shift, feature):
+    report = judge(_reference(800, seed=1), _reference(500, seed=2, **shift))
+    assert report.verdict == drift.DRIFT and feature in report.drifted
+    assert report.features[[f.feature for f in report.features].index(feature)].p_value < report.threshold
+
+
+def test_a_window_too_small_gets_no_verdict_and_a_missing_reference_feature_is_not_guessed():
+    report = judge(_reference(800, seed=1), _reference(60, seed=2, length_mean=5.0))
+    assert report.verdict == drift.INSUFFICIENT and not report.features and "at least 100" in report.message
+    reference = {k: v for k, v in _reference(800, seed=1).items() if k != "embedding"}
+    report = judge(reference, _reference(300, seed=2))
+    embedding = next(f for f in report.features if f.feature == "embedding")
+    assert embedding.verdict == drift.MISSING and embedding.p_value is None
+    assert report.threshold == pytest.approx(0.01 / 5)  # the missing feature is not counted as judged
+
+
+def test_mmd_permutation_p_value_is_uniform_ish_under_the_null_and_small_under_a_shift():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(150, 8))
+    _, p_same = drift.mmd_test(x, rng.normal(size=(150, 8)), 199, seed=0)
+    statistic, p_moved = drift.mmd_test(x, rng.normal(size=(150, 8)) + 0.6, 199, seed=0)
+    assert p_same > 0.01 and p_moved == pytest.approx(1 / 200) and statistic > 0
+
+
+def test_psi_is_zero_for_the_same_sample_and_grows_with_the_shift():
+    rng = np.random.default_rng(4)
+    ref = rng.normal(size=5000)
+    assert drift.psi(ref, ref) == pytest.approx(0.0, abs=1e-9)
+    assert drift.psi(ref, ref + 0.2) < drift.psi(ref, ref + 1.0)
+
+
+def test_drift_starts_one_retrain_then_cools_down_and_never_while_one_runs():
+    now = 1_000_000.0
+    assert decide_retrain("ok", now, None, 3600, None).trigger is False
+    assert decide_retrain("insufficient", now, None, 3600, None).trigger is False
+    assert decide_retrain("drift", now, None, 3600, None).trigger is True
+    cooling = decide_retrain("drift", now, now - 600, 3600, None)
+    assert cooling.trigger is False and "cooling down" in cooling.reason and "3000s" in cooling.reason
+    assert decide_retrain("drift", now, now - 3601, 3600, None).trigger is True
+    busy = decide_retrain("drift", now, None, 3600, "pid 7 since then")
+    assert busy.trigger is False and "already running" in busy.reason
+
+
+def test_workspace_busy_reads_the_lock_without_taking_it(tmp_path):
+    from bertops.atomic import workspace_lock
+
+    assert workspace_busy(tmp_path) is None
+    with workspace_lock(tmp_path) as held:
+        assert held is None
+        assert workspace_busy(tmp_path) == (tmp_path / ".bertops-run.lock").read_text()
+        assert workspace_busy(tmp_path).startswith(f"pid {os.getpid()}")
+    assert workspace_busy(tmp_path) is None  # released: the file is emptied
+    (tmp_path / ".bertops-run.lock").write_text("pid 999999999 since long ago")  # its holder is gone
+    assert workspace_busy(tmp_path) is None
+
+
+def test_the_sampler_writes_its_share_of_requests_as_json_lines(tmp_path):
+    sampler = Sampler(0.25, tmp_path)
+    texts = [f"text {i}" for i in range(40)]
+    sampler.offer("bertops-sst2:v1", texts, [{"label": "positive"}] * 40)
+    deadline = time.monotonic() + 10
+    while sampler.written < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    files = list((tmp_path / "bertops-sst2" / "v1").glob("*.jsonl"))
+    rows = [json.loads(line) for line in files[0].read_text().splitlines()]
+    assert len(rows) == 10 and sampler.dropped == 0  # every fourth, not a random draw
+    assert rows[0]["input"] == "text 3" and rows[0]["answer"] == {"label": "positive"}
+
+
+def test_the_drift_cool_down_state_lives_in_the_model_store(tmp_path):
+    from bertops.model_store import ModelStore
+
+    store = ModelStore(str(tmp_path / "store"), tmp_path / "cache")
+    assert store.read_state("bertops-sst2", "drift-state") == {}
+    store.write_state("bertops-sst2", "drift-state", {"last_trigger": 12.5, "version": "v1"})
+    other_machine = ModelStore(str(tmp_path / "store"), tmp_path / "elsewhere")  # the same store, another cache
+    assert other_machine.read_state("bertops-sst2", "drift-state") == {"last_trigger": 12.5, "version": "v1"}
+    assert not list((tmp_path / "store" / "bertops-sst2").glob("*.partial"))
+
+
+def test_monitor_settings_are_checked_when_the_config_loads():
+    from bertops.config import ConfigError
+    from tests.conftest import smoke_config
+
+    with pytest.raises(ConfigError, match="monitor.alpha"):
+        smoke_config(["monitor.alpha=1.5"])
+    with pytest.raises(ConfigError, match="serve.monitor.sample_rate"):
+        smoke_config(["serve.monitor.sample_rate=2"])
