@@ -185,7 +185,7 @@ def main() -> None:
             load(srv.port, "/classify", bodies, 300, 32)  # warm
         rps: dict[str, list[float]] = {"on": [], "off": []}
         for r in range(args.rounds):
-            for label, srv in ((("on", on), ("off", off)) if r % 2 == 0 else (("off", off), ("on", on))):
+            for label, srv in (("on", on), ("off", off)) if r % 2 == 0 else (("off", off), ("on", on)):
                 run = load(srv.port, "/classify", bodies, args.requests, 32)
                 assert run["statuses"].get(200) == args.requests, run
                 rps[label].append(run["rps"])

@@ -120,9 +120,7 @@ def _reference_profile(config: Config, root: Path, task, model_dir: Path) -> dic
     from bertops.monitoring.reference import profile_version
 
     prepared = root / config.paths.prepared / config.ingest.dataset
-    id2label = json.loads((prepared / "labels.json").read_text())["id2label"]
-    names = [id2label[str(i)] for i in range(len(id2label))]
-    return profile_version(model_dir, prepared, names, config.monitor.reference_rows, config.monitor.seed)
+    return profile_version(model_dir, prepared, config.monitor.reference_rows, config.monitor.seed)
 
 
 def serving_settings(config: Config, task, model_tag: str, agreement: dict, embedding: dict | None = None) -> dict:

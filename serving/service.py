@@ -265,7 +265,9 @@ class Endpoint:
         engine.metrics().observe(endpoint, m.version, len(inputs), time.perf_counter() - started, sum(truncated))
         return values, truncated, feeds
 
-    def keep_window(self, m: engine.Served, feeds: dict, truncated: list, probabilities, embeddings, inputs, answers) -> None:
+    def keep_window(
+        self, m: engine.Served, feeds: dict, truncated: list, probabilities, embeddings, inputs, answers
+    ) -> None:
         """Keep what drift monitoring compares (bertops_window), and a sample of requests when asked;
         a failure here is logged, never a failed request."""
         try:

@@ -93,9 +93,7 @@ def reference_for(config: Config, root: Path, version: str, build: bool) -> tupl
         if not build:
             raise
         prepared = root / config.paths.prepared / config.ingest.dataset
-        id2label = json.loads((prepared / "labels.json").read_text())["id2label"]
-        names = [id2label[str(i)] for i in range(len(id2label))]
-        profile_version(model_dir, prepared, names, config.monitor.reference_rows, config.monitor.seed)
+        profile_version(model_dir, prepared, config.monitor.reference_rows, config.monitor.seed)
         arrays, summary = read_reference(model_dir)
     return arrays, summary, model_dir
 

@@ -153,8 +153,11 @@ def reference_inputs(prepared: Path) -> list:
     return frame["text"].tolist()
 
 
-def profile_version(model_dir: Path, prepared: Path, labels: list[str], max_rows: int, seed: int) -> dict:
-    """Build and write the reference profile of the packaged model in `model_dir`; returns its summary."""
+def profile_version(model_dir: Path, prepared: Path, max_rows: int, seed: int) -> dict:
+    """Build and write the reference profile of the packaged model in `model_dir` from the prepared
+    eval split in `prepared`; returns its summary."""
+    id2label = json.loads((prepared / "labels.json").read_text())["id2label"]
+    labels = [id2label[str(i)] for i in range(len(id2label))]
     settings = json.loads((Path(model_dir) / "bertops_serving.json").read_text())
     arrays = build_reference(model_dir, settings, reference_inputs(prepared), max_rows, seed)
     return write_reference(model_dir, arrays, summarize(arrays, labels, f"{prepared.name} eval split"))
