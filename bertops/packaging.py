@@ -114,8 +114,8 @@ def service_files(task) -> dict[str, Path]:
 
 def _reference_profile(config: Config, root: Path, task, model_dir: Path) -> dict | None:
     """The version's reference profile for drift monitoring (bertops.monitoring.reference), from the
-    eval split on the runtime that will be served; None for tasks it does not cover yet."""
-    if task.name != "classification":
+    eval split on the runtime that will be served (tasks outside the built-in three: none yet)."""
+    if task.name not in ("classification", "ner", "qa"):
         return None
     from bertops.monitoring.reference import profile_version
 

@@ -433,6 +433,8 @@ class TokenTagging(Endpoint):
                     "truncated": cut,
                 }
             )
+        if self.windows is not None:  # the input side (lengths, unknown pieces, truncation)
+            self.keep_window(m, feeds, truncated, None, None, texts, out)
         return out
 
 
@@ -482,7 +484,7 @@ class QuestionAnswering(Endpoint):
             examples, features, list(starts), list(ends), max_answer_length=settings["max_answer_tokens"]
         )
         engine.metrics().observe("/answer", m.version, len(questions), time.perf_counter() - started)
-        return [
+        answers = [
             {
                 **predictions[e.id],
                 "score": round(predictions[e.id]["score"], 6),
@@ -491,6 +493,11 @@ class QuestionAnswering(Endpoint):
             }
             for i, e in enumerate(examples)
         ]
+        if self.windows is not None:  # the input side of each (question, context) pair, as the reference
+            pairs = [(q.question, q.context) for q in questions]
+            pair_feeds, cut = m.engine.encode(pairs)
+            self.keep_window(m, pair_feeds, cut, None, None, [list(p) for p in pairs], answers)
+        return answers
 
 
 for _service in (Classification, TokenTagging, QuestionAnswering):

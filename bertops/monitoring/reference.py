@@ -7,6 +7,10 @@ sentence embedding the head reads. The arrays go into the version's folder (`mon
 so into the model store and the Bento), and a summary into the registry record
 (`bertops models show`).
 
+NER and QA versions get the input side (lengths, unknown word pieces, truncation: for QA, of the
+question + context pair, truncated = read in more than one window); their answers are not
+profiled yet.
+
 Why the eval split and not train: the eval split is what the model was judged on, it holds inputs
 the model has not been fitted to (its confidence there is the confidence it will have on new
 text), and for corpora such as SST-2 it is the one split shaped like real requests (SST-2's train
@@ -138,16 +142,20 @@ def read_reference(model_dir: Path) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, json.loads((path.parent / SUMMARY).read_text())
 
 
-def reference_inputs(prepared: Path) -> list:
-    """The eval split's model inputs (texts, or (text, second sentence) pairs)."""
+def reference_inputs(prepared: Path, task: str) -> list:
+    """The eval split's inputs as the endpoint receives them: texts or (text, second sentence)
+    pairs (classification), raw sentences (ner: its words joined by spaces), (question, context)
+    pairs (qa)."""
     import pandas as pd
 
-    path = prepared / "eval.parquet"
+    path = prepared / ("eval-examples.parquet" if task == "qa" else "eval.parquet")
     if not path.is_file():
         raise ReferenceMissing(f"{path} is missing: run `bertops prepare` (the reference is built from the eval split)")
     frame = pd.read_parquet(path)
-    if "text" not in frame.columns:
-        raise ReferenceMissing(f"{path} holds no 'text' column: reference profiles cover text classifiers")
+    if task == "qa":
+        return list(zip(frame["question"], frame["context"]))
+    if task == "ner":
+        return [" ".join(tokens) for tokens in frame["tokens"]]
     if "text_pair" in frame.columns:
         return list(zip(frame["text"], frame["text_pair"]))
     return frame["text"].tolist()
@@ -156,8 +164,10 @@ def reference_inputs(prepared: Path) -> list:
 def profile_version(model_dir: Path, prepared: Path, max_rows: int, seed: int) -> dict:
     """Build and write the reference profile of the packaged model in `model_dir` from the prepared
     eval split in `prepared`; returns its summary."""
-    id2label = json.loads((prepared / "labels.json").read_text())["id2label"]
-    labels = [id2label[str(i)] for i in range(len(id2label))]
     settings = json.loads((Path(model_dir) / "bertops_serving.json").read_text())
-    arrays = build_reference(model_dir, settings, reference_inputs(prepared), max_rows, seed)
+    labels: list[str] = []
+    if settings["task"] == "classification":
+        id2label = json.loads((prepared / "labels.json").read_text())["id2label"]
+        labels = [id2label[str(i)] for i in range(len(id2label))]
+    arrays = build_reference(model_dir, settings, reference_inputs(prepared, settings["task"]), max_rows, seed)
     return write_reference(model_dir, arrays, summarize(arrays, labels, f"{prepared.name} eval split"))

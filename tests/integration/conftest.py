@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import smoke_config
@@ -24,3 +25,20 @@ def trained_workspace(tmp_path_factory) -> tuple[Path, object]:
     prepare(cfg, root)
     result = finetune(cfg, root)
     return root, cfg, result
+
+
+def input_drift_is_watched(cfg, root: Path, url: str, packaged, sent: list[str]) -> None:
+    """An NER (or QA) version carries the input side of a reference profile, the endpoint keeps the
+    input side of its window, and the monitor judges what it has (here: too little, no verdict)."""
+    from bertops.model_store import registry_for
+    from bertops.monitoring.monitor import monitor
+    from bertops.monitoring.window import decode_arrays
+
+    profile = registry_for(cfg, root).versions(cfg.package.model_name)[packaged.version]["reference_profile"]
+    assert profile["rows"] > 0 and profile["tokens"]["p50"] > 2 and "label_shares" not in profile
+    window = httpx.get(f"{url}/monitor/window", timeout=30).json()
+    columns = decode_arrays(window["columns"])
+    assert window["version"] == packaged.model_tag and len(columns["tokens"]) == len(sent)
+    assert len(columns["label"]) == 0 and "embedding" not in columns  # the input side only
+    result = monitor(cfg, root)
+    assert result["report"]["verdict"] == "insufficient" and f"holds {len(sent)} inputs" in result["report"]["message"]

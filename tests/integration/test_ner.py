@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, datasets_root
+from tests.integration.conftest import input_drift_is_watched
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -135,6 +136,7 @@ def test_ner_trains_evaluates_gates_and_serves_entities(tmp_path: Path):
         cli = CliRunner().invoke(app, args + [a for o in OVERRIDES for a in ("-s", o)])
         assert cli.exit_code == 0 and "Entity-level evaluation on 120 sentences" in cli.output, cli.output
         assert httpx.post(f"{url}/tag", json={"texts": [text]}, timeout=30).status_code == 200  # still answering
+        input_drift_is_watched(cfg, tmp_path, url, packaged, [text, "nothing to see here .", text])
     finally:
         server.stop(cfg)
         os.chdir(cwd)

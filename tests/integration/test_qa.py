@@ -108,6 +108,9 @@ def test_qa_trains_evaluates_gates_and_answers(tmp_path: Path):
         ):
             assert httpx.post(f"{url}/answer", json=bad, timeout=30).status_code == 400, bad
         assert httpx.get(f"{url}/metadata", timeout=10).json()["task"] == "qa"
+        from tests.integration.conftest import input_drift_is_watched
+
+        input_drift_is_watched(cfg, tmp_path, url, packaged, [context])
     finally:
         server.stop(cfg)
         os.chdir(cwd)
