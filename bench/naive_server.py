@@ -15,6 +15,10 @@ Tuning options (what a careful engineer would try before blaming the model):
   compared at equal precision.
 
     python bench/naive_server.py --model MODEL_DIR --port 3990 [--async-route] [--threads N] [--runtime onnx]
+
+`--embed`: instead, a plain PyTorch mean-pooling embedding server of an encoder folder
+(`POST /embed {"texts": [...]}` -> one unit vector per text; the baseline of
+bench/embedding_throughput.py): one request at a time per route call, its texts as one padded batch.
 """
 
 from __future__ import annotations
@@ -32,6 +36,54 @@ MAX_LENGTH = 128
 
 class Request(BaseModel):
     text: str
+
+
+class Texts(BaseModel):
+    texts: list[str]
+
+
+def torch_embedder(model_dir: str, threads: int | None):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        feeds = tokenizer(texts, truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = model(**feeds).last_hidden_state
+            mask = feeds["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return [[round(float(x), 6) for x in row] for row in pooled]
+
+    return embed
+
+
+def make_embed_app(model_dir: str, async_route: bool = False, threads: int | None = None) -> FastAPI:
+    embed = torch_embedder(model_dir, threads)
+    app = FastAPI()
+
+    if async_route:
+
+        @app.post("/embed")
+        async def embed_async(request: Texts) -> list:
+            return [{"embedding": v} for v in embed(request.texts)]
+
+    else:
+
+        @app.post("/embed")
+        def embed_sync(request: Texts) -> list:
+            return [{"embedding": v} for v in embed(request.texts)]
+
+    @app.get("/readyz")
+    def ready() -> dict:
+        return {"ok": True}
+
+    return app
 
 
 def torch_classifier(model_dir: str, threads: int | None):
@@ -117,9 +169,12 @@ if __name__ == "__main__":
     parser.add_argument("--async-route", action="store_true", help="async def route: one request at a time")
     parser.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime intra-op threads")
     parser.add_argument("--onnx-file", default="onnx/model.onnx", help="relative to --model (with --runtime onnx)")
+    parser.add_argument("--embed", action="store_true", help="a PyTorch mean-pooling embedding server instead")
     args = parser.parse_args()
     uvicorn.run(
-        make_app(args.model, args.runtime, args.async_route, args.threads, args.onnx_file),
+        make_embed_app(args.model, args.async_route, args.threads)
+        if args.embed
+        else make_app(args.model, args.runtime, args.async_route, args.threads, args.onnx_file),
         host="127.0.0.1",
         port=args.port,
         log_level="warning",

@@ -142,6 +142,8 @@ def serving_settings(config: Config, task, model_tag: str, agreement: dict, embe
         else {
             "name": embedding["name"],
             "folder": embedding["folder"],
+            "dimension": embedding["dimension"],  # what the Bento declares; checked at package
+            "vocab_size": embedding["vocab_size"],
             "runtime": embedding["runtime"],
             "onnx_files": {embedding["runtime"]: embedding["runtimes"][embedding["runtime"]]["file"]}
             if embedding["runtime"] != "torch"

@@ -266,6 +266,21 @@ def sample_texts(prepared: Path, limit: int = 200) -> list[str]:
     return texts[:limit] or ["a short example", "and a somewhat longer second example text"]
 
 
+def check_embedding_model(source: str, tokens: int, vocabulary: int, hidden: int, produced: int | None) -> None:
+    """An embedding model is packaged only when its tokenizer's ids all fit its encoder's vocabulary
+    and its export produces vectors of the dimension it declares (its hidden size)."""
+    if tokens > vocabulary:
+        raise ExportCheckFailed(
+            f"the embedding model {source}: its tokenizer has {tokens} tokens but its encoder's vocabulary holds "
+            f"{vocabulary}, so some ids have no embedding; package it with the tokenizer it was trained with"
+        )
+    if produced is not None and produced != hidden:
+        raise ExportCheckFailed(
+            f"the embedding model {source} declares {hidden}-dimensional vectors (hidden_size) but its export "
+            f"produces {produced}; it is not packaged"
+        )
+
+
 def export_embedding_model(source: str, target: Path, texts: list, max_length: int, max_abs_diff: float,
                            min_cosine: float = 0.99) -> dict:  # fmt: skip
     """The encoder at `source` (a folder or hub id) saved into `target` for `/embed`, with ONNX fp32
@@ -277,6 +292,7 @@ def export_embedding_model(source: str, target: Path, texts: list, max_length: i
 
     encoder = AutoModel.from_pretrained(source).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
+    check_embedding_model(source, len(tokenizer), encoder.config.vocab_size, encoder.config.hidden_size, None)
     target.mkdir(parents=True, exist_ok=True)
     encoder.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
@@ -307,9 +323,12 @@ def export_embedding_model(source: str, target: Path, texts: list, max_length: i
             "passed": bool(passed),
         }
     chosen = next((r for r in ("onnx-int8", "onnx") if runtimes[r]["passed"]), "torch")
+    produced = int(onnx_session(out / FILES["onnx"]).get_outputs()[0].shape[-1])
+    check_embedding_model(source, len(tokenizer), encoder.config.vocab_size, encoder.config.hidden_size, produced)
     if chosen != "torch":  # the endpoint loads the chosen file, the config and the tokenizer only
         for path in [*target.glob("*.safetensors"), *(out / name for r, name in FILES.items() if r != chosen)]:
             path.unlink()
-    report = {"examples": len(texts), "runtime": chosen, "runtimes": runtimes, "dimension": encoder.config.hidden_size}
+    report = {"examples": len(texts), "runtime": chosen, "runtimes": runtimes, "dimension": encoder.config.hidden_size,
+              "vocab_size": len(tokenizer)}  # fmt: skip
     (out / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -97,18 +97,23 @@ class Window:
 
 
 class Windows:
-    """One Window per model version, safe to record into from the batcher's lanes."""
+    """One Window per model version, safe to record into from the batcher's lanes. An endpoint that
+    follows the registry meets a new version at every promotion: the windows of at most
+    `max_versions` are kept, the one recorded into least recently is dropped first."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._windows: dict[str, Window] = {}
+    def __init__(self, size: int, max_versions: int = 4) -> None:
+        self.size, self.max_versions = size, max_versions
+        self._windows: dict[str, Window] = {}  # in order of last recording
         self._lock = threading.Lock()
 
     def record(self, version: str, features: dict, embeddings: np.ndarray | None = None) -> None:
         with self._lock:
-            window = self._windows.get(version)
+            window = self._windows.pop(version, None)
             if window is None:
-                window = self._windows[version] = Window(self.size)
+                window = Window(self.size)
+                while len(self._windows) >= self.max_versions:
+                    self._windows.pop(next(iter(self._windows)))
+            self._windows[version] = window  # now the most recent
             window.record(features, embeddings)
 
     def snapshot(self, version: str, last: int | None = None) -> dict | None:

@@ -69,9 +69,14 @@ def test_the_window_keeps_the_newest_inputs_in_order_and_wraps():
     snap = window.snapshot()
     assert snap["tokens"].tolist() == [23, 24, 25, 26, 27]
     assert len(snap["label"]) == 0 and len(snap["embedding"]) == 0  # unanswered inputs carry no answer columns
-    windows = Windows(4)
-    windows.record("m:1", {"tokens": np.array([3], np.int16), "unknown_share": np.zeros(1), "truncated": [False]})
+    windows = Windows(4, max_versions=2)
+    one = {"tokens": np.array([3], np.int16), "unknown_share": np.zeros(1), "truncated": [False]}
+    windows.record("m:1", one)
     assert windows.snapshot("m:2") is None and windows.summary() == {"m:1": {"held": 1, "seen": 1}}
+    windows.record("m:2", one)
+    windows.record("m:1", one)  # m:1 is now the most recent
+    windows.record("m:3", one)  # a third version: the least recently recorded (m:2) goes
+    assert set(windows.summary()) == {"m:1", "m:3"} and windows.summary()["m:1"]["seen"] == 2
 
 
 def test_arrays_survive_the_json_round_trip_and_bad_ones_are_named():

@@ -93,3 +93,13 @@ def test_only_the_runtime_and_the_bytes_the_gate_judged_are_shipped(tmp_path: Pa
     judged.write_text("re-exported since")  # other bytes than the gate saw
     with pytest.raises(GateRejected, match="not the file the gate judged"):
         check_judged_runtime(export, decision, tmp_path)
+
+
+def test_an_embedding_model_whose_vocabulary_or_dimension_does_not_match_is_refused():
+    from bertops.models.export import ExportCheckFailed, check_embedding_model
+
+    check_embedding_model("enc", tokens=30522, vocabulary=30522, hidden=384, produced=384)  # matches: no error
+    with pytest.raises(ExportCheckFailed, match="30600 tokens but its encoder's vocabulary holds 30522"):
+        check_embedding_model("enc", tokens=30600, vocabulary=30522, hidden=384, produced=None)
+    with pytest.raises(ExportCheckFailed, match="declares 384-dimensional vectors .* produces 768"):
+        check_embedding_model("enc", tokens=30522, vocabulary=30522, hidden=384, produced=768)
