@@ -233,3 +233,42 @@ def test_the_prefect_ui_shows_the_runs_artifacts(dashboard):
         finally:
             browser.close()
     assert (OUT / "prefect-flow-run-artifacts.png").stat().st_size > 10_000
+
+
+def test_the_drift_watch_runs_as_a_deployment_on_its_interval(dashboard):
+    """`bertops monitor --serve`: the drift-watch flow served as a Prefect deployment every
+    monitor.interval_s, with its parameters; Ctrl-C stops it."""
+    workspace, env, url = dashboard
+    api = f"{url}/api"
+    bertops = str(Path(sys.executable).with_name("bertops"))
+    log = workspace / "drift-watch.log"
+    with open(log, "wb") as sink:
+        watch = subprocess.Popen(
+            [bertops, "monitor", "--serve", "--profile", "configs/smoke.yaml", "-s", "monitor.interval_s=3600",
+             "--url", "http://127.0.0.1:3939"],
+            cwd=workspace, env={**env, "PREFECT_API_URL": api}, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline, found = time.monotonic() + 120, None
+        while time.monotonic() < deadline and found is None:
+            assert watch.poll() is None, log.read_text(errors="replace")[-3000:]
+            try:
+                reply = httpx.post(
+                    f"{api}/deployments/filter", json={"deployments": {"name": {"any_": ["drift-watch"]}}}, timeout=10
+                )
+                found = next(iter(reply.json()), None) if reply.status_code == 200 else None
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        assert found is not None, log.read_text(errors="replace")[-3000:]
+        assert found["parameters"]["url"] == "http://127.0.0.1:3939"
+        assert found["parameters"]["profile"] == "configs/smoke.yaml"
+        assert [s["schedule"]["interval"] for s in found["schedules"]] == [3600.0]
+    finally:
+        os.killpg(watch.pid, signal.SIGINT)
+        try:
+            watch.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(watch.pid, signal.SIGKILL)
+            pytest.fail("bertops monitor --serve did not stop on Ctrl-C within 60 s")

@@ -153,7 +153,9 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
 
     root, cfg, _ = trained_workspace
     shutil.copytree(REPO / "serving", root / "serving", dirs_exist_ok=True)
-    packaged = package(cfg, root)
+    from tests.conftest import smoke_config
+
+    packaged = package(smoke_config(["serve.embedding_model=parent"]), root)  # /embed: the parent encoder
     record = promote(cfg, root)
     assert record["version"] == packaged.version
     registry = registry_for(cfg, root)
@@ -199,7 +201,6 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
         from bertops.evaluation.gate import gate
         from bertops.packaging import GateRejected
         from bertops.training.finetune import finetune
-        from tests.conftest import smoke_config
 
         damaged = smoke_config(
             ["finetune.max_steps=2", "gate.min_accuracy=0.0", "gate.min_macro_f1=0.0", "gate.max_ece=1.0"]
