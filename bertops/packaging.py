@@ -114,13 +114,14 @@ def service_files(task) -> dict[str, Path]:
 
 def _reference_profile(config: Config, root: Path, task, model_dir: Path) -> dict | None:
     """The version's reference profile for drift monitoring (bertops.monitoring.reference), from the
-    eval split on the runtime that will be served (tasks outside the built-in three: none yet)."""
-    if task.name not in ("classification", "ner", "qa"):
+    eval split on the runtime that will be served; None for a task that names no inputs for it."""
+    inputs = task.monitor_inputs(config, root)
+    if inputs is None:
         return None
     from bertops.monitoring.reference import profile_version
 
     prepared = root / config.paths.prepared / config.ingest.dataset
-    return profile_version(model_dir, prepared, config.monitor.reference_rows, config.monitor.seed)
+    return profile_version(model_dir, prepared, inputs, config.monitor.reference_rows, config.monitor.seed)
 
 
 def serving_settings(config: Config, task, model_tag: str, agreement: dict, embedding: dict | None = None) -> dict:

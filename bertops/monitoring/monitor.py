@@ -92,8 +92,13 @@ def reference_for(config: Config, root: Path, version: str, build: bool) -> tupl
     except ReferenceMissing:
         if not build:
             raise
+        from bertops.tasks import get_task
+
         prepared = root / config.paths.prepared / config.ingest.dataset
-        profile_version(model_dir, prepared, config.monitor.reference_rows, config.monitor.seed)
+        inputs = get_task(config.ingest.task).monitor_inputs(config, root)
+        if inputs is None:
+            raise ReferenceMissing(f"task {config.ingest.task!r} names no inputs for a reference profile") from None
+        profile_version(model_dir, prepared, inputs, config.monitor.reference_rows, config.monitor.seed)
         arrays, summary = read_reference(model_dir)
     return arrays, summary, model_dir
 

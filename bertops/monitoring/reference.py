@@ -142,32 +142,13 @@ def read_reference(model_dir: Path) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, json.loads((path.parent / SUMMARY).read_text())
 
 
-def reference_inputs(prepared: Path, task: str) -> list:
-    """The eval split's inputs as the endpoint receives them: texts or (text, second sentence)
-    pairs (classification), raw sentences (ner: its words joined by spaces), (question, context)
-    pairs (qa)."""
-    import pandas as pd
-
-    path = prepared / ("eval-examples.parquet" if task == "qa" else "eval.parquet")
-    if not path.is_file():
-        raise ReferenceMissing(f"{path} is missing: run `bertops prepare` (the reference is built from the eval split)")
-    frame = pd.read_parquet(path)
-    if task == "qa":
-        return list(zip(frame["question"], frame["context"]))
-    if task == "ner":
-        return [" ".join(tokens) for tokens in frame["tokens"]]
-    if "text_pair" in frame.columns:
-        return list(zip(frame["text"], frame["text_pair"]))
-    return frame["text"].tolist()
-
-
-def profile_version(model_dir: Path, prepared: Path, max_rows: int, seed: int) -> dict:
-    """Build and write the reference profile of the packaged model in `model_dir` from the prepared
-    eval split in `prepared`; returns its summary."""
+def profile_version(model_dir: Path, prepared: Path, inputs: list, max_rows: int, seed: int) -> dict:
+    """Build and write the reference profile of the packaged model in `model_dir` from `inputs` (the
+    task's `monitor_inputs`: the eval split in `prepared`); returns its summary."""
     settings = json.loads((Path(model_dir) / "bertops_serving.json").read_text())
     labels: list[str] = []
     if settings["task"] == "classification":
         id2label = json.loads((prepared / "labels.json").read_text())["id2label"]
         labels = [id2label[str(i)] for i in range(len(id2label))]
-    arrays = build_reference(model_dir, settings, reference_inputs(prepared, settings["task"]), max_rows, seed)
+    arrays = build_reference(model_dir, settings, inputs, max_rows, seed)
     return write_reference(model_dir, arrays, summarize(arrays, labels, f"{prepared.name} eval split"))

@@ -11,6 +11,7 @@ copied into the Bento as it is) and `stages.py`, whose hooks the generic stages 
 | evaluate  | bertops/evaluation/evaluate.py| `evaluate` (metrics, serving cost, summary) |
 | gate      | bertops/evaluation/gate.py    | `gate_rules`                           |
 | package   | bertops/packaging.py          | `export_for_serving`, `serving_settings`, `service`, `bento_files` |
+| package   | (the drift reference profile) | `monitor_inputs`                       |
 
 The hooks return the generic modules' own types (`ValidationSuite`, `PrepareResult`,
 `TrainingSpec`, `Evaluation`, `GateRules`); this module imports none of them, so the interface
@@ -67,6 +68,11 @@ class Task:
         """Task settings the service reads at start-up (beside the generic ones)."""
         return {}
 
+    def monitor_inputs(self, config: Any, root: Path) -> list | None:
+        """The eval split's inputs as the endpoint receives them, for the version's drift reference
+        profile (bertops.monitoring.reference). Default: None, no profile."""
+        return None
+
     def bento_files(self) -> dict[str, Path]:
         """Extra files the Bento carries: {name in the Bento: source file} (the task's pure core)."""
         return {}
@@ -83,7 +89,7 @@ class ModuleTask(Task):
     | training_spec | `<package>.finetune.training_spec` |
     | evaluate | `<package>.evaluate.evaluate` |
     | gate_rules | `<package>.gate.gate_rules` |
-    | export_for_serving, serving_settings | `<package>.package.<same name>` (optional) |
+    | export_for_serving, serving_settings, monitor_inputs | `<package>.package.<same name>` (optional) |
 
     The task's pure core is `<package>.core`, carried into the Bento as `bertops_<name>_core.py`.
     """
@@ -126,6 +132,10 @@ class ModuleTask(Task):
     def serving_settings(self, config: Any) -> dict:
         settings = self._hook("package", "serving_settings", required=False)
         return settings(config) if settings else {}
+
+    def monitor_inputs(self, config: Any, root: Path) -> list | None:
+        inputs = self._hook("package", "monitor_inputs", required=False)
+        return inputs(config, root) if inputs else None
 
     def bento_files(self) -> dict[str, Path]:
         import importlib.util

@@ -32,3 +32,13 @@ def export_for_serving(config: Config, root: Path, model_dir: Path) -> dict:
 def serving_settings(config: Config) -> dict:
     """Task settings the service reads at start-up."""
     return {"text_pairs": bool(config.ingest.text_pair_column)}
+
+
+def monitor_inputs(config: Config, root: Path) -> list:
+    """The eval split's texts, or (text, second sentence) pairs, for the drift reference profile."""
+    import pandas as pd
+
+    frame = pd.read_parquet(root / config.paths.prepared / config.ingest.dataset / "eval.parquet")
+    if "text_pair" in frame.columns:
+        return list(zip(frame["text"], frame["text_pair"]))
+    return frame["text"].tolist()
