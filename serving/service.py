@@ -257,7 +257,13 @@ class Endpoint:
 
     def _infer(self, m: engine.Served, endpoint: str, inputs: list, output, on: engine.Engine | None = None):
         """`output` (a name or a tuple of names) for `inputs` on `m`'s model (or on `on`, e.g. its
-        embedding model), timed and counted -> (values, which inputs were cut, the feeds)."""
+        embedding model), timed and counted -> (values, which inputs were cut). A task's service
+        (its own or one defined elsewhere) calls this."""
+        values, truncated, _ = self._infer_fed(m, endpoint, inputs, output, on)
+        return values, truncated
+
+    def _infer_fed(self, m: engine.Served, endpoint: str, inputs: list, output, on: engine.Engine | None = None):
+        """`_infer`, also returning the feeds the model was given (what drift monitoring measures)."""
         on = on or m.engine
         started = time.perf_counter()
         feeds, truncated = on.encode(inputs)
@@ -328,7 +334,7 @@ class Endpoint:
 
     def _embed(self, texts: list, which: str = "production") -> list[dict]:
         m = self.served(which)
-        vectors, truncated, _ = self._infer(m, "/embed", texts, "embedding", on=m.embedder)
+        vectors, truncated = self._infer(m, "/embed", texts, "embedding", on=m.embedder)
         if SERVE["normalize_embeddings"]:
             vectors = vectors / np.clip(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12, None)
         return [
@@ -371,9 +377,9 @@ class Classification(Endpoint):
         m = self.served(which)
         inputs = [tuple(t) if isinstance(t, list) else t for t in texts]
         if self.windows is None:
-            logits, truncated, _ = self._infer(m, "/classify", inputs, "logits")
+            logits, truncated = self._infer(m, "/classify", inputs, "logits")
             return self._answers(m, self.core.softmax(logits), truncated)
-        (logits, embeddings), truncated, feeds = self._infer(m, "/classify", inputs, ("logits", "embedding"))
+        (logits, embeddings), truncated, feeds = self._infer_fed(m, "/classify", inputs, ("logits", "embedding"))
         probabilities = self.core.softmax(logits)
         answers = self._answers(m, probabilities, truncated)
         self.keep_window(m, feeds, truncated, probabilities, embeddings, texts, answers)
