@@ -810,12 +810,16 @@ class Engine:
         tensors = {k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()}
         with torch.inference_mode(), torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype is not None):
             values = {}
+            if "logits" in outputs:  # one forward pass; its last hidden states give the embedding too
+                out = self.model(**tensors, output_hidden_states="embedding" in outputs)
+                values["logits"] = out.logits.float().cpu().numpy()
+                hidden = out.hidden_states[-1] if "embedding" in outputs else None
+            else:
+                hidden = self.model.base_model(**tensors).last_hidden_state
             if "embedding" in outputs:
-                hidden = self.model.base_model(**tensors).last_hidden_state.float()
                 mask = tensors["attention_mask"].unsqueeze(-1).float()
-                values["embedding"] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).cpu().numpy()
-            if "logits" in outputs:
-                values["logits"] = self.model(**tensors).logits.float().cpu().numpy()
+                pooled = (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                values["embedding"] = pooled.cpu().numpy()
             return [values[name] for name in outputs]
 
     def forward(self, feeds: dict):
