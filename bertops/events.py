@@ -14,26 +14,34 @@ import logging
 log = logging.getLogger("bertops.events")
 
 
+def _emit(event: str, name: str, version: str, payload: dict) -> bool | None:
+    """`event` about `bertops.model.<name>`, related to `version` (bare or "name:version"): True
+    when sent, None when no Prefect API is configured (never start an ephemeral server for this).
+    Raises what Prefect raises; the callers log it and carry on."""
+    from prefect.events import emit_event
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        return None
+    bare = version.split(":")[-1]
+    sent = emit_event(
+        event=event,
+        resource={"prefect.resource.id": f"bertops.model.{name}", "prefect.resource.name": name},
+        related=[
+            {
+                "prefect.resource.id": f"bertops.model-version.{name}.{bare}",
+                "prefect.resource.role": "model-version",
+                "prefect.resource.name": version,
+            }
+        ],
+        payload=payload,
+    )
+    return sent is not None
+
+
 def announce(name: str, event: dict) -> None:
     try:
-        from prefect.events import emit_event
-        from prefect.settings import get_current_settings
-
-        if not get_current_settings().api.url:  # no API here: never start an ephemeral Prefect server for this
-            return
-
-        emit_event(
-            event=f"bertops.model.{event['action']}",
-            resource={"prefect.resource.id": f"bertops.model.{name}", "prefect.resource.name": name},
-            related=[
-                {
-                    "prefect.resource.id": f"bertops.model-version.{name}.{event['version']}",
-                    "prefect.resource.role": "model-version",
-                    "prefect.resource.name": event["version"],
-                }
-            ],
-            payload=event,
-        )
+        _emit(f"bertops.model.{event['action']}", name, event["version"], event)
     except Exception as exc:  # noqa: BLE001 - reporting a change never undoes or fails it
         log.warning("could not send the Prefect event for %s %s: %s", event.get("action"), name, exc)
 
@@ -44,26 +52,12 @@ DRIFT_EVENT = "bertops.drift.detected"
 def drift_detected(name: str, version: str, report: dict) -> bool:
     """The event `bertops.drift.detected` about `bertops.model.<name>` (what `bertops schedule
     --on-drift` starts a retrain on); True when it was sent."""
+    payload = {k: report.get(k) for k in ("verdict", "message", "window", "drifted", "threshold")}
     try:
-        from prefect.events import emit_event
-        from prefect.settings import get_current_settings
-
-        if not get_current_settings().api.url:
-            log.warning("drift in %s, but no Prefect API is configured (PREFECT_API_URL): no event sent", version)
-            return False
-        sent = emit_event(
-            event=DRIFT_EVENT,
-            resource={"prefect.resource.id": f"bertops.model.{name}", "prefect.resource.name": name},
-            related=[
-                {
-                    "prefect.resource.id": f"bertops.model-version.{name}.{version.split(':')[-1]}",
-                    "prefect.resource.role": "model-version",
-                    "prefect.resource.name": version,
-                }
-            ],
-            payload={k: report.get(k) for k in ("verdict", "message", "window", "drifted", "threshold")},
-        )
-        return sent is not None
+        sent = _emit(DRIFT_EVENT, name, version, payload)
     except Exception as exc:  # noqa: BLE001 - reporting drift never fails the check
         log.warning("could not send the Prefect drift event for %s: %s", version, exc)
         return False
+    if sent is None:
+        log.warning("drift in %s, but no Prefect API is configured (PREFECT_API_URL): no event sent", version)
+    return bool(sent)

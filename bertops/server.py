@@ -48,6 +48,13 @@ def token_path(config: Config) -> Path:
     return config.paths.registry / "serve.admin-token"
 
 
+def admin_token(config: Config) -> str:
+    """The admin token of this workspace's endpoint: the environment's, else the one
+    `start_detached` wrote; "" when there is none."""
+    path = token_path(config)
+    return os.environ.get(config.serve.admin_token_env or "") or (path.read_text().strip() if path.is_file() else "")
+
+
 def log_path(config: Config) -> Path:
     return config.paths.reports / "serve.log"
 
@@ -255,8 +262,7 @@ def follow_registry(config: Config, timeout: float = 120) -> str | None:
     serve.poll_s anyway). Returns what it serves and how long the switch took; None if none runs."""
     if not running(config):
         return None
-    env = config.serve.admin_token_env or ""
-    token = os.environ.get(env) or (token_path(config).read_text().strip() if token_path(config).is_file() else "")
+    token = admin_token(config)
     url = f"http://{config.serve.host}:{config.serve.port}"
     started = time.perf_counter()
     try:

@@ -40,13 +40,12 @@ def endpoint_url(config: Config) -> str:
 
 
 def _headers(config: Config, admin: bool = False) -> dict:
-    env = config.serve.admin_token_env if admin else config.serve.api_token_env
-    token = os.environ.get(env or "", "")
-    if admin and not token:
-        from bertops.server import token_path
+    if admin:
+        from bertops.server import admin_token
 
-        path = token_path(config)
-        token = path.read_text().strip() if path.is_file() else ""
+        token = admin_token(config)
+    else:
+        token = os.environ.get(config.serve.api_token_env or "", "")
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
