@@ -117,6 +117,18 @@ class _TrainingSection(_Section):
 class FinetuneConfig(_TrainingSection):
     model: str = Field(min_length=1)
     pooling: Literal["mean", "cls", "siamese"]
+    # > 0: + weight x cosine distance of the mean-pooled embedding to the frozen parent's (classification)
+    embedding_preservation: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _preservation_needs_one_pooled_vector(self) -> FinetuneConfig:
+        if self.embedding_preservation and self.pooling == "siamese":
+            raise ValueError(
+                "finetune.embedding_preservation needs finetune.pooling=mean or cls (a siamese head already reads "
+                "each sentence's own embedding); set it to 0 or change the pooling"
+            )
+        return self
+
     epochs: int = Field(ge=1)
     dropout: float = Field(ge=0, lt=1)
     bucket_size: int = Field(ge=1)
@@ -190,6 +202,24 @@ class PretrainConfig(_TrainingSection):
     log_every: int = Field(ge=1)
 
 
+class RetrievalSetConfig(_Section):
+    """Question -> paragraph retrieval on SQuAD v1.1 dev articles (held out from SQuAD's train)."""
+
+    path: Path | None  # a SQuAD JSON file, or a folder holding dev-v1.1.json
+    search_paths: list[str]
+    hub_id: str | None
+    paragraphs: int = Field(ge=10)
+    seed: int
+
+
+class EmbeddingEvalConfig(_Section):
+    """How `evaluate` scores the model /embed will serve (serve.embedding_model)."""
+
+    retrieval: RetrievalSetConfig | None
+    sts: Path | None  # sentence1, sentence2, score (csv/tsv/jsonl/parquet): Spearman of cosine with the scores
+    batch_size: int = Field(ge=1)
+
+
 class EvaluateConfig(_Section):
     batch_size: int = Field(ge=1)
     ece_bins: int = Field(ge=1)
@@ -198,6 +228,7 @@ class EvaluateConfig(_Section):
     latency_requests: int = Field(ge=10)
     latency_rounds: int = Field(default=5, ge=1)  # alternating rounds the latency is timed in (medians)
     max_answer_tokens: int = Field(default=30, ge=1)  # qa: longest answer span considered
+    embedding: EmbeddingEvalConfig | None = None  # null = /embed's model is neither scored nor gated
 
 
 class BehaviourPolicy(_Section):
@@ -233,6 +264,10 @@ class GateConfig(_Section):
     min_entity_f1: float | None = Field(default=None, ge=0, le=1)  # ner: entity-level micro F1 on eval
     min_qa_f1: float | None = Field(default=None, ge=0, le=1)  # qa: SQuAD token F1 (0-1) on eval
     speed_trade: SpeedTrade | None  # null = a challenger must always be non-inferior
+    # /embed's model vs production's and vs the parent encoder: the CI low of the paired recall@1
+    # (and STS Spearman) difference must be >= -embedding_margin; null = reported, not gated
+    embedding_margin: float | None = Field(default=0.02, ge=0, le=1)
+    min_embedding_recall_at_1: float | None = Field(default=None, ge=0, le=1)
 
 
 class PackageConfig(_Section):

@@ -82,24 +82,37 @@ def check_judged_runtime(export: dict, decision: dict, model_dir: Path) -> None:
         )
 
 
-def _embedding_model(config: Config, root: Path, model_dir: Path) -> dict | None:
-    """serve.embedding_model=parent: the general-purpose encoder the model was fine-tuned from
-    (finetune.model) goes into the model's folder for `/embed`, exported and checked like the
-    classifier; "production": /embed serves the production model's own encoder (None here)."""
+def _embedding_model(config: Config, root: Path, model_dir: Path, decision: dict) -> dict | None:
+    """serve.embedding_model=parent: the general-purpose encoder the model was fine-tuned from, as
+    `evaluate` exported and scored it (models/<dataset>-serving/embedding) and the gate judged it,
+    goes into the model's folder for `/embed`; "production": /embed serves the model's own encoder
+    (None here)."""
     if config.serve.embedding_model != "parent":
         return None
-    from bertops.models.export import EMBEDDING_DIR, export_embedding_model, sample_texts
-    from bertops.models.pretrained import describe_model_source, resolve_model_source
+    from bertops.lineage import file_sha256
+    from bertops.models.export import EMBEDDING_DIR, ONNX_DIR, serving_export_dir
+    from bertops.models.pretrained import describe_model_source
 
-    texts = sample_texts(root / config.paths.prepared / config.ingest.dataset)
-    report = export_embedding_model(
-        resolve_model_source(config.finetune.model),
-        model_dir / EMBEDDING_DIR,
-        texts,
-        config.prepare.max_length,
-        config.serve.onnx_max_abs_diff,
-    )
-    return {"name": describe_model_source(config.finetune.model), "folder": EMBEDDING_DIR, **report}
+    source = serving_export_dir(config, root) / EMBEDDING_DIR
+    judged = decision.get("embedding") or {}
+    agreement = source / ONNX_DIR / "agreement.json"
+    report = json.loads(agreement.read_text()) if agreement.is_file() else None
+    name = describe_model_source(config.finetune.model)
+    if report is None or judged.get("embedding_model") != "parent" or judged.get("model") != name:
+        raise GateRejected(
+            f"serve.embedding_model=parent: the gate did not judge {name} as /embed's model (evaluated: "
+            f"{judged.get('model')!r}); re-run `bertops evaluate` and `bertops gate`"
+        )
+    runtime = report["runtime"]
+    if runtime != judged.get("runtime") or (
+        runtime != "torch" and file_sha256(source / report["runtimes"][runtime]["file"]) != judged.get("runtime_sha256")
+    ):
+        raise GateRejected(
+            f"{source} is not the /embed model the gate judged (runtime or sha256 differs); re-run "
+            "`bertops evaluate` and `bertops gate`"
+        )
+    shutil.copytree(source, model_dir / EMBEDDING_DIR, dirs_exist_ok=True)
+    return {"name": name, "folder": EMBEDDING_DIR, **report}
 
 
 def service_files(task) -> dict[str, Path]:
@@ -195,7 +208,7 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
         check_judged_runtime(agreement, decision, Path(saved.path))
         lineage["serving_export"] = agreement
         (Path(saved.path) / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
-        embedding = _embedding_model(config, root, Path(saved.path))
+        embedding = _embedding_model(config, root, Path(saved.path), decision)
         lineage["embedding_model"] = embedding
         (Path(saved.path) / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
         settings = serving_settings(config, task, str(saved.tag), agreement, embedding)

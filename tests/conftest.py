@@ -54,6 +54,7 @@ def smoke_config(overrides: list[str] = (), profile: bool = True):
     base = [
         f"ingest.search_paths=['{datasets_root() / 'sst2'}']",
         f"evaluate.behaviour={REPO / 'data' / 'behaviour' / 'sst2.yaml'}",
+        f"evaluate.embedding.retrieval.search_paths=['{datasets_root() / 'squad-v1.1'}']",
     ]
     return load_config(
         REPO / "params.yaml", REPO / "configs" / "smoke.yaml" if profile else None, base + list(overrides)

@@ -6,6 +6,9 @@ production model re-scored on the very same examples; this stage writes what it 
 - `reports/evaluate/metrics.json`: what the gate reads (a DVC metric), at full precision;
 - `reports/evaluate/summary.md`: the markdown summary the CLI prints and the flow publishes;
 - any arrays the task keeps (e.g. the eval probabilities, `probabilities.npy`).
+
+Whatever the task, `/embed`'s model is scored too (bertops.evaluation.embedding): the report's and
+the gate's `embedding` section.
 """
 
 from __future__ import annotations
@@ -31,9 +34,14 @@ class Evaluation:
 
 def evaluate(config: Config, root: Path = Path(".")) -> dict:
     """Score the candidate (models/<dataset>, or the student) on the prepared eval split; write reports/evaluate/*."""
+    from bertops.evaluation.embedding import evaluate_embeddings, markdown
     from bertops.tasks import get_task
 
     result = get_task(config.ingest.task).evaluate(config, root)
+    model_dir = Path(result.report["model_dir"])
+    embedding = evaluate_embeddings(config, root, model_dir, result.report.get("serving") or {})
+    result.report["embedding"] = result.gate_metrics["embedding"] = embedding
+    result.summary += markdown(embedding)
     out_dir = root / config.paths.reports / "evaluate"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(result.report, indent=2) + "\n")

@@ -16,7 +16,11 @@ report (reports/evaluate/metrics.json):
   lineage names production's weights as its teacher): when its serving p95 is at least
   `min_speedup` times lower than production's (median of the per-round ratios), it is judged on
   the lower CI bound of its accuracy as a share of production's instead of non-inferiority;
-- the first model of a registry (no champion) is judged on the thresholds alone.
+- the first model of a registry (no champion) is judged on the thresholds alone;
+- `/embed`'s model (the report's `embedding` section, bertops.evaluation.embedding), for every
+  task: the lower bound of the paired-bootstrap CI of its retrieval recall@1 (and STS Spearman)
+  minus production's /embed model's, and minus the parent encoder's, must be >= -embedding_margin;
+  `min_embedding_recall_at_1` is a floor.
 A metric the policy needs but the report lacks is an error (IncompleteReport), not a verdict.
 """
 
@@ -85,6 +89,7 @@ class GateDecision:
     runtime: str | None = None  # the runtime that was judged (and the only one `package` ships)
     runtime_sha256: str | None = None  # its file (ONNX), when it is not the PyTorch weights
     comparison: dict | None = None  # vs. production: overall and per-slice differences, CIs, p-values, verdicts
+    embedding: dict | None = None  # /embed's model judged: model, runtime, runtime_sha256 (what `package` ships)
 
     @property
     def reasons(self) -> list[str]:
@@ -97,7 +102,8 @@ class GateDecision:
         lines = [
             f"## Gate: {'APPROVED' if self.approved else 'REJECTED'}",
             "",
-            f"Judged on the runtime that will be served: **{self.runtime or 'torch'}**.",
+            f"Judged on the runtime that will be served: **{self.runtime or 'torch'}**"
+            + (f"; /embed: {self.embedding['model']} on **{self.embedding['runtime']}**." if self.embedding else "."),
             "",
             "| check | value | threshold | result |",
             "| --- | --- | --- | --- |",
@@ -156,7 +162,14 @@ def _verdict(ci_low: float, margin: float) -> str:
 
 def _served(report: dict) -> dict:
     serving = report.get("serving") or {}
-    return {"runtime": serving.get("runtime", "torch"), "runtime_sha256": serving.get("runtime_sha256")}
+    embedding = report.get("embedding")
+    return {
+        "runtime": serving.get("runtime", "torch"),
+        "runtime_sha256": serving.get("runtime_sha256"),
+        "embedding": {k: embedding.get(k) for k in ("model", "embedding_model", "runtime", "runtime_sha256")}
+        if embedding
+        else None,
+    }
 
 
 def _cost_checks(report: dict, policy: GateConfig) -> list[GateCheck]:
@@ -183,6 +196,40 @@ def _cost_checks(report: dict, policy: GateConfig) -> list[GateCheck]:
     return checks
 
 
+def _embedding_checks(report: dict, policy: GateConfig) -> list[GateCheck]:
+    """/embed's model against each baseline it was scored beside (production's /embed model, the
+    parent encoder): non-inferior on the CI of the paired differences; the recall@1 floor."""
+    section = report.get("embedding")
+    if not section or not section.get("scored"):
+        return []
+    checks = []
+    if policy.min_embedding_recall_at_1 is not None:
+        checks.append(
+            _check(
+                "embedding retrieval recall@1",
+                _lookup(report, "embedding.retrieval.recall@1"),
+                policy.min_embedding_recall_at_1,
+                ">=",
+            )  # fmt: skip
+        )
+    if policy.embedding_margin is None:
+        return checks
+    for key, other in (section.get("versus") or {}).items():
+        label = "production's" if key == "production" else "the parent encoder's"
+        for benchmark, figure in (("retrieval", "recall@1"), ("sts", "spearman")):
+            difference = (other.get(benchmark) or {}).get(f"{figure}_difference")
+            if difference is not None:
+                checks.append(
+                    _check(
+                        f"embedding {figure} vs {label} (CI low of difference)",
+                        difference["ci_low"],
+                        -policy.embedding_margin,
+                        ">=",
+                    )  # fmt: skip
+                )
+    return checks
+
+
 def decide(report: dict, policy: GateConfig, rules: GateRules | None = None) -> GateDecision:
     """Approve only if every threshold holds and the candidate is non-inferior to production
     (when there is one) overall and on every slice of at least `min_slice_examples`."""
@@ -195,6 +242,7 @@ def decide(report: dict, policy: GateConfig, rules: GateRules | None = None) -> 
         if threshold is not None
     ]
     checks += _cost_checks(report, policy)
+    checks += _embedding_checks(report, policy)
 
     comparison = None
     champion = report.get("champion")
@@ -285,6 +333,7 @@ def _decide_point(report: dict, policy: GateConfig, rules: GateRules) -> GateDec
         if threshold is not None
     ]
     checks += _cost_checks(report, policy)
+    checks += _embedding_checks(report, policy)
     champion = report.get("champion")
     if champion and rules.champion_metric:
         name, key = rules.champion_metric

@@ -35,6 +35,20 @@ def paired_bootstrap_ci(
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))
 
 
+def paired_bootstrap_statistic(
+    statistic, examples: int, confidence: float = 0.95, resamples: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile CI of `statistic(indices)`, a difference of two models' figures computed on the
+    same resampled examples (e.g. two Spearman correlations with the same gold scores)."""
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, examples, size=examples)) for _ in range(resamples)])
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return float("nan"), float("nan")
+    alpha = (1.0 - confidence) / 2.0
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))
+
+
 def mcnemar_p(only_challenger_right: int, only_champion_right: int) -> float:
     """Exact two-sided McNemar test (binomial on the discordant pairs); 1.0 when they never disagree."""
     from scipy.stats import binomtest

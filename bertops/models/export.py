@@ -24,7 +24,7 @@ import numpy as np
 
 from bertops.encoding import encode, to_feeds
 from bertops.errors import BertopsError
-from bertops.lineage import file_sha256
+from bertops.lineage import ArtifactMismatch, file_sha256
 
 ONNX_DIR = "onnx"
 FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
@@ -154,14 +154,28 @@ def torch_logits(model, tokenizer, texts: list, max_length: int, batch_size: int
     return out
 
 
-def session_logits(session, tokenizer, texts: list, max_length: int, batch_size: int = 64) -> np.ndarray:
+def session_logits(session, tokenizer, texts: list, max_length: int, batch_size: int = 64,
+                   output: str = "logits") -> np.ndarray:  # fmt: skip
+    """One row per text of the session's `output` ("logits", or "embedding": the mean-pooled states)."""
     out: np.ndarray | None = None
     for index, feeds in _batches(tokenizer, texts, max_length, batch_size):
-        logits = session.run(["logits"], feeds)[0]
-        out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32) if out is None else out
-        out[index] = logits
-    if out is None:  # the width of the logits is only known from a first batch
+        values = session.run([output], feeds)[0]
+        out = np.zeros((len(texts), values.shape[1]), dtype=np.float32) if out is None else out
+        out[index] = values
+    if out is None:  # the width is only known from a first batch
         raise ValueError("session_logits needs at least one text")
+    return out
+
+
+def torch_embeddings(encoder, tokenizer, texts: list, max_length: int, batch_size: int = 64) -> np.ndarray:
+    """The mean of the encoder's token states over the attention mask, one row per text (PyTorch)."""
+    import torch
+
+    pooled = _embedding_module(encoder)
+    out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for index, feeds in _batches(tokenizer, texts, max_length, batch_size):
+            out[index] = pooled(**{k: torch.from_numpy(v) for k, v in feeds.items()}).float().numpy()
     return out
 
 
@@ -169,6 +183,15 @@ def serving_export_dir(config, root: Path) -> Path:
     """Where `evaluate` exports the candidate's serving runtimes (what the gate judges and
     `package` ships): models/<dataset>-serving/ (onnx/, export.json)."""
     return root / config.paths.models / f"{config.ingest.dataset}-serving"
+
+
+def served_runtime_of(model_dir: Path, lineage: dict) -> str:
+    """The runtime a packaged (production) model is served on, from its lineage."""
+    export = lineage.get("serving_export") or {}
+    runtime = export.get("runtime") or export.get("cpu_runtime") or "torch"  # cpu_runtime: before 2026-12
+    if runtime != "torch" and not (model_dir / export["runtimes"][runtime]["file"]).is_file():
+        raise ArtifactMismatch(f"{model_dir} is served on {runtime}, but its file is missing from the model store")
+    return runtime
 
 
 RUNTIMES = ("onnx-int8", "onnx", "torch")  # what serve.runtime=auto prefers on CPU, in order
@@ -287,7 +310,6 @@ def export_embedding_model(source: str, target: Path, texts: list, max_length: i
     and int8 exports checked against PyTorch's mean-pooled embeddings on `texts`: fp32 within
     `max_abs_diff`, int8 at a cosine of at least `min_cosine` for every text. Returns the report
     (runtime: the fastest that passed)."""
-    import torch
     from transformers import AutoModel, AutoTokenizer
 
     encoder = AutoModel.from_pretrained(source).eval()
@@ -299,17 +321,10 @@ def export_embedding_model(source: str, target: Path, texts: list, max_length: i
     out = target / ONNX_DIR
     export_onnx(encoder, tokenizer, out / FILES["onnx"], embedding_only=True)
     quantize_int8(out / FILES["onnx"], out / FILES["onnx-int8"])
-    pooled = _embedding_module(encoder)
-    reference = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
-    with torch.inference_mode():
-        for index, feeds in _batches(tokenizer, texts, max_length, 64):
-            reference[index] = pooled(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+    reference = torch_embeddings(encoder, tokenizer, texts, max_length)
     runtimes: dict[str, dict[str, Any]] = {}
     for runtime, name in FILES.items():
-        session = onnx_session(out / name)
-        values = np.zeros_like(reference)
-        for index, feeds in _batches(tokenizer, texts, max_length, 64):
-            values[index] = session.run(["embedding"], feeds)[0]
+        values = session_logits(onnx_session(out / name), tokenizer, texts, max_length, output="embedding")
         cosine = np.sum(values * reference, axis=1) / (
             np.linalg.norm(values, axis=1) * np.linalg.norm(reference, axis=1) + 1e-12
         )
@@ -320,6 +335,7 @@ def export_embedding_model(source: str, target: Path, texts: list, max_length: i
             "max_abs_diff": diff,
             "min_cosine": float(cosine.min()),
             "size_mb": round((out / name).stat().st_size / 1e6, 2),
+            "sha256": file_sha256(out / name),
             "passed": bool(passed),
         }
     chosen = next((r for r in ("onnx-int8", "onnx") if runtimes[r]["passed"]), "torch")

@@ -69,6 +69,28 @@ def test_evaluate_and_gate_write_reports(trained_workspace):
     assert decision.approved, decision.reasons
     assert (decision.runtime, decision.runtime_sha256) == (serving["runtime"], serving["runtime_sha256"])
     assert json.loads((root / "reports/gate/decision.json").read_text())["runtime"] == serving["runtime"]
+    _embedding_model_is_scored_and_gated(metrics, decision, summary)
+
+
+def _embedding_model_is_scored_and_gated(metrics: dict, decision, summary: str) -> None:
+    """/embed's model (the smoke profile: the candidate's own encoder, on the served ONNX graph's
+    embedding output) is scored on SQuAD retrieval beside the parent encoder, and the gate judges it."""
+    embedding = metrics["embedding"]
+    assert embedding["model"] == "the candidate's own encoder" and embedding["scored"]
+    assert embedding["runtime"] == metrics["serving"]["runtime"]
+    assert embedding["runtime_sha256"] == metrics["serving"]["runtime_sha256"]  # the very graph served
+    assert embedding["paragraphs"] == 60 and embedding["retrieval_source"].endswith("dev-v1.1.json")
+    # all-MiniLM-L6-v2 finds most questions' paragraphs among 60 (chance: 1/60), and a short
+    # fine-tune keeps most of that
+    parent = embedding["versus"]["parent"]["retrieval"]
+    assert parent["recall@1"] > 0.5 and embedding["retrieval"]["recall@1"] > 0.4
+    difference = parent["recall@1_difference"]
+    assert difference["difference"] == pytest.approx(embedding["retrieval"]["recall@1"] - parent["recall@1"])
+    assert difference["ci_low"] <= difference["difference"] <= difference["ci_high"] and difference["examples"] == 60
+    check = {c.name: c for c in decision.checks}["embedding recall@1 vs the parent encoder's (CI low of difference)"]
+    assert check.value == difference["ci_low"] and check.threshold == -0.15
+    assert decision.embedding["runtime_sha256"] == embedding["runtime_sha256"]
+    assert "### /embed's model: the candidate's own encoder" in summary
 
 
 def _figures_come_from_the_served_runtime(root: Path, cfg, metrics: dict) -> None:
@@ -153,9 +175,22 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
 
     root, cfg, _ = trained_workspace
     shutil.copytree(REPO / "serving", root / "serving", dirs_exist_ok=True)
+    from bertops.evaluation.evaluate import evaluate
+    from bertops.evaluation.gate import gate
+    from bertops.packaging import GateRejected
     from tests.conftest import smoke_config
 
-    packaged = package(smoke_config(["serve.embedding_model=parent"]), root)  # /embed: the parent encoder
+    parent = smoke_config(["serve.embedding_model=parent"])  # /embed: the parent encoder
+    with pytest.raises(GateRejected, match="did not judge"):  # the gate judged the model's own encoder
+        package(parent, root)
+    report = evaluate(parent, root)  # exports the parent for /embed and scores that runtime
+    embedding = report["embedding"]
+    assert "all-MiniLM-L6-v2" in embedding["model"] and embedding["export"]["runtimes"]["onnx"]["passed"]
+    assert embedding["runtime"] == embedding["export"]["runtime"] != "torch"
+    # the served export of the parent against the parent in PyTorch: the quantisation's cost only
+    assert abs(embedding["versus"]["parent"]["retrieval"]["recall@1_difference"]["difference"]) <= 0.05
+    assert gate(parent, root).approved
+    packaged = package(parent, root)
     record = promote(cfg, root)
     assert record["version"] == packaged.version
     registry = registry_for(cfg, root)

@@ -30,7 +30,7 @@ from bertops.evaluation.stats import compare
 from bertops.lineage import ArtifactMismatch
 from bertops.model_store import production_model
 from bertops.models.classifier import checked_candidate, load_classifier
-from bertops.models.export import serving_export_dir
+from bertops.models.export import served_runtime_of, serving_export_dir
 from bertops.tasks.classification.core import softmax
 from bertops.tasks.classification.prepare import model_inputs
 from bertops.training.predict import predict_logits
@@ -150,15 +150,6 @@ def export_candidate(config: Config, root: Path, model_dir: Path, frames: dict[s
     (staging / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     replace_dir(staging, target)
     return report
-
-
-def served_runtime_of(model_dir: Path, lineage: dict) -> str:
-    """The runtime a packaged (production) model is served on, from its lineage."""
-    export = lineage.get("serving_export") or {}
-    runtime = export.get("runtime") or export.get("cpu_runtime") or "torch"  # cpu_runtime: before 2026-12
-    if runtime != "torch" and not (model_dir / export["runtimes"][runtime]["file"]).is_file():
-        raise ArtifactMismatch(f"{model_dir} is served on {runtime}, but its file is missing from the model store")
-    return runtime
 
 
 def score_champion(

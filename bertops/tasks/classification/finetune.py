@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bertops.config import Config
 from bertops.models.classifier import build_classifier, fit_pair_head
-from bertops.models.pretrained import describe_model_source, load_tokenizer
+from bertops.models.pretrained import describe_model_source, load_tokenizer, resolve_model_source
 from bertops.training.loop import TrainingSpec
 from bertops.training.predict import accuracy_score
 
@@ -30,6 +30,12 @@ def training_spec(config: Config, root: Path) -> TrainingSpec:
             config.evaluate.batch_size,
         )
 
+    loss = None
+    if cfg.embedding_preservation > 0:
+        from bertops.training.preserve import preserving_loss
+
+        loss = preserving_loss(resolve_model_source(cfg.model), cfg.embedding_preservation)
+        lineage["embedding_preservation"] = cfg.embedding_preservation
     return TrainingSpec(
         stage="finetune",
         section=cfg,
@@ -40,5 +46,6 @@ def training_spec(config: Config, root: Path) -> TrainingSpec:
         prepare=probe_head if cfg.pooling == "siamese" else None,
         evaluate_start=cfg.pooling == "siamese",
         lineage=lineage,
+        loss=loss,
         score=accuracy_score(tokenizer.pad_token_id, tokenizer.sep_token_id, config.evaluate.batch_size),
     )

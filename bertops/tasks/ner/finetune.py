@@ -16,6 +16,7 @@ from bertops.tasks.ner.core import (
     word_predictions,
 )
 from bertops.training.loop import TrainingSpec
+from bertops.training.preserve import refuse_preservation
 from bertops.training.setup import autocast
 
 
@@ -68,6 +69,7 @@ def training_spec(config: Config, root: Path) -> TrainingSpec:
     from bertops.models.pretrained import describe_model_source, resolve_model_source
 
     cfg = config.finetune
+    refuse_preservation(cfg, "NER")
     tokenizer_pad = {}
 
     def build(id2label: dict[int, str]):

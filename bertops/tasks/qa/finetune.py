@@ -16,6 +16,7 @@ from bertops.tasks.qa.core import (
 )
 from bertops.tasks.qa.prepare import load_split
 from bertops.training.loop import TrainingSpec
+from bertops.training.preserve import refuse_preservation
 from bertops.training.setup import autocast
 
 
@@ -66,6 +67,7 @@ def training_spec(config: Config, root: Path) -> TrainingSpec:
     from bertops.models.pretrained import describe_model_source, load_tokenizer, resolve_model_source
 
     cfg = config.finetune
+    refuse_preservation(cfg, "QA")
     tokenizer = load_tokenizer(cfg.model)
     validation_examples, _ = load_split(config, root, "validation")
 
