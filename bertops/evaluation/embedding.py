@@ -424,14 +424,16 @@ def markdown(section: dict | None) -> str:
     def cell(value) -> str:
         return "-" if value is None else f"{value:.4f}"
 
-    rows.append(f"| **candidate** | {cell(r.get('recall@1'))} | {cell(r.get('recall@5'))} | {cell(r.get('mrr'))} | "
-                f"{cell(s.get('spearman'))} | |")  # fmt: skip
+    def row(name: str, r: dict, s: dict, ci: str) -> str:
+        figures = [cell(r.get("recall@1")), cell(r.get("recall@5")), cell(r.get("mrr")), cell(s.get("spearman"))]
+        return f"| {name} | " + " | ".join(figures) + f" | {ci} |"
+
+    rows.append(row("**candidate**", r, s, ""))
     for other in section["versus"].values():
         r, s = other.get("retrieval") or {}, other.get("sts") or {}
         d = r.get("recall@1_difference")
         ci = f"{d['difference']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" if d else ""
-        rows.append(f"| {other['name']} | {cell(r.get('recall@1'))} | {cell(r.get('recall@5'))} | {cell(r.get('mrr'))} | "
-                    f"{cell(s.get('spearman'))} | {ci} |")  # fmt: skip
+        rows.append(row(other["name"], r, s, ci))
     where = ""
     if section["paragraphs"]:
         where = f"{section['paragraphs']} SQuAD paragraphs ({section['retrieval_source']})"
