@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 from pathlib import Path
 
@@ -30,42 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def retrieval_set(path: Path, n: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """(questions, paragraphs): paragraph i holds the answer to question i. Whole articles, in a
-    seeded order, until `n` paragraphs: the distractors of a question are mostly paragraphs of its
-    own article (same topic), as in a real document collection, not random other topics."""
-    articles = json.loads(path.read_text())["data"]
-    random.Random(seed).shuffle(articles)
-    pairs = [(p["qas"][0]["question"], p["context"]) for article in articles for p in article["paragraphs"] if p["qas"]]
-    return [q for q, _ in pairs[:n]], [c for _, c in pairs[:n]]
-
-
 def scores(questions: np.ndarray, paragraphs: np.ndarray) -> dict:
-    q = questions / np.linalg.norm(questions, axis=1, keepdims=True)
-    p = paragraphs / np.linalg.norm(paragraphs, axis=1, keepdims=True)
-    similarity = q @ p.T
-    rank = (similarity > similarity[np.arange(len(q)), np.arange(len(q))][:, None]).sum(axis=1)  # 0 = first
-    return {
-        "recall@1": round(float((rank < 1).mean()), 4),
-        "recall@5": round(float((rank < 5).mean()), 4),
-        "mrr": round(float((1.0 / (rank + 1)).mean()), 4),
-    }
+    from bertops.evaluation.embedding import ranks, retrieval_metrics
+
+    return {k: round(v, 4) for k, v in retrieval_metrics(ranks(questions, paragraphs)).items()}
 
 
 def torch_embed(model_dir: str, texts: list[str], max_length: int = 128) -> np.ndarray:
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    from bertops.evaluation.embedding import torch_embedder
 
-    tokenizer, encoder = AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), 32):
-            batch = tokenizer(texts[start : start + 32], padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt")  # fmt: skip
-            hidden = encoder(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            out.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
-    return np.concatenate(out)
+    return torch_embedder(model_dir, max_length, 32, lambda text: text)(texts)
 
 
 def main() -> None:
@@ -77,10 +50,12 @@ def main() -> None:
 
     from bench._common import save_result
     from bertops.client import Client
+    from bertops.evaluation.embedding import retrieval_pairs
     from bertops.models.pretrained import resolve_model_source
 
     datasets = Path(os.environ.get("BERTOPS_DATASETS", REPO.parent / "shared" / "datasets"))
-    questions, paragraphs = retrieval_set(datasets / "squad-v1.1" / "dev-v1.1.json", args.paragraphs)
+    articles = json.loads((datasets / "squad-v1.1" / "dev-v1.1.json").read_text())["data"]
+    questions, paragraphs = retrieval_pairs(articles, args.paragraphs, seed=0)
     with Client(args.url) as client:
         meta = client.metadata()
         # every embedder cuts texts where the endpoint does (its max_length): equal settings

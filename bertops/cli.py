@@ -179,12 +179,30 @@ def gate(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list
 
 
 @app.command()
-def package(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt) -> None:
-    """Save the approved model in the BentoML store, build its Bento, register a candidate."""
+def package(
+    embedding_only: bool = typer.Option(
+        False, "--embedding-only", help="package an encoder alone for /embed (scored and gated on retrieval)"
+    ),
+    encoder: str | None = typer.Option(
+        None, "--encoder", help="with --embedding-only: a folder or hub id (default: finetune.model)"
+    ),
+    params: Path = ParamsOpt,
+    profile: Path | None = ProfileOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Save the approved model in the BentoML store, build its Bento, register a candidate; with
+    --embedding-only, an encoder with no task head (serve it alone, or name it in serve.embedding_model)."""
     from bertops.packaging import package as run
+    from bertops.packaging import package_embedding
 
     cfg = _config(params, profile, set_)
-    _echo_json(_run("package", lambda: run(cfg)))
+    if encoder is not None and not embedding_only:
+        typer.echo("error: --encoder is for --embedding-only", err=True)
+        raise typer.Exit(2)
+    if embedding_only:
+        _echo_json(_run("package", lambda: package_embedding(cfg, encoder=encoder)))
+    else:
+        _echo_json(_run("package", lambda: run(cfg)))
 
 
 @app.command()

@@ -304,7 +304,8 @@ class ServeConfig(_Section):
     max_texts_per_request: int = Field(ge=1)
     max_text_chars: int = Field(ge=1)
     normalize_embeddings: bool
-    embedding_model: Literal["parent", "production"]
+    # parent | production | NAME[:VERSION] of a registered embedding version (`bertops package --embedding-only`)
+    embedding_model: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*(:[A-Za-z0-9_.-]+)?$")
     api_token_env: str | None = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     poll_s: float = Field(gt=0)
     canary: CanaryConfig

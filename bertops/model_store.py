@@ -158,10 +158,13 @@ class ModelStore:
                 shutil.rmtree(entry, ignore_errors=True)
 
 
-def fetch_version(config: Config, version: str, root: Path = Path("."), registry: Registry | None = None) -> Path:
-    """The local folder of a registered version, from the model store (checked against its sha256)."""
+def fetch_version(
+    config: Config, version: str, root: Path = Path("."), registry: Registry | None = None, name: str | None = None
+) -> Path:
+    """The local folder of a registered version of `name` (default: package.model_name), from the
+    model store (checked against its sha256)."""
     registry = registry or registry_for(config, root)
-    name = config.package.model_name
+    name = name or config.package.model_name
     record = registry.versions(name).get(version)
     if record is None:
         raise RegistryError(f"model {name!r} has no version {version!r}")

@@ -83,25 +83,24 @@ def check_judged_runtime(export: dict, decision: dict, model_dir: Path) -> None:
 
 
 def _embedding_model(config: Config, root: Path, model_dir: Path, decision: dict) -> dict | None:
-    """serve.embedding_model=parent: the general-purpose encoder the model was fine-tuned from, as
-    `evaluate` exported and scored it (models/<dataset>-serving/embedding) and the gate judged it,
-    goes into the model's folder for `/embed`; "production": /embed serves the model's own encoder
-    (None here)."""
-    if config.serve.embedding_model != "parent":
+    """/embed's designated model (serve.embedding_model=parent: the encoder the model was fine-tuned
+    from; NAME[:VERSION]: a registered embedding version), as `evaluate` put it in
+    models/<dataset>-serving/embedding and the gate judged it, goes into the model's folder;
+    "production": /embed serves the model's own encoder (None here)."""
+    choice = config.serve.embedding_model
+    if choice == "production":
         return None
     from bertops.lineage import file_sha256
     from bertops.models.export import EMBEDDING_DIR, ONNX_DIR, serving_export_dir
-    from bertops.models.pretrained import describe_model_source
 
     source = serving_export_dir(config, root) / EMBEDDING_DIR
     judged = decision.get("embedding") or {}
     agreement = source / ONNX_DIR / "agreement.json"
     report = json.loads(agreement.read_text()) if agreement.is_file() else None
-    name = describe_model_source(config.finetune.model)
-    if report is None or judged.get("embedding_model") != "parent" or judged.get("model") != name:
+    if report is None or judged.get("embedding_model") != choice:
         raise GateRejected(
-            f"serve.embedding_model=parent: the gate did not judge {name} as /embed's model (evaluated: "
-            f"{judged.get('model')!r}); re-run `bertops evaluate` and `bertops gate`"
+            f"serve.embedding_model={choice}: the gate did not judge that /embed model (it judged "
+            f"serve.embedding_model={judged.get('embedding_model')!r}); re-run `bertops evaluate` and `bertops gate`"
         )
     runtime = report["runtime"]
     if runtime != judged.get("runtime") or (
@@ -112,7 +111,7 @@ def _embedding_model(config: Config, root: Path, model_dir: Path, decision: dict
             "`bertops evaluate` and `bertops gate`"
         )
     shutil.copytree(source, model_dir / EMBEDDING_DIR, dirs_exist_ok=True)
-    return {"name": name, "folder": EMBEDDING_DIR, **report}
+    return {"name": judged["model"], "folder": EMBEDDING_DIR, **report}
 
 
 def service_files(task) -> dict[str, Path]:
@@ -196,9 +195,7 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
 
     task = get_task(config.ingest.task)
     name = config.package.model_name
-    store = store_for(config, root)
-    registry = registry_for(config, root)
-    registry.state(name)  # an unreachable database fails here, before anything is built
+    registry_for(config, root).state(name)  # an unreachable database fails here, before anything is built
     # An exception inside this block (a failed export check) discards the half-made store entry.
     with bentoml.models.create(
         name, labels={"dataset": config.ingest.dataset}, metadata=_flat_metadata(lineage)
@@ -215,11 +212,21 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
         # The model carries its serving settings: an endpoint that follows the registry reads them.
         (Path(saved.path) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         reference = _reference_profile(config, root, task, Path(saved.path))  # travels with the version
+    return _publish(config, root, task, saved, settings, lineage, decision, evaluation, reference, serving_dir)
+
+
+def _publish(config: Config, root: Path, task, saved, settings: dict, lineage: dict, decision: dict,
+             evaluation: dict, reference: dict | None, serving_dir: Path | None) -> PackageResult:  # fmt: skip
+    """The saved BentoML model -> the team's model store, a Bento of the task's service, a
+    *candidate* version in the registry, reports/package/package.json."""
+    import bentoml
+
+    name = config.package.model_name
     model_tag = str(saved.tag)
     version = saved.tag.version
     assert version is not None  # bentoml.models.create gives the new model a generated version
     # The team's copy: any machine that reaches the store can fetch this version (checked by sha256).
-    artifact = store.put(name, version, Path(saved.path))
+    artifact = store_for(config, root).put(name, version, Path(saved.path))
 
     serving_dir = serving_dir or root / "serving"
     (serving_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
@@ -239,7 +246,7 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
         docker=build.get("docker"),
         labels={"dataset": config.ingest.dataset, "model": model_tag},
     )
-    registry.register(
+    registry_for(config, root).register(
         name,
         version,
         {
@@ -257,6 +264,71 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
     out.mkdir(parents=True, exist_ok=True)
     (out / "package.json").write_text(json.dumps(result.__dict__, indent=2) + "\n")
     return result
+
+
+def package_embedding(
+    config: Config, root: Path = Path("."), encoder: str | None = None, serving_dir: Path | None = None
+) -> PackageResult:
+    """`bertops package --embedding-only`: an embedding version of `package.model_name`, no task
+    head: the encoder `encoder` (default finetune.model) exported for /embed (ONNX fp32 + int8,
+    checked by cosine), scored on the runtime it will be served on beside itself in PyTorch fp32
+    and the model's production version (bertops.evaluation.embedding), judged by the gate's
+    embedding checks, and published like any version (model store, Bento of the `Embedding`
+    service, a candidate in the registry). Serve it on its own, or name it in another model's
+    `serve.embedding_model` (NAME or NAME:VERSION)."""
+    import datetime as dt
+
+    import bentoml
+
+    from bertops.evaluation.embedding import export_encoder, packaged_embedding, score_embedding_model
+    from bertops.evaluation.gate import decide_embedding
+    from bertops.lineage import git_commit
+    from bertops.models.export import EMBEDDING_DIR
+    from bertops.tasks import get_task
+
+    source = encoder or config.finetune.model
+    name = config.package.model_name
+    registry = registry_for(config, root)
+    registry.state(name)  # an unreachable database fails here, before anything is built
+    target = root / config.paths.models / f"{name}-embedding"
+    report = export_encoder(config, root, source, target)
+    section = score_embedding_model(
+        config.model_copy(update={"serve": config.serve.model_copy(update={"embedding_model": "production"})}),
+        root,
+        packaged_embedding(report["name"], target, report),
+        report,
+        source,
+    )
+    section["embedding_model"] = "embedding-only"
+    decision = decide_embedding(section, config.gate)
+    out = root / config.paths.reports / "gate"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "embedding-decision.json").write_text(decision.to_json())
+    (out / "embedding-decision.md").write_text(decision.to_markdown())
+    if not decision.approved:
+        raise GateRejected(
+            "the gate rejected this embedding model, so it is not packaged: " + "; ".join(decision.reasons)
+        )
+    task = get_task("embedding")
+    embedding = {"name": report["name"], "folder": EMBEDDING_DIR, **report}
+    lineage = {
+        "task": "embedding",
+        "dataset": config.ingest.dataset,
+        "parent_model": report["name"],
+        "git_commit": git_commit(root),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "embedding_model": embedding,
+        "evaluation": {"embedding": section},
+        "gate": json.loads(decision.to_json()),
+    }
+    with bentoml.models.create(name, labels={"task": "embedding"}, metadata=_flat_metadata(lineage)) as saved:
+        shutil.copytree(target, Path(saved.path) / EMBEDDING_DIR)
+        (Path(saved.path) / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
+        agreement = {"runtime": report["runtime"], "runtimes": {}}
+        settings = serving_settings(config, task, str(saved.tag), agreement, embedding)
+        (Path(saved.path) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    gate = json.loads(decision.to_json())
+    return _publish(config, root, task, saved, settings, lineage, gate, {"embedding": section}, None, serving_dir)
 
 
 def promote(

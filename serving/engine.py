@@ -699,13 +699,24 @@ class Served:
         lineage = json.loads((Path(path) / "lineage.json").read_text())
         config = model.config
         labels = [config.id2label[i] for i in range(config.num_labels)] if settings["task"] != "qa" else []
-        embedder = None
-        if embedding := settings.get("embedding"):
-            from transformers import AutoModel
-
-            own = {**settings, "runtime": embedding["runtime"], "onnx_files": embedding["onnx_files"]}
-            embedder = Engine(str(Path(path) / embedding["folder"]), own, AutoModel, runtime_override=False)
+        embedder = cls._embedder(path, settings) if settings.get("embedding") else None
         return cls(version, model, lineage, labels, settings, embedder)
+
+    @classmethod
+    def load_embedder(cls, path, version: str, settings: dict) -> Served:
+        """An embedding-only version: its designated embedding model is all it serves."""
+        lineage = json.loads((Path(path) / "lineage.json").read_text())
+        embedder = cls._embedder(path, settings)
+        return cls(version, embedder, lineage, [], settings, embedder)
+
+    @staticmethod
+    def _embedder(path, settings: dict) -> Engine:
+        """/embed's designated model (settings["embedding"]), on the runtime its export check chose."""
+        from transformers import AutoModel
+
+        embedding = settings["embedding"]
+        own = {**settings, "runtime": embedding["runtime"], "onnx_files": embedding["onnx_files"]}
+        return Engine(str(Path(path) / embedding["folder"]), own, AutoModel, runtime_override=False)
 
 
 class Engine:

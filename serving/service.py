@@ -9,6 +9,8 @@
 - `QuestionAnswering` (qa models): `POST /answer`: {"questions": [{"question", "context"}]} -> the
   best answer span of each context (text, character offsets, score); long contexts are read in
   doc-stride windows.
+- `Embedding` (embedding-only versions, `bertops package --embedding-only`): no task route; the
+  routes below, served by the version's encoder.
 - Every service: `POST /embed`: texts -> one sentence embedding each (mean of the encoder's token
   states; L2-normalised when `serve.normalize_embeddings`); `POST /tokenize`: texts -> the token
   ids the model is fed (normalised and cut as in training); `GET /metadata`: model version,
@@ -506,5 +508,22 @@ class QuestionAnswering(Endpoint):
         return answers
 
 
-for _service in (Classification, TokenTagging, QuestionAnswering):
+@bentoml.service(name="bertops", traffic={"timeout": 60}, workers=SERVE["workers"])
+@bentoml.asgi_app(_info_app(), path="/")
+class Embedding(Endpoint):
+    """An embedding-only version: a sentence encoder, no task head (/embed, /v1/embeddings, /tokenize)."""
+
+    route = "/embed"
+
+    def load(self, path, version: str, settings: dict) -> engine.Served:
+        served = engine.Served.load_embedder(path, version, settings)
+        self.warm(served)
+        return served
+
+    def warm(self, served: engine.Served) -> None:
+        feeds, _ = served.engine.encode(["warm up"])
+        served.engine.run(feeds, "embedding")
+
+
+for _service in (Classification, TokenTagging, QuestionAnswering, Embedding):
     _service.add_asgi_middleware(engine.guard(SETTINGS, _service.inner.route))

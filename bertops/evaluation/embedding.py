@@ -50,6 +50,7 @@ class RetrievalSet:
     questions: list[str]
     paragraphs: list[str]
     source: str
+    spare: list[str]  # questions and paragraphs of the next articles, outside the set (export checks)
 
 
 def retrieval_pairs(articles: list[dict], n: int, seed: int) -> tuple[list[str], list[str]]:
@@ -126,10 +127,11 @@ def load_retrieval_set(cfg: RetrievalSetConfig, root: Path) -> RetrievalSet:
             f"embedding retrieval benchmark: no {SQUAD_DEV} in evaluate.embedding.retrieval.search_paths "
             f"{cfg.search_paths} and no hub_id; pass -s evaluate.embedding.retrieval.path=/path/to/dev-v1.1.json"
         )
-    questions, paragraphs = retrieval_pairs(articles, cfg.paragraphs, cfg.seed)
-    if len(paragraphs) < 10:
+    questions, paragraphs = retrieval_pairs(articles, cfg.paragraphs + 100, cfg.seed)
+    n = cfg.paragraphs
+    if len(paragraphs) < min(n, 10):
         raise DataSourceError(f"{source}: only {len(paragraphs)} paragraphs with a question; retrieval needs >= 10")
-    return RetrievalSet(questions, paragraphs, source)
+    return RetrievalSet(questions[:n], paragraphs[:n], source, questions[n:] + paragraphs[n:])
 
 
 def load_sts(path: Path, root: Path) -> tuple[list[str], list[str], np.ndarray]:
@@ -295,18 +297,30 @@ def packaged_embedding(name: str, folder: Path, report: dict) -> EmbeddingModel:
     return EmbeddingModel(name, folder, runtime, folder / detail["file"], detail.get("sha256"))
 
 
-def export_parent(config: Config, root: Path, target: Path) -> dict:
-    """serve.embedding_model=parent: export finetune.model's encoder for /embed into `target`
-    (replaced as a whole; a failed export leaves the previous one)."""
-    from bertops.models.export import export_embedding_model, sample_texts
+def check_texts(config: Config, root: Path) -> list[str]:
+    """Texts an embedding export is checked on: the prepared corpus's validation slice, else
+    SQuAD texts outside the retrieval set (never the texts it is scored on)."""
+    from bertops.models.export import sample_texts
+
+    prepared = root / config.paths.prepared / config.ingest.dataset
+    cfg = config.evaluate.embedding
+    if (prepared / "validation.parquet").is_file() or cfg is None or cfg.retrieval is None:
+        return sample_texts(prepared)
+    return load_retrieval_set(cfg.retrieval, root).spare[:200] or sample_texts(prepared)
+
+
+def export_encoder(config: Config, root: Path, source: str, target: Path) -> dict:
+    """The encoder `source` (a folder, a hub id, or "packaged") exported for /embed into `target`
+    (ONNX fp32 + int8 checked by cosine; replaced as a whole, a failed export leaves the previous one)."""
+    from bertops.models.export import export_embedding_model
     from bertops.models.pretrained import describe_model_source, resolve_model_source
 
     staging = staging_dir(target)
     try:
         report = export_embedding_model(
-            resolve_model_source(config.finetune.model),
+            resolve_model_source(source),
             staging,
-            sample_texts(root / config.paths.prepared / config.ingest.dataset),
+            check_texts(config, root),
             config.prepare.max_length,
             config.serve.onnx_max_abs_diff,
         )
@@ -316,24 +330,61 @@ def export_parent(config: Config, root: Path, target: Path) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     replace_dir(staging, target)
-    return {"name": describe_model_source(config.finetune.model), "source": config.finetune.model, **report}
+    return {"name": describe_model_source(source), "source": source, **report}
 
 
 def candidate_embedding(
     config: Config, root: Path, model_dir: Path, serving: dict
 ) -> tuple[EmbeddingModel, dict | None]:
-    """What the candidate's /embed will serve, on its runtime; with the parent's export report."""
+    """What the candidate's /embed will serve, on its runtime; with the report of its export (the
+    parent encoder exported here, or a registered embedding version copied here from the model
+    store: both into models/<dataset>-serving/embedding/, which `package` ships)."""
     from bertops.models.export import EMBEDDING_DIR, serving_export_dir
 
     export_dir = serving_export_dir(config, root)
-    if config.serve.embedding_model == "parent":
+    choice = config.serve.embedding_model
+    if choice == "parent":
         folder = export_dir / EMBEDDING_DIR
-        report = export_parent(config, root, folder)
+        report = export_encoder(config, root, config.finetune.model, folder)
+        return packaged_embedding(report["name"], folder, report), report
+    if choice != "production":
+        folder = export_dir / EMBEDDING_DIR
+        report = copy_registered(config, root, choice, folder)
         return packaged_embedding(report["name"], folder, report), report
     runtime = serving.get("runtime") or "torch"
     detail = ((serving.get("export") or {}).get("runtimes") or {}).get(runtime) or {}
     onnx_file = export_dir / detail["file"] if detail.get("file") else None
     return own_encoder("the candidate's own encoder", model_dir, runtime, onnx_file), None
+
+
+def copy_registered(config: Config, root: Path, choice: str, target: Path) -> dict:
+    """serve.embedding_model=NAME[:VERSION]: that registered embedding version (default: NAME's
+    production version), fetched from the model store (sha256-checked), copied into `target`."""
+    import shutil
+
+    from bertops.model_store import fetch_version, registry_for
+    from bertops.registry import RegistryError
+
+    name, _, version = choice.partition(":")
+    registry = registry_for(config, root)
+    version = version or registry.production(name)
+    if not version:
+        raise RegistryError(
+            f"serve.embedding_model={choice}: {name!r} has no production version; name one ({name}:VERSION, see "
+            f"`bertops models list -s package.model_name={name}`) or promote one"
+        )
+    path = fetch_version(config, version, root, registry, name=name)
+    lineage = json.loads((path / "lineage.json").read_text()) if (path / "lineage.json").is_file() else {}
+    designated = lineage.get("embedding_model")
+    if not designated or lineage.get("task") != "embedding":
+        raise RegistryError(
+            f"serve.embedding_model={choice}: {name}:{version} is not an embedding version (package one with "
+            "`bertops package --embedding-only`)"
+        )
+    staging = staging_dir(target)
+    shutil.copytree(path / designated["folder"], staging, dirs_exist_ok=True)
+    replace_dir(staging, target)
+    return {**{k: v for k, v in designated.items() if k != "folder"}, "name": f"{name}:{version}"}
 
 
 def production_embedding(config: Config, root: Path) -> tuple[str, EmbeddingModel] | None:
@@ -358,9 +409,16 @@ def production_embedding(config: Config, root: Path) -> tuple[str, EmbeddingMode
 
 def evaluate_embeddings(config: Config, root: Path, model_dir: Path, serving: dict) -> dict:
     """The `embedding` section of the evaluation report (see the module docstring)."""
+    candidate, export = candidate_embedding(config, root, model_dir, serving)
+    return score_embedding_model(config, root, candidate, export, config.finetune.model)
+
+
+def score_embedding_model(
+    config: Config, root: Path, candidate: EmbeddingModel, export: dict | None, parent_source: str
+) -> dict:
+    """`candidate` scored beside `parent_source` (PyTorch fp32) and production's /embed model."""
     from bertops.models.pretrained import describe_model_source, resolve_model_source
 
-    candidate, export = candidate_embedding(config, root, model_dir, serving)
     section: dict = {
         "model": candidate.name,
         "embedding_model": config.serve.embedding_model,
@@ -379,9 +437,7 @@ def evaluate_embeddings(config: Config, root: Path, model_dir: Path, serving: di
     length, batch = prep.max_length, cfg.batch_size
 
     mine = score(candidate.embedder(length, batch, normalise), retrieval, sts)
-    parent = score(
-        torch_embedder(resolve_model_source(config.finetune.model), length, batch, normalise), retrieval, sts
-    )
+    parent = score(torch_embedder(resolve_model_source(parent_source), length, batch, normalise), retrieval, sts)
     gate = config.gate
     section.update(mine.summary(gold))
     section["scored"] = True
@@ -390,7 +446,7 @@ def evaluate_embeddings(config: Config, root: Path, model_dir: Path, serving: di
     section["sts_pairs"] = len(gold) if gold is not None else 0
     section["versus"] = {
         "parent": {
-            "name": f"{describe_model_source(config.finetune.model)}, PyTorch fp32",
+            "name": f"{describe_model_source(parent_source)}, PyTorch fp32",
             **versus(mine, parent, gold, gate.confidence, gate.bootstrap_resamples),
         }
     }

@@ -324,6 +324,13 @@ def decide(report: dict, policy: GateConfig, rules: GateRules | None = None) -> 
     )
 
 
+def decide_embedding(section: dict, policy: GateConfig) -> GateDecision:
+    """An embedding-only version (`bertops package --embedding-only`): the embedding checks alone."""
+    report = {"embedding": section, "serving": {"runtime": section["runtime"]}}
+    checks = _embedding_checks(report, policy)
+    return GateDecision(all(c.passed for c in checks), checks, None, **_served(report))
+
+
 def _decide_point(report: dict, policy: GateConfig, rules: GateRules) -> GateDecision:
     """Floors, serving cost, and no worse than production's `champion_metric` by more than the
     non-inferiority margin (point estimate on the same eval examples)."""

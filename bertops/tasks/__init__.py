@@ -15,6 +15,7 @@ BUILTIN = {
     "classification": "bertops.tasks.classification",
     "ner": "bertops.tasks.ner",
     "qa": "bertops.tasks.qa",
+    "embedding": "bertops.tasks.embedding",  # embedding-only versions (bertops package --embedding-only)
 }
 _registered: dict[str, Task] = {}
 
