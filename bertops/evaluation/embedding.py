@@ -365,10 +365,10 @@ def copy_registered(config: Config, root: Path, choice: str, target: Path) -> di
     from bertops.model_store import fetch_version, registry_for
     from bertops.registry import RegistryError
 
-    name, _, version = choice.partition(":")
+    name, _, named = choice.partition(":")
     registry = registry_for(config, root)
-    version = version or registry.production(name)
-    if not version:
+    version = named or registry.production(name)
+    if version is None or not version:
         raise RegistryError(
             f"serve.embedding_model={choice}: {name!r} has no production version; name one ({name}:VERSION, see "
             f"`bertops models list -s package.model_name={name}`) or promote one"
