@@ -407,6 +407,28 @@ def production_embedding(config: Config, root: Path) -> tuple[str, EmbeddingMode
     return version, own_encoder(f"{version} (its own encoder)", path, runtime, onnx_file)
 
 
+_PARENT_SCORES: dict[tuple, Scored] = {}  # the parent's weights never change: scored once per process
+
+
+def _parent_scores(source: str, config: Config, retrieval: RetrievalSet | None, sts) -> Scored:
+    """The parent encoder (PyTorch fp32) on the benchmarks, cached by everything it depends on."""
+    prep, batch = config.prepare, config.evaluate.embedding.batch_size if config.evaluate.embedding else 32
+    weights = Path(source) / "model.safetensors"  # a local folder re-trained in this process is a new parent
+    key = (
+        source,
+        weights.stat().st_mtime_ns if weights.is_file() else None,
+        prep.max_length,
+        prep.unicode_form,
+        prep.lowercase,
+        hash(tuple(retrieval.questions + retrieval.paragraphs)) if retrieval else None,
+        hash(tuple(sts[0] + sts[1])) if sts else None,
+    )
+    if key not in _PARENT_SCORES:
+        normalise = lambda text: normalize_input(text, prep.unicode_form, prep.lowercase)  # noqa: E731
+        _PARENT_SCORES[key] = score(torch_embedder(source, prep.max_length, batch, normalise), retrieval, sts)
+    return _PARENT_SCORES[key]
+
+
 def evaluate_embeddings(config: Config, root: Path, model_dir: Path, serving: dict) -> dict:
     """The `embedding` section of the evaluation report (see the module docstring)."""
     candidate, export = candidate_embedding(config, root, model_dir, serving)
@@ -437,7 +459,7 @@ def score_embedding_model(
     length, batch = prep.max_length, cfg.batch_size
 
     mine = score(candidate.embedder(length, batch, normalise), retrieval, sts)
-    parent = score(torch_embedder(resolve_model_source(parent_source), length, batch, normalise), retrieval, sts)
+    parent = _parent_scores(resolve_model_source(parent_source), config, retrieval, sts)
     gate = config.gate
     section.update(mine.summary(gold))
     section["scored"] = True

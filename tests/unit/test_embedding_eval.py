@@ -155,7 +155,7 @@ def test_embedding_preservation_adds_the_distance_to_the_frozen_parent():
     tokenizer = load_tokenizer("packaged")
     ids = [tokenizer(t)["input_ids"] for t in ["a gripping film", "dull and far too long, sadly"]]
     batch = collate(ids, [1, 0], tokenizer.pad_token_id, tokenizer.sep_token_id)
-    own = model(**batch.inputs(), labels=batch.labels).loss
+    own = model(**batch.inputs(), labels=batch.labels).loss.detach()
     loss = preserving_loss(resolve_model_source("packaged"), weight=5.0)
     assert float(loss(model, batch, None).detach()) == pytest.approx(float(own), abs=1e-4)  # the start is the parent
     with torch.no_grad():  # bend the encoder: its embeddings leave the parent's
