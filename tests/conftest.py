@@ -37,6 +37,12 @@ def datasets_root() -> Path:
     raise RuntimeError("tests need the shared datasets: set BERTOPS_DATASETS to the folder holding sst2/")
 
 
+try:  # every config's `$BERTOPS_DATASETS/...` search path (corpora, the embedding benchmark) resolves
+    os.environ.setdefault("BERTOPS_DATASETS", str(datasets_root()))
+except RuntimeError:
+    pass  # the tests that need the datasets say so through datasets_root()
+
+
 @pytest.fixture(scope="session")
 def datasets() -> Path:
     return datasets_root()

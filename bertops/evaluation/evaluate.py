@@ -38,7 +38,9 @@ def evaluate(config: Config, root: Path = Path(".")) -> dict:
     from bertops.tasks import get_task
 
     result = get_task(config.ingest.task).evaluate(config, root)
-    model_dir = Path(result.report["model_dir"])
+    from bertops.models.classifier import candidate_dir
+
+    model_dir = Path(result.report.get("model_dir") or candidate_dir(config, root))  # a task may not name it
     embedding = evaluate_embeddings(config, root, model_dir, result.report.get("serving") or {})
     result.report["embedding"] = result.gate_metrics["embedding"] = embedding
     result.summary += markdown(embedding)

@@ -24,7 +24,8 @@ def test_an_encoder_is_packaged_gated_promoted_and_served_alone(tmp_path: Path):
 
     root = tmp_path
     shutil.copytree(REPO / "serving", root / "serving")
-    cfg = smoke_config(["package.model_name=bertops-embed", "serve.port=3931"])
+    _similarity_file(root / "pairs.tsv")
+    cfg = smoke_config(["package.model_name=bertops-embed", "serve.port=3931", "evaluate.embedding.sts=pairs.tsv"])
     registry = registry_for(cfg, root)
 
     # A floor it cannot reach: rejected, nothing registered, the decision says why.
@@ -43,6 +44,11 @@ def test_an_encoder_is_packaged_gated_promoted_and_served_alone(tmp_path: Path):
     assert section["runtime"] in ("onnx-int8", "onnx") and section["paragraphs"] == 60
     assert abs(section["versus"]["parent"]["retrieval"]["recall@1_difference"]["difference"]) <= 0.05
     assert section["retrieval"]["recall@1"] > 0.5 and record["gate"]["approved"]
+    # the sentence-pair file: a question is closer to its own paragraph than to another article's
+    assert section["sts_pairs"] == 80 and section["sts"]["spearman"] > 0.5
+    assert "embedding spearman vs the parent encoder's (CI low of difference)" in {
+        c["name"] for c in record["gate"]["checks"]
+    }
     assert promote(cfg, root)["version"] == packaged.version
 
     cwd = os.getcwd()
@@ -79,3 +85,20 @@ def test_an_encoder_is_packaged_gated_promoted_and_served_alone(tmp_path: Path):
     assert file_sha256(target / report["runtimes"][report["runtime"]]["file"]) == section["runtime_sha256"]
     with pytest.raises(RegistryError, match="has no production version"):
         copy_registered(cfg, root, "bertops-nothing", target)
+
+
+def _similarity_file(path: Path) -> None:
+    """A sentence-pair similarity file built from SQuAD: a question with its own paragraph (score
+    1) or with a paragraph of another article (score 0)."""
+    import json
+
+    from tests.conftest import datasets_root
+
+    articles = json.loads((datasets_root() / "squad-v1.1" / "dev-v1.1.json").read_text())["data"][-40:]
+    rows = ["sentence1\tsentence2\tscore"]
+    for i, article in enumerate(articles):
+        paragraph = article["paragraphs"][0]
+        other = articles[(i + 7) % len(articles)]["paragraphs"][0]["context"]
+        question, own = (" ".join(t.split()) for t in (paragraph["qas"][0]["question"], paragraph["context"]))
+        rows += [f"{question}\t{own}\t1", f"{question}\t{' '.join(other.split())}\t0"]
+    path.write_text("\n".join(rows) + "\n")  # whitespace collapsed: no tab or newline inside a text
