@@ -178,3 +178,16 @@ def test_embedding_preservation_is_refused_where_it_does_not_apply():
     spec = training_spec(smoke_config(["finetune.embedding_preservation=1.0"]), Path("."))
     assert spec.loss is not None and spec.lineage["embedding_preservation"] == 1.0
     assert training_spec(smoke_config(), Path(".")).loss is None
+
+
+def test_the_cli_refuses_an_encoder_without_embedding_only_and_an_unknown_embedding_model():
+    from typer.testing import CliRunner
+
+    from bertops.cli import app
+    from tests.conftest import REPO
+
+    params = ["--params", str(REPO / "params.yaml")]
+    result = CliRunner().invoke(app, ["package", "--encoder", "some/encoder", *params])
+    assert result.exit_code == 2 and "--encoder is for --embedding-only" in result.output
+    bad = CliRunner().invoke(app, ["package", *params, "-s", "serve.embedding_model=Not A Name"])
+    assert bad.exit_code == 2 and "serve.embedding_model" in bad.output
