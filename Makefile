@@ -69,7 +69,7 @@ test-unit: install postgres
 	$(BIN)/python -m pytest tests/unit
 
 test-slow: install browser postgres
-	$(BIN)/python -m pytest tests/integration tests/e2e
+	$(BIN)/python -m pytest --durations=15 tests/integration tests/e2e
 
 test-fast: test-unit
 

@@ -473,9 +473,11 @@ def models_list(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set
     if routing.shadow:
         typer.echo(f"shadow: {routing.shadow} answers every request in the background")
     for version, record in versions.items():
-        metrics = record.get("metrics", {})
+        metrics = record.get("metrics") or {}
+        retrieval = (metrics.get("embedding") or {}).get("retrieval") or {}
+        embedding = f"  embedding recall@1={retrieval['recall@1']:.4f}" if "recall@1" in retrieval else ""
         typer.echo(
-            f"{version}  {record['stage']:<10}  accuracy={metrics.get('accuracy')}  "
+            f"{version}  {record['stage']:<10}  accuracy={metrics.get('accuracy')}{embedding}  "
             f"registered={record['registered_at']}"
         )
 

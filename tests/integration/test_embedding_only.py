@@ -54,6 +54,15 @@ def test_an_encoder_is_packaged_gated_promoted_and_served_alone(tmp_path: Path):
     cwd = os.getcwd()
     os.chdir(root)
     try:
+        from typer.testing import CliRunner
+
+        from bertops.cli import app
+
+        listed = CliRunner().invoke(
+            app, ["models", "list", "--params", str(REPO / "params.yaml"), "-s", "package.model_name=bertops-embed"]
+        )
+        assert f"{packaged.version}  production" in listed.output
+        assert f"embedding recall@1={section['retrieval']['recall@1']:.4f}" in listed.output
         url = server.start_detached(cfg, timeout=240)
         texts = ["a cat sat on the mat", "a kitten rested on the rug", "stock prices fell sharply"]
         reply = httpx.post(f"{url}/embed", json={"texts": texts}, timeout=60)
