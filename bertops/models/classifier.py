@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from bertops.config import ConfigError
 from bertops.lineage import ArtifactMismatch
@@ -38,7 +39,7 @@ def build_classifier(model: str, pooling: str, id2label: dict[int, str], dropout
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     source = resolve_model_source(model)
-    labels = {
+    labels: dict[str, Any] = {  # config attributes, passed through from_pretrained's **kwargs
         "num_labels": len(id2label),
         "id2label": id2label,
         "label2id": {v: k for k, v in id2label.items()},
