@@ -21,6 +21,10 @@ app = typer.Typer(
 )
 models_app = typer.Typer(no_args_is_help=True, help="Inspect the model registry.")
 app.add_typer(models_app, name="models")
+runs_app = typer.Typer(
+    invoke_without_command=True, help="Recorded runs (DVC experiments of `bertops run`): list and compare."
+)
+app.add_typer(runs_app, name="runs")
 
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="the params file (all defaults live here)")
 ProfileOpt = typer.Option(None, "--profile", "-p", help="a profile laid over params.yaml, e.g. configs/smoke.yaml")
@@ -508,6 +512,54 @@ def models_history(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, 
             f"{event['when']}  {event['action']:<9} {event['stage']:<10} {event['version']}  "
             f"previous={event['previous']}  by={event['who']}  forced={event['forced']}  reason={event['reason']}"
         )
+
+
+@runs_app.callback()
+def runs_list(
+    ctx: typer.Context,
+    limit: int = typer.Option(20, "--limit", "-n", min=1, help="newest N runs"),
+) -> None:
+    """The runs recorded in this workspace, newest first: params that vary between them, headline metrics."""
+    if ctx.invoked_subcommand:
+        return
+    from bertops import experiments
+
+    typer.echo(experiments.runs_table(_run("runs", lambda: experiments.list_runs(Path("."), limit))))
+
+
+@runs_app.command("compare")
+def runs_compare(
+    a: str | None = typer.Argument(None, help="a run (name or commit); default: the production model's run"),
+    b: str | None = typer.Argument(None, help="another run; default: the newest run"),
+    all_metrics: bool = typer.Option(False, "--all", help="every metric, not only the headline ones"),
+    params: Path = ParamsOpt,
+    profile: Path | None = ProfileOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Two runs side by side: the params that differ, the metrics (B - A), both training curves
+    (sparklines here, a PNG under reports/runs/)."""
+    from bertops import experiments
+
+    cfg = _config(params, profile, set_)
+    root = Path(".")
+
+    def pick() -> tuple[experiments.Run, experiments.Run]:
+        newest = experiments.list_runs(root, limit=1)
+        if not newest:
+            raise experiments.ExperimentError("no runs recorded yet: `bertops run` records each run")
+        first = a or experiments.production_run(root, cfg)
+        if first is None:
+            raise experiments.ExperimentError(
+                f"the production model of {cfg.package.model_name} was not made by a recorded run; "
+                "name two runs: bertops runs compare A B"
+            )
+        return experiments.find_run(root, first), experiments.find_run(root, b) if b else newest[0]
+
+    run_a, run_b = _run("runs", pick)
+    comparison = experiments.compare(run_a, run_b)
+    typer.echo(experiments.comparison_markdown(comparison, all_metrics=all_metrics))
+    plot = experiments.plot_comparison(comparison, cfg.paths.reports / "runs" / f"{run_a.name}-vs-{run_b.name}.png")
+    typer.echo(f"curves: {plot}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -348,6 +348,26 @@ class NotifyConfig(_Section):
     timeout_s: float = Field(gt=0)
 
 
+class TuneConfig(_Section):
+    """`bertops tune`: Ray Tune over finetune's settings (the space is checked key by key, against
+    this schema, by `bertops.tuning` before any trial starts)."""
+
+    num_samples: int = Field(ge=1)
+    max_concurrent: int = Field(ge=1)
+    cpus_per_trial: float = Field(gt=0)
+    gpus_per_trial: float = Field(ge=0)
+    scheduler: Literal["asha", "fifo"]
+    grace_period: int = Field(ge=1)
+    reduction_factor: int = Field(ge=2)
+    seed: int
+    name: str | None = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    space: dict[str, dict[str, list[Any]]]
+
+
+class RunsConfig(_Section):
+    record: bool  # every `bertops run` in a git + DVC workspace is saved as a DVC experiment
+
+
 class DashboardConfig(_Section):
     host: str
     port: int = Field(ge=1, le=65535)
@@ -371,6 +391,8 @@ class Config(_Section):
     schedule: ScheduleConfig
     notify: NotifyConfig
     dashboard: DashboardConfig
+    tune: TuneConfig
+    runs: RunsConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -97,4 +98,6 @@ def build_lineage(
         "parent_model": parent,
         "validation_report": validation_report,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        # the recorded run (a DVC experiment) this model came from, set by the flow while it runs
+        "run": os.environ.get("BERTOPS_RUN") or None,
     }

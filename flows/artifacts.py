@@ -14,8 +14,7 @@ from pathlib import Path
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from bertops.config import Config
-
-SPARK = " ▁▂▃▄▅▆▇█"
+from bertops.textplot import sparkline
 
 
 def validation_markdown(report: dict, root: Path) -> str:
@@ -44,21 +43,6 @@ def _read_csv(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as fh:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
-
-
-def sparkline(values: list[float], width: int = 60) -> str:
-    """A one-line plot: each character is one point (or the mean of a run of points)."""
-    if not values:
-        return ""
-    if len(values) > width:
-        step = len(values) / width
-        values = [
-            sum(values[int(i * step) : int((i + 1) * step)]) / max(1, len(values[int(i * step) : int((i + 1) * step)]))
-            for i in range(width)
-        ]
-    low, high = min(values), max(values)
-    span = (high - low) or 1.0
-    return "".join(SPARK[1 + int((v - low) / span * (len(SPARK) - 2))] for v in values)
 
 
 def training_curves(reports: Path) -> tuple[list[dict], str]:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from prefect.states import Cancelled, Completed
 from prefect.tasks import exponential_backoff
 
 from bertops.config import Config, load_config
-from bertops.errors import TRANSIENT_EXIT, PipelineError
+from bertops.errors import TRANSIENT_EXIT, BertopsError, PipelineError
 
 STAGES = ("ingest", "validate", "pretrain", "prepare", "finetune", "distill", "evaluate", "gate", "package", "promote")
 
@@ -221,6 +222,78 @@ def push_task(ctx: RunContext) -> str:
     return "pushed to the DVC remote"
 
 
+@contextmanager
+def _env(key: str, value: str):
+    """os.environ[key] = value for the block, then what it was."""
+    previous = os.environ.get(key)
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous
+
+
+def _experiment(config: Config, root: Path, stack: ExitStack, logger) -> dict | None:
+    """Make this run a DVC experiment when the workspace can hold one: its name (the flow run's),
+    the run that made the production model (compared with at the end), params.yaml holding this
+    run's values while it runs, and the name in every model's lineage (BERTOPS_RUN)."""
+    from prefect.runtime import flow_run
+
+    from bertops import experiments
+
+    problem = "runs.record is false" if not config.runs.record else experiments.workspace_problem(root)
+    if problem:
+        logger.info("this run is not recorded as an experiment: %s", problem)
+        return None
+    name = experiments.unique_name(root, flow_run.name or "run")
+    try:
+        champion = experiments.production_run(root, config)
+    except BertopsError as exc:  # an unreachable registry must not stop the run; the stages will say so
+        logger.warning("the production model's run is unknown: %s", exc)
+        champion = None
+    changed = stack.enter_context(experiments.params_applied(root, config))
+    if changed:
+        logger.info("params.yaml holds this run's values until it ends: %s", ", ".join(changed))
+    stack.enter_context(_env(experiments.RUN_ENV, name))
+    logger.info("recording this run as the DVC experiment %r (bertops runs, dvc exp show)", name)
+    return {"name": name, "champion": champion}
+
+
+@task(name="record", cache_policy=NO_CACHE)
+def record_task(ctx: RunContext, experiment: dict, stages: list[str]) -> str | None:
+    """Save the run as a DVC experiment (the stages it reached) and publish its comparison with the
+    production model's run. A run that cannot be recorded still counts: a warning, not a failure."""
+    from bertops import experiments
+
+    logger = get_run_logger()
+    root, name, champion = Path(ctx.root), experiment["name"], experiment["champion"]
+    try:
+        rev = experiments.record(root, name, stages)
+        run = experiments.find_run(root, name)
+        against = experiments.find_run(root, champion) if champion and champion != name else None
+    except BertopsError as exc:
+        logger.warning("the run was not recorded: %s", exc)
+        return None
+    if against is None:
+        why = (
+            f"the production model's run ({champion}) is not recorded here"
+            if champion
+            else "no recorded run made the production model"
+        )  # noqa: E501
+        markdown = f"# {name}\n\nNothing to compare with: {why}.\n\n" + experiments.runs_table([run]) + "\n"
+    else:
+        comparison = experiments.compare(against, run)
+        markdown = experiments.comparison_markdown(comparison)
+        plot = experiments.plot_comparison(comparison, root / ctx.config().paths.reports / "runs" / f"{name}.png")
+        markdown += f"\nCurves plotted: `{plot.resolve()}`\n"
+    create_markdown_artifact(key="bertops-run-comparison", markdown=markdown, description=f"{name} vs production's run")
+    logger.info("recorded as the DVC experiment %s (%s)", name, rev[:10])
+    return rev
+
+
 @task(name="check-for-changes", cache_policy=NO_CACHE)
 def changes_task(ctx: RunContext) -> dict:
     """Whether anything the pipeline depends on changed since the last successful run (DVC decides)."""
@@ -328,11 +401,12 @@ def retrain(
     config = ctx.config()
     logger = get_run_logger()
     logger.info("executor: %s", executor)
-    with workspace_lock(Path(root), config.schedule.lock_wait_s) as busy:
+    with workspace_lock(Path(root), config.schedule.lock_wait_s) as busy, ExitStack() as recording:
         if busy:
             logger.warning(busy)
             return Cancelled(name="Skipped", message=busy)
         timings: list[tuple[str, float, str]] = []
+        experiment = _experiment(config, Path(root), recording, logger)
         try:
             if executor == "dvc" and not force:
                 changes = changes_task(ctx)
@@ -364,6 +438,10 @@ def retrain(
             raise
         finally:
             table = timing_table(timings)
+            if experiment and any(stage == "finetune" for stage, _, _ in timings):
+                recording_started = time.perf_counter()
+                experiment["recorded"] = record_task(ctx, experiment, [stage for stage, _, _ in timings])
+                experiment["record_seconds"] = round(time.perf_counter() - recording_started, 2)
             if timings:
                 create_markdown_artifact(
                     key="bertops-run-summary",
@@ -380,7 +458,15 @@ def retrain(
                 f"(was {promoted.get('previous') or 'none'})",
                 **promoted,
             )
-        return {"ok": True, "executor": executor, "timings": timings, "timing_table": table}
+        return {
+            "ok": True,
+            "executor": executor,
+            "timings": timings,
+            "timing_table": table,
+            "run": (experiment or {}).get("name"),
+            "recorded": (experiment or {}).get("recorded"),
+            "record_seconds": (experiment or {}).get("record_seconds"),
+        }
 
 
 pipeline = retrain  # the name this flow had before scheduling landed

@@ -105,9 +105,14 @@ class TrainingSpec:
     collate: Callable[..., Batch] | None = None  # (sequences, targets, pad_id, sep_id) -> Batch
 
 
-def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
+def train_loop(
+    config: Config, root: Path, run: TrainingSpec, on_evaluate: Callable[[dict[str, Any]], None] | None = None
+) -> TrainResult:
     """The shared loop: bucketed batches, AdamW + warmup/decay, the spec's score on the validation
-    rows, resumable checkpoints, the best weights saved with their lineage."""
+    rows, resumable checkpoints, the best weights saved with their lineage.
+
+    `on_evaluate` receives each validation row ({step, epoch, validation_accuracy, elapsed_s}) as it
+    is scored (rank 0): a hyperparameter search reports it to its scheduler, which may stop the run there."""
     from transformers.utils import logging as hf_logging
 
     from bertops.data.prepare import load_prepared
@@ -209,6 +214,8 @@ def train_loop(config: Config, root: Path, run: TrainingSpec) -> TrainResult:
             best.step = step
             best.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         eval_seconds += time.perf_counter() - eval_started
+        if on_evaluate is not None and rank == 0:
+            on_evaluate(dict(history[-1]))
 
     if run.evaluate_start and step == 0:
         evaluate_now(0)

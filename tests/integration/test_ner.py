@@ -30,6 +30,9 @@ OVERRIDES = [
     "gate.min_entity_f1=0.2",  # 30 steps reach ~0.33; an untrained tagger or all-"O" scores ~0
     "gate.max_p95_latency_ms=5000",
     "serve.port=3923",
+    # the smoke profile's retrieval benchmark: 60 paragraphs (400 is the full profile's)
+    "evaluate.embedding.retrieval.paragraphs=60",
+    "gate.embedding_margin=0.15",
 ]
 
 

@@ -38,6 +38,9 @@ def squad(extra: list[str] = ()):
             "gate.min_qa_f1=0.13",
             "gate.max_p95_latency_ms=5000",
             "serve.port=3925",
+            # the smoke profile's retrieval benchmark: 60 paragraphs (400 is the full profile's)
+            "evaluate.embedding.retrieval.paragraphs=60",
+            "gate.embedding_margin=0.15",
             *extra,
         ],
     )

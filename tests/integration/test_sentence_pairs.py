@@ -51,6 +51,9 @@ def rte(extra: list[str] = ()):
                     "finetune.max_steps": 12,
                     "evaluate.slices": "{long: {min_tokens: 49}}",
                     "serve.port": 3921,
+                    # the smoke profile's retrieval benchmark: 60 paragraphs (400 is the full profile's)
+                    "evaluate.embedding.retrieval.paragraphs": 60,
+                    "gate.embedding_margin": 0.15,
                     "finetune.pooling": "siamese",
                     "ingest.search_paths": f"['{datasets_root() / 'rte'}']",
                 }.items()

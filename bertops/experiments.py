@@ -1,0 +1,406 @@
+"""Every run an experiment, and any two runs compared.
+
+A `bertops run` in a git + DVC workspace is saved as a DVC experiment (`dvc exp save`, the record
+`dvc exp show` lists): params.yaml as the run used it, the dvc.lock of the stages it ran (the corpus
+version, code and outputs by hash; the metrics and training curves in the DVC cache), on top of
+the commit it started from. With overrides or a profile, the run's values are written into
+params.yaml for the record (comments kept, the way `dvc exp run -S` does) and the file is put back
+afterwards; `dvc exp apply NAME` brings a run's params and outputs back into the workspace.
+
+Reading runs back needs git and DVC only: `list_runs`, `find_run`, `compare` and the renderers
+serve `bertops runs` and the flow's comparison artifact.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+from collections.abc import Iterator
+from contextlib import chdir, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bertops.config import Config
+from bertops.errors import BertopsError
+
+PARAMS_FILE = "params.yaml"
+RUN_ENV = "BERTOPS_RUN"  # the recorded run's name while it runs (models' lineage carries it)
+# The metrics files a run is compared on (relative to paths.reports), each cached by DVC.
+METRICS = ("evaluate/metrics.json", "finetune/metrics.json")
+CURVES = {"validation_accuracy": "finetune/validation.csv", "train_loss": "finetune/train_loss.csv"}
+# What `bertops runs` shows per run, when present (the task's headline figures first).
+HEADLINE = (
+    "evaluate.accuracy",
+    "evaluate.macro_f1",
+    "evaluate.entity_f1",
+    "evaluate.f1",
+    "evaluate.exact_match",
+    "finetune.best_validation_accuracy",
+    "finetune.train_seconds",
+)
+
+
+class ExperimentError(BertopsError):
+    """Runs cannot be recorded or read here (not a git + DVC workspace, an unknown run, ...)."""
+
+
+@dataclass
+class Run:
+    name: str
+    rev: str  # the experiment's commit
+    baseline: str  # the git commit the run started from
+    created: str  # ISO 8601
+    params: dict[str, Any]  # params.yaml flattened: "finetune.lr" -> 3e-05
+    metrics: dict[str, float]  # "evaluate.accuracy" -> 0.9, "finetune.train_seconds" -> ...
+    data_version: str | None  # the md5 DVC recorded for the ingested corpus
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # name -> [(step, value)]
+
+
+def _git(root: Path, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ExperimentError(f"git {' '.join(args)} failed in {root}: {proc.stderr.strip()[:300]}")
+    return proc.stdout
+
+
+def workspace_problem(root: Path) -> str | None:
+    """Why runs cannot be recorded in `root` (None when they can): it must be a git repository with
+    a first commit, holding DVC (`dvc init`) and a dvc.yaml."""
+    root = Path(root)
+    if subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=root, capture_output=True).returncode:
+        inside = subprocess.run(["git", "rev-parse", "--git-dir"], cwd=root, capture_output=True).returncode == 0
+        return (
+            "the git repository has no commit yet (git add -A && git commit)"
+            if inside
+            else "not a git repository (git init && dvc init && git add -A && git commit)"
+        )
+    top = Path(_git(root, "rev-parse", "--show-toplevel").strip())
+    if top.resolve() != root.resolve():
+        return f"{root} is not the top of its git repository ({top}); run from the repository root"
+    if not (root / ".dvc").is_dir():
+        return "DVC is not initialised here (dvc init && git commit -m 'dvc init')"
+    if not (root / "dvc.yaml").is_file():
+        return "no dvc.yaml here: the pipeline's stages are what a run records"
+    return None
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out.update(flatten(value, name) if isinstance(value, dict) and value else {name: value})
+    return out
+
+
+def _overlay(node: Any, wanted: dict, base: dict, prefix: str, changed: list[str]) -> None:
+    """Write into the round-trip YAML `node` the values of `wanted` that differ from `base` (what
+    params.yaml means now); a dict whose keys differ is replaced whole, so no stale key stays."""
+    for key, value in wanted.items():
+        name = f"{prefix}{key}"
+        old = base.get(key, object())
+        if isinstance(value, dict) and isinstance(old, dict) and set(value) == set(old) and key in node:
+            _overlay(node[key], value, old, f"{name}.", changed)
+        elif value != old:
+            node[key] = _plain(value)
+            changed.append(name)
+
+
+def _float(representer, value: float):
+    """Floats as PyYAML reads them back as floats: 3e-05 needs its dot (3.0e-05)."""
+    text = repr(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        text = {"nan": ".nan", "inf": ".inf", "-inf": "-.inf"}[text]
+    elif "e" in text and "." not in text.split("e")[0]:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return representer.represent_scalar("tag:yaml.org,2002:float", text)
+
+
+def _plain(value: Any) -> Any:
+    """A value ruamel writes so that PyYAML (YAML 1.1, what bertops reads with) reads it back the
+    same: strings such as "no", "on" or "1e-5" quoted."""
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, str) and yaml.safe_load(value) != value:
+        return DoubleQuotedScalarString(value)
+    return value
+
+
+@contextmanager
+def params_applied(root: Path, config: Config) -> Iterator[list[str]]:
+    """params.yaml holds the run's values while the block runs (comments and order kept), then its
+    own text again. Yields the dotted keys that differ (empty: params.yaml already is the run)."""
+    from ruamel.yaml import YAML
+
+    from bertops.config import load_config
+
+    path = Path(root) / PARAMS_FILE
+    original = path.read_text()
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.width = 4096
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    rt.representer.add_representer(float, _float)
+    tree = rt.load(original)
+    changed: list[str] = []
+    _overlay(tree, config.to_dict(), load_config(path).to_dict(), "", changed)
+    if changed:
+        buffer = io.StringIO()
+        rt.dump(tree, buffer)
+        path.write_text(buffer.getvalue())
+    try:
+        yield changed
+    finally:
+        if changed:
+            path.write_text(original)
+
+
+def record(root: Path, name: str, stages: list[str]) -> str:
+    """Save the workspace as the experiment `name`: `stages` (those this run ran or found up to
+    date) are committed to the DVC cache and dvc.lock as they stand. Returns the experiment's commit."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    problem = workspace_problem(root)
+    if problem:
+        raise ExperimentError(f"the run cannot be recorded: {problem}")
+    try:  # DVC resolves stage outputs against the working directory
+        with chdir(root), Repo(".") as repo:
+            if name in _names(repo):
+                raise ExperimentError(f"an experiment named {name!r} exists already; runs are never overwritten")
+            rev = repo.experiments.save(targets=stages, name=name, force=False)
+    except DvcException as exc:
+        raise ExperimentError(f"dvc exp save failed: {exc}") from None
+    if not rev:
+        raise ExperimentError("dvc exp save recorded nothing")
+    return rev
+
+
+def unique_name(root: Path, wanted: str) -> str:
+    """`wanted`, or `wanted-2`, `wanted-3`... when a run of that name exists (git ref rules kept)."""
+    import re
+
+    from dvc.repo import Repo
+
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", wanted).strip("-.") or "run"
+    with Repo(str(root)) as repo:
+        taken = _names(repo)
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def _names(repo) -> set[str]:
+    return {name for runs in repo.experiments.ls(all_commits=True).values() for name, _ in runs}
+
+
+def _listed(root: Path) -> list[tuple[str, str, str]]:
+    """(name, experiment commit, baseline commit) of every saved run, from all commits."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        found = repo.experiments.ls(all_commits=True)
+    return [(name, rev, baseline) for baseline, runs in found.items() for name, rev in runs if rev]
+
+
+def _read_run(root: Path, name: str, rev: str, baseline: str) -> Run:
+    from dvc.api import DVCFileSystem
+
+    created = _git(root, "show", "-s", "--format=%cI", rev).strip()
+    tree = yaml.safe_load(_git(root, "show", f"{rev}:{PARAMS_FILE}")) or {}
+    params = flatten(tree)
+    reports = str(params.get("paths.reports", "reports")).rstrip("/")
+    fs = DVCFileSystem(str(root), rev=rev)
+
+    def read(rel: str) -> str | None:
+        try:
+            return fs.read_text(f"{reports}/{rel}")
+        except (FileNotFoundError, OSError):
+            return None
+
+    metrics: dict[str, float] = {}
+    for rel in METRICS:
+        text = read(rel)
+        if text:
+            stage = rel.split("/")[0]
+            flat = flatten(json.loads(text), stage)
+            metrics.update(
+                {k: float(v) for k, v in flat.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+            )
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for column, rel in CURVES.items():
+        text = read(rel)
+        if text:
+            rows = [r for r in csv.DictReader(io.StringIO(text)) if r.get(column) not in (None, "")]
+            curves[column] = [(int(float(r["step"])), float(r[column])) for r in rows]
+    lock = yaml.safe_load(_git(root, "show", f"{rev}:dvc.lock")) if _has(root, rev, "dvc.lock") else {}
+    ingest = ((lock or {}).get("stages") or {}).get("ingest") or {}
+    data_version = next((out.get("md5") for out in ingest.get("outs", [])), None)
+    return Run(name, rev, baseline, created, params, metrics, data_version, curves)
+
+
+def _has(root: Path, rev: str, path: str) -> bool:
+    return subprocess.run(["git", "cat-file", "-e", f"{rev}:{path}"], cwd=root, capture_output=True).returncode == 0
+
+
+def list_runs(root: Path, limit: int | None = None) -> list[Run]:
+    """The workspace's recorded runs, newest first."""
+    problem = workspace_problem(root)
+    if problem:
+        raise ExperimentError(f"no runs to list: {problem}; runs are recorded as DVC experiments by `bertops run`")
+    listed = _listed(root)
+    dated = sorted(
+        ((_git(root, "show", "-s", "--format=%ct", rev).strip(), n, rev, b) for n, rev, b in listed), reverse=True
+    )
+    return [_read_run(root, name, rev, baseline) for _, name, rev, baseline in dated[:limit]]
+
+
+def find_run(root: Path, ref: str) -> Run:
+    """A run by its name or a prefix of its commit."""
+    problem = workspace_problem(root)
+    if problem:
+        raise ExperimentError(f"cannot read runs: {problem}")
+    listed = _listed(root)
+    matches = [r for r in listed if r[0] == ref] or [r for r in listed if len(ref) >= 6 and r[1].startswith(ref)]
+    if len(matches) != 1:
+        known = ", ".join(sorted(r[0] for r in listed)[:20]) or "none yet"
+        why = "is ambiguous" if matches else "is not a recorded run"
+        raise ExperimentError(f"{ref!r} {why}; the runs here: {known} (bertops runs lists them)")
+    return _read_run(root, *matches[0])
+
+
+def production_run(root: Path, config: Config) -> str | None:
+    """The name of the run that made the production model (its lineage), when it was recorded."""
+    from bertops.model_store import registry_for
+
+    registry = registry_for(config, root)
+    version = registry.production(config.package.model_name)
+    if version is None:
+        return None
+    record = registry.versions(config.package.model_name).get(version) or {}
+    return (record.get("lineage") or {}).get("run")
+
+
+@dataclass
+class Comparison:
+    a: Run
+    b: Run
+    params: list[tuple[str, Any, Any]]  # the params that differ
+    metrics: list[tuple[str, float | None, float | None]]  # every metric either run has
+
+
+def compare(a: Run, b: Run) -> Comparison:
+    skip = ("paths.",)  # where files went is not a setting of the run
+    keys = sorted(set(a.params) | set(b.params))
+    params = [
+        (k, a.params.get(k), b.params.get(k))
+        for k in keys
+        if a.params.get(k) != b.params.get(k) and not k.startswith(skip)
+    ]
+    names = [k for k in HEADLINE if k in a.metrics or k in b.metrics]
+    names += sorted((set(a.metrics) | set(b.metrics)) - set(names))
+    return Comparison(a, b, params, [(k, a.metrics.get(k), b.metrics.get(k)) for k in names])
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def comparison_markdown(cmp: Comparison, all_metrics: bool = False) -> str:
+    """Params that differ, metrics side by side (B - A), and both training curves as sparklines."""
+    from bertops.textplot import sparkline
+
+    a, b = cmp.a, cmp.b
+    lines = [
+        f"# {a.name} vs {b.name}",
+        "",
+        "| | A | B |",
+        "| --- | --- | --- |",
+        f"| run | `{a.name}` | `{b.name}` |",
+        f"| created | {a.created} | {b.created} |",
+        f"| commit | `{a.baseline[:10]}` | `{b.baseline[:10]}` |",
+        f"| data version | `{(a.data_version or '-')[:12]}` | `{(b.data_version or '-')[:12]}` |",
+        "",
+        "## Params that differ",
+        "",
+    ]
+    if cmp.params:
+        lines += ["| param | A | B |", "| --- | --- | --- |"]
+        lines += [f"| {k} | {_fmt(va)} | {_fmt(vb)} |" for k, va, vb in cmp.params]
+    else:
+        lines.append("none: the same settings")
+    shown = cmp.metrics if all_metrics else [m for m in cmp.metrics if m[0] in HEADLINE] or cmp.metrics[:12]
+    lines += ["", "## Metrics", "", "| metric | A | B | B - A |", "| --- | ---: | ---: | ---: |"]
+    for key, va, vb in shown:
+        delta = f"{vb - va:+.4f}" if va is not None and vb is not None else "-"
+        lines.append(f"| {key} | {_fmt(va)} | {_fmt(vb)} | {delta} |")
+    lines += ["", "## Training curves", "", "```"]
+    for column in CURVES:
+        for tag, run in (("A", a), ("B", b)):
+            values = [v for _, v in run.curves.get(column, [])]
+            ends = f"{values[0]:.4g} -> {values[-1]:.4g}" if values else "none recorded"
+            lines.append(f"{column:<20} {tag} {sparkline(values, 40):<40} {ends}")
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def runs_table(runs: list[Run]) -> str:
+    """One line per run: name, when, commit, data version, the params that vary across the runs,
+    and the headline metrics."""
+    if not runs:
+        return "no runs recorded yet: `bertops run` records each run as a DVC experiment"
+
+    def varies(key: str) -> bool:
+        return len({json.dumps(r.params.get(key), sort_keys=True, default=str) for r in runs}) > 1
+
+    varying = sorted(k for k in set().union(*(r.params for r in runs)) if not k.startswith("paths.") and varies(k))
+    metrics = [k for k in HEADLINE if any(k in r.metrics for r in runs)]
+    header = ["run", "created", "commit", "data", *varying, *(m.split(".", 1)[1] for m in metrics)]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for r in runs:
+        cells = [r.name, r.created[:19], r.baseline[:8], (r.data_version or "-")[:8]]
+        cells += [_fmt(r.params.get(k)) for k in varying]
+        cells += [_fmt(r.metrics.get(m)) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_comparison(cmp: Comparison, path: Path) -> Path:
+    """Both runs' training curves (validation score and train loss against step) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, column in zip(axes, CURVES, strict=True):
+        for run, style in ((cmp.a, "-"), (cmp.b, "--")):
+            points = run.curves.get(column, [])
+            if points:
+                ax.plot([s for s, _ in points], [v for _, v in points], style, label=run.name)
+        ax.set_xlabel("step")
+        ax.set_ylabel(column)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

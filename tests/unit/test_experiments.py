@@ -1,0 +1,159 @@
+"""Runs recorded as DVC experiments and compared: params.yaml holding a run's values (and given back),
+where recording is possible, and save / list / find / compare on a real git + DVC repository with
+a toy two-stage pipeline (the retrain flow itself is recorded in tests/e2e/test_dvc_pipeline.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from bertops import experiments
+from bertops.cli import app
+from bertops.config import load_config
+from tests.conftest import REPO
+
+GIT = ["git", "-c", "user.name=bertops-test", "-c", "user.email=test@localhost"]
+
+
+def _sh(args: list[str], cwd: Path) -> str:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{args}: {proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return proc.stdout
+
+
+def test_params_yaml_holds_the_runs_values_then_its_own_text_again(tmp_path: Path):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    original = (tmp_path / "params.yaml").read_text()
+    # a profile that replaces dicts with fewer keys, strings PyYAML would misread, a float without a dot
+    config = load_config(
+        REPO / "params.yaml",
+        REPO / "configs" / "rte.yaml",
+        ["finetune.lr=3e-5", "gate.min_behaviour_pass_rate=null", "evaluate.slices={neg: {keywords: ['no', 'off']}}"],
+    )
+    with experiments.params_applied(tmp_path, config) as changed:
+        written = (tmp_path / "params.yaml").read_text()
+        assert load_config(tmp_path / "params.yaml").to_dict() == config.to_dict()
+        assert "finetune.lr" in changed and "ingest.dataset" in changed and "paths.raw" not in changed
+        assert "# name of the corpus" in written  # comments kept
+        assert isinstance(yaml.safe_load(written)["finetune"]["lr"], float)
+    assert (tmp_path / "params.yaml").read_text() == original
+    # given back after a failure too; a run with params.yaml's own values writes nothing
+    with pytest.raises(RuntimeError), experiments.params_applied(tmp_path, config):
+        raise RuntimeError("a stage failed")
+    assert (tmp_path / "params.yaml").read_text() == original
+    with experiments.params_applied(tmp_path, load_config(tmp_path / "params.yaml")) as changed:
+        assert changed == []
+
+
+def test_where_runs_cannot_be_recorded_says_what_to_do(tmp_path: Path):
+    assert "git init" in experiments.workspace_problem(tmp_path)
+    _sh(["git", "init", "-q"], tmp_path)
+    assert "no commit yet" in experiments.workspace_problem(tmp_path)
+    (tmp_path / "x").write_text("x")
+    _sh(GIT + ["add", "-A"], tmp_path)
+    _sh(GIT + ["commit", "-qm", "x"], tmp_path)
+    assert "dvc init" in experiments.workspace_problem(tmp_path)
+    with pytest.raises(experiments.ExperimentError, match="git init|dvc init"):
+        experiments.list_runs(tmp_path)
+
+
+STAGE = (
+    "import json, os, yaml; p = yaml.safe_load(open('params.yaml'))['toy']; "
+    "os.makedirs('reports/finetune', exist_ok=True); os.makedirs('reports/evaluate', exist_ok=True); "
+    "json.dump({'best_validation_accuracy': 0.5 + p['lr'], 'train_seconds': 3}, open('reports/finetune/metrics.json', 'w')); "  # noqa: E501
+    "open('reports/finetune/validation.csv', 'w').write('step,validation_accuracy\\n1,0.5\\n2,' + str(0.5 + p['lr']) + '\\n'); "  # noqa: E501
+    "open('reports/finetune/train_loss.csv', 'w').write('step,train_loss,lr\\n1,0.7,0.1\\n'); "
+    "json.dump({'accuracy': 0.4 + p['lr'], 'slices': {'short': {'accuracy': 0.3}}}, open('reports/evaluate/metrics.json', 'w'))"  # noqa: E501
+)
+
+
+@pytest.fixture()
+def toy_repo(tmp_path: Path) -> Path:
+    """A git + DVC repository whose pipeline writes the files runs are read from."""
+    root = tmp_path / "toy"
+    root.mkdir()
+    (root / "params.yaml").write_text("toy:\n  lr: 0.1  # the step size\n  epochs: 2\n")
+    (root / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "train": {
+                        "cmd": f'{sys.executable} -c "{STAGE}"',
+                        "params": ["toy.lr", "toy.epochs"],
+                        "metrics": ["reports/finetune/metrics.json", "reports/evaluate/metrics.json"],
+                        "plots": ["reports/finetune/validation.csv", "reports/finetune/train_loss.csv"],
+                    }
+                }
+            }
+        )
+    )
+    (root / ".gitignore").write_text("/reports/\n")
+    _sh(["git", "init", "-q"], root)
+    _sh([sys.executable, "-m", "dvc", "init", "-q"], root)
+    _sh(GIT + ["add", "-A"], root)
+    _sh(GIT + ["commit", "-qm", "init"], root)
+    return root
+
+
+def _run(root: Path, lr: float, name: str) -> str:
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace(params.read_text().split("lr: ")[1].split(" ")[0], str(lr), 1))
+    _sh([sys.executable, "-m", "dvc", "repro", "-q"], root)
+    return experiments.record(root, experiments.unique_name(root, name), ["train"])
+
+
+def test_runs_are_saved_listed_found_and_compared(toy_repo: Path, monkeypatch):
+    root = toy_repo
+    assert experiments.workspace_problem(root) is None
+    first = _run(root, 0.1, "first")
+    second = _run(root, 0.3, "second")
+    assert experiments.unique_name(root, "first") == "first-2"  # runs are never overwritten
+    with pytest.raises(experiments.ExperimentError, match="exists already"):
+        experiments.record(root, "first", ["train"])
+    # what DVC users see: dvc exp show lists both, with their params and metrics
+    shown = json.dumps(json.loads(_sh([sys.executable, "-m", "dvc", "exp", "show", "--json"], root)))
+    assert '"first"' in shown and '"second"' in shown
+
+    runs = experiments.list_runs(root)
+    assert [r.name for r in runs] == ["second", "first"] and runs[0].rev == second and runs[1].rev == first
+    assert runs[1].params["toy.lr"] == 0.1 and runs[0].params["toy.lr"] == 0.3
+    assert runs[0].metrics["evaluate.accuracy"] == pytest.approx(0.7)
+    assert runs[0].metrics["evaluate.slices.short.accuracy"] == pytest.approx(0.3)
+    assert runs[0].metrics["finetune.best_validation_accuracy"] == pytest.approx(0.8)
+    assert runs[0].curves["validation_accuracy"] == [(1, 0.5), (2, pytest.approx(0.8))]
+    assert runs[0].baseline == _sh(["git", "rev-parse", "HEAD"], root).strip()
+
+    found = experiments.find_run(root, second[:8])
+    assert found.name == "second"
+    with pytest.raises(experiments.ExperimentError, match="first, second"):
+        experiments.find_run(root, "third")
+
+    comparison = experiments.compare(runs[1], runs[0])
+    assert comparison.params == [("toy.lr", 0.1, 0.3)]
+    markdown = experiments.comparison_markdown(comparison)
+    assert "| toy.lr | 0.1 | 0.3 |" in markdown and "| evaluate.accuracy | 0.5 | 0.7 | +0.2000 |" in markdown
+    table = experiments.runs_table(runs)
+    assert table.splitlines()[0].startswith("| run | created | commit | data | toy.lr |")
+    png = experiments.plot_comparison(comparison, root / "reports" / "runs" / "c.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+    # the CLI, run in the workspace like a user would
+    monkeypatch.chdir(root)
+    listed = CliRunner().invoke(app, ["runs"])
+    assert listed.exit_code == 0 and "second" in listed.output and "first" in listed.output, listed.output
+    compared = CliRunner().invoke(app, ["runs", "compare", "first", "second", "--params", str(REPO / "params.yaml")])
+    assert compared.exit_code == 0 and "| toy.lr | 0.1 | 0.3 |" in compared.output, compared.output
+    unknown = CliRunner().invoke(app, ["runs", "compare", "nope", "second", "--params", str(REPO / "params.yaml")])
+    assert unknown.exit_code == 1 and "'nope' is not a recorded run" in unknown.output
+
+
+def test_the_cli_outside_a_git_dvc_workspace_exits_1_with_the_way_out(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["runs"])
+    assert result.exit_code == 1 and "git init && dvc init" in result.output, result.output
