@@ -53,6 +53,7 @@ def workspace(base: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep the workspace (its path is printed)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -106,7 +107,10 @@ def main() -> None:
     print(f"record task: median {statistics.median(record_seconds):.1f} s (min {min(record_seconds):.1f}, "
           f"max {max(record_seconds):.1f})")  # fmt: skip
     print(f"overhead: recorded / direct = {recorded / direct:.3f} ({(recorded / direct - 1) * 100:+.1f}%)")
-    shutil.rmtree(base, ignore_errors=True)
+    if args.keep:
+        print(f"workspace kept: {root}")
+    else:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

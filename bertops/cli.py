@@ -160,6 +160,39 @@ def pretrain(
 
 
 @app.command()
+def tune(
+    resume: bool = typer.Option(
+        False, "--resume", help="continue the interrupted search (same config it started with)"
+    ),
+    params: Path = ParamsOpt,
+    profile: Path | None = ProfileOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Search finetune settings on Ray Tune (the tune: section; ASHA stops bad trials), scored on the
+    validation slice only; the best is written as a profile, configs/tuned-<dataset>.yaml."""
+    from bertops.tuning import TuneInterrupted, markdown
+    from bertops.tuning import tune as run
+
+    cfg = _config(params, profile, set_)
+
+    def search():
+        try:
+            return run(cfg, Path("."), resume=resume)
+        except TuneInterrupted as exc:
+            typer.echo(f"interrupted: {exc}", err=True)
+            raise typer.Exit(130) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: `bertops tune --resume` continues the search", err=True)
+            raise typer.Exit(130) from None
+
+    summary = _run("tune", search)
+    typer.echo(markdown(summary))
+    typer.echo(
+        f"train it and evaluate it once on the eval split (a recorded run): bertops run --profile {summary.profile}"
+    )
+
+
+@app.command()
 def evaluate(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt) -> None:
     """Metrics, slices, behavioural checks, serving cost and the champion comparison on the eval split."""
     from bertops.evaluation.evaluate import evaluate as run

@@ -180,7 +180,10 @@ def record(root: Path, name: str, stages: list[str]) -> str:
         with chdir(root), Repo(".") as repo:
             if name in _names(repo):
                 raise ExperimentError(f"an experiment named {name!r} exists already; runs are never overwritten")
-            rev = repo.experiments.save(targets=stages, name=name, force=False)
+            # all stages at once when the run reached them all: one pass over dvc.yaml and dvc.lock
+            every = {stage.name for stage in repo.index.stages}
+            targets = None if every <= set(stages) else stages
+            rev = repo.experiments.save(targets=targets, name=name, force=False)
     except DvcException as exc:
         raise ExperimentError(f"dvc exp save failed: {exc}") from None
     if not rev:

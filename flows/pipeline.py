@@ -285,10 +285,8 @@ def record_task(ctx: RunContext, experiment: dict, stages: list[str]) -> str | N
         )  # noqa: E501
         markdown = f"# {name}\n\nNothing to compare with: {why}.\n\n" + experiments.runs_table([run]) + "\n"
     else:
-        comparison = experiments.compare(against, run)
-        markdown = experiments.comparison_markdown(comparison)
-        plot = experiments.plot_comparison(comparison, root / ctx.config().paths.reports / "runs" / f"{name}.png")
-        markdown += f"\nCurves plotted: `{plot.resolve()}`\n"
+        markdown = experiments.comparison_markdown(experiments.compare(against, run))
+        markdown += f"\nThe curves as a plot: `bertops runs compare {against.name} {name}`\n"
     create_markdown_artifact(key="bertops-run-comparison", markdown=markdown, description=f"{name} vs production's run")
     logger.info("recorded as the DVC experiment %s (%s)", name, rev[:10])
     return rev

@@ -139,7 +139,9 @@ def ingest(config: Config, root: Path = Path(".")) -> IngestResult:
                 "ingest.hub_id is set. Pass `-s ingest.path=PATH` (a csv/tsv/jsonl/parquet file or folder)."
             )
         data_hash = files_sha256([staging / name for name in sorted(files.values())])
-        result = IngestResult(cfg.dataset, source, str(out_dir), files, data_hash)
+        # the folder as the config names it, not where this workspace happens to live: the manifest
+        # is part of the corpus version DVC hashes, the same for every clone and executor
+        result = IngestResult(cfg.dataset, source, str(config.paths.raw / cfg.dataset), files, data_hash)
         (staging / MANIFEST).write_text(json.dumps(asdict(result), indent=2) + "\n")
         replace_dir(staging, out_dir)
         return result

@@ -162,6 +162,50 @@ def test_retrain_twice_then_on_a_changed_corpus(repo, harness):
     assert len(after["versions"]) == len(before_corpus_change["versions"]) + 1
     assert after["production"] != before_corpus_change["production"]
 
+    # 5. Every run is an experiment: the three runs above that did something were recorded (the "No
+    # change" ones were not). A run with an override takes the direct executor and is recorded the
+    # same way: params.yaml holds its values while it runs, and its own text again afterwards.
+    from bertops import experiments
+    from bertops_flows.pipeline import retrain
+
+    assert len(experiments.list_runs(root)) == 3
+    params_text = (root / "params.yaml").read_text()
+    state = retrain(params=str(root / "params.yaml"), root=str(root), overrides=["finetune.lr=5e-5"], return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["executor"] == "direct" and summary["recorded"], summary
+    assert (root / "params.yaml").read_text() == params_text
+    runs = experiments.list_runs(root)
+    newest, previous = runs[0], runs[1]
+    assert newest.name == summary["run"] and newest.rev == summary["recorded"]
+    assert newest.params["finetune.lr"] == 5e-5 and previous.params["finetune.lr"] != 5e-5
+    assert newest.data_version == previous.data_version == yaml.safe_load((root / "dvc.lock").read_text())[
+        "stages"]["ingest"]["outs"][0]["md5"]  # fmt: skip
+    assert newest.metrics["evaluate.accuracy"] > 0.5 and newest.curves["validation_accuracy"]
+    production = _versions(root)
+    assert production["versions"][production["production"]]["lineage"]["run"] == newest.name
+    assert newest.name in _sh([sys.executable, "-m", "dvc", "exp", "show", "--json"], root, env).stdout
+    bertops = str(Path(sys.executable).with_name("bertops"))
+    listed = _sh([bertops, "runs"], root, env).stdout
+    assert all(run.name in listed for run in runs) and "finetune.lr" in listed.splitlines()[0], listed
+    compared = _sh([bertops, "runs", "compare", previous.name], root, env).stdout  # B: the newest run
+    assert f"| finetune.lr | {previous.params['finetune.lr']:.4g} | 5e-05 |" in compared, compared
+    assert "| evaluate.accuracy |" in compared
+    assert (root / "reports" / "runs" / f"{previous.name}-vs-{newest.name}.png").is_file()
+    # the dashboard's answer to "did it help?": this run against the production model's run before it
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def comparison() -> str:
+        async with get_client() as client:
+            key = ArtifactFilterKey(any_=["bertops-run-comparison"])
+            return (await client.read_artifacts(artifact_filter=ArtifactFilter(key=key)))[-1].data
+
+    artifact = asyncio.run(comparison())
+    assert f"# {previous.name} vs {newest.name}" in artifact and "| finetune.lr |" in artifact, artifact
+
 
 def test_a_second_workspace_sharing_only_the_team_state_carries_on(repo, tmp_path: Path):
     """Workspace B, a fresh clone in another folder with its own BentoML home and cache, shares

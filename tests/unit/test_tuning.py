@@ -1,0 +1,226 @@
+"""The search space is checked key by key before any trial starts; values reach the schema's types."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bertops.config import config_from_dict
+from bertops.errors import ConfigError
+from bertops.tuning import cast_params, defaults_point, full_run_evaluations, tunable_keys, validate_space
+from tests.conftest import smoke_config
+
+
+def with_space(space: dict, **tune) -> object:
+    tree = smoke_config().to_dict()
+    tree["tune"].update(space=space, **tune)
+    return config_from_dict(tree)
+
+
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        ({"finetune.lrr": {"loguniform": [1e-5, 1e-4]}}, ["'finetune.lrr'", "finetune.lr,", "finetune.dropout"]),
+        ({"prepare.max_length": {"choice": [64, 128]}}, ["'prepare.max_length'", "finetune's"]),
+        ({"finetune.num_workers": {"choice": [0, 1]}}, ["finetune.num_workers is set by the search itself"]),
+        (
+            {"finetune.lr": {"normal": [1e-4, 1e-5]}},
+            ["finetune.lr", "'normal'", "loguniform, uniform, randint, choice"],
+        ),
+        ({"finetune.lr": {"uniform": [1e-5, 1e-4], "choice": [1e-4]}}, ["finetune.lr needs exactly one distribution"]),
+        ({"finetune.lr": {}}, ["finetune.lr needs exactly one distribution"]),
+        ({"finetune.lr": {"loguniform": [1e-5, 1e-4, 1e-3]}}, ["finetune.lr", "exactly two numbers"]),
+        ({"finetune.lr": {"uniform": [1e-4]}}, ["finetune.lr", "exactly two numbers"]),
+        ({"finetune.lr": {"uniform": ["a", "b"]}}, ["finetune.lr", "exactly two numbers"]),
+        ({"finetune.lr": {"uniform": [1e-4, 1e-4]}}, ["finetune.lr", "is empty"]),
+        ({"finetune.lr": {"loguniform": [2e-4, 1e-5]}}, ["finetune.lr", "is empty"]),
+        ({"finetune.weight_decay": {"loguniform": [0.0, 0.1]}}, ["finetune.weight_decay", "low > 0"]),
+        ({"finetune.epochs": {"randint": [1.0, 3.5]}}, ["finetune.epochs", "randint needs two integers"]),
+        ({"finetune.dropout": {"choice": []}}, ["finetune.dropout", "choice list is empty"]),
+        ({"finetune.batch_size": {"uniform": [8, 64]}}, ["finetune.batch_size is an integer", "randint: [8, 65]"]),
+        ({"finetune.epochs": {"loguniform": [1, 4]}}, ["finetune.epochs is an integer", "choice"]),
+        ({"finetune.pooling": {"uniform": [0, 1]}}, ["finetune.pooling", "choice"]),
+        ({"finetune.dropout": {"choice": [0.1, 1.5]}}, ["finetune.dropout", "1.5", "less than 1"]),
+        ({"finetune.dropout": {"uniform": [0.0, 1.0]}}, ["finetune.dropout", "value 1.0", "less than 1"]),
+        ({"finetune.lr": {"loguniform": [1e-5, 2.0]}}, ["finetune.lr", "value 2.0", "less than 1"]),
+        (
+            {"finetune.epochs": {"randint": [0, 3]}},
+            ["finetune.epochs", "randint value 0", "greater than or equal to 1"],
+        ),
+        ({"finetune.pooling": {"choice": ["mean", "max"]}}, ["finetune.pooling", "'max'"]),
+        ({"finetune.batch_size": {"choice": [16, "big"]}}, ["finetune.batch_size", "'big'", "integer"]),
+        ({}, ["tune.space is empty"]),
+    ],
+)
+def test_a_bad_space_is_refused_naming_the_key(space: dict, expected: list[str]):
+    with pytest.raises(ConfigError) as caught:
+        validate_space(with_space(space))
+    for part in expected:
+        assert part in str(caught.value), str(caught.value)
+
+
+def test_the_default_space_becomes_ray_tune_domains():
+    from ray.tune.search.sample import Categorical, Float
+
+    cfg = smoke_config()
+    space = validate_space(cfg)
+    assert list(space) == list(cfg.tune.space) and "finetune.lr" in space
+    lr = space["finetune.lr"]
+    assert isinstance(lr, Float) and (lr.lower, lr.upper) == tuple(cfg.tune.space["finetune.lr"]["loguniform"])
+    assert isinstance(space["finetune.batch_size"], Categorical)
+    assert space["finetune.batch_size"].categories == cfg.tune.space["finetune.batch_size"]["choice"]
+
+
+def test_randint_excludes_its_high_end_when_checking_values():
+    """epochs randint [1, 4] draws 1..3, all valid; the refused cases above show each end is checked."""
+    from ray.tune.search.sample import Integer
+
+    space = validate_space(
+        with_space({"finetune.epochs": {"randint": [1, 4]}, "finetune.max_steps": {"randint": [0, 5]}})
+    )
+    assert isinstance(space["finetune.epochs"], Integer) and (
+        space["finetune.epochs"].lower,
+        space["finetune.epochs"].upper,
+    ) == (1, 4)
+
+
+def test_the_defaults_point_is_the_configs_current_values():
+    cfg = smoke_config(["finetune.lr=3.0e-5", "finetune.dropout=0.0"])
+    point = defaults_point(cfg)
+    assert point == {
+        "finetune.lr": 3.0e-5,
+        "finetune.warmup_ratio": cfg.finetune.warmup_ratio,
+        "finetune.dropout": 0.0,
+        "finetune.batch_size": 16,  # the smoke profile's
+        "finetune.epochs": 2,
+    }
+    assert list(point) == list(cfg.tune.space)
+
+
+def test_sampled_values_take_the_schemas_types():
+    values = cast_params(
+        {
+            "finetune.batch_size": np.int64(16),
+            "finetune.lr": np.float64(3e-5),
+            "finetune.epochs": 2.0,
+            "finetune.dropout": 0,
+            "finetune.pooling": np.str_("cls"),
+        }
+    )
+    assert values == {"batch_size": 16, "lr": 3e-5, "epochs": 2, "dropout": 0.0, "pooling": "cls"}
+    assert [type(v) for v in values.values()] == [int, float, int, float, str]  # plain types: YAML-ready
+    # the trial's config accepts them
+    tree = smoke_config().to_dict()
+    tree["finetune"].update(values)
+    assert config_from_dict(tree).finetune.epochs == 2
+
+
+def test_tunable_keys_leave_out_what_the_search_sets():
+    keys = tunable_keys()
+    assert "finetune.lr" in keys and "finetune.model" in keys
+    assert not {"finetune.num_workers", "finetune.num_threads", "finetune.device", "finetune.progress"} & set(keys)
+
+
+def test_a_full_run_counts_the_evaluations_the_loop_makes():
+    cfg = smoke_config().finetune
+    # 100 rows / 10 per batch = 10 steps an epoch, 2 epochs: every 4 steps (4, 8, 12, 16, 20) + epoch end at 10
+    setting = cfg.model_copy(update={"batch_size": 10, "epochs": 2, "eval_every": 4, "max_steps": 0})
+    assert full_run_evaluations(setting, 100, evaluate_start=False) == 6
+    assert full_run_evaluations(setting, 100, evaluate_start=True) == 7
+    # eval_every 0: once per epoch; max_steps ends the run (and evaluates) mid-epoch
+    assert full_run_evaluations(setting.model_copy(update={"eval_every": 0}), 100, evaluate_start=False) == 2
+    assert full_run_evaluations(setting.model_copy(update={"max_steps": 5}), 100, evaluate_start=False) == 2
+    assert full_run_evaluations(setting.model_copy(update={"max_steps": 8}), 95, evaluate_start=False) == 2
+
+
+def record(trial_id: str, lr: float, epochs: int, status: str, scores: list[float], error: str | None = None):
+    from bertops.tuning import TrialRecord
+
+    rows = [{"step": 2 * (i + 1), "validation_accuracy": s} for i, s in enumerate(scores)]
+    return TrialRecord(
+        trial_id=trial_id,
+        params={"finetune.lr": lr, "finetune.epochs": epochs},
+        status=status,
+        evaluations=len(rows),
+        best_validation_accuracy=max(scores, default=None),
+        minutes=0.5,
+        error=error,
+        validation=rows,
+    )
+
+
+SPACE = {"finetune.lr": {"loguniform": [1e-5, 1e-3]}, "finetune.epochs": {"choice": [1, 2, 3]}}
+
+
+def test_the_best_finished_setting_becomes_a_profile_over_params_yaml(tmp_path):
+    from bertops.config import load_config
+    from bertops.tuning import summarise
+    from tests.conftest import REPO
+
+    cfg = with_space(SPACE)
+    search = tmp_path / "reports" / "tune" / "sst2"
+    search.mkdir(parents=True)
+    trials = [
+        record("a_00002", 2e-4, 1, "error", [0.5, 0.95], error="RuntimeError: out of memory | on cpu"),
+        record("a_00001", 3e-5, 3, "completed", [0.7, 0.85, 0.8]),
+        record("a_00000", cfg.finetune.lr, cfg.finetune.epochs, "completed", [0.6, 0.8]),
+    ]
+    summary = summarise(cfg, tmp_path, search, trials)
+    assert [t.trial_id for t in summary.trials] == ["a_00000", "a_00001", "a_00002"]
+    assert summary.trials[0].defaults and not any(t.defaults for t in summary.trials[1:])
+    # a trial that failed never wins, whatever it scored before failing
+    assert (summary.best_trial, summary.best_score, summary.defaults_score) == ("a_00001", 0.85, 0.8)
+    assert summary.gain == 0.05 and summary.failed == 1 and summary.early_stopped == 0
+    assert summary.best_params == {"finetune.lr": 3e-5, "finetune.epochs": 3}
+
+    profile = tmp_path / "configs" / "tuned-sst2.yaml"
+    assert summary.profile == str(profile)
+    text = profile.read_text()
+    assert "reports/tune/sst2" in text and "0.8500" in text and "the eval split was not used" in text
+    tuned = load_config(REPO / "params.yaml", profile)
+    assert (tuned.finetune.lr, tuned.finetune.epochs) == (3e-5, 3)
+
+    md = (search / "results.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| a_")]
+    assert [r.split(" | ")[0] for r in rows] == ["| a_00002", "| a_00001", "| a_00000 (defaults)"]  # by score
+    assert "out of memory \\| on cpu" in rows[0]  # a | in an error does not break the table
+    assert "+0.0500 over the defaults" in md
+    saved = json.loads((search / "results.json").read_text())
+    assert [t["status"] for t in saved["trials"]] == ["completed", "completed", "error"]
+    assert (search / "trials.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_when_every_trial_fails_no_profile_is_written_and_the_errors_are_named(tmp_path):
+    from bertops.errors import BertopsError
+    from bertops.tuning import summarise
+
+    cfg = with_space(SPACE)
+    search = tmp_path / "search"
+    search.mkdir()
+    trials = [
+        record("b_00000", 1e-4, 2, "error", [], error="ConfigError: cannot load the tokenizer"),
+        record("b_00001", 2e-4, 1, "error", [0.6], error="RuntimeError: NaN loss"),
+    ]
+    with pytest.raises(BertopsError) as caught:
+        summarise(cfg, tmp_path, search, trials)
+    assert "every trial of the search failed" in str(caught.value)
+    assert "b_00000: ConfigError: cannot load the tokenizer" in str(caught.value)
+    assert "b_00001: RuntimeError: NaN loss" in str(caught.value)
+    assert not (tmp_path / "configs").exists()
+    assert json.loads((search / "results.json").read_text())["best_trial"] is None
+
+
+def test_the_cli_refuses_a_bad_space_before_any_trial_naming_the_key(tmp_path, monkeypatch):
+    """`bertops tune` exits 1 with the key named, and starts nothing (no Ray, no search folder)."""
+    from typer.testing import CliRunner
+
+    from bertops.cli import app
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(tmp_path)
+    args = ["tune", "--params", str(REPO / "params.yaml"), "-s", "tune.space={finetune.dropout: {choice: [0.1, 1.5]}}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "finetune.dropout" in result.output, result.output
+    assert not (tmp_path / "reports").exists()
