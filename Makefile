@@ -78,6 +78,7 @@ bench: install
 	$(BIN)/python bench/pretrain_throughput.py
 	$(BIN)/python bench/endpoint.py   # needs a production model: `make run` first
 	$(BIN)/python bench/promotion.py  # builds its own two-version workspace in /tmp
+	$(BIN)/python bench/experiment_overhead.py  # recorded vs unrecorded smoke runs, its own git + DVC workspace
 
 clean:
 	rm -rf data/raw data/prepared models reports registry serving/bertops_serving.json

@@ -6,6 +6,8 @@ Imported by the scripts as `bench._common` (they put the repository root on sys.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -50,3 +52,12 @@ def save_result(name: str, result: dict) -> Path:
     path = out / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def datasets_root() -> Path:
+    """The shared datasets: $BERTOPS_DATASETS, else ../shared/datasets beside the repository."""
+    repo = Path(__file__).resolve().parents[1]
+    for candidate in (os.environ.get("BERTOPS_DATASETS"), repo.parent / "shared" / "datasets"):
+        if candidate and (Path(candidate) / "sst2" / "train.tsv").is_file():
+            return Path(candidate)
+    sys.exit("needs the SST-2 corpus: set BERTOPS_DATASETS to the folder holding sst2/")

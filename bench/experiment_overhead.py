@@ -26,13 +26,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def datasets() -> Path:
-    for candidate in (os.environ.get("BERTOPS_DATASETS"), REPO.parent / "shared" / "datasets"):
-        if candidate and (Path(candidate) / "sst2" / "train.tsv").is_file():
-            return Path(candidate)
-    sys.exit("needs the SST-2 corpus: set BERTOPS_DATASETS to the folder holding sst2/")
+sys.path.insert(0, str(REPO))
+from bench._common import datasets_root  # noqa: E402
 
 
 def workspace(base: Path) -> Path:
@@ -60,7 +55,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="bertops-bench-exp-"))
     os.environ["BENTOML_HOME"] = str(base / "bentoml")
     root = workspace(base)
-    data = datasets()
+    data = datasets_root()
     overrides = [
         f"ingest.search_paths=['{data / 'sst2'}']",
         f"evaluate.embedding.retrieval.search_paths=['{data / 'squad-v1.1'}']",

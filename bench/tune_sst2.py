@@ -30,13 +30,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def datasets() -> Path:
-    for candidate in (os.environ.get("BERTOPS_DATASETS"), REPO.parent / "shared" / "datasets"):
-        if candidate and (Path(candidate) / "sst2" / "train.tsv").is_file():
-            return Path(candidate)
-    sys.exit("needs the SST-2 corpus: set BERTOPS_DATASETS to the folder holding sst2/")
+sys.path.insert(0, str(REPO))
+from bench._common import datasets_root  # noqa: E402
 
 
 def main() -> None:
@@ -52,7 +47,7 @@ def main() -> None:
     root.mkdir()
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     shutil.copytree(REPO / "data" / "behaviour", root / "data" / "behaviour")
-    data = datasets()
+    data = datasets_root()
     from bertops.config import load_config
     from bertops.data.ingest import ingest
     from bertops.data.prepare import prepare
