@@ -195,11 +195,15 @@ def unique_name(root: Path, wanted: str) -> str:
     """`wanted`, or `wanted-2`, `wanted-3`... when a run of that name exists (git ref rules kept)."""
     import re
 
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     base = re.sub(r"[^A-Za-z0-9_.-]+", "-", wanted).strip("-.") or "run"
-    with Repo(str(root)) as repo:
-        taken = _names(repo)
+    try:
+        with Repo(str(root)) as repo:
+            taken = _names(repo)
+    except DvcException as exc:
+        raise ExperimentError(f"cannot list the experiments: {exc}") from None
     name, n = base, 1
     while name in taken:
         n += 1

@@ -248,7 +248,11 @@ def _experiment(config: Config, root: Path, stack: ExitStack, logger) -> dict | 
     if problem:
         logger.info("this run is not recorded as an experiment: %s", problem)
         return None
-    name = experiments.unique_name(root, flow_run.name or "run")
+    try:
+        name = experiments.unique_name(root, flow_run.name or "run")
+    except BertopsError as exc:
+        logger.warning("this run is not recorded as an experiment: %s", exc)
+        return None
     try:
         champion = experiments.production_run(root, config)
     except BertopsError as exc:  # an unreachable registry must not stop the run; the stages will say so

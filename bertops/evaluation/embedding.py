@@ -273,9 +273,11 @@ class EmbeddingModel:
 
 
 def _has_embedding_output(path: Path) -> bool:
-    from bertops.models.export import onnx_session
+    """Whether the graph has an `embedding` output: read from the file's graph, without the weights
+    or a runtime session."""
+    import onnx
 
-    return any(o.name == "embedding" for o in onnx_session(path, threads=1).get_outputs())
+    return any(o.name == "embedding" for o in onnx.load(str(path), load_external_data=False).graph.output)
 
 
 def own_encoder(name: str, model_dir: Path, runtime: str, onnx_file: Path | None) -> EmbeddingModel:
