@@ -183,7 +183,9 @@ def record(root: Path, name: str, stages: list[str]) -> str:
             # all stages at once when the run reached them all: one pass over dvc.yaml and dvc.lock
             every = {stage.name for stage in repo.index.stages}
             targets = None if every <= set(stages) else stages
-            rev = repo.experiments.save(targets=targets, name=name, force=False)
+            # dvc.lock by name: DVC adds it only when it is untracked *before* its commit writes it, so
+            # a first run of the workspace would otherwise be saved without it
+            rev = repo.experiments.save(targets=targets, name=name, force=False, include_untracked=["dvc.lock"])
     except DvcException as exc:
         raise ExperimentError(f"dvc exp save failed: {exc}") from None
     if not rev:

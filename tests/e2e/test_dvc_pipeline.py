@@ -185,6 +185,14 @@ def test_retrain_twice_then_on_a_changed_corpus(repo, harness):
     production = _versions(root)
     assert production["versions"][production["production"]]["lineage"]["run"] == newest.name
     assert newest.name in _sh([sys.executable, "-m", "dvc", "exp", "show", "--json"], root, env).stdout
+    # The record is what `dvc exp run -S finetune.lr=5e-5` would have left: with the run applied, DVC
+    # finds every stage up to date (params, code and outputs as their hashes say)
+    _sh([sys.executable, "-m", "dvc", "exp", "apply", newest.name], root, env)
+    assert yaml.safe_load((root / "params.yaml").read_text())["finetune"]["lr"] == 5e-5
+    status = json.loads(_sh([sys.executable, "-m", "dvc", "status", "--json"], root, env).stdout)
+    status.pop("ingest", None)  # always changed by design
+    assert status == {}, status
+    (root / "params.yaml").write_text(params_text)
     bertops = str(Path(sys.executable).with_name("bertops"))
     listed = _sh([bertops, "runs"], root, env).stdout
     assert all(run.name in listed for run in runs) and "finetune.lr" in listed.splitlines()[0], listed

@@ -157,3 +157,21 @@ def test_the_cli_outside_a_git_dvc_workspace_exits_1_with_the_way_out(tmp_path: 
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["runs"])
     assert result.exit_code == 1 and "git init && dvc init" in result.output, result.output
+
+
+def test_a_run_made_outside_dvc_is_recorded_as_dvc_would_have(toy_repo: Path):
+    """The direct executor's case: the stage ran in this process, not through `dvc repro`, and no
+    dvc.lock exists yet. The record holds dvc.lock, and with the run applied DVC finds the stage up
+    to date: what `dvc exp run -S toy.lr=0.2` would have left."""
+    root = toy_repo
+    original = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(original.replace("lr: 0.1", "lr: 0.2"))
+    subprocess.run([sys.executable, "-c", STAGE], cwd=root, check=True)  # the stage, outside DVC
+    assert not (root / "dvc.lock").exists()
+    rev = experiments.record(root, "outside", ["train"])
+    (root / "params.yaml").write_text(original)  # the flow gives params.yaml back
+    assert "dvc.lock" in _sh(["git", "ls-tree", "--name-only", rev], root).split()
+    assert experiments.find_run(root, "outside").metrics["evaluate.accuracy"] == pytest.approx(0.6)
+    _sh([sys.executable, "-m", "dvc", "exp", "apply", "outside"], root)
+    assert "lr: 0.2" in (root / "params.yaml").read_text()
+    assert json.loads(_sh([sys.executable, "-m", "dvc", "status", "--json"], root)) == {}
