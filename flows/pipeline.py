@@ -296,6 +296,14 @@ def record_task(ctx: RunContext, experiment: dict, stages: list[str]) -> str | N
     return rev
 
 
+def _has_remote(root: Path) -> bool:
+    """Whether DVC has a default remote here (read in-process: no `dvc` subprocess when there is none)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return bool(repo.config["core"].get("remote"))
+
+
 @task(name="check-for-changes", cache_policy=NO_CACHE)
 def changes_task(ctx: RunContext) -> dict:
     """Whether anything the pipeline depends on changed since the last successful run (DVC decides)."""
@@ -451,6 +459,9 @@ def retrain(
                     description=f"bertops retrain on {config.ingest.dataset}",
                 )
                 print(table)
+        if executor == "direct" and experiment and experiment.get("recorded") and _has_remote(Path(root)):
+            # what the run recorded (dvc.lock's outputs) reaches the team's DVC remote, as after a dvc run
+            logger.info(push_task(ctx))
         if timings[-1][2] == "ran":  # not when DVC found the promotion already done
             promoted = json.loads((Path(root) / config.paths.reports / "promote" / "promote.json").read_text())
             notify(
