@@ -286,7 +286,7 @@ def record_task(ctx: RunContext, experiment: dict, stages: list[str]) -> str | N
             f"the production model's run ({champion}) is not recorded here"
             if champion
             else "no recorded run made the production model"
-        )  # noqa: E501
+        )
         markdown = f"# {name}\n\nNothing to compare with: {why}.\n\n" + experiments.runs_table([run]) + "\n"
     else:
         markdown = experiments.comparison_markdown(experiments.compare(against, run))
