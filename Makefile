@@ -17,7 +17,7 @@ install: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)" -e ".[dev]"
+	$(BIN)/pip install -q --no-cache-dir "$(TORCH)" -e ".[dev]"
 	touch $@
 
 run: install

@@ -3,8 +3,12 @@ smoke-profile config factory rooted in a temporary workspace."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,6 +31,7 @@ os.environ.update(
         "TOKENIZERS_PARALLELISM": "false",
     }
 )
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 
 
 def datasets_root() -> Path:
@@ -65,6 +70,41 @@ def smoke_config(overrides: list[str] = (), profile: bool = True):
     return load_config(
         REPO / "params.yaml", REPO / "configs" / "smoke.yaml" if profile else None, base + list(overrides)
     )
+
+
+@contextmanager
+def scratch_dir(tmp_path_factory, request, name: str) -> Iterator[Path]:
+    """A module's (or the session's) working folder, removed when its fixture ends unless a test
+    failed meanwhile (kept to be read then). Packaged models are hundreds of MB each: a suite that
+    kept every folder to the end filled a CI disk."""
+    path = tmp_path_factory.mktemp(name)
+    failed = request.session.testsfailed
+    yield path
+    if request.session.testsfailed == failed:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _bento_store() -> set[Path]:
+    return {p for kind in ("models", "bentos") for p in (_HOME / "bentoml" / kind).glob("*/*") if p.is_dir()}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _prune_bento_store(request):
+    """Deletes the BentoML models and Bentos a test module built (through BentoML, which keeps its
+    `latest` pointers right), unless one of its tests failed: each is a copy of a packaged model."""
+    before, failed = _bento_store(), request.session.testsfailed
+    yield
+    made = _bento_store() - before
+    if not made or request.session.testsfailed != failed:
+        return
+    import bentoml
+
+    for path in made:
+        tag = f"{path.parent.name}:{path.name}"
+        try:
+            (bentoml.models.delete if path.parent.parent.name == "models" else bentoml.delete)(tag)
+        except Exception:  # a leftover costs disk, not a test result
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture()

@@ -11,12 +11,13 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, datasets_root, registry_state, smoke_config
+from tests.conftest import REPO, datasets_root, registry_state, scratch_dir, smoke_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STAGES = ["ingest", "validate", "pretrain", "prepare", "finetune", "distill", "evaluate", "gate", "package", "promote"]
@@ -29,27 +30,33 @@ def _sh(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory, postgres_url: str):
+def team(tmp_path_factory, request, postgres_url: str):
     """The team's state: a registry database on a real PostgreSQL server and a model store folder,
     named by the two environment variables every workspace and endpoint of the team sets."""
     import sqlalchemy as sa
 
     with sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT").connect() as conn:
         conn.execute(sa.text("CREATE DATABASE e2e_team"))
-    urls = {
-        "BERTOPS_REGISTRY_URL": postgres_url.rsplit("/", 1)[0] + "/e2e_team",
-        "BERTOPS_STORE_URL": str(tmp_path_factory.mktemp("modelstore")),
-    }
-    saved = {k: os.environ.get(k) for k in urls}
-    os.environ.update(urls)
-    yield urls
-    for key, value in saved.items():
-        os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    with scratch_dir(tmp_path_factory, request, "modelstore") as store:
+        urls = {"BERTOPS_REGISTRY_URL": postgres_url.rsplit("/", 1)[0] + "/e2e_team", "BERTOPS_STORE_URL": str(store)}
+        saved = {k: os.environ.get(k) for k in urls}
+        os.environ.update(urls)
+        yield urls
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, team) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("dvcrepo")
+def repo(tmp_path_factory, request, team) -> Iterator[tuple[Path, dict, Path]]:
+    """A git + DVC repository of the project in `<module folder>/dvcrepo`, its corpus source and
+    DVC remote beside it."""
+    with scratch_dir(tmp_path_factory, request, "e2e") as base:
+        root = base / "dvcrepo"
+        root.mkdir()
+        yield _init_repo(root)
+
+
+def _init_repo(root: Path) -> tuple[Path, dict, Path]:
     for item in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / item, root / item)
     for folder in ("serving", "bertops", "data/behaviour"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, datasets_root
+from tests.conftest import REPO, datasets_root, scratch_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OUT = REPO / "tests" / "out"
@@ -31,9 +31,13 @@ ARTIFACT_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def dashboard(tmp_path_factory):
+def dashboard(tmp_path_factory, request):
     """`bertops dashboard --detach` in a workspace: a Prefect server + UI on 127.0.0.1:PORT."""
-    workspace = tmp_path_factory.mktemp("scheduled")
+    with scratch_dir(tmp_path_factory, request, "scheduled") as workspace:
+        yield from _dashboard(workspace)
+
+
+def _dashboard(workspace: Path):
     for item in ("params.yaml",):
         shutil.copy(REPO / item, workspace / item)
     for folder in ("configs", "serving", "data/behaviour"):

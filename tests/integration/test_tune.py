@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from bertops.config import config_from_dict, load_config
 from bertops.errors import ConfigError
 from bertops.tuning import COMPLETED, ERROR, STOPPED, defaults_point, full_run_evaluations, tune
-from tests.conftest import REPO, smoke_config
+from tests.conftest import REPO, scratch_dir, smoke_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,18 +39,18 @@ def train_rows(root: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
+def workspace(tmp_path_factory, request) -> Iterator[Path]:
     """ingest -> validate -> prepare on the tiny profile (no finetune: the trials train)."""
     from bertops.data.ingest import ingest
     from bertops.data.prepare import prepare
     from bertops.data.validation import validate
 
-    root = tmp_path_factory.mktemp("tune-workspace")
-    cfg = smoke_config(TINY)
-    ingest(cfg, root)
-    validate(cfg, root)
-    prepare(cfg, root)
-    return root
+    with scratch_dir(tmp_path_factory, request, "tune-workspace") as root:
+        cfg = smoke_config(TINY)
+        ingest(cfg, root)
+        validate(cfg, root)
+        prepare(cfg, root)
+        yield root
 
 
 @pytest.fixture(scope="module")
