@@ -213,9 +213,8 @@ def push_task(ctx: RunContext) -> str:
     """`dvc push` what the run tracks (data, models) to the DVC remote, so the next pod (a fresh
     checkout) starts from it. No remote configured: nothing to push. A failed push fails the run."""
     root = Path(ctx.root)
-    remotes = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], cwd=root, capture_output=True, text=True)
-    if remotes.returncode != 0 or not remotes.stdout.strip():
-        return "no DVC remote configured: nothing pushed (`dvc remote add -d NAME URL` to share data and models)"
+    if not _has_remote(root):
+        return "no default DVC remote: nothing pushed (`dvc remote add -d NAME URL` to share data and models)"
     proc = subprocess.run([sys.executable, "-m", "dvc", "push", "-q"], cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
         raise PipelineError("push", (proc.stderr or proc.stdout).strip()[-1000:] or "dvc push failed", transient=True)
@@ -297,7 +296,8 @@ def record_task(ctx: RunContext, experiment: dict, stages: list[str]) -> str | N
 
 
 def _has_remote(root: Path) -> bool:
-    """Whether DVC has a default remote here (read in-process: no `dvc` subprocess when there is none)."""
+    """Whether DVC has a default remote here, the one `dvc push` uses (read in-process: no `dvc`
+    subprocess when there is none)."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
