@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from bertops.model_store import registry_for, store_for
 from bertops.registry import RegistryError
 
 SETTINGS_FILE = "bertops_serving.json"
+
+
+class PackagingError(BertopsError, RuntimeError):
+    """A Bento that does not hold what was packaged; nothing is registered."""
 
 
 class GateRejected(BertopsError, RuntimeError):
@@ -122,6 +127,17 @@ def service_files(task) -> dict[str, Path]:
 
     return {"bertops_encoding.py": Path(encoding.__file__), "bertops_window.py": Path(window.__file__),
             **task.bento_files()}  # fmt: skip
+
+
+def _forget_service_modules(include: list[str]) -> None:
+    """BentoML imports the service by module name and reloads only `service` itself when it was
+    imported before: its own imports (engine, bertops_*) would stay those of an earlier build in
+    this process, from another serving folder, with that folder's settings and model tag. Forget
+    them, so this build reads this folder's files."""
+    for name in {Path(item).stem for item in include if item.endswith(".py")}:
+        module = sys.modules.get(name)
+        if module is not None and Path(getattr(module, "__file__", None) or "").name == f"{name}.py":
+            del sys.modules[name]
 
 
 def _reference_profile(config: Config, root: Path, task, model_dir: Path) -> dict | None:
@@ -236,6 +252,7 @@ def _publish(config: Config, root: Path, task, saved, settings: dict, lineage: d
         if Path(source).resolve() != (serving_dir / bento_name).resolve():
             shutil.copyfile(source, serving_dir / bento_name)
         include.append(bento_name)
+    _forget_service_modules(include)
     bento = bentoml.bentos.build(
         service=task.service,
         name=name,
@@ -246,6 +263,13 @@ def _publish(config: Config, root: Path, task, saved, settings: dict, lineage: d
         docker=build.get("docker"),
         labels={"dataset": config.ingest.dataset, "model": model_tag},
     )
+    packed = sorted(str(model.tag) for model in bento.info.all_models)
+    if packed != ([] if settings.get("follow") else [model_tag]):  # a follower's Bento carries no model
+        bentoml.bentos.delete(str(bento.tag))
+        raise PackagingError(
+            f"the Bento of {model_tag} was built with the models {packed}: the service read other "
+            f"settings than {serving_dir / SETTINGS_FILE}; nothing was registered"
+        )
     registry_for(config, root).register(
         name,
         version,

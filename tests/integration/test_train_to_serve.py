@@ -191,6 +191,11 @@ def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
     assert abs(embedding["versus"]["parent"]["retrieval"]["recall@1_difference"]["difference"]) <= 0.05
     assert gate(parent, root).approved
     packaged = package(parent, root)
+    import bentoml
+
+    # this process packaged other models before (other modules' workspaces and serving folders): the
+    # Bento holds this one's model and no other (BentoML re-imported the service, not its engine)
+    assert [str(m.tag) for m in bentoml.get(packaged.bento_tag).info.all_models] == [packaged.model_tag]
     record = promote(cfg, root)
     assert record["version"] == packaged.version
     registry = registry_for(cfg, root)
