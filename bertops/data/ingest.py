@@ -24,7 +24,7 @@ from bertops.lineage import files_sha256
 @dataclass(frozen=True)
 class IngestResult:
     dataset: str
-    source: str  # where the corpus came from (folder, file or hub id)
+    source: str  # where the corpus came from, as params.yaml names it (folder, file or hf://hub id)
     out_dir: str
     files: dict[str, str]  # split -> file name inside out_dir
     data_hash: str  # sha256 over the raw files (content version of the corpus)
@@ -48,14 +48,21 @@ def find_split_files(folder: Path) -> dict[str, Path]:
 
 def resolve_local(cfg: IngestConfig, root: Path) -> dict[str, Path] | None:
     """The local files the config points at: `path` first, then the first existing search path."""
+    found = _local_source(cfg, root)
+    return found[1] if found else None
+
+
+def _local_source(cfg: IngestConfig, root: Path) -> tuple[str, dict[str, Path]] | None:
+    """(the source as params.yaml names it, its files): `ingest.path`, or the search path that
+    matched with its $VARIABLES unexpanded, so the name is the same in every clone."""
     if cfg.path is not None:
         path = cfg.path if cfg.path.is_absolute() else root / cfg.path
         if path.is_file():
             if cfg.task == "classification":
                 file_format(path)
-            return {"train": path}
+            return str(cfg.path), {"train": path}
         if path.is_dir():
-            return named_files(path, cfg.files) if cfg.files else find_split_files(path)
+            return str(cfg.path), named_files(path, cfg.files) if cfg.files else find_split_files(path)
         raise DataSourceError(f"ingest.path={cfg.path}: no such file or folder")
     for candidate in cfg.search_paths:
         expanded = os.path.expandvars(candidate)
@@ -64,7 +71,7 @@ def resolve_local(cfg: IngestConfig, root: Path) -> dict[str, Path] | None:
         folder = Path(expanded)
         folder = folder if folder.is_absolute() else root / folder
         if folder.is_dir():
-            return named_files(folder, cfg.files) if cfg.files else find_split_files(folder)
+            return candidate, named_files(folder, cfg.files) if cfg.files else find_split_files(folder)
     return None
 
 
@@ -111,14 +118,16 @@ def ingest(config: Config, root: Path = Path(".")) -> IngestResult:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{cfg.dataset}-", dir=out_dir.parent))
     try:
-        local = resolve_local(cfg, root)
-        if local is not None:
+        found = _local_source(cfg, root)
+        if found is not None:
+            # named as params.yaml names it, not by where this clone or the datasets folder lie:
+            # the manifest is part of the corpus version DVC hashes
+            source, local = found
             files = {}
             for split, src in local.items():
                 name = f"{split}{src.suffix.lower()}"
                 shutil.copyfile(src, staging / name)
                 files[split] = name
-            source = str((local["train"].parent if len(local) > 1 or cfg.path is None else local["train"]).resolve())
         elif cfg.hub_id:
             try:
                 files = _download_hub(cfg, staging)
@@ -139,8 +148,7 @@ def ingest(config: Config, root: Path = Path(".")) -> IngestResult:
                 "ingest.hub_id is set. Pass `-s ingest.path=PATH` (a csv/tsv/jsonl/parquet file or folder)."
             )
         data_hash = files_sha256([staging / name for name in sorted(files.values())])
-        # the folder as the config names it, not where this workspace happens to live: the manifest
-        # is part of the corpus version DVC hashes, the same for every clone and executor
+        # out_dir likewise as the config names it: the same manifest for every clone and executor
         result = IngestResult(cfg.dataset, source, str(config.paths.raw / cfg.dataset), files, data_hash)
         (staging / MANIFEST).write_text(json.dumps(asdict(result), indent=2) + "\n")
         replace_dir(staging, out_dir)

@@ -69,6 +69,25 @@ def test_ingest_of_a_single_file_path(tmp_path: Path):
     assert result.files == {"train": "train.jsonl"}
 
 
+def test_two_clones_ingesting_the_same_bytes_write_the_same_manifest(tmp_path: Path, monkeypatch):
+    """The manifest is part of the corpus version DVC hashes: it names the source as params.yaml
+    does (the search path as written, $VARIABLES unexpanded), not where a clone or the datasets lie."""
+    manifests = []
+    for clone in ("alice/ws", "bob/elsewhere/ws"):
+        root = tmp_path / clone
+        (root / "corpus").mkdir(parents=True)
+        (root / "corpus" / "train.tsv").write_text("sentence\tlabel\na fine film\t1\n")
+        datasets = tmp_path / clone / ".." / "datasets"
+        (datasets / "sst2").mkdir(parents=True)
+        (datasets / "sst2" / "train.tsv").write_text("sentence\tlabel\nflat\t0\n")
+        monkeypatch.setenv("MY_DATA", str(datasets.resolve()))
+        for search in ("corpus", "$MY_DATA/sst2"):
+            result = ingest(smoke_config([f"ingest.search_paths=['{search}']"]), root)
+            assert result.source == search
+            manifests.append((root / "data/raw/sst2/manifest.json").read_bytes())
+    assert manifests[0] == manifests[2] and manifests[1] == manifests[3] and manifests[0] != manifests[1]
+
+
 def test_no_source_anywhere_says_what_to_pass(tmp_path: Path):
     cfg = smoke_config(["ingest.search_paths=['/nonexistent/sst2']", "ingest.hub_id=null"])
     with pytest.raises(DataSourceError, match="ingest.path"):
