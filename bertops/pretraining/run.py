@@ -38,6 +38,14 @@ from bertops.pretraining.model import (
 
 def corpus_files(config: Config, root: Path) -> tuple[Path, Path]:
     """(training text, held-out text): a local folder from search_paths, else the hub dataset."""
+    _, train, heldout = _corpus(config, root)
+    return train, heldout
+
+
+def _corpus(config: Config, root: Path) -> tuple[str, Path, Path]:
+    """(the source as params.yaml names it, training text, held-out text). The name is the search
+    path as written ($VARIABLES unexpanded) or the hub id: the prepared corpus's meta is a DVC
+    output, the same in every clone."""
     cfg = config.pretrain
     for candidate in cfg.search_paths:
         expanded = os.path.expandvars(candidate)
@@ -45,7 +53,7 @@ def corpus_files(config: Config, root: Path) -> tuple[Path, Path]:
             continue
         folder = Path(expanded) if Path(expanded).is_absolute() else root / expanded
         if (folder / cfg.train_file).is_file() and (folder / cfg.heldout_file).is_file():
-            return folder / cfg.train_file, folder / cfg.heldout_file
+            return candidate, folder / cfg.train_file, folder / cfg.heldout_file
     if cfg.hub_id:
         try:
             import datasets
@@ -57,7 +65,7 @@ def corpus_files(config: Config, root: Path) -> tuple[Path, Path]:
                 rows = datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=split)["text"]
                 (cache / name).write_text("".join(rows), encoding="utf-8")
                 out.append(cache / name)
-            return out[0], out[1]
+            return f"hf://{cfg.hub_id}/{cfg.hub_config or ''}".rstrip("/"), out[0], out[1]
         except Exception as exc:  # offline, unknown id: one clear message
             hub_error = f"; the hub dataset {cfg.hub_id!r} could not be loaded ({type(exc).__name__})"
     else:
@@ -131,7 +139,7 @@ def prepare_pretraining(config: Config, root: Path = Path(".")) -> dict:
     from bertops.lineage import files_sha256
 
     cfg = config.pretrain
-    train_text, heldout_text = corpus_files(config, root)
+    source, train_text, heldout_text = _corpus(config, root)
     out_dir = root / config.paths.pretrain_data / cfg.name
     tmp = staging_dir(out_dir)
     tokenizer = build_tokenizer(config, train_text, tmp / "tokenizer")
@@ -166,7 +174,7 @@ def prepare_pretraining(config: Config, root: Path = Path(".")) -> dict:
         }
     meta = {
         "name": cfg.name,
-        "source": {"train": str(train_text), "heldout": str(heldout_text)},
+        "source": {"train": f"{source}/{cfg.train_file}", "heldout": f"{source}/{cfg.heldout_file}"},
         "source_sha256": files_sha256([train_text, heldout_text]),
         "recipe": recipe(config),
         "tokenizer": cfg.tokenizer,

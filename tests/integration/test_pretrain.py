@@ -45,6 +45,8 @@ def test_pretrain_then_finetune_from_it(datasets: Path, trained_workspace, tmp_p
     assert train["documents"] > 50 and train["examples"] > 1000 and heldout["examples"] > 1000
     assert 0.4 < train["is_next_share"] < 0.6 and train["unk_share"] < 0.01 and heldout["unk_share"] < 0.05
     assert (tmp_path / "data/pretrain/wikitext2-mini/tokenizer/vocab.txt").is_file()
+    # the source as params.yaml names it (a DVC output: the same in every clone)
+    assert meta["source"]["train"] == f"{datasets / 'wikitext-2-raw'}/{cfg.pretrain.train_file}"
 
     assert ensure_prepared(cfg, tmp_path) == meta  # same recipe and source: reused, not rebuilt
     metrics = pretrain_stage(cfg, tmp_path)
