@@ -8,7 +8,6 @@ Raw files are copied byte for byte, so that `validate` sees exactly what the sou
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -16,7 +15,15 @@ from pathlib import Path
 
 from bertops.atomic import replace_dir
 from bertops.config import Config, IngestConfig, SplitName
-from bertops.data.sources import FORMATS, MANIFEST, SPLIT_NAMES, DataSourceError, SourceUnreachable, file_format
+from bertops.data.sources import (
+    FORMATS,
+    MANIFEST,
+    SPLIT_NAMES,
+    DataSourceError,
+    SourceUnreachable,
+    file_format,
+    first_search_path,
+)
 from bertops.errors import is_transient
 from bertops.lineage import files_sha256
 
@@ -64,15 +71,11 @@ def _local_source(cfg: IngestConfig, root: Path) -> tuple[str, dict[str, Path]] 
         if path.is_dir():
             return str(cfg.path), named_files(path, cfg.files) if cfg.files else find_split_files(path)
         raise DataSourceError(f"ingest.path={cfg.path}: no such file or folder")
-    for candidate in cfg.search_paths:
-        expanded = os.path.expandvars(candidate)
-        if "$" in expanded:  # an unset environment variable
-            continue
-        folder = Path(expanded)
-        folder = folder if folder.is_absolute() else root / folder
-        if folder.is_dir():
-            return candidate, named_files(folder, cfg.files) if cfg.files else find_split_files(folder)
-    return None
+    found = first_search_path(cfg.search_paths, root)
+    if found is None:
+        return None
+    entry, folder = found
+    return entry, named_files(folder, cfg.files) if cfg.files else find_split_files(folder)
 
 
 def named_files(folder: Path, files: dict[SplitName, str]) -> dict[str, Path]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +30,23 @@ class DataSourceError(BertopsError, RuntimeError):
 
 class SourceUnreachable(DataSourceError, TransientError):
     """The corpus's remote source could not be reached (now): a retry may fix it."""
+
+
+def first_search_path(
+    search_paths: list[str], root: Path, holds: Callable[[Path], bool] | None = None
+) -> tuple[str, Path] | None:
+    """The first entry of a config's `search_paths` naming a folder (that `holds` what is wanted):
+    (the entry as written, the folder). $VARIABLES are expanded and an entry naming an unset one is
+    skipped; a relative entry is relative to the workspace `root`. The entry as written is what
+    outputs record: the same in every clone, wherever the datasets lie."""
+    for entry in search_paths:
+        expanded = os.path.expandvars(entry)
+        if "$" in expanded:  # an unset environment variable
+            continue
+        folder = Path(expanded) if Path(expanded).is_absolute() else root / expanded
+        if folder.is_dir() and (holds is None or holds(folder)):
+            return entry, folder
+    return None
 
 
 def file_format(path: Path) -> str:

@@ -24,7 +24,6 @@ is the one scored here, judged by the gate and shipped by `package` (its sha256 
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import numpy as np
 
 from bertops.atomic import replace_dir, staging_dir
 from bertops.config import Config, EmbeddingEvalConfig, RetrievalSetConfig
-from bertops.data.sources import DataSourceError, read_table
+from bertops.data.sources import DataSourceError, first_search_path, read_table
 from bertops.encoding import normalize_input
 from bertops.evaluation.stats import compare, paired_bootstrap_statistic
 
@@ -77,14 +76,8 @@ def _squad_file(cfg: RetrievalSetConfig, root: Path) -> Path | None:
                 f"holding {SQUAD_DEV})"
             )
         return path
-    for candidate in cfg.search_paths:
-        expanded = os.path.expandvars(candidate)
-        if "$" in expanded:  # an unset environment variable
-            continue
-        folder = Path(expanded) if Path(expanded).is_absolute() else root / expanded
-        if (folder / SQUAD_DEV).is_file():
-            return folder / SQUAD_DEV
-    return None
+    found = first_search_path(cfg.search_paths, root, lambda folder: (folder / SQUAD_DEV).is_file())
+    return found[1] / SQUAD_DEV if found else None
 
 
 def _hub_articles(hub_id: str) -> list[dict]:

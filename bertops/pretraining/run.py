@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from bertops.config import Config, ConfigError
-from bertops.data.sources import DataSourceError
+from bertops.data.sources import DataSourceError, first_search_path
 from bertops.pretraining.corpus import nsp_examples, read_documents, tokenize_documents
 from bertops.pretraining.model import (
     OBJECTIVE_INPUTS,
@@ -47,13 +47,11 @@ def _corpus(config: Config, root: Path) -> tuple[str, Path, Path]:
     path as written ($VARIABLES unexpanded) or the hub id: the prepared corpus's meta is a DVC
     output, the same in every clone."""
     cfg = config.pretrain
-    for candidate in cfg.search_paths:
-        expanded = os.path.expandvars(candidate)
-        if "$" in expanded:
-            continue
-        folder = Path(expanded) if Path(expanded).is_absolute() else root / expanded
-        if (folder / cfg.train_file).is_file() and (folder / cfg.heldout_file).is_file():
-            return candidate, folder / cfg.train_file, folder / cfg.heldout_file
+    found = first_search_path(
+        cfg.search_paths, root, lambda f: (f / cfg.train_file).is_file() and (f / cfg.heldout_file).is_file()
+    )
+    if found:
+        return found[0], found[1] / cfg.train_file, found[1] / cfg.heldout_file
     if cfg.hub_id:
         try:
             import datasets
