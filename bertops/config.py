@@ -131,6 +131,8 @@ class FinetuneConfig(_TrainingSection):
 
     epochs: int = Field(ge=1)
     dropout: float = Field(ge=0, lt=1)
+    # layer-wise learning-rate decay: encoder layer i trains at lr x layer_decay^(layers - i); 1 = off
+    layer_decay: float = Field(default=1.0, gt=0, le=1)
     bucket_size: int = Field(ge=1)
     eval_every: int = Field(ge=0)
     max_steps: int = Field(ge=0)

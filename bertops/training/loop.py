@@ -158,7 +158,8 @@ def train_loop(
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, device)
+    # layer-wise lr decay is a fine-tuning setting (the distillation section has none)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, device, getattr(cfg, "layer_decay", 1.0))
     per_epoch = len(train_ids) // (cfg.batch_size * world) if world > 1 else math.ceil(len(train_ids) / cfg.batch_size)
     total = per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, per_epoch * cfg.epochs)
     scheduler = linear_warmup_decay(optimizer, int(cfg.warmup_ratio * total), total)

@@ -42,6 +42,8 @@ def test_profile_is_laid_over_params():
         ("finetune.epochs=2.5", "finetune.epochs"),
         ("validate.max_duplicate_rate=1.5", "validate.max_duplicate_rate"),
         ("finetune.device=tpu", "finetune.device"),
+        ("finetune.layer_decay=0", "finetune.layer_decay"),
+        ("finetune.layer_decay=1.2", "finetune.layer_decay"),
     ],
 )
 def test_bad_values_fail_at_load_time_naming_the_key(override, names):

@@ -107,3 +107,49 @@ def test_a_checkpoint_resumes_every_generator_and_loads_without_running_code(tmp
         pickle.dump({"fingerprint": checkpoint.fingerprint, "step": Exploit()}, fh)
     assert checkpoint.load() is None
     assert Checkpoint(tmp_path, {"prepared": "other", "params": {}, "world": 1}).load() is None
+
+
+def _tiny_bert_classifier() -> torch.nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_labels=2
+    )
+    return BertForSequenceClassification(config)
+
+
+def test_layer_wise_lr_decay_gives_each_depth_its_rate_and_the_schedule_keeps_the_ratios():
+    from bertops.training.optim import build_optimizer, layer_depth
+
+    model = _tiny_bert_classifier()
+    optimizer = build_optimizer(model, 1e-3, 0.01, torch.device("cpu"), layer_decay=0.5)
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    params = dict(model.named_parameters())
+    # 2 layers: head at lr, layer 1 at lr/2, layer 0 at lr/4, embeddings at lr/8
+    assert rate[id(params["classifier.weight"])] == pytest.approx(1e-3)
+    assert rate[id(params["bert.pooler.dense.weight"])] == pytest.approx(1e-3)
+    assert rate[id(params["bert.encoder.layer.1.output.dense.weight"])] == pytest.approx(5e-4)
+    assert rate[id(params["bert.encoder.layer.0.attention.self.query.bias"])] == pytest.approx(2.5e-4)
+    assert rate[id(params["bert.embeddings.word_embeddings.weight"])] == pytest.approx(1.25e-4)
+    # weight decay still skips biases and LayerNorm at every depth
+    assert decay[id(params["bert.encoder.layer.0.attention.self.query.bias"])] == 0.0
+    assert decay[id(params["bert.encoder.layer.0.output.LayerNorm.weight"])] == 0.0
+    assert decay[id(params["bert.encoder.layer.0.output.dense.weight"])] == 0.01
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(params)
+    assert layer_depth("bert.encoder.layer.11.output.dense.weight", 12) == 12
+
+    # the warmup/decay schedule scales every group by the same factor
+    scheduler = linear_warmup_decay(optimizer, warmup=0, total=4)
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    rates = [g["lr"] / g["initial_lr"] for g in optimizer.param_groups]
+    assert rates == pytest.approx([0.5] * len(rates))
+
+
+def test_without_layer_decay_the_optimizer_keeps_its_two_groups():
+    from bertops.training.optim import build_optimizer
+
+    optimizer = build_optimizer(_tiny_bert_classifier(), 1e-3, 0.01, torch.device("cpu"))
+    assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [(1e-3, 0.01), (1e-3, 0.0)]
