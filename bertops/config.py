@@ -87,6 +87,9 @@ class ValidateConfig(_Section):
 class PrepareConfig(_Section):
     eval_fraction: float = Field(gt=0, lt=1)
     validation_fraction: float = Field(gt=0, lt=1)
+    # classification: random = a stratified share of train's rows; whole_texts = of the texts no other
+    # row contains, their phrases leaving train (phrase-level corpora such as SST-2)
+    validation_carve: Literal["random", "whole_texts"]
     seed: int
     unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD"]
     lowercase: bool

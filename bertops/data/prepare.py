@@ -47,6 +47,47 @@ def stratified_split(frame: pd.DataFrame, eval_fraction: float, seed: int) -> tu
     return train, evals
 
 
+def whole_text_split(
+    frame: pd.DataFrame, keys: pd.Series, fraction: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """(train, validation, train rows dropped): a validation slice that shares no text with train,
+    for corpora whose rows include parts of other rows. SST-2's train holds ~6,900 sentences and
+    ~60,000 of their labelled phrases: a random slice is then ~88% phrases of train sentences, and
+    scores memory rather than generalisation to new sentences (what the eval split asks).
+
+    Validation is a stratified `fraction` of the *whole texts* (rows that are no run of words of
+    another row); every row that is a run of words of a chosen text (its phrases) leaves train.
+    A corpus without such rows splits exactly as `stratified_split` does."""
+    words = [tuple(key.split()) for key in keys]
+    present = set(words)
+    lengths = sorted({len(w) for w in present})
+    contained: set[tuple[str, ...]] = set()
+    for text in present:
+        contained |= _runs(text, lengths, present)
+    marked = frame.assign(_words=words)
+    is_part = np.array([w in contained for w in words], dtype=bool)
+    rest, validation = stratified_split(marked[~is_part], fraction, seed)
+    taken: set[tuple[str, ...]] = set()
+    for text in validation["_words"]:
+        taken |= _runs(text, lengths, present)
+    parts = marked[is_part]
+    kept_parts = parts[[w not in taken for w in parts["_words"]]]
+    train = rest if kept_parts.empty else pd.concat([rest, kept_parts]).sample(frac=1.0, random_state=seed)
+    dropped = len(parts) - len(kept_parts)
+    return train.drop(columns="_words").reset_index(drop=True), validation.drop(columns="_words"), dropped
+
+
+def _runs(text: tuple[str, ...], lengths: list[int], present: set[tuple[str, ...]]) -> set[tuple[str, ...]]:
+    """The runs of words of `text`, shorter than it, that are rows themselves (`lengths`: the row
+    lengths that occur, ascending, so only windows that could match are looked up)."""
+    found = set()
+    for length in lengths:
+        if length >= len(text):
+            break
+        found.update(text[i : i + length] for i in range(len(text) - length + 1))
+    return found & present
+
+
 def subsample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     """A stratified sample of `rows` rows (0 or more rows than present = keep all)."""
     if rows <= 0 or rows >= len(frame):

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from bertops.data.prepare import stratified_split, subsample
+from bertops.data.prepare import stratified_split, subsample, whole_text_split
 from bertops.encoding import normalize_text
 from bertops.tasks.classification.prepare import deduplicate, remove_leaks, to_examples
 from tests.conftest import smoke_config
@@ -86,3 +86,55 @@ def test_prepare_refuses_a_corpus_that_was_not_validated(tmp_path):
     with pytest.raises(ValidationFailedBefore, match="failed validation"):
         prepare(cfg, tmp_path)
     assert not (tmp_path / "data/prepared").exists()
+
+
+def _phrase_corpus(sentences: int = 40) -> pd.DataFrame:
+    """A phrase-level corpus like SST-2's train: each sentence and some of its phrases, labelled."""
+    rows = []
+    for i in range(sentences):
+        sentence = f"movie {i} was a truly remarkable piece number {i}"
+        label = i % 2
+        rows.append((sentence, label))
+        rows += [(f"movie {i} was", label), (f"remarkable piece number {i}", label), ("a truly", label)]
+    frame = pd.DataFrame(rows, columns=["text", "label"])
+    return frame[~frame["text"].duplicated()].reset_index(drop=True)
+
+
+def test_whole_text_carve_keeps_every_phrase_of_a_validation_text_out_of_train():
+    frame = _phrase_corpus()
+    train, validation, dropped = whole_text_split(frame, frame["text"], 0.25, seed=3)
+    sentences = {t for t in frame["text"] if t.startswith("movie") and t.endswith(t.split()[1])}
+    assert set(validation["text"]) <= sentences  # whole texts only, never a phrase
+    assert len(validation) == 10 and sorted(validation["label"].value_counts()) == [5, 5]  # stratified
+    for text in validation["text"]:
+        number = text.split()[1]
+        # neither the sentence nor its own phrases are in train; shared phrases ("a truly") are
+        assert text not in set(train["text"])
+        assert f"movie {number} was" not in set(train["text"])
+        assert f"remarkable piece number {number}" not in set(train["text"])
+    assert "a truly" not in set(train["text"])  # a phrase of a chosen text leaves train, even if shared
+    assert dropped == 2 * len(validation) + 1 and len(train) + len(validation) + dropped == len(frame)
+    assert {f"movie {n} was" for n in range(40)} - set(train["text"]) == {
+        f"movie {t.split()[1]} was" for t in validation["text"]
+    }  # the phrases of the sentences left in train stay
+    # deterministic
+    again, validation_again, _ = whole_text_split(frame, frame["text"], 0.25, seed=3)
+    assert again.equals(train) and validation_again.equals(validation)
+
+
+def test_a_random_slice_of_a_phrase_corpus_is_mostly_phrases_of_train_texts():
+    """Why the carve exists: the random slice's rows are runs of words of train rows."""
+    frame = _phrase_corpus()
+    train, validation = stratified_split(frame, 0.25, seed=3)
+    inside = sum(any(f" {t} " in f" {row} " for row in train["text"] if row != t) for t in validation["text"])
+    assert inside / len(validation) > 0.5
+
+
+def test_without_phrase_rows_the_whole_text_carve_is_the_stratified_split():
+    frame = pd.DataFrame(
+        {"text": [f"review number {i} of {i * 7}" for i in range(60)], "label": [i % 3 for i in range(60)]}
+    )
+    train, validation, dropped = whole_text_split(frame, frame["text"], 0.2, seed=5)
+    expected_train, expected_validation = stratified_split(frame, 0.2, seed=5)
+    assert dropped == 0
+    assert train.equals(expected_train) and validation.reset_index(drop=True).equals(expected_validation)

@@ -18,6 +18,7 @@ from bertops.data.prepare import (
     stratified_split,
     subsample,
     token_stats,
+    whole_text_split,
 )
 from bertops.data.sources import DataSourceError, load_raw
 from bertops.encoding import CONTROL_CHARACTERS, encode, normalize_text
@@ -98,7 +99,13 @@ def prepare(config: Config, root: Path) -> PrepareResult:
     train = subsample(train, prep.max_train_rows, prep.seed)
     evals = subsample(evals, prep.max_eval_rows, prep.seed)
     # Checkpoint selection gets its own slice of train, so the eval figures stay unbiased.
-    train, validation = stratified_split(train, prep.validation_fraction, prep.seed + 1)
+    validation_parts_dropped = 0
+    if prep.validation_carve == "whole_texts":
+        train, validation, validation_parts_dropped = whole_text_split(
+            train, example_keys(train), prep.validation_fraction, prep.seed + 1
+        )
+    else:
+        train, validation = stratified_split(train, prep.validation_fraction, prep.seed + 1)
     for split, frame in (("train", train), ("validation", validation), ("eval", evals)):
         if frame.empty:
             raise DataSourceError(
@@ -135,6 +142,8 @@ def prepare(config: Config, root: Path) -> PrepareResult:
                 "max_length": prep.max_length,
                 # what prepare changed, carried into the model's lineage
                 "eval_overlap_dropped_from_train": leaks,
+                "validation_carve": prep.validation_carve,
+                "validation_parts_dropped_from_train": validation_parts_dropped,
                 "rows_with_control_characters_stripped": controls,
             },
             indent=2,
