@@ -80,7 +80,7 @@ def whole_text_split(
 def _runs(text: tuple[str, ...], lengths: list[int], present: set[tuple[str, ...]]) -> set[tuple[str, ...]]:
     """The runs of words of `text`, shorter than it, that are rows themselves (`lengths`: the row
     lengths that occur, ascending, so only windows that could match are looked up)."""
-    found = set()
+    found: set[tuple[str, ...]] = set()
     for length in lengths:
         if length >= len(text):
             break
