@@ -95,6 +95,7 @@ def test_the_defaults_point_is_the_configs_current_values():
         "finetune.dropout": 0.0,
         "finetune.batch_size": 16,  # the smoke profile's
         "finetune.epochs": 2,
+        "finetune.layer_decay": 1.0,
     }
     assert list(point) == list(cfg.tune.space)
 
