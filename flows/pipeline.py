@@ -459,8 +459,9 @@ def retrain(
                     description=f"bertops retrain on {config.ingest.dataset}",
                 )
                 print(table)
-        if executor == "direct" and experiment and experiment.get("recorded") and _has_remote(Path(root)):
-            # what the run recorded (dvc.lock's outputs) reaches the team's DVC remote, as after a dvc run
+        if executor == "direct" and experiment and experiment.get("recorded"):
+            # what the run recorded (dvc.lock's outputs) reaches the team's DVC remote, as after a dvc
+            # run; push_task itself says when there is no remote
             logger.info(push_task(ctx))
         if timings[-1][2] == "ran":  # not when DVC found the promotion already done
             promoted = json.loads((Path(root) / config.paths.reports / "promote" / "promote.json").read_text())

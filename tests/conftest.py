@@ -73,14 +73,22 @@ def smoke_config(overrides: list[str] = (), profile: bool = True):
 
 
 @contextmanager
+def _passing(request) -> Iterator[list[bool]]:
+    """Yields [ok]; ok is set once the block ends: no test failed while it ran (its leftovers can go)."""
+    ok, failed = [False], request.session.testsfailed
+    yield ok
+    ok[0] = request.session.testsfailed == failed
+
+
+@contextmanager
 def scratch_dir(tmp_path_factory, request, name: str) -> Iterator[Path]:
     """A module's (or the session's) working folder, removed when its fixture ends unless a test
     failed meanwhile (kept to be read then). Packaged models are hundreds of MB each: a suite that
     kept every folder to the end filled a CI disk."""
     path = tmp_path_factory.mktemp(name)
-    failed = request.session.testsfailed
-    yield path
-    if request.session.testsfailed == failed:
+    with _passing(request) as ok:
+        yield path
+    if ok[0]:
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -92,10 +100,11 @@ def _bento_store() -> set[Path]:
 def _prune_bento_store(request):
     """Deletes the BentoML models and Bentos a test module built (through BentoML, which keeps its
     `latest` pointers right), unless one of its tests failed: each is a copy of a packaged model."""
-    before, failed = _bento_store(), request.session.testsfailed
-    yield
+    before = _bento_store()
+    with _passing(request) as ok:
+        yield
     made = _bento_store() - before
-    if not made or request.session.testsfailed != failed:
+    if not made or not ok[0]:
         return
     import bentoml
 
