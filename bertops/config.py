@@ -479,8 +479,15 @@ def _set_dotted(tree: dict[str, Any], parts: list[str], value: Any, source: str)
 
 
 def _is_free_mapping(parts: list[str]) -> bool:
-    # Mappings whose keys are data, not schema (e.g. ingest.labels.<raw value>).
-    return parts[:-1] in (["ingest", "labels"], ["ingest", "hub_splits"], ["ingest", "files"], ["evaluate", "slices"])
+    # Mappings whose keys are data, not schema (e.g. ingest.labels.<raw value>): a profile's replaces
+    # the whole mapping (a search space laid over another would mix the two).
+    return parts[:-1] in (
+        ["ingest", "labels"],
+        ["ingest", "hub_splits"],
+        ["ingest", "files"],
+        ["evaluate", "slices"],
+        ["tune", "space"],
+    )
 
 
 def _merge(base: dict[str, Any], patch: dict[str, Any], source: str, prefix: str = "") -> None:

@@ -32,6 +32,15 @@ def test_profile_is_laid_over_params():
     assert cfg.finetune.lr == load_config(PARAMS).finetune.lr  # untouched keys keep params.yaml values
 
 
+def test_a_profile_s_search_space_replaces_params_yaml_s(tmp_path: Path):
+    """tune.space's keys are data: a profile naming a space searches that space, not its union with
+    params.yaml's (which would sample keys the profile left out)."""
+    profile = tmp_path / "search.yaml"
+    profile.write_text("tune:\n  space:\n    finetune.lr: {loguniform: [5.0e-6, 5.0e-5]}\n")
+    assert len(load_config(PARAMS).tune.space) > 1
+    assert load_config(PARAMS, profile).tune.space == {"finetune.lr": {"loguniform": [5.0e-6, 5.0e-5]}}
+
+
 @pytest.mark.parametrize(
     "override, names",
     [
