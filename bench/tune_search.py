@@ -2,8 +2,10 @@
 current defaults on the evaluation split, once. SST-2 by default; a task profile with `--profile`.
 
 1. A workspace with the corpus (SST-2: a stratified sample of train, `--train-rows`, default
-   8,000; 0 = all) and a validation slice of 10% of it carved by `prepare` (800 rows for SST-2;
-   the default 2% of 8,000 would be 160, too few to choose between settings). The eval split
+   8,000; 0 = all) and a validation slice of 10% of it carved by `prepare` (~800 rows for SST-2).
+   `prepare` samples before it carves, so on a sample of SST-2 the slice is mostly phrases whose
+   sentence was not sampled (with whole_texts, none inside a sampled train row) but may overlap
+   phrases of the same sentence; `--train-rows 0` carves whole sentences only. The eval split
    (SST-2 dev, 872; RTE dev, 277) is untouched by the search.
 2. `bertops tune` with params.yaml's search space (or `--space`, JSON), `--trials` trials (the
    defaults are the first), two at a time on one core each, ASHA on the validation evaluations.
