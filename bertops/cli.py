@@ -177,7 +177,7 @@ def tune(
 
     def search():
         try:
-            return run(cfg, Path("."), resume=resume)
+            return run(cfg, Path("."), resume=resume, profile=profile)
         except TuneInterrupted as exc:
             typer.echo(f"interrupted: {exc}", err=True)
             raise typer.Exit(130) from None

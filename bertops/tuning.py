@@ -322,11 +322,12 @@ def _check_resources(config: Config) -> None:
         )
 
 
-def tune(config: Config, root: Path = Path("."), resume: bool = False) -> TuneSummary:
-    """Search tune.space with Ray Tune, write the reports and the best setting as a profile.
+def tune(config: Config, root: Path = Path("."), resume: bool = False, profile: Path | None = None) -> TuneSummary:
+    """Search tune.space with Ray Tune, write the reports and the best setting as a profile (over
+    `profile`, the profile `config` was read with, when there was one).
 
     With `resume`, continue the search saved in the search folder (after Ctrl-C): finished trials are
-    kept, unfinished ones go on, with the config the search started with."""
+    kept, unfinished ones go on, with the config (and profile) the search started with."""
     import ray
     from ray import tune as ray_tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -342,7 +343,9 @@ def tune(config: Config, root: Path = Path("."), resume: bool = False) -> TuneSu
                 f"there is no search to resume: {search} holds no saved search state; "
                 "start one with `bertops tune` (without --resume)"
             )
-        config = config_from_dict(json.loads((search / "search.json").read_text())["config"], source=str(search))
+        saved_search = json.loads((search / "search.json").read_text())
+        config = config_from_dict(saved_search["config"], source=str(search))
+        profile = Path(saved_search["profile"]) if saved_search.get("profile") else None
     space = validate_space(config)
     prepared = (root / config.paths.prepared / config.ingest.dataset).resolve()
     if not (prepared / "meta.json").is_file():
@@ -375,7 +378,8 @@ def tune(config: Config, root: Path = Path("."), resume: bool = False) -> TuneSu
                 print(f"tune: replacing the earlier search in {search} (--resume would have continued it)", flush=True)
                 shutil.rmtree(search)
             search.mkdir(parents=True)
-            (search / "search.json").write_text(json.dumps({"config": setup["config"]}, indent=2) + "\n")
+            state = {"config": setup["config"], "profile": str(profile.resolve()) if profile else None}
+            (search / "search.json").write_text(json.dumps(state, indent=2) + "\n")
             scheduler = (
                 ASHAScheduler(
                     time_attr="training_iteration",
@@ -425,7 +429,7 @@ def tune(config: Config, root: Path = Path("."), resume: bool = False) -> TuneSu
             f"the search stopped with {ended} of {cfg.num_samples} trials ended; its state is saved in {search}: "
             "`bertops tune --resume` continues it"
         )
-    return summarise(config, root, search, [_record(config, search, grid[i]) for i in range(len(grid))])
+    return summarise(config, root, search, [_record(config, search, grid[i]) for i in range(len(grid))], profile)
 
 
 def _record(config: Config, search: Path, result: Any) -> TrialRecord:
@@ -491,7 +495,9 @@ def _minutes_saved(config: Config, root: Path, trials: list[TrialRecord]) -> flo
     return round(saved, 2)
 
 
-def summarise(config: Config, root: Path, search: Path, trials: list[TrialRecord]) -> TuneSummary:
+def summarise(
+    config: Config, root: Path, search: Path, trials: list[TrialRecord], base_profile: Path | None = None
+) -> TuneSummary:
     """Pick the best trial, write results.json / results.md / trials.png and the profile."""
     trials.sort(key=lambda t: t.trial_id)
     baseline = defaults_point(config)
@@ -506,7 +512,7 @@ def summarise(config: Config, root: Path, search: Path, trials: list[TrialRecord
     best_score = best.best_validation_accuracy if best else None
     profile = None
     if best is not None:
-        profile = _write_profile(config, root, search, best, len(trials), defaults_score)
+        profile = _write_profile(config, root, search, best, len(trials), defaults_score, base_profile)
     summary = TuneSummary(
         search=str(search),
         trials=trials,
@@ -536,9 +542,18 @@ def summarise(config: Config, root: Path, search: Path, trials: list[TrialRecord
 
 
 def _write_profile(
-    config: Config, root: Path, search: Path, best: TrialRecord, trials: int, defaults_score: float | None
+    config: Config,
+    root: Path,
+    search: Path,
+    best: TrialRecord,
+    trials: int,
+    defaults_score: float | None,
+    base_profile: Path | None = None,
 ) -> Path:
-    """The best setting as a profile over params.yaml: `bertops run --profile` trains and evaluates it."""
+    """The best setting as a profile over params.yaml: `bertops run --profile` trains and evaluates it.
+    A search run with a profile (a task's, e.g. configs/rte.yaml) writes that profile's keys too, with
+    the tuned ones over them: one profile can be passed, and the tuned setting belongs to that task.
+    `-s` overrides of the search are not carried."""
     path = root / "configs" / f"tuned-{config.ingest.dataset}.yaml"
     shown = os.path.relpath(search, root)
     baseline = f"{defaults_score:.4f}" if defaults_score is not None else "failed"
@@ -548,8 +563,14 @@ def _write_profile(
         f"# defaults: {baseline}); the eval split was not used. Train, evaluate and record it:\n"
         f"#   bertops run --profile {os.path.relpath(path, root)}\n"
     )
+    tree: dict[str, Any] = {}
+    if base_profile is not None:
+        tree = yaml.safe_load(base_profile.read_text()) or {}
+        tree.pop("tune", None)  # the search's own settings, not the run's
+        header += f"# Over the keys of {base_profile}, the profile the search ran with (copied here).\n"
+    tree.setdefault("finetune", {}).update(cast_params(best.params))
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = yaml.safe_dump({"finetune": cast_params(best.params)}, sort_keys=False)
+    body = yaml.safe_dump(tree, sort_keys=False)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(header + body)
     os.replace(tmp, path)

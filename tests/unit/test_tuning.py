@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,3 +226,27 @@ def test_the_cli_refuses_a_bad_space_before_any_trial_naming_the_key(tmp_path, m
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1 and "finetune.dropout" in result.output, result.output
     assert not (tmp_path / "reports").exists()
+
+
+def test_a_search_run_with_a_task_profile_writes_a_profile_for_that_task(tmp_path):
+    """One --profile can be passed: the tuned profile of an RTE search must still be an RTE run."""
+    from bertops.config import load_config
+    from bertops.tuning import summarise
+    from tests.conftest import REPO
+
+    base = tmp_path / "rte-search.yaml"
+    base.write_text((REPO / "configs" / "rte.yaml").read_text() + "tune:\n  num_samples: 2\n")
+    cfg = load_config(REPO / "params.yaml", base)
+    search = tmp_path / "reports" / "tune" / "rte"
+    search.mkdir(parents=True)
+    trials = [
+        record("c_00000", cfg.finetune.lr, cfg.finetune.epochs, "completed", [0.60]),
+        record("c_00001", 2e-5, 2, "completed", [0.58, 0.62]),
+    ]
+    summary = summarise(cfg, tmp_path, search, trials, base)
+    tuned = load_config(REPO / "params.yaml", Path(summary.profile))
+    assert tuned.ingest.dataset == "rte" and tuned.finetune.pooling == "siamese"  # the task's keys
+    assert (tuned.finetune.lr, tuned.finetune.epochs) == (2e-5, 2)  # the tuned ones over them
+    assert tuned.finetune.batch_size == cfg.finetune.batch_size  # untuned profile keys kept
+    assert tuned.tune.num_samples == load_config(REPO / "params.yaml").tune.num_samples  # the search's own: not
+    assert str(base) in Path(summary.profile).read_text()
