@@ -122,14 +122,6 @@ def test_whole_text_carve_keeps_every_phrase_of_a_validation_text_out_of_train()
     assert again.equals(train) and validation_again.equals(validation)
 
 
-def test_a_random_slice_of_a_phrase_corpus_is_mostly_phrases_of_train_texts():
-    """Why the carve exists: the random slice's rows are runs of words of train rows."""
-    frame = _phrase_corpus()
-    train, validation = stratified_split(frame, 0.25, seed=3)
-    inside = sum(any(f" {t} " in f" {row} " for row in train["text"] if row != t) for t in validation["text"])
-    assert inside / len(validation) > 0.5
-
-
 def test_without_phrase_rows_the_whole_text_carve_is_the_stratified_split():
     frame = pd.DataFrame(
         {"text": [f"review number {i} of {i * 7}" for i in range(60)], "label": [i % 3 for i in range(60)]}
