@@ -364,6 +364,7 @@ class TuneConfig(_Section):
     scheduler: Literal["asha", "fifo"]
     grace_period: int = Field(ge=1)
     reduction_factor: int = Field(ge=2)
+    full_defaults_trial: bool  # ASHA never stops the defaults' trial (it still judges the others)
     seed: int
     name: str | None = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     space: dict[str, dict[str, list[Any]]]

@@ -293,6 +293,37 @@ def _last_line(error: BaseException | str | None) -> str:
 # -- the search ------------------------------------------------------------------------------------------
 
 
+def scheduler_for(cfg: Any, defaults: dict[str, Any]) -> Any:
+    """FIFO, or ASHA on the validation evaluations. With `tune.full_defaults_trial`, ASHA records the
+    defaults' trial at every rung (the bar the others must clear) but never stops it: a search whose
+    defaults were cut after one evaluation would measure its gain against a truncated run (a low
+    learning rate over four epochs loses every early rung)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+    if cfg.scheduler == "fifo":
+        return FIFOScheduler()
+
+    class DefaultsRunToTheEnd(ASHAScheduler):
+        def __init__(self, defaults: dict[str, Any], **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.defaults = dict(defaults)
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action == TrialScheduler.STOP and all(trial.config.get(k) == v for k, v in self.defaults.items()):
+                self._num_stopped -= 1
+                return TrialScheduler.CONTINUE
+            return action
+
+    asha = dict(
+        time_attr="training_iteration",
+        max_t=MAX_EVALUATIONS,
+        grace_period=cfg.grace_period,
+        reduction_factor=cfg.reduction_factor,
+    )
+    return DefaultsRunToTheEnd(defaults, **asha) if cfg.full_defaults_trial else ASHAScheduler(**asha)
+
+
 def search_folder(config: Config, root: Path = Path(".")) -> Path:
     return (root / config.paths.reports / "tune" / (config.tune.name or config.ingest.dataset)).resolve()
 
@@ -330,7 +361,6 @@ def tune(config: Config, root: Path = Path("."), resume: bool = False, profile: 
     kept, unfinished ones go on, with the config (and profile) the search started with."""
     import ray
     from ray import tune as ray_tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from bertops.training.ray_adapter import connect
@@ -380,16 +410,7 @@ def tune(config: Config, root: Path = Path("."), resume: bool = False, profile: 
             search.mkdir(parents=True)
             state = {"config": setup["config"], "profile": str(profile.resolve()) if profile else None}
             (search / "search.json").write_text(json.dumps(state, indent=2) + "\n")
-            scheduler = (
-                ASHAScheduler(
-                    time_attr="training_iteration",
-                    max_t=MAX_EVALUATIONS,
-                    grace_period=cfg.grace_period,
-                    reduction_factor=cfg.reduction_factor,
-                )
-                if cfg.scheduler == "asha"
-                else FIFOScheduler()
-            )
+            scheduler = scheduler_for(cfg, defaults_point(config))
             tuner = ray_tune.Tuner(
                 trainable,
                 param_space=space,

@@ -171,6 +171,7 @@ def test_a_search_with_asha_a_crashing_trial_reports_and_profile(workspace: Path
     assert defaults[0].trial_id == min(t.trial_id for t in summary.trials)
     assert defaults[0].params == {"finetune.lr": 1e-4, "finetune.epochs": 2, "finetune.model": "packaged"}
     assert summary.defaults_score == defaults[0].best_validation_accuracy is not None
+    assert defaults[0].status == COMPLETED  # tune.full_defaults_trial: ASHA never cuts the baseline short
 
     # a trial that crashes is recorded with its error; the others finish
     crashed = [t for t in summary.trials if t.params["finetune.model"] == str(missing)]

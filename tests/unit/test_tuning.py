@@ -250,3 +250,42 @@ def test_a_search_run_with_a_task_profile_writes_a_profile_for_that_task(tmp_pat
     assert tuned.finetune.batch_size == cfg.finetune.batch_size  # untuned profile keys kept
     assert tuned.tune.num_samples == load_config(REPO / "params.yaml").tune.num_samples  # the search's own: not
     assert str(base) in Path(summary.profile).read_text()
+
+
+@pytest.mark.parametrize("full_defaults_trial", [True, False])
+def test_asha_judges_others_by_the_defaults_but_stops_the_defaults_only_when_told(full_defaults_trial):
+    """Rung 1 (reduction 2) keeps the better half: the defaults' trial, below the leader there, is
+    stopped by plain ASHA and runs on with `tune.full_defaults_trial`; either way its score is
+    recorded at the rung and sets the bar for the next trial."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from bertops.tuning import METRIC, scheduler_for
+
+    cfg = with_space(
+        {"finetune.lr": {"loguniform": [1e-5, 1e-3]}},
+        scheduler="asha",
+        grace_period=1,
+        reduction_factor=2,
+        full_defaults_trial=full_defaults_trial,
+    )
+    scheduler = scheduler_for(cfg.tune, defaults_point(cfg))
+    scheduler.set_search_properties(METRIC, "max")
+    leader = SimpleNamespace(trial_id="a", config={"finetune.lr": 3e-4})
+    defaults = SimpleNamespace(trial_id="b", config=defaults_point(cfg))
+    trailer = SimpleNamespace(trial_id="c", config={"finetune.lr": 2e-5})
+    for trial in (leader, defaults, trailer):
+        scheduler.on_trial_add(None, trial)
+
+    def report(trial, score: float) -> str:
+        return scheduler.on_trial_result(None, trial, {"training_iteration": 1, METRIC: score})
+
+    assert report(leader, 0.80) == TrialScheduler.CONTINUE
+    expected = TrialScheduler.CONTINUE if full_defaults_trial else TrialScheduler.STOP
+    assert report(defaults, 0.70) == expected
+    # the bar is the median of the rung's scores, (0.80, 0.70) -> 0.75: 0.77 clears it only because
+    # the defaults' 0.70 was recorded (the leader's 0.80 alone would stop it)
+    assert report(trailer, 0.77) == TrialScheduler.CONTINUE
+    assert scheduler._num_stopped == (0 if full_defaults_trial else 1)
+    assert defaults_point(cfg) == {"finetune.lr": cfg.finetune.lr}
