@@ -72,7 +72,7 @@ def main() -> None:
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bertops-grid-{os.getpid()}"
     start, pending, running, results = time.time(), list(enumerate(points)), {}, []
 
-    def finish(index: int, proc: subprocess.Popen, log: Path, status: str) -> None:
+    def finish(index: int, log: Path, status: str) -> None:
         tail = log.read_text().strip().splitlines()
         entry = {"overrides": points[index], "status": status}
         try:
@@ -107,12 +107,12 @@ def main() -> None:
             running[index] = (proc, log)
         for index, (proc, log) in list(running.items()):
             if proc.poll() is not None:
-                finish(index, proc, log, "done" if proc.returncode == 0 else "crashed")
+                finish(index, log, "done" if proc.returncode == 0 else "crashed")
                 del running[index]
             elif elapsed > args.deadline_s + args.grace_s:
                 proc.kill()
                 proc.wait()
-                finish(index, proc, log, "unfinished")
+                finish(index, log, "unfinished")
                 del running[index]
         if elapsed >= args.deadline_s and not running:
             break
