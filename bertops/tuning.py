@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from bertops.config import Config, FinetuneConfig, config_from_dict
+from bertops.config import Config, FinetuneConfig, TuneConfig, config_from_dict
 from bertops.errors import BertopsError, ConfigError
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
@@ -177,6 +177,11 @@ def defaults_point(config: Config) -> dict[str, Any]:
     return {key: getattr(config.finetune, _field(key)) for key in config.tune.space}
 
 
+def is_defaults(params: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    """Whether a trial's sampled values are the defaults' point (the search's and the scheduler's test)."""
+    return all(params.get(key) == value for key, value in defaults.items())
+
+
 def cast_value(key: str, value: Any) -> Any:
     """A sampled value (a numpy scalar from Ray's samplers) as the schema's plain type: randint -> int,
     a float field's draw -> float; choices as given."""
@@ -293,7 +298,7 @@ def _last_line(error: BaseException | str | None) -> str:
 # -- the search ------------------------------------------------------------------------------------------
 
 
-def scheduler_for(cfg: Any, defaults: dict[str, Any]) -> Any:
+def scheduler_for(cfg: TuneConfig, defaults: dict[str, Any]) -> Any:
     """FIFO, or ASHA on the validation evaluations. With `tune.full_defaults_trial`, ASHA records the
     defaults' trial at every rung (the bar the others must clear) but never stops it: a search whose
     defaults were cut after one evaluation would measure its gain against a truncated run (a low
@@ -310,17 +315,17 @@ def scheduler_for(cfg: Any, defaults: dict[str, Any]) -> Any:
 
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
             action = super().on_trial_result(tune_controller, trial, result)
-            if action == TrialScheduler.STOP and all(trial.config.get(k) == v for k, v in self.defaults.items()):
+            if action == TrialScheduler.STOP and is_defaults(trial.config, self.defaults):
                 self._num_stopped -= 1
                 return TrialScheduler.CONTINUE
             return action
 
-    asha = dict(
-        time_attr="training_iteration",
-        max_t=MAX_EVALUATIONS,
-        grace_period=cfg.grace_period,
-        reduction_factor=cfg.reduction_factor,
-    )
+    asha: dict[str, Any] = {
+        "time_attr": "training_iteration",
+        "max_t": MAX_EVALUATIONS,
+        "grace_period": cfg.grace_period,
+        "reduction_factor": cfg.reduction_factor,
+    }
     return DefaultsRunToTheEnd(defaults, **asha) if cfg.full_defaults_trial else ASHAScheduler(**asha)
 
 
@@ -523,7 +528,7 @@ def summarise(
     trials.sort(key=lambda t: t.trial_id)
     baseline = defaults_point(config)
     for trial in trials:
-        if trial.params == baseline:
+        if is_defaults(trial.params, baseline):
             trial.defaults = True
             break
     scored = [t for t in trials if t.status != ERROR and t.best_validation_accuracy is not None]
