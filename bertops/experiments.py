@@ -17,7 +17,7 @@ import csv
 import io
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import chdir, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,23 +225,45 @@ def _listed(root: Path) -> list[tuple[str, str, str]]:
 
 
 def _read_run(root: Path, name: str, rev: str, baseline: str) -> Run:
+    """A recorded run, read from its commit: params.yaml and dvc.lock from git, the reports (DVC
+    outputs) through DVC's file system at that commit."""
     from dvc.api import DVCFileSystem
 
-    created = _git(root, "show", "-s", "--format=%cI", rev).strip()
-    tree = yaml.safe_load(_git(root, "show", f"{rev}:{PARAMS_FILE}")) or {}
-    params = flatten(tree)
-    reports = str(params.get("paths.reports", "reports")).rstrip("/")
     fs = DVCFileSystem(str(root), rev=rev)
 
     def read(rel: str) -> str | None:
+        if rel in (PARAMS_FILE, "dvc.lock"):
+            return _git(root, "show", f"{rev}:{rel}") if _has(root, rev, rel) else None
         try:
-            return fs.read_text(f"{reports}/{rel}")
+            return fs.read_text(rel)
         except (FileNotFoundError, OSError):
             return None
 
+    return _build_run(root, name, rev, baseline, read)
+
+
+def workspace_run(root: Path, name: str, rev: str) -> Run:
+    """The run `record` just saved as `rev`, read from the working tree it was saved from (the same
+    files, without DVC opening the commit again: ~0.3-0.6 s of the record task on the smoke run)."""
+    baseline = next((b for n, r, b in _listed(root) if n == name and r == rev), None)
+    if baseline is None:
+        raise ExperimentError(f"{name!r} ({rev[:10]}) is not a recorded run here")
+
+    def read(rel: str) -> str | None:
+        path = Path(root) / rel
+        return path.read_text() if path.is_file() else None
+
+    return _build_run(root, name, rev, baseline, read)
+
+
+def _build_run(root: Path, name: str, rev: str, baseline: str, read: Callable[[str], str | None]) -> Run:
+    """A Run from its files, `read(path relative to the workspace)` -> text or None."""
+    created = _git(root, "show", "-s", "--format=%cI", rev).strip()
+    params = flatten(yaml.safe_load(read(PARAMS_FILE) or "") or {})
+    reports = str(params.get("paths.reports", "reports")).rstrip("/")
     metrics: dict[str, float] = {}
     for rel in METRICS:
-        text = read(rel)
+        text = read(f"{reports}/{rel}")
         if text:
             stage = rel.split("/")[0]
             flat = flatten(json.loads(text), stage)
@@ -250,12 +272,12 @@ def _read_run(root: Path, name: str, rev: str, baseline: str) -> Run:
             )
     curves: dict[str, list[tuple[int, float]]] = {}
     for column, rel in CURVES.items():
-        text = read(rel)
+        text = read(f"{reports}/{rel}")
         if text:
             rows = [r for r in csv.DictReader(io.StringIO(text)) if r.get(column) not in (None, "")]
             curves[column] = [(int(float(r["step"])), float(r[column])) for r in rows]
-    lock = yaml.safe_load(_git(root, "show", f"{rev}:dvc.lock")) if _has(root, rev, "dvc.lock") else {}
-    ingest = ((lock or {}).get("stages") or {}).get("ingest") or {}
+    lock = yaml.safe_load(read("dvc.lock") or "") or {}
+    ingest = (lock.get("stages") or {}).get("ingest") or {}
     data_version = next((out.get("md5") for out in ingest.get("outs", [])), None)
     return Run(name, rev, baseline, created, params, metrics, data_version, curves)
 

@@ -275,7 +275,7 @@ def record_task(ctx: RunContext, experiment: dict, stages: list[str]) -> str | N
     root, name, champion = Path(ctx.root), experiment["name"], experiment["champion"]
     try:
         rev = experiments.record(root, name, stages)
-        run = experiments.find_run(root, name)
+        run = experiments.workspace_run(root, name, rev)  # the files just saved: no second read through DVC
         against = experiments.find_run(root, champion) if champion and champion != name else None
     except BertopsError as exc:
         logger.warning("the run was not recorded: %s", exc)

@@ -131,6 +131,10 @@ def test_runs_are_saved_listed_found_and_compared(toy_repo: Path, monkeypatch):
 
     found = experiments.find_run(root, second[:8])
     assert found.name == "second"
+    # what the flow reads right after recording (the working tree) is what the commit holds
+    assert experiments.workspace_run(root, "second", second) == found
+    with pytest.raises(experiments.ExperimentError, match="not a recorded run"):
+        experiments.workspace_run(root, "second", first)
     with pytest.raises(experiments.ExperimentError, match="first, second"):
         experiments.find_run(root, "third")
 
