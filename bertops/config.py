@@ -362,12 +362,30 @@ class TuneConfig(_Section):
     cpus_per_trial: float = Field(gt=0)
     gpus_per_trial: float = Field(ge=0)
     scheduler: Literal["asha", "fifo"]
-    grace_period: int = Field(ge=1)
+    # ASHA's clock: "schedule" = the share of each trial's own optimizer steps done (trials of different
+    # lengths are compared at the same point of their learning-rate schedules), "evaluations" = the
+    # validation evaluations made.
+    rungs: Literal["schedule", "evaluations"] = "schedule"
+    grace_period: float = Field(gt=0)  # in the unit of `rungs`: a share in (0, 1), or a whole number of evaluations
     reduction_factor: int = Field(ge=2)
     full_defaults_trial: bool  # ASHA never stops the defaults' trial (it still judges the others)
     seed: int
     name: str | None = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     space: dict[str, dict[str, list[Any]]]
+
+    @model_validator(mode="after")
+    def _grace_in_the_rungs_unit(self) -> TuneConfig:
+        if self.rungs == "schedule" and not self.grace_period < 1:
+            raise ValueError(
+                f"tune.grace_period={self.grace_period} with tune.rungs=schedule is a share of each trial's "
+                "schedule, so it must be below 1 (0.25 = a quarter of its steps); or set tune.rungs=evaluations"
+            )
+        if self.rungs == "evaluations" and self.grace_period != int(self.grace_period):
+            raise ValueError(
+                f"tune.grace_period={self.grace_period} with tune.rungs=evaluations counts validation "
+                "evaluations, so it must be a whole number (1, 2, ...)"
+            )
+        return self
 
 
 class RunsConfig(_Section):

@@ -28,6 +28,7 @@ METRIC = "validation_accuracy"  # what the loop reports for every validation eva
 COMPLETED, STOPPED, ERROR = "completed", "stopped early", "error"
 # ASHA's max_t, in evaluations: far beyond any real run, so ASHA never ends a trial for its length.
 MAX_EVALUATIONS = 100_000
+SHARE = "schedule_share"  # reported with every evaluation: step / the trial's total steps (tune.rungs: schedule)
 
 
 class TuneInterrupted(BertopsError):
@@ -247,7 +248,7 @@ def _run_trial(params: dict[str, Any], setup: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             Path(directory, "validation.json").write_text(json.dumps(reported))
             ray_tune.report(
-                {METRIC: row[METRIC], "step": row["step"], "epoch": row["epoch"]},
+                {METRIC: row[METRIC], "step": row["step"], "epoch": row["epoch"], SHARE: row["share"]},
                 checkpoint=ray_tune.Checkpoint.from_directory(directory),
             )
 
@@ -299,34 +300,40 @@ def _last_line(error: BaseException | str | None) -> str:
 
 
 def scheduler_for(cfg: TuneConfig, defaults: dict[str, Any]) -> Any:
-    """FIFO, or ASHA on the validation evaluations. With `tune.full_defaults_trial`, ASHA records the
-    defaults' trial at every rung (the bar the others must clear) but never stops it: a search whose
-    defaults were cut after one evaluation would measure its gain against a truncated run (a low
-    learning rate over four epochs loses every early rung)."""
+    """FIFO, or ASHA on the validation evaluations, its clock set by `tune.rungs`: the share of each
+    trial's own schedule done (default), or the evaluations made. Two trials are never stopped:
+    one at its last evaluation (it has finished: stopping it saves nothing and would lose its
+    result), and, with `tune.full_defaults_trial`, the defaults' trial, whose scores are still
+    recorded at every rung as the bar the others must clear (a search whose defaults were cut after
+    one evaluation would measure its gain against a truncated run)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
     if cfg.scheduler == "fifo":
         return FIFOScheduler()
 
-    class DefaultsRunToTheEnd(ASHAScheduler):
-        def __init__(self, defaults: dict[str, Any], **kwargs: Any) -> None:
+    class BertopsASHA(ASHAScheduler):
+        def __init__(self, defaults: dict[str, Any] | None, **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            self.defaults = dict(defaults)
+            self.defaults = None if defaults is None else dict(defaults)
 
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
             action = super().on_trial_result(tune_controller, trial, result)
-            if action == TrialScheduler.STOP and is_defaults(trial.config, self.defaults):
+            finished = result.get(SHARE, 0.0) >= 1.0
+            protected = self.defaults is not None and is_defaults(trial.config, self.defaults)
+            if action == TrialScheduler.STOP and (finished or protected):
                 self._num_stopped -= 1
                 return TrialScheduler.CONTINUE
             return action
 
-    asha: dict[str, Any] = {
-        "time_attr": "training_iteration",
-        "max_t": MAX_EVALUATIONS,
-        "grace_period": cfg.grace_period,
-        "reduction_factor": cfg.reduction_factor,
-    }
-    return DefaultsRunToTheEnd(defaults, **asha) if cfg.full_defaults_trial else ASHAScheduler(**asha)
+    by_share = cfg.rungs == "schedule"
+    return BertopsASHA(
+        dict(defaults) if cfg.full_defaults_trial else None,
+        time_attr=SHARE if by_share else "training_iteration",
+        # the schedule ends at 1.0; just past it, so ASHA's own length limit never fires on a last evaluation
+        max_t=1.0 + 1e-9 if by_share else MAX_EVALUATIONS,
+        grace_period=cfg.grace_period if by_share else int(cfg.grace_period),
+        reduction_factor=cfg.reduction_factor,
+    )
 
 
 def search_folder(config: Config, root: Path = Path(".")) -> Path:

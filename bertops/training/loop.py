@@ -111,8 +111,9 @@ def train_loop(
     """The shared loop: bucketed batches, AdamW + warmup/decay, the spec's score on the validation
     rows, resumable checkpoints, the best weights saved with their lineage.
 
-    `on_evaluate` receives each validation row ({step, epoch, validation_accuracy, elapsed_s}) as it
-    is scored (rank 0): a hyperparameter search reports it to its scheduler, which may stop the run there."""
+    `on_evaluate` receives each validation row ({step, epoch, validation_accuracy, elapsed_s}, plus
+    `share`: step / the run's total steps) as it is scored (rank 0): a hyperparameter search reports it
+    to its scheduler, which may stop the run there."""
     from transformers.utils import logging as hf_logging
 
     from bertops.data.prepare import load_prepared
@@ -216,7 +217,7 @@ def train_loop(
             best.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         eval_seconds += time.perf_counter() - eval_started
         if on_evaluate is not None and rank == 0:
-            on_evaluate(dict(history[-1]))
+            on_evaluate(dict(history[-1], share=step / total))  # + how far through its schedule the run is
 
     if run.evaluate_start and step == 0:
         evaluate_now(0)

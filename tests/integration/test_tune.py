@@ -156,7 +156,8 @@ def test_a_search_with_asha_a_crashing_trial_reports_and_profile(workspace: Path
         max_concurrent=2,
         cpus_per_trial=1,
         scheduler="asha",
-        grace_period=1,
+        rungs="schedule",  # judged a quarter, half and all the way through each trial's own schedule
+        grace_period=0.25,
         reduction_factor=2,
         seed=3,
     )

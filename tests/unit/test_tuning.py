@@ -252,40 +252,99 @@ def test_a_search_run_with_a_task_profile_writes_a_profile_for_that_task(tmp_pat
     assert str(base) in Path(summary.profile).read_text()
 
 
-@pytest.mark.parametrize("full_defaults_trial", [True, False])
-def test_asha_judges_others_by_the_defaults_but_stops_the_defaults_only_when_told(full_defaults_trial):
-    """Rung 1 (reduction 2) keeps the better half: the defaults' trial, below the leader there, is
-    stopped by plain ASHA and runs on with `tune.full_defaults_trial`; either way its score is
-    recorded at the rung and sets the bar for the next trial."""
-    from types import SimpleNamespace
-
-    from ray.tune.schedulers import TrialScheduler
-
+def _asha(rungs: str, full_defaults_trial: bool = True):
     from bertops.tuning import METRIC, scheduler_for
 
     cfg = with_space(
         {"finetune.lr": {"loguniform": [1e-5, 1e-3]}},
         scheduler="asha",
-        grace_period=1,
+        rungs=rungs,
+        grace_period=0.25 if rungs == "schedule" else 1,
         reduction_factor=2,
         full_defaults_trial=full_defaults_trial,
     )
     scheduler = scheduler_for(cfg.tune, defaults_point(cfg))
     scheduler.set_search_properties(METRIC, "max")
-    leader = SimpleNamespace(trial_id="a", config={"finetune.lr": 3e-4})
-    defaults = SimpleNamespace(trial_id="b", config=defaults_point(cfg))
-    trailer = SimpleNamespace(trial_id="c", config={"finetune.lr": 2e-5})
-    for trial in (leader, defaults, trailer):
-        scheduler.on_trial_add(None, trial)
+    return cfg, scheduler
 
-    def report(trial, score: float) -> str:
-        return scheduler.on_trial_result(None, trial, {"training_iteration": 1, METRIC: score})
 
-    assert report(leader, 0.80) == TrialScheduler.CONTINUE
+def _trial(scheduler, trial_id: str, config: dict):
+    from types import SimpleNamespace
+
+    trial = SimpleNamespace(trial_id=trial_id, config=config)
+    scheduler.on_trial_add(None, trial)
+    return trial
+
+
+def _report(scheduler, trial, score: float, evaluation: int, share: float) -> str:
+    from bertops.tuning import METRIC, SHARE
+
+    return scheduler.on_trial_result(None, trial, {"training_iteration": evaluation, SHARE: share, METRIC: score})
+
+
+@pytest.mark.parametrize("rungs", ["schedule", "evaluations"])
+@pytest.mark.parametrize("full_defaults_trial", [True, False])
+def test_asha_judges_others_by_the_defaults_but_stops_the_defaults_only_when_told(full_defaults_trial, rungs):
+    """Rung 1 (reduction 2) keeps the better half: the defaults' trial, below the leader there, is
+    stopped by plain ASHA and runs on with `tune.full_defaults_trial`; either way its score is
+    recorded at the rung and sets the bar for the next trial."""
+    from ray.tune.schedulers import TrialScheduler
+
+    cfg, scheduler = _asha(rungs, full_defaults_trial)
+    leader = _trial(scheduler, "a", {"finetune.lr": 3e-4})
+    defaults = _trial(scheduler, "b", defaults_point(cfg))
+    trailer = _trial(scheduler, "c", {"finetune.lr": 2e-5})
+    # the first evaluation, a quarter of the way through: the first rung in either unit
+    assert _report(scheduler, leader, 0.80, 1, 0.25) == TrialScheduler.CONTINUE
     expected = TrialScheduler.CONTINUE if full_defaults_trial else TrialScheduler.STOP
-    assert report(defaults, 0.70) == expected
+    assert _report(scheduler, defaults, 0.70, 1, 0.25) == expected
     # the bar is the median of the rung's scores, (0.80, 0.70) -> 0.75: 0.77 clears it only because
     # the defaults' 0.70 was recorded (the leader's 0.80 alone would stop it)
-    assert report(trailer, 0.77) == TrialScheduler.CONTINUE
+    assert _report(scheduler, trailer, 0.77, 1, 0.25) == TrialScheduler.CONTINUE
     assert scheduler._num_stopped == (0 if full_defaults_trial else 1)
     assert defaults_point(cfg) == {"finetune.lr": cfg.finetune.lr}
+
+
+def test_schedule_rungs_judge_a_longer_trial_at_the_same_point_of_its_own_schedule():
+    """A 4-epoch trial's first evaluation comes an eighth of the way through its schedule, a 2-epoch
+    trial's a quarter: counted in evaluations both reach rung 1 together and the long one (its
+    learning rate barely decayed) is stopped; counted in shares it is judged only when it, too, is a
+    quarter of the way through."""
+    from ray.tune.schedulers import TrialScheduler
+
+    for rungs, first_verdict in (("evaluations", TrialScheduler.STOP), ("schedule", TrialScheduler.CONTINUE)):
+        _, scheduler = _asha(rungs, full_defaults_trial=False)
+        short = _trial(scheduler, "a", {"finetune.lr": 1e-4, "finetune.epochs": 2})
+        long = _trial(scheduler, "b", {"finetune.lr": 1e-4, "finetune.epochs": 4})
+        assert _report(scheduler, short, 0.85, 1, 0.25) == TrialScheduler.CONTINUE
+        assert _report(scheduler, long, 0.80, 1, 0.125) == first_verdict, rungs
+    # by shares, the long trial meets the rung at its second evaluation, with the score it has by then
+    assert _report(scheduler, long, 0.88, 2, 0.25) == TrialScheduler.CONTINUE
+    assert _report(scheduler, short, 0.86, 2, 0.5) == TrialScheduler.CONTINUE
+
+
+@pytest.mark.parametrize("rungs", ["schedule", "evaluations"])
+def test_asha_never_stops_a_trial_at_its_last_evaluation(rungs):
+    """At a trial's last evaluation its run is done: stopping it would save nothing and cut off the
+    loop's wrap-up (its metrics, the status the reports give it); its score still counts at the rung."""
+    from ray.tune.schedulers import TrialScheduler
+
+    _, scheduler = _asha(rungs, full_defaults_trial=False)
+    leader = _trial(scheduler, "a", {"finetune.lr": 3e-4})
+    trailer = _trial(scheduler, "b", {"finetune.lr": 2e-5})
+    third = _trial(scheduler, "c", {"finetune.lr": 5e-5})
+    assert _report(scheduler, leader, 0.90, 1, 1.0) == TrialScheduler.CONTINUE
+    assert _report(scheduler, trailer, 0.50, 1, 1.0) == TrialScheduler.CONTINUE  # below 0.90, but done: runs to its end
+    if rungs == "schedule":  # every last evaluation meets the rung at 1.0: none is stopped there
+        assert _report(scheduler, third, 0.60, 1, 1.0) == TrialScheduler.CONTINUE
+        assert scheduler._num_stopped == 0
+    else:  # a trial still running at the same rung is judged against both scores: 0.60 < median 0.70
+        assert _report(scheduler, third, 0.60, 1, 0.5) == TrialScheduler.STOP
+        assert scheduler._num_stopped == 1
+
+
+def test_grace_period_is_checked_against_the_rungs_unit():
+    with pytest.raises(ConfigError, match=r"tune.grace_period=1.0 with tune.rungs=schedule .* below 1"):
+        with_space({"finetune.lr": {"loguniform": [1e-5, 1e-3]}}, rungs="schedule", grace_period=1)
+    with pytest.raises(ConfigError, match=r"tune.grace_period=0.5 with tune.rungs=evaluations .* whole number"):
+        with_space({"finetune.lr": {"loguniform": [1e-5, 1e-3]}}, rungs="evaluations", grace_period=0.5)
