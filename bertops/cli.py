@@ -547,6 +547,33 @@ def models_history(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, 
         )
 
 
+@models_app.command("prune")
+def models_prune(
+    keep: int = typer.Option(5, "--keep", min=0, help="keep the N most recently registered versions"),
+    keep_rollbacks: int = typer.Option(
+        3, "--keep-rollbacks", min=1, help="keep the last N production versions (what rollback walks back through)"
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="only list what would be pruned"),
+    params: Path = ParamsOpt,
+    profile: Path | None = ProfileOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Delete the model-store artifacts of versions nothing needs any more. Production, canary, shadow
+    and staging versions are always kept; pruned versions stay in the registry and its history."""
+    from bertops.model_store import prune_versions
+
+    cfg = _config(params, profile, set_)
+    pruned = _run("models prune", lambda: prune_versions(cfg, Path("."), keep, keep_rollbacks, dry_run))
+    verb = "would prune" if dry_run else "pruned"
+    for entry in pruned:
+        size = f"{entry['bytes'] / 1e6:.1f} MB" if entry["bytes"] else "no artifact"
+        typer.echo(f"{verb} {cfg.package.model_name}:{entry['version']}  ({size})")
+    freed = sum(entry["bytes"] or 0 for entry in pruned)
+    typer.echo(
+        f"{len(pruned)} version(s) {verb}, {freed / 1e6:.1f} MB" + (" (dry run: nothing changed)" if dry_run else "")
+    )
+
+
 @runs_app.callback()
 def runs_list(
     ctx: typer.Context,

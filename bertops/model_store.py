@@ -22,7 +22,7 @@ from pathlib import Path
 from bertops.config import Config
 from bertops.errors import BertopsError, TransientError
 from bertops.lineage import file_sha256
-from bertops.registry import Registry, RegistryError, masked
+from bertops.registry import PRUNED, Registry, RegistryError, masked
 
 STORE_ENV = "BERTOPS_STORE_URL"
 CACHE_ENV = "BERTOPS_CACHE"
@@ -150,6 +150,20 @@ class ModelStore:
         except OSError as exc:
             raise self._unreachable(exc) from None
 
+    def delete(self, name: str, version: str) -> None:
+        """Remove `<store>/<name>/<version>.tar` (gone already: nothing to do) and its cached copies here."""
+        fs, base = self._fs()
+        try:
+            fs.rm(f"{base}/{name}/{version}.tar")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._unreachable(exc) from None
+        folder = self.cache / name
+        for entry in folder.glob(f"{version}-*") if folder.is_dir() else []:
+            if entry.is_dir() and entry.name.rsplit("-", 1)[0] == version:
+                shutil.rmtree(entry, ignore_errors=True)
+
     def remove_cached(self, name: str, keep: set[str]) -> None:
         """Drop cached versions of `name` other than `keep` (an endpoint after a switch)."""
         folder = self.cache / name
@@ -168,6 +182,8 @@ def fetch_version(
     record = registry.versions(name).get(version)
     if record is None:
         raise RegistryError(f"model {name!r} has no version {version!r}")
+    if record["stage"] == PRUNED:
+        raise RegistryError(f"{name}:{version} was pruned: its artifact is deleted; package that model again")
     artifact = record.get("artifact")
     if artifact:
         return store_for(config, root).fetch(name, version, artifact["sha256"])
@@ -181,6 +197,28 @@ def production_model(config: Config, root: Path = Path(".")) -> tuple[str, Path]
     if version is None:
         return None
     return version, fetch_version(config, version, root, registry)
+
+
+def prune_versions(
+    config: Config, root: Path = Path("."), keep_newest: int = 5, keep_rollbacks: int = 3, dry_run: bool = False
+) -> list[dict]:
+    """`bertops models prune`: delete the artifacts of the versions nothing needs any more (see
+    `Registry.prune` for what is kept) from the model store and this machine's cache of it. (BentoML's
+    own store is per machine and an endpoint may run from an old version's Bento: `bentoml delete`.)
+    The registry marks them pruned first, in one transaction; then the files go, so a failure
+    half-way leaves files nobody points at (the next run deletes them), never a registered version without its
+    artifact. Returns one entry per version: its name, artifact bytes and whether files were removed."""
+    registry, store = registry_for(config, root), store_for(config, root)
+    name = config.package.model_name
+    pruned = registry.prune(name, keep_newest, keep_rollbacks, dry_run=dry_run)
+    records = registry.versions(name)
+    if not dry_run:  # this run's, and any an earlier run marked but did not get to delete
+        for version, record in records.items():
+            if record["stage"] == PRUNED:
+                store.delete(name, version)
+    return [
+        {"version": v, "bytes": (records[v].get("artifact") or {}).get("bytes"), "removed": not dry_run} for v in pruned
+    ]
 
 
 def _bentoml_store_path(tag: str) -> Path:

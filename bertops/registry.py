@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from bertops.errors import BertopsError, TransientError
 
 STAGES = ("candidate", "staging", "production", "archived")  # canary and shadow are roles, not stages
+PRUNED = "pruned"  # a version whose artifact `prune` deleted: listed and in the history, never served again
 URL_ENV = "BERTOPS_REGISTRY_URL"
 VERSION_TABLE = "bertops_alembic_version"  # not Prefect's alembic_version: one database may hold both
 CONNECT_TIMEOUT_S = 5
@@ -274,6 +275,7 @@ class Registry:
             raise RegistryError("--force needs --reason: say why the gate is overridden")
         with self._change(name) as (conn, previous):
             record = _version(conn, name, version)
+            _refuse_pruned(conn, name, version, f"promoted to {stage}")
             gate = record.get("gate") or {}
             if stage == "production" and not gate.get("approved") and not force:
                 raise RegistryError(
@@ -311,6 +313,7 @@ class Registry:
             raise RegistryError("--force needs --reason: say why the gate is overridden")
         with self._change(name) as (conn, production):
             gate = _version(conn, name, version).get("gate") or {}
+            _refuse_pruned(conn, name, version, f"given {role} traffic")
             if not gate.get("approved") and not force:
                 raise RegistryError(
                     f"{name}:{version} has {'no' if not gate else 'a negative'} gate decision, so it gets no "
@@ -361,14 +364,72 @@ class Registry:
             if len(stack) < 2:
                 raise RegistryError(f"{name}:{current} has no earlier production version to roll back to")
             target = stack[-2]
+            _refuse_pruned(conn, name, target, "rolled back to")
             _set_stage(conn, name, current, "archived")
             _set_stage(conn, name, target, "production")
             _set_production(conn, name, target)
             _add_event(conn, name, "rollback", target, current, reason or "rollback")
             return target
 
+    def prune(self, name: str, keep_newest: int, keep_rollbacks: int, dry_run: bool = False) -> list[str]:
+        """Mark as pruned every version nothing needs any more, and return them (the caller deletes
+        their artifacts, after this commit: a registry never points at an artifact already gone).
+        `dry_run`: only say which (nothing changes, not even the revision endpoints poll).
+
+        Kept: production, the canary, the shadow, staging versions, the last `keep_rollbacks`
+        production versions (what `rollback` walks back through, production included), and the
+        `keep_newest` most recently registered versions (candidates that may still be promoted)."""
+        if keep_rollbacks < 1 or keep_newest < 0:
+            raise RegistryError(
+                f"keep_rollbacks={keep_rollbacks}, keep_newest={keep_newest}: keep at least the production "
+                "version (keep_rollbacks >= 1) and a non-negative number of the newest"
+            )
+        if dry_run:
+            with self._errors(), self.engine.connect() as conn:
+                return _prunable(conn, name, keep_newest, keep_rollbacks)
+        with self._change(name) as (conn, production):
+            pruned = _prunable(conn, name, keep_newest, keep_rollbacks)
+            for version in pruned:
+                _set_stage(conn, name, version, PRUNED)
+                _add_event(
+                    conn, name, "prune", version, production,
+                    f"not among the {keep_newest} newest or the last {keep_rollbacks} production version(s)",
+                    stage=PRUNED,
+                )  # fmt: skip
+            return pruned
+
 
 # -- statements ---------------------------------------------------------------------------------
+def _prunable(conn: sa.Connection, name: str, keep_newest: int, keep_rollbacks: int) -> list[str]:
+    """The versions `prune` would mark, oldest first (see Registry.prune for what is kept)."""
+    row = conn.execute(sa.select(models_table).where(models_table.c.name == name)).first()
+    if row is None:
+        return []
+    rows = conn.execute(
+        sa.select(versions_table.c.version, versions_table.c.stage)
+        .where(versions_table.c.name == name)
+        .order_by(versions_table.c.registered_at, versions_table.c.version)
+    ).all()
+    events = conn.execute(sa.select(history_table).where(history_table.c.name == name).order_by(history_table.c.id))
+    stack = production_stack([_event_dict(e) for e in events])
+    kept = {row.production, row.canary, row.shadow, *stack[-keep_rollbacks:]}
+    kept |= {r.version for r in rows if r.stage == "staging"}
+    if keep_newest:
+        kept |= {r.version for r in rows[-keep_newest:]}
+    return [r.version for r in rows if r.stage != PRUNED and r.version not in kept]
+
+
+def _refuse_pruned(conn: sa.Connection, name: str, version: str, what: str) -> None:
+    stage = conn.execute(
+        sa.select(versions_table.c.stage).where(versions_table.c.name == name, versions_table.c.version == version)
+    ).scalar_one_or_none()
+    if stage == PRUNED:
+        raise RegistryError(
+            f"{name}:{version} was pruned (its artifact is deleted), so it cannot be {what}; "
+            "package that model again, or choose a version `bertops models list` shows as kept"
+        )
+
+
 def _lock_model(conn: sa.Connection, name: str) -> str | None:
     """Create the model's row if needed and take its lock (the first statement of every change:
     on SQLite it takes the write lock, on PostgreSQL the row lock, until the commit)."""

@@ -310,3 +310,40 @@ def test_each_committed_change_is_announced_once_and_a_refused_one_never(url: st
         ("m", "canary", "v2"),
         ("m", "withdraw", "v2"),
     ]
+
+
+def test_prune_keeps_what_serving_and_rollback_need_and_refuses_pruned_versions(url: str):
+    """v1..v3 promoted in turn (production v3; rollback walks v2, v1), v4 staging, v5 a canary,
+    v6 and v7 candidates: with the newest 1 and the last 2 production versions kept, v1 and v6 go."""
+    reg = Registry(url)
+    for v in ("v1", "v2", "v3", "v4", "v5", "v6", "v7"):
+        reg.register("m", v, APPROVED)
+    for v in ("v1", "v2", "v3"):
+        reg.promote("m", v)
+    reg.promote("m", "v4", stage="staging")
+    reg.start_trial("m", "v5", canary_percent=10)
+    revision = reg.state("m")[1]
+
+    assert reg.prune("m", keep_newest=1, keep_rollbacks=2, dry_run=True) == ["v1", "v6"]
+    assert reg.state("m")[1] == revision and "pruned" not in {r["stage"] for r in reg.versions("m").values()}
+    assert reg.prune("m", keep_newest=1, keep_rollbacks=2) == ["v1", "v6"]
+    stages = {v: r["stage"] for v, r in reg.versions("m").items()}
+    assert stages == {"v1": "pruned", "v2": "archived", "v3": "production", "v4": "staging",
+                      "v5": "candidate", "v6": "pruned", "v7": "candidate"}  # fmt: skip
+    assert [e["version"] for e in reg.history("m") if e["action"] == "prune"] == ["v1", "v6"]
+    assert reg.prune("m", keep_newest=1, keep_rollbacks=2) == []  # nothing more to do
+
+    for refused in (
+        lambda: reg.promote("m", "v6"),
+        lambda: reg.promote("m", "v1", stage="staging"),
+        lambda: reg.start_trial("m", "v6", canary_percent=5),
+        lambda: reg.start_trial("m", "v1"),
+    ):
+        with pytest.raises(RegistryError, match="was pruned .* package that model again"):
+            refused()
+    assert reg.rollback("m") == "v2"  # the kept rollback target
+    with pytest.raises(RegistryError, match="m:v1 was pruned .* cannot be rolled back to"):
+        reg.rollback("m")
+    assert reg.production("m") == "v2"
+    with pytest.raises(RegistryError, match="keep at least the production version"):
+        reg.prune("m", keep_newest=1, keep_rollbacks=0)

@@ -1,0 +1,84 @@
+"""Pruning the model store: what `bertops models prune` deletes, keeps and says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bertops.cli import app
+from bertops.model_store import fetch_version, prune_versions, registry_for, store_for
+from bertops.registry import RegistryError
+from tests.conftest import REPO, smoke_config
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch) -> Path:
+    """A registry and a model store in tmp_path (the defaults: registry/registry.db, registry/store)
+    holding v1..v4 of the model, each an artifact of its own; v1 then v2 promoted."""
+    for variable in ("BERTOPS_REGISTRY_URL", "BERTOPS_STORE_URL", "BERTOPS_CACHE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = smoke_config()
+    registry, store, name = registry_for(cfg), store_for(cfg), cfg.package.model_name
+    for i, version in enumerate(("v1", "v2", "v3", "v4")):
+        folder = tmp_path / "built" / version
+        folder.mkdir(parents=True)
+        (folder / "weights.bin").write_bytes(bytes([i]) * 1000 * (i + 1))
+        artifact = store.put(name, version, folder)
+        registry.register(name, version, {"artifact": artifact, "gate": {"approved": True}})
+    for version in ("v1", "v2"):
+        registry.promote(name, version)
+    fetch_version(cfg, "v1")  # cached on this machine, as an endpoint that served it would have
+    return tmp_path
+
+
+def _tar(root: Path, version: str) -> Path:
+    cfg = smoke_config()
+    return root / cfg.paths.registry / "store" / cfg.package.model_name / f"{version}.tar"
+
+
+def test_prune_deletes_the_artifacts_of_unneeded_versions_only(workspace: Path):
+    cfg = smoke_config()
+    cache = workspace / cfg.paths.registry / "cache" / cfg.package.model_name
+    assert any(p.name.startswith("v1-") for p in cache.iterdir())
+
+    planned = prune_versions(cfg, keep_newest=1, keep_rollbacks=1, dry_run=True)
+    assert [(e["version"], e["removed"]) for e in planned] == [("v1", False), ("v3", False)]
+    assert all(_tar(workspace, v).is_file() for v in ("v1", "v2", "v3", "v4"))  # a dry run deletes nothing
+
+    sizes = {v: _tar(workspace, v).stat().st_size for v in ("v1", "v3")}
+    pruned = prune_versions(cfg, keep_newest=1, keep_rollbacks=1)
+    assert [(e["version"], e["removed"]) for e in pruned] == [("v1", True), ("v3", True)]
+    assert [e["bytes"] for e in pruned] == [sizes["v1"], sizes["v3"]]  # what the registry recorded at package time
+    assert not _tar(workspace, "v1").exists() and not _tar(workspace, "v3").exists()
+    assert _tar(workspace, "v2").is_file() and _tar(workspace, "v4").is_file()  # production, the newest
+    assert not any(p.name.startswith("v1-") for p in cache.iterdir())  # this machine's copy too
+    with pytest.raises(RegistryError, match="v1 was pruned"):
+        fetch_version(cfg, "v1")
+    assert fetch_version(cfg, "v2").is_dir()
+
+
+def test_a_prune_that_stopped_before_deleting_is_finished_by_the_next(workspace: Path, monkeypatch):
+    """The registry marks first, the files go after: a run that dies between the two leaves files no
+    version points at, and the next run deletes them."""
+    cfg = smoke_config()
+    registry_for(cfg).prune(cfg.package.model_name, keep_newest=1, keep_rollbacks=1)  # marked, not deleted
+    assert _tar(workspace, "v1").is_file()
+    assert prune_versions(cfg, keep_newest=1, keep_rollbacks=1) == []  # nothing new to mark...
+    assert not _tar(workspace, "v1").exists() and not _tar(workspace, "v3").exists()  # ...the files go
+
+
+def test_the_cli_prunes_lists_and_refuses_bad_counts(workspace: Path):
+    params = ["--params", str(REPO / "params.yaml"), "--profile", str(REPO / "configs" / "smoke.yaml")]
+    dry = CliRunner().invoke(app, ["models", "prune", "--keep", "1", "--keep-rollbacks", "1", "--dry-run", *params])
+    assert dry.exit_code == 0, dry.output
+    assert "would prune" in dry.output and "2 version(s) would prune" in dry.output and "nothing changed" in dry.output
+    assert _tar(workspace, "v1").is_file()
+    done = CliRunner().invoke(app, ["models", "prune", "--keep", "1", "--keep-rollbacks", "1", *params])
+    assert done.exit_code == 0 and ":v1" in done.output and ":v3" in done.output, done.output
+    listed = CliRunner().invoke(app, ["models", "list", *params])
+    assert "v1  pruned" in listed.output and "v2  production" in listed.output, listed.output
+    bad = CliRunner().invoke(app, ["models", "prune", "--keep-rollbacks", "0", *params])
+    assert bad.exit_code == 2 and "--keep-rollbacks" in bad.output
