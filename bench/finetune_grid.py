@@ -51,6 +51,65 @@ def grid_points(axes: list[str]) -> list[list[str]]:
     return [list(point) for point in itertools.product(*keyed)]
 
 
+class Subprocesses:
+    """Subprocesses by key, each writing to its own log file. `poll` hands back those that ended,
+    or, with `kill`, stops the rest: (key, status done | crashed | unfinished, log lines)."""
+
+    def __init__(self) -> None:
+        self.running: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.running)
+
+    def start(self, key, argv: list[str], log: Path) -> None:
+        with log.open("w") as handle:
+            self.running[key] = (subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT), log)
+
+    def poll(self, kill: bool = False) -> list[tuple]:
+        ended = []
+        for key, (proc, log) in list(self.running.items()):
+            if proc.poll() is None and not kill:
+                continue
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+                status = "unfinished"
+            else:
+                status = "done" if proc.returncode == 0 else "crashed"
+            ended.append((key, status, log.read_text().strip().splitlines()))
+            del self.running[key]
+        return ended
+
+
+def trial_argv(root: Path, overrides: list[str]) -> list[str]:
+    """The command of one trial: `finetune_in_process` on the workspace `root` with `overrides`."""
+    return [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--trial",
+        json.dumps({"root": str(root), "overrides": overrides}),
+    ]
+
+
+def trial_result(status: str, lines: list[str]) -> dict:
+    """A trial's status and, when it finished, the result it printed last (else its log's tail)."""
+    entry: dict = {"status": status}
+    try:
+        entry.update(json.loads(lines[-1]) if status == "done" else {})
+    except (IndexError, json.JSONDecodeError):
+        entry["status"] = "crashed"
+    if entry["status"] != "done":
+        entry["log_tail"] = lines[-15:]
+    return entry
+
+
+def trial_workspace(workspace: Path, root: Path) -> Path:
+    """A trial's own folder: a copy of the workspace's params.yaml, its prepared data linked (read-only)."""
+    root.mkdir(parents=True)
+    shutil.copy(workspace / "params.yaml", root / "params.yaml")
+    return root
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", type=Path, help="holds params.yaml and data/prepared/<dataset>/")
@@ -70,51 +129,25 @@ def main() -> None:
     # seed-major: every point once before any point's second seed (a deadline cuts seeds, not points)
     points = [point + [f"finetune.seed={seed}"] for seed in args.seeds.split(",") for point in grid_points(args.grid)]
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bertops-grid-{os.getpid()}"
-    start, pending, running, results = time.time(), list(enumerate(points)), {}, []
-
-    def finish(index: int, log: Path, status: str) -> None:
-        tail = log.read_text().strip().splitlines()
-        entry = {"overrides": points[index], "status": status}
-        try:
-            entry.update(json.loads(tail[-1]) if status == "done" else {})
-        except (IndexError, json.JSONDecodeError):
-            entry["status"] = "crashed"
-        if entry["status"] != "done":
-            entry["log_tail"] = tail[-15:]
-        results.append(entry)
-        print(
-            f"[{time.time() - start:6.0f}s] {entry['status']:10} {' '.join(points[index])} "
-            f"val={entry.get('best_validation_accuracy')} step={entry.get('best_step')} "
-            f"t={entry.get('train_seconds')}",
-            flush=True,
-        )
-        shutil.rmtree(log.parent, ignore_errors=True)
-
-    while pending or running:
+    start, pending, trials, results = time.time(), list(enumerate(points)), Subprocesses(), []
+    while pending or trials:
         elapsed = time.time() - start
-        while pending and len(running) < args.parallel and elapsed < args.deadline_s:
+        while pending and len(trials) < args.parallel and elapsed < args.deadline_s:
             index, overrides = pending.pop(0)
-            root = scratch / str(index)
-            root.mkdir(parents=True)
-            shutil.copy(workspace / "params.yaml", root / "params.yaml")
+            root = trial_workspace(workspace, scratch / str(index))
             (root / "data").symlink_to(workspace / "data")
-            log = root / "log.txt"
-            spec = json.dumps({"root": str(root), "overrides": args.fixed + overrides})
-            with log.open("w") as handle:
-                proc = subprocess.Popen(
-                    [sys.executable, __file__, "--trial", spec], stdout=handle, stderr=subprocess.STDOUT
-                )
-            running[index] = (proc, log)
-        for index, (proc, log) in list(running.items()):
-            if proc.poll() is not None:
-                finish(index, log, "done" if proc.returncode == 0 else "crashed")
-                del running[index]
-            elif elapsed > args.deadline_s + args.grace_s:
-                proc.kill()
-                proc.wait()
-                finish(index, log, "unfinished")
-                del running[index]
-        if elapsed >= args.deadline_s and not running:
+            trials.start(index, trial_argv(root, args.fixed + overrides), root / "log.txt")
+        for index, status, lines in trials.poll(kill=elapsed > args.deadline_s + args.grace_s):
+            entry = {"overrides": points[index]} | trial_result(status, lines)
+            results.append(entry)
+            print(
+                f"[{time.time() - start:6.0f}s] {entry['status']:10} {' '.join(points[index])} "
+                f"val={entry.get('best_validation_accuracy')} step={entry.get('best_step')} "
+                f"t={entry.get('train_seconds')}",
+                flush=True,
+            )
+            shutil.rmtree(scratch / str(index), ignore_errors=True)
+        if elapsed >= args.deadline_s and not trials:
             break
         time.sleep(1.0)
     unfinished = [points[i] for i, _ in pending]

@@ -24,12 +24,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parents[1]))  # bench.finetune_grid, run as a script from anywhere
 
 
 def adapt(spec: dict) -> None:
@@ -147,92 +147,53 @@ def main() -> None:
     if args.adapt:
         return adapt(json.loads(args.adapt))
 
+    from bench.finetune_grid import Subprocesses, trial_argv, trial_result, trial_workspace
+
     workspace = args.workspace.resolve()
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bertops-tapt-{os.getpid()}"
     scratch.mkdir(parents=True)
-    start, grid = time.time(), HERE.parent / "finetune_grid.py"
-    seeds = args.seeds.split(",")
+    start, seeds = time.time(), args.seeds.split(",")
     arms: dict[str, dict] = {"shipped": {"model": None, "status": "ready"}}
-    adapting = {}
+    adapting, trials, results = Subprocesses(), Subprocesses(), []
     for steps in args.steps.split(","):
         name, folder = f"mlm{steps}", scratch / f"encoder-mlm{steps}"
         spec = {"root": str(workspace), "out": str(folder), "steps": int(steps), "head_steps": args.head_steps}
         spec |= {"lr": args.lr, "batch_size": args.batch_size, "seed": 7}
-        log = scratch / f"{name}.log"
-        with log.open("w") as handle:
-            proc = subprocess.Popen(
-                [sys.executable, str(HERE), "--adapt", json.dumps(spec)], stdout=handle, stderr=subprocess.STDOUT
-            )
-        adapting[name] = (proc, log)
+        adapting.start(name, [sys.executable, str(HERE), "--adapt", json.dumps(spec)], scratch / f"{name}.log")
         arms[name] = {"model": str(folder), "status": "adapting"}
-    pending: list[tuple[str, str]] = []  # (arm, seed) ready to launch
-    pending += [("shipped", s) for s in seeds]
-    running, results = {}, []
+    pending = [("shipped", s) for s in seeds]  # (arm, seed) ready to launch
 
-    def trial_finished(key, proc, log, status):
-        tail = log.read_text().strip().splitlines()
-        entry = {"arm": key[0], "seed": key[1], "status": status}
-        try:
-            entry.update(json.loads(tail[-1]) if status == "done" else {})
-        except (IndexError, json.JSONDecodeError):
-            entry["status"] = "crashed"
-        entry.pop("history", None)
-        if entry["status"] != "done":
-            entry["log_tail"] = tail[-15:]
-        results.append(entry)
-        print(
-            f"[{time.time() - start:5.0f}s] {entry['status']:10} {key[0]:10} seed {key[1]} "
-            f"val={entry.get('best_validation_accuracy')} t={entry.get('train_seconds')}",
-            flush=True,
-        )
-
-    while adapting or pending or running:
+    while adapting or pending or trials:
         elapsed = time.time() - start
-        for name, (proc, log) in list(adapting.items()):
-            if proc.poll() is not None:
-                del adapting[name]
-                tail = log.read_text().strip().splitlines()
-                if proc.returncode == 0:
-                    arms[name]["status"] = "ready"
-                    arms[name]["adaptation"] = json.loads((Path(arms[name]["model"]) / "adaptation.json").read_text())
-                    pending += [(name, s) for s in seeds]
-                else:
-                    arms[name] |= {"status": "crashed", "log_tail": tail[-15:]}
-                print(f"[{elapsed:5.0f}s] adaptation {name}: {arms[name]['status']}", flush=True)
-            elif elapsed > args.deadline_s + args.grace_s:
-                proc.kill()
-                del adapting[name]
-                arms[name]["status"] = "unfinished"
-        while pending and len(running) < args.parallel and elapsed < args.deadline_s:
+        hard_stop = elapsed > args.deadline_s + args.grace_s
+        for name, status, lines in adapting.poll(kill=hard_stop):
+            if status == "done":
+                arms[name]["adaptation"] = json.loads((Path(arms[name]["model"]) / "adaptation.json").read_text())
+                pending += [(name, s) for s in seeds]
+            else:
+                arms[name]["log_tail"] = lines[-15:]
+            arms[name]["status"] = "ready" if status == "done" else status
+            print(f"[{elapsed:5.0f}s] adaptation {name}: {arms[name]['status']}", flush=True)
+        while pending and len(trials) < args.parallel and elapsed < args.deadline_s:
             arm, seed = pending.pop(0)
-            root = scratch / f"{arm}-{seed}"
-            root.mkdir()
-            shutil.copy(workspace / "params.yaml", root / "params.yaml")
-            if arms[arm]["model"] is None:
+            root = trial_workspace(workspace, scratch / f"{arm}-{seed}")
+            model = arms[arm]["model"]
+            if model is None:
                 (root / "data").symlink_to(workspace / "data")
             else:  # the same prepared files; meta names the adapted folder (its tokenizer is the shipped one)
-                link_prepared(workspace, root, arms[arm]["model"])
-            overrides = [f"finetune.seed={seed}"] + (
-                [f"finetune.model={arms[arm]['model']}"] if arms[arm]["model"] else []
+                link_prepared(workspace, root, model)
+            overrides = [f"finetune.seed={seed}"] + ([f"finetune.model={model}"] if model else [])
+            trials.start((arm, seed), trial_argv(root, overrides), root / "log.txt")
+        for (arm, seed), status, lines in trials.poll(kill=hard_stop):
+            entry = {"arm": arm, "seed": seed} | trial_result(status, lines)
+            entry.pop("history", None)
+            results.append(entry)
+            print(
+                f"[{time.time() - start:5.0f}s] {entry['status']:10} {arm:10} seed {seed} "
+                f"val={entry.get('best_validation_accuracy')} t={entry.get('train_seconds')}",
+                flush=True,
             )
-            log = root / "log.txt"
-            with log.open("w") as handle:
-                proc = subprocess.Popen(
-                    [sys.executable, str(grid), "--trial", json.dumps({"root": str(root), "overrides": overrides})],
-                    stdout=handle,
-                    stderr=subprocess.STDOUT,
-                )
-            running[(arm, seed)] = (proc, log)
-        for key, (proc, log) in list(running.items()):
-            if proc.poll() is not None:
-                trial_finished(key, proc, log, "done" if proc.returncode == 0 else "crashed")
-                del running[key]
-            elif elapsed > args.deadline_s + args.grace_s:
-                proc.kill()
-                proc.wait()
-                trial_finished(key, proc, log, "unfinished")
-                del running[key]
-        if elapsed >= args.deadline_s and not running and not adapting:
+        if elapsed >= args.deadline_s and not trials and not adapting:
             break
         time.sleep(1.0)
     report = {"arms": arms, "trials": results, "not_started": pending, "seconds": round(time.time() - start, 1)}
