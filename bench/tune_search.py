@@ -8,7 +8,8 @@ current defaults on the evaluation split, once. SST-2 by default; a task profile
    phrases of the same sentence; `--train-rows 0` carves whole sentences only. The eval split
    (SST-2 dev, 872; RTE dev, 277) is untouched by the search.
 2. `bertops tune` with params.yaml's search space (or `--space`, JSON), `--trials` trials (the
-   defaults are the first), two at a time on one core each, ASHA on the validation evaluations.
+   defaults are the first), two at a time on one core each, ASHA as params.yaml sets it (by
+   default its rungs are shares of each trial's own schedule: `tune.rungs`).
 3. The defaults and the chosen profile, each trained on the same data (2 cores, one at a time)
    and evaluated by the `evaluate` stage on the served runtime: accuracy on the eval split, and the
    paired bootstrap CI and McNemar's p of the difference on the same examples (skipped when the
