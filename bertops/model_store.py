@@ -159,17 +159,22 @@ class ModelStore:
             pass
         except OSError as exc:
             raise self._unreachable(exc) from None
-        folder = self.cache / name
-        for entry in folder.glob(f"{version}-*") if folder.is_dir() else []:
-            if entry.is_dir() and entry.name.rsplit("-", 1)[0] == version:
+        for cached, entry in self._cached(name):
+            if cached == version:
                 shutil.rmtree(entry, ignore_errors=True)
 
     def remove_cached(self, name: str, keep: set[str]) -> None:
         """Drop cached versions of `name` other than `keep` (an endpoint after a switch)."""
-        folder = self.cache / name
-        for entry in folder.iterdir() if folder.is_dir() else []:
-            if entry.is_dir() and entry.name.rsplit("-", 1)[0] not in keep and not entry.name.startswith("."):
+        for cached, entry in self._cached(name):
+            if cached not in keep:
                 shutil.rmtree(entry, ignore_errors=True)
+
+    def _cached(self, name: str) -> list[tuple[str, Path]]:
+        """(version, folder) of each unpacked version of `name` in the cache (`<version>-<sha256[:12]>`;
+        dot-folders are unpacks in progress)."""
+        folder = self.cache / name
+        entries = folder.iterdir() if folder.is_dir() else []
+        return [(e.name.rsplit("-", 1)[0], e) for e in entries if e.is_dir() and not e.name.startswith(".")]
 
 
 def fetch_version(
@@ -206,8 +211,8 @@ def prune_versions(
     `Registry.prune` for what is kept) from the model store and this machine's cache of it. (BentoML's
     own store is per machine and an endpoint may run from an old version's Bento: `bentoml delete`.)
     The registry marks them pruned first, in one transaction; then the files go, so a failure
-    half-way leaves files nobody points at (the next run deletes them), never a registered version without its
-    artifact. Returns one entry per version: its name, artifact bytes and whether files were removed."""
+    half-way leaves files nobody points at (the next run deletes them), never a registered version
+    without its artifact. Returns one entry per version: its name, artifact bytes, whether removed."""
     registry, store = registry_for(config, root), store_for(config, root)
     name = config.package.model_name
     pruned = registry.prune(name, keep_newest, keep_rollbacks, dry_run=dry_run)

@@ -357,10 +357,7 @@ class Registry:
         with self._change(name) as (conn, current):
             if not current:
                 raise RegistryError(f"model {name!r} has no production version to roll back from")
-            events = conn.execute(
-                sa.select(history_table).where(history_table.c.name == name).order_by(history_table.c.id)
-            )
-            stack = production_stack([_event_dict(e) for e in events])
+            stack = _production_stack(conn, name)
             if len(stack) < 2:
                 raise RegistryError(f"{name}:{current} has no earlier production version to roll back to")
             target = stack[-2]
@@ -410,13 +407,18 @@ def _prunable(conn: sa.Connection, name: str, keep_newest: int, keep_rollbacks: 
         .where(versions_table.c.name == name)
         .order_by(versions_table.c.registered_at, versions_table.c.version)
     ).all()
-    events = conn.execute(sa.select(history_table).where(history_table.c.name == name).order_by(history_table.c.id))
-    stack = production_stack([_event_dict(e) for e in events])
+    stack = _production_stack(conn, name)
     kept = {row.production, row.canary, row.shadow, *stack[-keep_rollbacks:]}
     kept |= {r.version for r in rows if r.stage == "staging"}
     if keep_newest:
         kept |= {r.version for r in rows[-keep_newest:]}
     return [r.version for r in rows if r.stage != PRUNED and r.version not in kept]
+
+
+def _production_stack(conn: sa.Connection, name: str) -> list[str]:
+    """The production versions `rollback` walks back through, current last (from the history)."""
+    events = conn.execute(sa.select(history_table).where(history_table.c.name == name).order_by(history_table.c.id))
+    return production_stack([_event_dict(e) for e in events])
 
 
 def _refuse_pruned(conn: sa.Connection, name: str, version: str, what: str) -> None:
