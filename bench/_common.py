@@ -61,3 +61,17 @@ def datasets_root() -> Path:
         if candidate and (Path(candidate) / "sst2" / "train.tsv").is_file():
             return Path(candidate)
     sys.exit("needs the SST-2 corpus: set BERTOPS_DATASETS to the folder holding sst2/")
+
+
+def sst2_train_sample(n: int) -> list[str]:
+    """A seeded sample of `n` SST-2 **train** sentences (benchmarks of the serving runtimes; the eval
+    split stays unread)."""
+    import pandas as pd
+
+    return pd.read_csv(datasets_root() / "sst2" / "train.tsv", sep="\t")["sentence"].sample(n, random_state=0).tolist()
+
+
+def onnx_feeds(tokenizer, batch: list[str]) -> dict:
+    """The exported encoder's inputs for `batch`, padded to its longest text (at most 128 tokens)."""
+    enc = tokenizer(batch, padding=True, truncation=True, max_length=128, return_tensors="np")
+    return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}

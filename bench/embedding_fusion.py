@@ -33,11 +33,10 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=800)
     args = parser.parse_args()
 
-    import pandas as pd
     from onnxruntime.transformers.optimizer import optimize_model
     from transformers import AutoModel, AutoTokenizer
 
-    from bench._common import datasets_root, save_result
+    from bench._common import onnx_feeds, save_result, sst2_train_sample
     from bertops.models.export import export_onnx, onnx_session
     from bertops.models.pretrained import resolve_model_source
 
@@ -54,13 +53,11 @@ def main() -> None:
     fusions = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
     optimized.save_model_to_file(str(fused))
 
-    train = pd.read_csv(datasets_root() / "sst2" / "train.tsv", sep="\t")
-    texts = train["sentence"].sample(args.texts, random_state=0).tolist()
+    texts = sst2_train_sample(args.texts)
     batches = [texts[i : i + 8] for i in range(0, len(texts), 8)]
 
     def feeds(batch):
-        enc = tokenizer(batch, padding=True, truncation=True, max_length=128, return_tensors="np")
-        return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        return onnx_feeds(tokenizer, batch)
 
     sessions = {"export (baseline)": onnx_session(plain, 1), "fused": onnx_session(fused, 1)}
     outputs = {

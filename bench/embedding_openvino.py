@@ -36,10 +36,9 @@ def main() -> None:
         import openvino as ov
     except ImportError:
         sys.exit("needs OpenVINO (not a bertops dependency): .venv/bin/pip install openvino")
-    import pandas as pd
     from transformers import AutoModel, AutoTokenizer
 
-    from bench._common import datasets_root, save_result
+    from bench._common import onnx_feeds, save_result, sst2_train_sample
     from bertops.models.export import export_onnx, onnx_session
     from bertops.models.pretrained import resolve_model_source
 
@@ -48,12 +47,10 @@ def main() -> None:
     graph = Path(tempfile.mkdtemp(prefix="bertops-openvino-")) / "embedding.onnx"
     export_onnx(AutoModel.from_pretrained(source), tokenizer, graph, embedding_only=True)
 
-    train = pd.read_csv(datasets_root() / "sst2" / "train.tsv", sep="\t")
-    texts = train["sentence"].sample(args.texts, random_state=0).tolist()
+    texts = sst2_train_sample(args.texts)
 
     def feeds(batch):
-        enc = tokenizer(batch, padding=True, truncation=True, max_length=128, return_tensors="np")
-        return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        return onnx_feeds(tokenizer, batch)
 
     fed = [feeds(texts[i : i + 8]) for i in range(0, len(texts), 8)]  # tokenised once: the runtimes alone are timed
     ort_session = onnx_session(graph, 1)
