@@ -47,7 +47,8 @@ class TrialRecord:
     minutes: float
     error: str | None = None  # the last line of the exception
     defaults: bool = False  # the trial of the config's current values
-    validation: list[dict[str, Any]] = field(default_factory=list)  # [{step, validation_accuracy}] as reported
+    # [{step, validation_accuracy, schedule_share, minutes}] as reported (minutes: the trial's time so far)
+    validation: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -64,7 +65,7 @@ class TuneSummary:
     early_stopped: int
     failed: int
     trial_minutes: float
-    minutes_saved: float  # estimate: the evaluations ASHA spared, at each stopped trial's own pace
+    minutes_saved: float  # estimate: the schedule ASHA spared each stopped trial, at that trial's own pace
     profile: str | None
     results_json: str
     results_md: str
@@ -472,7 +473,13 @@ def _record(config: Config, search: Path, result: Any) -> TrialRecord:
     rows: list[dict[str, Any]] = []
     if frame is not None and METRIC in frame:
         frame = frame.dropna(subset=[METRIC]).drop_duplicates("step", keep="last").sort_values("step")
-        rows = [{"step": int(s), METRIC: float(v)} for s, v in zip(frame["step"], frame[METRIC])]
+        for _, row in frame.iterrows():
+            entry = {"step": int(row["step"]), METRIC: float(row[METRIC])}
+            if SHARE in frame and row[SHARE] == row[SHARE]:  # not NaN: reported by this version's loop
+                entry[SHARE] = float(row[SHARE])
+            if "time_total_s" in frame and row["time_total_s"] == row["time_total_s"]:
+                entry["minutes"] = round(float(row["time_total_s"]) / 60, 3)
+            rows.append(entry)
     if result.error is not None:
         status = ERROR
     elif _finished_marker(search, trial_id).is_file():
@@ -511,20 +518,37 @@ def full_run_evaluations(cfg: FinetuneConfig, train_rows: int, evaluate_start: b
     return count
 
 
+def remaining_minutes(trial: TrialRecord) -> float | None:
+    """The minutes a stopped trial would still have trained, from the share of its schedule done at its
+    last evaluation and its pace over that share: (1 - share) x minutes per share. The pace leaves out
+    the set-up before a step-0 evaluation (model load, the start's probe), which a longer run would not
+    repeat. None when the trial did not report shares (a search begun before they were reported)."""
+    rows = trial.validation
+    if not rows or any(SHARE not in r for r in rows) or rows[-1][SHARE] <= 0:
+        return None
+    last = rows[-1]
+    minutes = last.get("minutes", trial.minutes)
+    start = rows[0].get("minutes", 0.0) if rows[0][SHARE] == 0 else 0.0
+    pace = max(minutes - start, 0.0) / last[SHARE]
+    return max(1.0 - last[SHARE], 0.0) * pace
+
+
 def _minutes_saved(config: Config, root: Path, trials: list[TrialRecord]) -> float:
-    """For each early-stopped trial: (evaluations a full run would make - those made) x its minutes
-    per evaluation."""
+    """For each early-stopped trial, the minutes it would still have trained (`remaining_minutes`); for a
+    trial without shares, (evaluations a full run would make - those made) x its minutes per evaluation."""
     import pyarrow.parquet as pq
 
-    stopped = [t for t in trials if t.status == STOPPED and t.evaluations]
-    if not stopped:
-        return 0.0
-    rows = pq.read_metadata(root / config.paths.prepared / config.ingest.dataset / "train.parquet").num_rows
-    saved = 0.0
-    for trial in stopped:
-        setting = config.finetune.model_copy(update=cast_params(trial.params))
-        full = full_run_evaluations(setting, rows, evaluate_start=trial.validation[0]["step"] == 0)
-        saved += max(full - trial.evaluations, 0) * trial.minutes / trial.evaluations
+    saved, train_rows = 0.0, None
+    for trial in (t for t in trials if t.status == STOPPED and t.evaluations):
+        remaining = remaining_minutes(trial)
+        if remaining is None:
+            if train_rows is None:
+                train_parquet = root / config.paths.prepared / config.ingest.dataset / "train.parquet"
+                train_rows = pq.read_metadata(train_parquet).num_rows
+            setting = config.finetune.model_copy(update=cast_params(trial.params))
+            full = full_run_evaluations(setting, train_rows, evaluate_start=trial.validation[0]["step"] == 0)
+            remaining = max(full - trial.evaluations, 0) * trial.minutes / trial.evaluations
+        saved += remaining
     return round(saved, 2)
 
 
@@ -642,7 +666,7 @@ def markdown(summary: TuneSummary) -> str:
         "",
         f"- trial-minutes used: {summary.trial_minutes:.1f}",
         f"- trial-minutes saved by early stopping (estimate): {summary.minutes_saved:.1f} (for each stopped trial, the "
-        "evaluations a full run of its setting would have made minus those it made, at its own minutes per evaluation)",
+        "share of its schedule left when it stopped, at its own minutes per share of schedule)",
         f"- the defaults: {_fmt(summary.defaults_score)}",
         f"- best: {_fmt(summary.best_score)}{gain}, trial {summary.best_trial or '-'}",
     ]

@@ -17,7 +17,7 @@ import pytest
 
 from bertops.config import config_from_dict, load_config
 from bertops.errors import ConfigError
-from bertops.tuning import COMPLETED, ERROR, STOPPED, defaults_point, full_run_evaluations, tune
+from bertops.tuning import COMPLETED, ERROR, SHARE, STOPPED, defaults_point, full_run_evaluations, tune
 from tests.conftest import REPO, scratch_dir, smoke_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -141,6 +141,7 @@ def test_ctrl_c_keeps_finished_trials_and_resume_completes_the_search(workspace:
     for trial in summary.trials:
         assert trial.evaluations == full == 8
         assert [r["step"] for r in trial.validation] == list(range(2, 17, 2))  # each evaluation reported once
+        assert [r[SHARE] for r in trial.validation] == [step / 16 for step in range(2, 17, 2)]  # of its 16 steps
     assert summary.trials[0].defaults and not summary.trials[1].defaults
 
 
@@ -183,6 +184,9 @@ def test_a_search_with_asha_a_crashing_trial_reports_and_profile(workspace: Path
     assert healthy and all(t.status in (COMPLETED, STOPPED) for t in healthy)
     assert summary.failed == len(crashed)
     assert summary.early_stopped == sum(t.status == STOPPED for t in summary.trials)
+    stopped = [t for t in summary.trials if t.status == STOPPED]
+    assert all(0 < t.validation[-1][SHARE] < 1 for t in stopped)  # ASHA never stops a trial at its end
+    assert (summary.minutes_saved > 0) == bool(stopped)
 
     # every score is the loop's own validation score: what it reported is what it wrote
     for trial in healthy:

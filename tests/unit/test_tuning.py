@@ -194,6 +194,48 @@ def test_the_best_finished_setting_becomes_a_profile_over_params_yaml(tmp_path):
     assert (search / "trials.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_minutes_saved_is_each_stopped_trials_unfinished_schedule_at_its_own_pace(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bertops.tuning import SHARE, TrialRecord, remaining_minutes, summarise
+
+    def trial(trial_id: str, status: str, shares: list[float], minutes: list[float], lr: float) -> TrialRecord:
+        rows = [
+            {"step": int(100 * s), "validation_accuracy": 0.5 + s / 10, SHARE: s, "minutes": m}
+            for s, m in zip(shares, minutes)
+        ]
+        return TrialRecord(
+            trial_id, {"finetune.lr": lr, "finetune.epochs": 2}, status, len(rows), 0.6, minutes[-1], validation=rows
+        )
+
+    # 4 minutes per whole schedule: stopped at a quarter -> 3 minutes left
+    quarter = trial("c_00001", "stopped early", [0.25], [1.0], 2e-4)
+    # a step-0 evaluation after 0.5 min of set-up: the pace is (1.5 - 0.5) / 0.25, half the schedule left
+    probed = trial("c_00002", "stopped early", [0.0, 0.25, 0.5], [0.5, 1.5, 2.5], 3e-4)
+    assert remaining_minutes(quarter) == pytest.approx(3.0)
+    assert remaining_minutes(probed) == pytest.approx(2.0)
+    # a trial that ran to its end saves nothing; a search begun before shares were reported has none
+    assert remaining_minutes(trial("c_00003", "completed", [0.5, 1.0], [2.0, 4.0], 4e-4)) == 0.0
+    legacy = record("c_00004", 5e-4, 2, "stopped early", [0.6])  # one evaluation at step 2, 0.5 minutes
+    assert remaining_minutes(legacy) is None
+
+    cfg = with_space(SPACE)
+    prepared = tmp_path / cfg.paths.prepared / cfg.ingest.dataset
+    prepared.mkdir(parents=True)
+    # 8 rows at the smoke profile's batch size: the legacy trial's full run makes `full` evaluations
+    pq.write_table(pa.table({"text": ["x"] * 8}), prepared / "train.parquet")
+    setting = cfg.finetune.model_copy(update={"lr": 5e-4, "epochs": 2})
+    full = full_run_evaluations(setting, 8, evaluate_start=False)
+    defaults = record("c_00000", cfg.finetune.lr, cfg.finetune.epochs, "completed", [0.7, 0.8])
+    search = tmp_path / "search"
+    search.mkdir()
+    summary = summarise(cfg, tmp_path, search, [defaults, quarter, probed, legacy])
+    assert summary.early_stopped == 3
+    assert summary.minutes_saved == pytest.approx(3.0 + 2.0 + (full - 1) * 0.5)
+    assert "trial-minutes saved by early stopping (estimate): " in (search / "results.md").read_text()
+
+
 def test_when_every_trial_fails_no_profile_is_written_and_the_errors_are_named(tmp_path):
     from bertops.errors import BertopsError
     from bertops.tuning import summarise
