@@ -494,6 +494,9 @@ def dashboard(
     os.execve(command[0], command, server.dashboard_env(cfg))
 
 
+MODEL_HEADLINE = ("accuracy", "entity_f1", "exact_match", "f1")
+
+
 @models_app.command("list")
 def models_list(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set_: list[str] = SetOpt) -> None:
     """Versions with their stage and key metrics."""
@@ -511,12 +514,13 @@ def models_list(params: Path = ParamsOpt, profile: Path | None = ProfileOpt, set
         typer.echo(f"shadow: {routing.shadow} answers every request in the background")
     for version, record in versions.items():
         metrics = record.get("metrics") or {}
+        # the task's headline figures (classification: accuracy; NER: entity_f1; QA: exact_match, f1)
+        shown = [f"{key}={metrics[key]:.4f}" for key in MODEL_HEADLINE if isinstance(metrics.get(key), int | float)]
         retrieval = (metrics.get("embedding") or {}).get("retrieval") or {}
-        embedding = f"  embedding recall@1={retrieval['recall@1']:.4f}" if "recall@1" in retrieval else ""
-        typer.echo(
-            f"{version}  {record['stage']:<10}  accuracy={metrics.get('accuracy')}{embedding}  "
-            f"registered={record['registered_at']}"
-        )
+        if "recall@1" in retrieval:
+            shown.append(f"embedding recall@1={retrieval['recall@1']:.4f}")
+        figures = "  ".join(shown) or "no metrics"
+        typer.echo(f"{version}  {record['stage']:<10}  {figures}  registered={record['registered_at']}")
 
 
 @models_app.command("show")

@@ -1,4 +1,4 @@
-"""Pruning the model store: what `bertops models prune` deletes, keeps and says."""
+"""Pruning the model store: what `bertops models prune` deletes, keeps and says; what `models list` shows."""
 
 from __future__ import annotations
 
@@ -82,3 +82,22 @@ def test_the_cli_prunes_lists_and_refuses_bad_counts(workspace: Path):
     assert "v1  pruned" in listed.output and "v2  production" in listed.output, listed.output
     bad = CliRunner().invoke(app, ["models", "prune", "--keep-rollbacks", "0", *params])
     assert bad.exit_code == 2 and "--keep-rollbacks" in bad.output
+
+
+def test_models_list_shows_each_versions_own_headline_metrics(workspace: Path):
+    cfg = smoke_config()
+    registry = registry_for(cfg)
+    registry.register(cfg.package.model_name, "v5", {"metrics": {"entity_f1": 0.85821, "version": "v5"}})
+    registry.register(
+        cfg.package.model_name,
+        "v6",
+        {"metrics": {"accuracy": 0.8853, "exact_match": None, "embedding": {"retrieval": {"recall@1": 0.695}}}},
+    )
+    params = ["--params", str(REPO / "params.yaml"), "--profile", str(REPO / "configs" / "smoke.yaml")]
+    listed = CliRunner().invoke(app, ["models", "list", *params])
+    assert listed.exit_code == 0, listed.output
+    lines = {line.split()[0]: line for line in listed.output.splitlines() if line.startswith("v")}
+    assert "entity_f1=0.8582" in lines["v5"] and "accuracy" not in lines["v5"]  # an NER model: no accuracy=None
+    assert "accuracy=0.8853" in lines["v6"] and "embedding recall@1=0.6950" in lines["v6"]
+    assert "exact_match" not in lines["v6"]
+    assert "no metrics" in lines["v1"]
