@@ -122,6 +122,7 @@ def test_runs_are_saved_listed_found_and_compared(toy_repo: Path, monkeypatch):
 
     runs = experiments.list_runs(root)
     assert [r.name for r in runs] == ["second", "first"] and runs[0].rev == second and runs[1].rev == first
+    assert [r.name for r in experiments.list_runs(root, limit=1)] == ["second"]  # only the newest is read
     assert runs[1].params["toy.lr"] == 0.1 and runs[0].params["toy.lr"] == 0.3
     assert runs[0].metrics["evaluate.accuracy"] == pytest.approx(0.7)
     assert runs[0].metrics["evaluate.slices.short.accuracy"] == pytest.approx(0.3)
