@@ -28,6 +28,7 @@ METRIC = "validation_accuracy"  # what the loop reports for every validation eva
 COMPLETED, STOPPED, ERROR = "completed", "stopped early", "error"
 # ASHA's max_t, in evaluations: far beyond any real run, so ASHA never ends a trial for its length.
 MAX_EVALUATIONS = 100_000
+ELAPSED = "elapsed_s"  # reported with every evaluation: the loop's clock (it starts after set-up; 0 again on resume)
 SHARE = "schedule_share"  # reported with every evaluation: step / the trial's total steps (tune.rungs: schedule)
 
 
@@ -47,7 +48,7 @@ class TrialRecord:
     minutes: float
     error: str | None = None  # the last line of the exception
     defaults: bool = False  # the trial of the config's current values
-    # [{step, validation_accuracy, schedule_share, minutes}] as reported (minutes: the trial's time so far)
+    # [{step, validation_accuracy, schedule_share, elapsed_s}] as reported (elapsed_s: the loop's clock)
     validation: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -249,7 +250,13 @@ def _run_trial(params: dict[str, Any], setup: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             Path(directory, "validation.json").write_text(json.dumps(reported))
             ray_tune.report(
-                {METRIC: row[METRIC], "step": row["step"], "epoch": row["epoch"], SHARE: row["share"]},
+                {
+                    METRIC: row[METRIC],
+                    "step": row["step"],
+                    "epoch": row["epoch"],
+                    SHARE: row["share"],
+                    ELAPSED: row["elapsed_s"],
+                },
                 checkpoint=ray_tune.Checkpoint.from_directory(directory),
             )
 
@@ -477,8 +484,8 @@ def _record(config: Config, search: Path, result: Any) -> TrialRecord:
             entry = {"step": int(row["step"]), METRIC: float(row[METRIC])}
             if SHARE in frame and row[SHARE] == row[SHARE]:  # not NaN: reported by this version's loop
                 entry[SHARE] = float(row[SHARE])
-            if "time_total_s" in frame and row["time_total_s"] == row["time_total_s"]:
-                entry["minutes"] = round(float(row["time_total_s"]) / 60, 3)
+            if ELAPSED in frame and row[ELAPSED] == row[ELAPSED]:
+                entry[ELAPSED] = float(row[ELAPSED])
             rows.append(entry)
     if result.error is not None:
         status = ERROR
@@ -519,18 +526,24 @@ def full_run_evaluations(cfg: FinetuneConfig, train_rows: int, evaluate_start: b
 
 
 def remaining_minutes(trial: TrialRecord) -> float | None:
-    """The minutes a stopped trial would still have trained, from the share of its schedule done at its
-    last evaluation and its pace over that share: (1 - share) x minutes per share. The pace leaves out
-    the set-up before a step-0 evaluation (model load, the start's probe), which a longer run would not
-    repeat. None when the trial did not report shares (a search begun before they were reported)."""
+    """The minutes a stopped trial would still have trained: the share of its schedule left at its last
+    evaluation x its pace, minutes per share of schedule. The pace is read on the loop's own clock,
+    which starts after set-up (model load, data, a probe), so set-up is not multiplied up: between the
+    first and last evaluations when there are two (a resumed trial: since it resumed), else from the
+    loop's start. Without the loop's clock (an older search), from the trial's whole time. None when the
+    trial did not report shares (a search begun before they were reported)."""
     rows = trial.validation
     if not rows or any(SHARE not in r for r in rows) or rows[-1][SHARE] <= 0:
         return None
-    last = rows[-1]
-    minutes = last.get("minutes", trial.minutes)
-    start = rows[0].get("minutes", 0.0) if rows[0][SHARE] == 0 else 0.0
-    pace = max(minutes - start, 0.0) / last[SHARE]
-    return max(1.0 - last[SHARE], 0.0) * pace
+    last, left = rows[-1], max(1.0 - rows[-1][SHARE], 0.0)
+    if all(ELAPSED in r for r in rows):
+        resumed = [i for i in range(1, len(rows)) if rows[i][ELAPSED] < rows[i - 1][ELAPSED]]
+        first = rows[resumed[-1]] if resumed else rows[0]
+        if last[SHARE] > first[SHARE]:
+            return left * (last[ELAPSED] - first[ELAPSED]) / (last[SHARE] - first[SHARE]) / 60
+        if not resumed:
+            return left * last[ELAPSED] / last[SHARE] / 60
+    return left * trial.minutes / last[SHARE]
 
 
 def _minutes_saved(config: Config, root: Path, trials: list[TrialRecord]) -> float:

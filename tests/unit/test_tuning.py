@@ -198,41 +198,44 @@ def test_minutes_saved_is_each_stopped_trials_unfinished_schedule_at_its_own_pac
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from bertops.tuning import SHARE, TrialRecord, remaining_minutes, summarise
+    from bertops.tuning import ELAPSED, SHARE, TrialRecord, remaining_minutes, summarise
 
-    def trial(trial_id: str, status: str, shares: list[float], minutes: list[float], lr: float) -> TrialRecord:
-        rows = [
-            {"step": int(100 * s), "validation_accuracy": 0.5 + s / 10, SHARE: s, "minutes": m}
-            for s, m in zip(shares, minutes)
-        ]
-        return TrialRecord(
-            trial_id, {"finetune.lr": lr, "finetune.epochs": 2}, status, len(rows), 0.6, minutes[-1], validation=rows
-        )
+    def trial(trial_id: str, status: str, shares: list, elapsed: list | None, minutes: float) -> TrialRecord:
+        rows = [{"step": int(100 * s), "validation_accuracy": 0.5 + s / 10, SHARE: s} for s in shares]
+        for row, seconds in zip(rows, elapsed or []):
+            row[ELAPSED] = seconds
+        return TrialRecord(trial_id, {"finetune.lr": 1e-4 * len(trial_id), "finetune.epochs": 2}, status, len(rows),
+                           0.6, minutes, validation=rows)  # fmt: skip
 
-    # 4 minutes per whole schedule: stopped at a quarter -> 3 minutes left
-    quarter = trial("c_00001", "stopped early", [0.25], [1.0], 2e-4)
-    # a step-0 evaluation after 0.5 min of set-up: the pace is (1.5 - 0.5) / 0.25, half the schedule left
-    probed = trial("c_00002", "stopped early", [0.0, 0.25, 0.5], [0.5, 1.5, 2.5], 3e-4)
+    # a quarter of the schedule in 60 s of the loop's clock: 4 minutes a schedule, 3 left. The trial's
+    # whole time (1.5 min) holds 0.5 min of set-up, which a full run pays once: not multiplied up (4.5)
+    quarter = trial("c_00001", "stopped early", [0.25], [60], 1.5)
+    # a step-0 evaluation (a probe) at 30 s: the pace is measured between the first and last evaluation
+    probed = trial("c_00002", "stopped early", [0.0, 0.25, 0.5], [30, 90, 150], 3.0)
+    # resumed after half its schedule, the loop's clock starts again: the pace is read since the resume
+    resumed = trial("c_00003", "stopped early", [0.25, 0.5, 0.625, 0.75], [60, 120, 20, 50], 9.0)
+    # no loop clock reported (an older search): the trial's whole time over its share
+    unclocked = trial("c_00004", "stopped early", [0.5], None, 2.0)
     assert remaining_minutes(quarter) == pytest.approx(3.0)
     assert remaining_minutes(probed) == pytest.approx(2.0)
-    # a trial that ran to its end saves nothing; a search begun before shares were reported has none
-    assert remaining_minutes(trial("c_00003", "completed", [0.5, 1.0], [2.0, 4.0], 4e-4)) == 0.0
-    legacy = record("c_00004", 5e-4, 2, "stopped early", [0.6])  # one evaluation at step 2, 0.5 minutes
+    assert remaining_minutes(resumed) == pytest.approx(1.0)
+    assert remaining_minutes(unclocked) == pytest.approx(2.0)
+    assert remaining_minutes(trial("c_00005", "completed", [0.5, 1.0], [60, 120], 2.5)) == 0.0  # ran to its end
+    legacy = record("c_00006", 5e-4, 2, "stopped early", [0.6])  # no shares: one evaluation at step 2, 0.5 min
     assert remaining_minutes(legacy) is None
 
     cfg = with_space(SPACE)
     prepared = tmp_path / cfg.paths.prepared / cfg.ingest.dataset
     prepared.mkdir(parents=True)
-    # 8 rows at the smoke profile's batch size: the legacy trial's full run makes `full` evaluations
     pq.write_table(pa.table({"text": ["x"] * 8}), prepared / "train.parquet")
-    setting = cfg.finetune.model_copy(update={"lr": 5e-4, "epochs": 2})
-    full = full_run_evaluations(setting, 8, evaluate_start=False)
+    full = full_run_evaluations(cfg.finetune.model_copy(update={"lr": 5e-4, "epochs": 2}), 8, evaluate_start=False)
     defaults = record("c_00000", cfg.finetune.lr, cfg.finetune.epochs, "completed", [0.7, 0.8])
     search = tmp_path / "search"
     search.mkdir()
-    summary = summarise(cfg, tmp_path, search, [defaults, quarter, probed, legacy])
-    assert summary.early_stopped == 3
-    assert summary.minutes_saved == pytest.approx(3.0 + 2.0 + (full - 1) * 0.5)
+    summary = summarise(cfg, tmp_path, search, [defaults, quarter, probed, resumed, unclocked, legacy])
+    assert summary.early_stopped == 5
+    # a search without shares counts the evaluations a full run would make (from the train file)
+    assert summary.minutes_saved == pytest.approx(3.0 + 2.0 + 1.0 + 2.0 + (full - 1) * 0.5, abs=0.01)
     assert "trial-minutes saved by early stopping (estimate): " in (search / "results.md").read_text()
 
 
