@@ -375,6 +375,8 @@ class TuneConfig(_Section):
 
     @model_validator(mode="after")
     def _grace_in_the_rungs_unit(self) -> TuneConfig:
+        if self.scheduler != "asha":  # fifo stops nothing: it has no rungs
+            return self
         if self.rungs == "schedule" and not self.grace_period < 1:
             raise ValueError(
                 f"tune.grace_period={self.grace_period} with tune.rungs=schedule is a share of each trial's "

@@ -373,6 +373,16 @@ def _check_resources(config: Config) -> None:
         )
 
 
+def saved_search(search: Path) -> tuple[Config, Path | None]:
+    """The config and profile a saved search started with (`search.json`), to resume it as it began.
+    A search saved before `tune.rungs` existed counted its rungs in evaluations (its pickled scheduler
+    still does), so its config says so, not today's default."""
+    saved = json.loads((search / "search.json").read_text())
+    tree = saved["config"]
+    tree.get("tune", {}).setdefault("rungs", "evaluations")
+    return config_from_dict(tree, source=str(search)), Path(saved["profile"]) if saved.get("profile") else None
+
+
 def tune(config: Config, root: Path = Path("."), resume: bool = False, profile: Path | None = None) -> TuneSummary:
     """Search tune.space with Ray Tune, write the reports and the best setting as a profile (over
     `profile`, the profile `config` was read with, when there was one).
@@ -393,9 +403,7 @@ def tune(config: Config, root: Path = Path("."), resume: bool = False, profile: 
                 f"there is no search to resume: {search} holds no saved search state; "
                 "start one with `bertops tune` (without --resume)"
             )
-        saved_search = json.loads((search / "search.json").read_text())
-        config = config_from_dict(saved_search["config"], source=str(search))
-        profile = Path(saved_search["profile"]) if saved_search.get("profile") else None
+        config, profile = saved_search(search)
     space = validate_space(config)
     prepared = (root / config.paths.prepared / config.ingest.dataset).resolve()
     if not (prepared / "meta.json").is_file():

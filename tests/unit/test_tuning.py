@@ -393,3 +393,23 @@ def test_grace_period_is_checked_against_the_rungs_unit():
         with_space({"finetune.lr": {"loguniform": [1e-5, 1e-3]}}, rungs="schedule", grace_period=1)
     with pytest.raises(ConfigError, match=r"tune.grace_period=0.5 with tune.rungs=evaluations .* whole number"):
         with_space({"finetune.lr": {"loguniform": [1e-5, 1e-3]}}, rungs="evaluations", grace_period=0.5)
+    # fifo stops no trial, so its grace period means nothing and is not checked
+    assert with_space({"finetune.lr": {"loguniform": [1e-5, 1e-3]}}, scheduler="fifo", grace_period=1).tune.grace_period
+
+
+def test_a_search_saved_before_rungs_existed_resumes_with_evaluation_rungs(tmp_path):
+    """Its pickled scheduler counts evaluations, and its saved config (grace_period 1, no `rungs`) would be
+    refused under today's default unit: it resumes as it began."""
+    from bertops.tuning import saved_search
+
+    old = smoke_config().to_dict()
+    del old["tune"]["rungs"]
+    old["tune"]["grace_period"] = 1
+    (tmp_path / "search.json").write_text(json.dumps({"config": old, "profile": None}))
+    config, profile = saved_search(tmp_path)
+    assert (config.tune.rungs, config.tune.grace_period, profile) == ("evaluations", 1, None)
+
+    new = smoke_config().to_dict()  # a search saved today keeps what it says
+    (tmp_path / "search.json").write_text(json.dumps({"config": new, "profile": "configs/rte.yaml"}))
+    config, profile = saved_search(tmp_path)
+    assert config.tune.rungs == new["tune"]["rungs"] and profile == Path("configs/rte.yaml")
