@@ -570,11 +570,12 @@ def models_prune(
     pruned = _run("models prune", lambda: prune_versions(cfg, Path("."), keep, keep_rollbacks, dry_run))
     verb = "would prune" if dry_run else "pruned"
     for entry in pruned:
-        size = f"{entry['bytes'] / 1e6:.1f} MB" if entry["bytes"] else "no artifact"
+        size = f"{(entry['bytes'] or 0) / 1e6:.1f} MB" if entry["removed"] else "its file was already gone"
         typer.echo(f"{verb} {cfg.package.model_name}:{entry['version']}  ({size})")
-    freed = sum(entry["bytes"] or 0 for entry in pruned)
+    freed = sum(entry["bytes"] or 0 for entry in pruned if entry["removed"])
     typer.echo(
-        f"{len(pruned)} version(s) {verb}, {freed / 1e6:.1f} MB" + (" (dry run: nothing changed)" if dry_run else "")
+        f"{len(pruned)} version(s) {verb}, {freed / 1e6:.1f} MB {'to free' if dry_run else 'freed'}"
+        + (" (dry run: nothing changed)" if dry_run else "")
     )
 
 

@@ -21,7 +21,7 @@ import getpass
 import json
 import os
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -368,14 +368,17 @@ class Registry:
             _add_event(conn, name, "rollback", target, current, reason or "rollback")
             return target
 
-    def prune(self, name: str, keep_newest: int, keep_rollbacks: int, dry_run: bool = False) -> list[str]:
+    def prune(
+        self, name: str, keep_newest: int, keep_rollbacks: int, dry_run: bool = False, keep: Collection[str] = ()
+    ) -> list[str]:
         """Mark as pruned every version nothing needs any more, and return them (the caller deletes
         their artifacts, after this commit: a registry never points at an artifact already gone).
         `dry_run`: only say which (nothing changes, not even the revision endpoints poll).
 
         Kept: production, the canary, the shadow, staging versions, the last `keep_rollbacks`
         production versions (what `rollback` walks back through, production included), and the
-        `keep_newest` most recently registered versions (candidates that may still be promoted)."""
+        `keep_newest` most recently registered versions (candidates that may still be promoted), and
+        the versions in `keep` (what the caller knows is still needed)."""
         if keep_rollbacks < 1 or keep_newest < 0:
             raise RegistryError(
                 f"keep_rollbacks={keep_rollbacks}, keep_newest={keep_newest}: keep at least the production "
@@ -383,9 +386,9 @@ class Registry:
             )
         if dry_run:
             with self._errors(), self.engine.connect() as conn:
-                return _prunable(conn, name, keep_newest, keep_rollbacks)
+                return [v for v in _prunable(conn, name, keep_newest, keep_rollbacks) if v not in keep]
         with self._change(name) as (conn, production):
-            pruned = _prunable(conn, name, keep_newest, keep_rollbacks)
+            pruned = [v for v in _prunable(conn, name, keep_newest, keep_rollbacks) if v not in keep]
             for version in pruned:
                 _set_stage(conn, name, version, PRUNED)
                 _add_event(

@@ -8,7 +8,16 @@ import pytest
 from typer.testing import CliRunner
 
 from bertops.cli import app
-from bertops.model_store import fetch_version, prune_versions, registry_for, store_for
+from bertops.config import config_from_dict
+from bertops.model_store import (
+    ModelStore,
+    StoreError,
+    StoreUnreachable,
+    fetch_version,
+    prune_versions,
+    registry_for,
+    store_for,
+)
 from bertops.registry import RegistryError
 from tests.conftest import REPO, smoke_config
 
@@ -45,7 +54,7 @@ def test_prune_deletes_the_artifacts_of_unneeded_versions_only(workspace: Path):
     assert any(p.name.startswith("v1-") for p in cache.iterdir())
 
     planned = prune_versions(cfg, keep_newest=1, keep_rollbacks=1, dry_run=True)
-    assert [(e["version"], e["removed"]) for e in planned] == [("v1", False), ("v3", False)]
+    assert [(e["version"], e["removed"]) for e in planned] == [("v1", True), ("v3", True)]  # would be removed
     assert all(_tar(workspace, v).is_file() for v in ("v1", "v2", "v3", "v4"))  # a dry run deletes nothing
 
     sizes = {v: _tar(workspace, v).stat().st_size for v in ("v1", "v3")}
@@ -68,6 +77,62 @@ def test_a_prune_that_stopped_before_deleting_is_finished_by_the_next(workspace:
     assert _tar(workspace, "v1").is_file()
     assert prune_versions(cfg, keep_newest=1, keep_rollbacks=1) == []  # nothing new to mark...
     assert not _tar(workspace, "v1").exists() and not _tar(workspace, "v3").exists()  # ...the files go
+
+
+def test_prune_changes_nothing_when_this_machine_sees_another_store(workspace: Path, tmp_path: Path, monkeypatch):
+    """A shared registry with a store URL not set on this machine: the versions' files are elsewhere, so
+    marking them would free nothing and lose them for good. Refused before anything changes."""
+    cfg = smoke_config()
+    monkeypatch.setenv("BERTOPS_STORE_URL", str(tmp_path / "another-store"))
+    with pytest.raises(StoreError, match=r"v1 was stored at .*registry/store/.*BERTOPS_STORE_URL.*nothing was changed"):
+        prune_versions(cfg, keep_newest=1, keep_rollbacks=1)
+    assert "pruned" not in {r["stage"] for r in registry_for(cfg).versions(cfg.package.model_name).values()}
+    assert _tar(workspace, "v1").is_file() and _tar(workspace, "v3").is_file()
+    result = CliRunner().invoke(
+        app, ["models", "prune", "--keep", "1", "--keep-rollbacks", "1", "--params", str(REPO / "params.yaml"),
+              "--profile", str(REPO / "configs" / "smoke.yaml")],
+    )  # fmt: skip
+    assert result.exit_code == 1 and "BERTOPS_STORE_URL" in result.output, result.output
+
+
+def test_prune_keeps_pinned_and_storeless_versions_and_says_what_it_freed(workspace: Path, monkeypatch):
+    cfg = smoke_config()
+    name = cfg.package.model_name
+    registry = registry_for(cfg)
+    registry.register(name, "v0", {"model_tag": f"{name}:v0"})  # packaged before the model store: no artifact
+    tree = cfg.to_dict()
+    tree["serve"]["embedding_model"] = f"{name}:v1"  # every evaluate fetches it
+    pinned = config_from_dict(tree)
+    _tar(workspace, "v3").unlink()  # gone from the store already (by hand)
+    # the two newest are v0 (registered last) and v4; v2 is production; v1 is pinned
+    unpinned = prune_versions(cfg, keep_newest=2, keep_rollbacks=1, dry_run=True)
+    assert [(e["version"], e["removed"]) for e in unpinned] == [("v1", True), ("v3", False)]
+    pruned = prune_versions(pinned, keep_newest=2, keep_rollbacks=1)
+    assert [(e["version"], e["removed"]) for e in pruned] == [("v3", False)]  # its file was already gone
+    assert _tar(workspace, "v1").is_file()
+    stages = {v: r["stage"] for v, r in registry.versions(name).items()}
+    assert stages["v3"] == "pruned" and stages["v1"] != "pruned"
+    # a version with nothing in the store is never marked: there is nothing to free, and BentoML's copy serves
+    size = _tar(workspace, "v4").stat().st_size
+    assert prune_versions(pinned, keep_newest=0, keep_rollbacks=1) == [
+        {"version": "v4", "bytes": size, "removed": True}
+    ]
+    assert registry.versions(name)["v0"]["stage"] != "pruned"
+
+
+def test_a_store_that_fails_after_marking_says_so_and_the_next_prune_finishes(workspace: Path, monkeypatch):
+    cfg = smoke_config()
+
+    def unreachable(self, name, version):
+        raise StoreUnreachable("cannot use the model store: connection reset; nothing was changed")
+
+    with monkeypatch.context() as patched, pytest.raises(StoreUnreachable) as caught:
+        patched.setattr(ModelStore, "delete", unreachable)
+        prune_versions(cfg, keep_newest=1, keep_rollbacks=1)
+    assert "2 version(s) of" in str(caught.value) and "are marked pruned" in str(caught.value)
+    assert "run `bertops models prune` again" in str(caught.value)
+    assert prune_versions(cfg, keep_newest=1, keep_rollbacks=1) == []
+    assert not _tar(workspace, "v1").exists() and not _tar(workspace, "v3").exists()
 
 
 def test_the_cli_prunes_lists_and_refuses_bad_counts(workspace: Path):
