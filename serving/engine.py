@@ -74,6 +74,11 @@ class Metrics:
         self.answers = Counter(
             "bertops_answers_total", "requests answered, by the version that answered", ["endpoint", "version"]
         )
+        self.failures = Counter(
+            "bertops_failures_total",
+            "requests the model failed (a 5xx), by the version that failed",
+            ["endpoint", "version"],
+        )
         self.shadow = Counter(
             "bertops_shadow_answers_total",
             "inputs the shadow version also answered, by agreement with production",

@@ -220,6 +220,7 @@ class Endpoint:
             raise bentoml.exceptions.ServiceUnavailable(str(exc)) from None
         except Exception:
             self._record(version, time.perf_counter() - started, ok=False)
+            engine.metrics().failures.labels(route, version).inc()
             raise
         self._record(version, time.perf_counter() - started, ok=True)
         engine.metrics().answers.labels(route, answers[0]["model_version"] if answers else version).inc()

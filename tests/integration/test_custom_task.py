@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -45,6 +46,8 @@ class Regression(service.Endpoint):
 
     def _score(self, texts: list, which: str = "production") -> list[dict]:
         m = self.served(which)  # production, or the canary/shadow this batch runs on
+        if "fail on purpose" in texts:  # a model call that raises: the test's 5xx
+            raise RuntimeError("failing on purpose")
         values, truncated = self._infer(m, "/score", texts, "logits")
         return [{"score": round(float(v[0]), 6), "model_version": m.version, "truncated": cut}
                 for v, cut in zip(values, truncated)]
@@ -308,6 +311,19 @@ def test_a_task_defined_in_the_tests_runs_through_every_stage_and_the_endpoint(t
         other = httpx.post(f"{url}/classify", json={"texts": texts}, timeout=30)
         assert other.status_code == 400 and "/score" in other.text  # the route of another task names ours
         assert httpx.get(f"{url}/metadata", timeout=10).json()["task"] == NAME
+        # a failing model call is a 5xx counted for the version that failed, and the endpoint goes on
+        failed = httpx.post(f"{url}/score", json={"texts": ["fail on purpose"]}, timeout=60)
+        assert failed.status_code >= 500, failed.text
+        assert httpx.post(f"{url}/score", json={"texts": texts}, timeout=60).status_code == 200
+        exposition = httpx.get(f"{url}/metrics", timeout=10).text
+        tag = packaged.model_tag
+
+        def count(series: str) -> float:
+            found = re.search(rf'^{series}{{endpoint="/score",version="{re.escape(tag)}"}} (\S+)$', exposition, re.M)
+            assert found, f"{series} for {tag} is not in /metrics:\n{exposition[-3000:]}"
+            return float(found.group(1))
+
+        assert count("bertops_failures_total") == 1.0 and count("bertops_answers_total") >= 2.0
     finally:
         server.stop(cfg)
         os.chdir(cwd)
