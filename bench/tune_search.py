@@ -115,7 +115,7 @@ def main() -> None:
         evaluate(side_config, root)
         metrics = json.loads((root / "reports" / "evaluate" / "metrics.json").read_text())
         report_json = json.loads((root / "reports" / "evaluate" / "report.json").read_text())
-        probabilities = np.load(root / "reports" / "evaluate" / "probabilities.npy")
+        probabilities = np.load(root / "reports" / "evaluate" / "arrays" / "probabilities.npy")
         results[side] = {
             "validation": trained.best_validation_accuracy,
             "accuracy": metrics["accuracy"],

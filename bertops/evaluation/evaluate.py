@@ -5,7 +5,9 @@ production model re-scored on the very same examples; this stage writes what it 
 - `reports/evaluate/report.json`: everything;
 - `reports/evaluate/metrics.json`: what the gate reads (a DVC metric), at full precision;
 - `reports/evaluate/summary.md`: the markdown summary the CLI prints and the flow publishes;
-- any arrays the task keeps (e.g. the eval probabilities, `probabilities.npy`).
+- `reports/evaluate/arrays/`: the arrays the task keeps (classification: the eval probabilities,
+  `probabilities.npy`), listed in its `index.json` (a folder every task writes, so the DVC stage
+  declares the same outputs whatever the task).
 
 Whatever the task, `/embed`'s model is scored too (bertops.evaluation.embedding): the report's and
 the gate's `embedding` section.
@@ -50,6 +52,21 @@ def evaluate(config: Config, root: Path = Path(".")) -> dict:
     # Full precision: the gate must not pass 0.87996 as 0.88.
     (out_dir / "metrics.json").write_text(json.dumps(result.gate_metrics, indent=2) + "\n")
     (out_dir / "summary.md").write_text(result.summary)
-    for name, array in result.arrays.items():
-        np.save(out_dir / f"{name}.npy", array)
+    write_arrays(out_dir / ARRAYS_DIR, result.arrays)
     return result.report
+
+
+ARRAYS_DIR = "arrays"
+
+
+def write_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> None:
+    """`<name>.npy` for each array and an `index.json` (name -> shape, dtype), replacing what an
+    earlier evaluation left there (it may have been another task's)."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name, array in arrays.items():
+        np.save(folder / f"{name}.npy", array)
+    index = {name: {"shape": list(array.shape), "dtype": str(array.dtype)} for name, array in arrays.items()}
+    (folder / "index.json").write_text(json.dumps(index, indent=2) + "\n")

@@ -42,3 +42,32 @@ def input_drift_is_watched(cfg, root: Path, url: str, packaged, sent: list[str])
     assert len(columns["label"]) == 0 and "embedding" not in columns  # the input side only
     result = monitor(cfg, root)
     assert result["report"]["verdict"] == "insufficient" and f"holds {len(sent)} inputs" in result["report"]["message"]
+
+
+def missing_stage_outputs(cfg, root: Path, stages: list[str]) -> list[str]:
+    """The outputs dvc.yaml declares for `stages` (its ${...} filled from the config) that are not in
+    `root`. A task that leaves one out cannot be recorded as an experiment (DVC refuses to save a
+    stage whose output is missing) and fails `dvc repro`, so every task writes all of them."""
+    import re
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    tree = cfg.to_dict()
+
+    def value(match: re.Match) -> str:
+        node = tree
+        for part in match.group(1).split("."):
+            node = node[part]
+        return str(node)
+
+    declared = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    missing = []
+    for stage in stages:
+        for kind in ("outs", "metrics", "plots"):
+            for entry in declared[stage].get(kind) or []:
+                path = re.sub(r"\$\{([^}]+)\}", value, entry if isinstance(entry, str) else next(iter(entry)))
+                if not (root / path).exists():
+                    missing.append(f"{stage}: {path}")
+    return missing

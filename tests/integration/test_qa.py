@@ -92,6 +92,11 @@ def test_qa_trains_evaluates_gates_and_answers(tmp_path: Path):
     shutil.copytree(REPO / "serving", tmp_path / "serving", dirs_exist_ok=True)
     packaged = package(cfg, tmp_path)
     promote(cfg, tmp_path)
+    from tests.integration.conftest import missing_stage_outputs
+
+    # every output the DVC stages declare, so the run can be recorded as an experiment (and `dvc repro` ends)
+    stages = ["ingest", "validate", "prepare", "finetune", "evaluate", "gate", "package"]
+    assert missing_stage_outputs(cfg, tmp_path, stages) == []
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:

@@ -191,7 +191,7 @@ def test_rte_trains_evaluates_exports_and_serves_pairs(tmp_path: Path):
         # The served answer agrees with evaluate's probabilities for the same pairs (same tokenization).
         import numpy as np
 
-        probs = np.load(tmp_path / "reports/evaluate/probabilities.npy")[:4]
+        probs = np.load(tmp_path / "reports/evaluate/arrays/probabilities.npy")[:4]
         served = np.array([[item["probabilities"][name] for name in ("entailment", "not_entailment")] for item in body])
         assert np.abs(served - probs).max() < 0.05  # the same runtime; int8 scales activations per batch
         # A plain text (or a 3-element list) is not a pair: 400 naming the shape, and the server keeps answering.
