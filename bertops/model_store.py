@@ -250,9 +250,9 @@ def prune_versions(
     if dry_run:
         return [_pruned_entry(records, v, present[v]) for v in planned]
     pruned = registry.prune(name, keep_newest, keep_rollbacks, keep=keep)
-    removed = {}
+    removed, records = {}, registry.versions(name)  # read again: one may have been registered since
     try:
-        for version, record in registry.versions(name).items():  # this run's, and any an earlier run left
+        for version, record in records.items():  # this run's, and any an earlier run left
             if record["stage"] == PRUNED:
                 removed[version] = store.delete(name, version)
     except StoreError as exc:
