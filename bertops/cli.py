@@ -564,7 +564,7 @@ def models_prune(
 ) -> None:
     """Delete the model-store artifacts of versions nothing needs any more. Production, canary, shadow
     and staging versions are always kept; pruned versions stay in the registry and its history."""
-    from bertops.model_store import prune_versions
+    from bertops.pruning import prune_versions
 
     cfg = _config(params, profile, set_)
     pruned = _run("models prune", lambda: prune_versions(cfg, Path("."), keep, keep_rollbacks, dry_run))

@@ -14,10 +14,10 @@ from bertops.model_store import (
     StoreError,
     StoreUnreachable,
     fetch_version,
-    prune_versions,
     registry_for,
     store_for,
 )
+from bertops.pruning import prune_versions
 from bertops.registry import RegistryError
 from tests.conftest import REPO, smoke_config
 
