@@ -276,10 +276,15 @@ def record_task(ctx: RunContext, experiment: dict, stages: list[str]) -> str | N
     try:
         rev = experiments.record(root, name, stages)
         run = experiments.workspace_run(root, name, rev)  # the files just saved: no second read through DVC
-        against = experiments.find_run(root, champion) if champion and champion != name else None
     except BertopsError as exc:
         logger.warning("the run was not recorded: %s", exc)
         return None
+    against = None
+    if champion and champion != name:
+        try:
+            against = experiments.find_run(root, champion)
+        except experiments.ExperimentError:  # made elsewhere, or by a run that was not recorded
+            pass
     if against is None:
         why = (
             f"the production model's run ({champion}) is not recorded here"

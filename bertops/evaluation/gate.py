@@ -90,6 +90,7 @@ class GateDecision:
     runtime_sha256: str | None = None  # its file (ONNX), when it is not the PyTorch weights
     comparison: dict | None = None  # vs. production: overall and per-slice differences, CIs, p-values, verdicts
     embedding: dict | None = None  # /embed's model judged: model, runtime, runtime_sha256 (what `package` ships)
+    champion: str | None = None  # the production version the candidate was compared with (None: the first model)
 
     @property
     def reasons(self) -> list[str]:
@@ -128,6 +129,8 @@ class GateDecision:
                     f"{r['difference']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['mcnemar_p']:.4g} | "
                     f"{r['verdict']} |"
                 )
+        elif self.champion:
+            lines += ["", f"Compared with production {self.champion} on the same eval examples: the checks above."]
         else:
             lines += ["", "No production model yet: judged on thresholds alone."]
         if not self.approved:
@@ -320,7 +323,12 @@ def decide(report: dict, policy: GateConfig, rules: GateRules | None = None) -> 
                 )
             comparison["slices"][name] = {**result, "verdict": verdict}
     return GateDecision(
-        all(c.passed for c in checks), checks, report.get("model_sha256"), **_served(report), comparison=comparison
+        all(c.passed for c in checks),
+        checks,
+        report.get("model_sha256"),
+        **_served(report),
+        comparison=comparison,
+        champion=(champion or {}).get("version"),
     )
 
 
@@ -353,7 +361,13 @@ def _decide_point(report: dict, policy: GateConfig, rules: GateRules) -> GateDec
                 ">=",
             )
         )
-    return GateDecision(all(c.passed for c in checks), checks, report.get("model_sha256"), **_served(report))
+    return GateDecision(
+        all(c.passed for c in checks),
+        checks,
+        report.get("model_sha256"),
+        **_served(report),
+        champion=(champion or {}).get("version"),
+    )
 
 
 def required_floor(value: float | None, setting: str, what: str) -> float:

@@ -288,6 +288,10 @@ def test_a_second_workspace_sharing_only_the_team_state_carries_on(repo, tmp_pat
         promotions = [e["version"] for e in after["history"] if e["action"] == "promote"]
         assert promotions[-2:] == [champion, after["production"]]
         assert not (b / "registry" / "registry.db").exists()  # B kept no registry of its own
+        # B's run is recorded in B, though the run that made the champion was recorded in A only
+        from bertops import experiments
+
+        assert len(experiments.list_runs(b)) == 1
 
         # Both replicas converge on B's version, with no restart.
         deadline = time.monotonic() + 30

@@ -282,3 +282,23 @@ def test_a_real_paired_comparison_within_the_noise_reads_non_inferior():
     }
     decision = decide({**GOOD, "champion": champion_record}, POLICY)
     assert decision.approved and decision.comparison["verdict"] == "non-inferior"
+
+
+def test_a_task_judged_on_a_point_difference_names_the_production_model_it_was_compared_with():
+    """QA (and NER) compare F1 with production's on the same examples, without a paired table: the
+    decision still says which production version it was judged against, never "no production model"."""
+    from bertops.tasks.qa.gate import gate_rules
+
+    cfg = smoke_config(["gate.min_qa_f1=0.5", "gate.max_p95_latency_ms=500"])
+    rules = gate_rules(cfg.gate)
+    first = {"f1": 0.70, "serving": {"model_size_mb": 90.0, "latency": {"p95_ms": 40.0}}, "model_sha256": "b"}
+    alone = decide(first, cfg.gate, rules)
+    assert alone.approved and alone.champion is None and "thresholds alone" in alone.to_markdown()
+
+    champion = {"version": "7j33", "f1": 0.7013, "p95_ratio": {"median": 0.98}}
+    worse = decide({**first, "f1": 0.65, "champion": champion}, cfg.gate, rules)
+    assert not worse.approved and worse.champion == "7j33"
+    assert "SQuAD F1 vs production 7j33 (difference)" in [c.name for c in worse.checks]
+    text = worse.to_markdown()
+    assert "Compared with production 7j33" in text and "No production model yet" not in text
+    assert json.loads(worse.to_json())["champion"] == "7j33"
