@@ -291,6 +291,7 @@ def record_task(ctx: RunContext, experiment: dict, stages: list[str]) -> str | N
             if champion
             else "no recorded run made the production model"
         )
+        logger.info("nothing to compare this run with: %s", why)
         markdown = f"# {name}\n\nNothing to compare with: {why}.\n\n" + experiments.runs_table([run]) + "\n"
     else:
         markdown = experiments.comparison_markdown(experiments.compare(against, run))

@@ -278,7 +278,7 @@ def test_a_second_workspace_sharing_only_the_team_state_carries_on(repo, tmp_pat
         params = yaml.safe_load((b / "params.yaml").read_text())
         params["finetune"]["seed"] += 1  # B trains a candidate of its own
         (b / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        _sh([bertops, "run"], b, benv)
+        ran = _sh([bertops, "run"], b, benv)
 
         compared = json.loads((b / "reports/evaluate/metrics.json").read_text())["champion"]
         assert compared["version"] == champion  # found in the shared registry, fetched from the store
@@ -292,6 +292,8 @@ def test_a_second_workspace_sharing_only_the_team_state_carries_on(repo, tmp_pat
         from bertops import experiments
 
         assert len(experiments.list_runs(b)) == 1
+        assert "was not recorded" not in ran.stdout + ran.stderr
+        assert "is not recorded here" in ran.stdout + ran.stderr  # said, but the run's own record stands
 
         # Both replicas converge on B's version, with no restart.
         deadline = time.monotonic() + 30
