@@ -289,7 +289,9 @@ def test_a_task_defined_in_the_tests_runs_through_every_stage_and_the_endpoint(t
     report = evaluate(cfg, root)
     # 60 steps learn sentiment as a score: a broken pipeline (untrained head, shuffled targets) stays near 0
     assert report["pearson"] > 0.3, report
-    assert (root / "reports/evaluate/predictions.npy").is_file()
+    arrays = root / "reports/evaluate/arrays"
+    assert np.load(arrays / "predictions.npy").shape == (120,)  # one score per eval row
+    assert json.loads((arrays / "index.json").read_text())["predictions"]["shape"] == [120]
     decision = gate(cfg, root)
     assert decision.approved, decision.reasons
     assert [c.name for c in decision.checks][:2] == ["pearson", "mse"]
