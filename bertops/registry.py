@@ -386,9 +386,9 @@ class Registry:
             )
         if dry_run:
             with self._errors(), self.engine.connect() as conn:
-                return [v for v in _prunable(conn, name, keep_newest, keep_rollbacks) if v not in keep]
+                return _prunable(conn, name, keep_newest, keep_rollbacks, keep)
         with self._change(name) as (conn, production):
-            pruned = [v for v in _prunable(conn, name, keep_newest, keep_rollbacks) if v not in keep]
+            pruned = _prunable(conn, name, keep_newest, keep_rollbacks, keep)
             for version in pruned:
                 _set_stage(conn, name, version, PRUNED)
                 _add_event(
@@ -400,7 +400,9 @@ class Registry:
 
 
 # -- statements ---------------------------------------------------------------------------------
-def _prunable(conn: sa.Connection, name: str, keep_newest: int, keep_rollbacks: int) -> list[str]:
+def _prunable(
+    conn: sa.Connection, name: str, keep_newest: int, keep_rollbacks: int, keep: Collection[str] = ()
+) -> list[str]:
     """The versions `prune` would mark, oldest first (see Registry.prune for what is kept)."""
     row = conn.execute(sa.select(models_table).where(models_table.c.name == name)).first()
     if row is None:
@@ -411,7 +413,7 @@ def _prunable(conn: sa.Connection, name: str, keep_newest: int, keep_rollbacks: 
         .order_by(versions_table.c.registered_at, versions_table.c.version)
     ).all()
     stack = _production_stack(conn, name)
-    kept = {row.production, row.canary, row.shadow, *stack[-keep_rollbacks:]}
+    kept = {row.production, row.canary, row.shadow, *stack[-keep_rollbacks:], *keep}
     kept |= {r.version for r in rows if r.stage == "staging"}
     if keep_newest:
         kept |= {r.version for r in rows[-keep_newest:]}
