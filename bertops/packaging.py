@@ -5,9 +5,11 @@ The only module that imports bentoml. A model is packaged only when its gate dec
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,14 +121,41 @@ def _embedding_model(config: Config, root: Path, model_dir: Path, decision: dict
     return {"name": judged["model"], "folder": EMBEDDING_DIR, **report}
 
 
+def service_source() -> Path:
+    """The folder of the endpoint's code (service.py, engine.py, bentofile.yaml): serving/ of the
+    repository, installed with bertops as the package `bertops_serving`, so a machine with a plain
+    `pip install bertops` packages and serves without a checkout."""
+    spec = importlib.util.find_spec("bertops_serving")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if all((Path(location) / name).is_file() for name in ("service.py", "engine.py", "bentofile.yaml")):
+            return Path(location)
+    raise PackagingError(
+        "the endpoint's code (package bertops_serving: service.py, engine.py, bentofile.yaml) is not "
+        "installed with bertops; reinstall it (`pip install bertops`, or `pip install -e .` in a checkout)"
+    )
+
+
 def service_files(task) -> dict[str, Path]:
-    """Pure modules the service imports, copied beside it as they are (into the Bento, or into the
-    working folder of `bertops serve`): the encoding, drift monitoring's window, the task's core."""
+    """What the service's folder holds, by name there: service.py and engine.py, and the pure modules
+    the service imports, as they are: the encoding, drift monitoring's window, the task's core."""
     from bertops import encoding
     from bertops.monitoring import window
 
-    return {"bertops_encoding.py": Path(encoding.__file__), "bertops_window.py": Path(window.__file__),
+    source = service_source()
+    return {"service.py": source / "service.py", "engine.py": source / "engine.py",
+            "bertops_encoding.py": Path(encoding.__file__), "bertops_window.py": Path(window.__file__),
             **task.bento_files()}  # fmt: skip
+
+
+def lay_out_service(task, settings: dict, folder: Path) -> list[str]:
+    """Write a service's folder (a Bento's build context, or the working folder of `bertops serve`):
+    its code and the settings it reads at start. Returns the names written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = service_files(task)
+    for name, source in files.items():
+        shutil.copyfile(source, folder / name)
+    (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    return [*files, SETTINGS_FILE]
 
 
 def _forget_service_modules(include: list[str]) -> None:
@@ -182,7 +211,7 @@ def serving_settings(config: Config, task, model_tag: str, agreement: dict, embe
     }
 
 
-def package(config: Config, root: Path = Path("."), serving_dir: Path | None = None) -> PackageResult:
+def package(config: Config, root: Path = Path(".")) -> PackageResult:
     """Save the approved model into the BentoML store, build its Bento, register a candidate."""
     import bentoml
 
@@ -228,11 +257,11 @@ def package(config: Config, root: Path = Path("."), serving_dir: Path | None = N
         # The model carries its serving settings: an endpoint that follows the registry reads them.
         (Path(saved.path) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         reference = _reference_profile(config, root, task, Path(saved.path))  # travels with the version
-    return _publish(config, root, task, saved, settings, lineage, decision, evaluation, reference, serving_dir)
+    return _publish(config, root, task, saved, settings, lineage, decision, evaluation, reference)
 
 
 def _publish(config: Config, root: Path, task, saved, settings: dict, lineage: dict, decision: dict,
-             evaluation: dict, reference: dict | None, serving_dir: Path | None) -> PackageResult:  # fmt: skip
+             evaluation: dict, reference: dict | None) -> PackageResult:  # fmt: skip
     """The saved BentoML model -> the team's model store, a Bento of the task's service, a
     *candidate* version in the registry, reports/package/package.json."""
     import bentoml
@@ -244,31 +273,28 @@ def _publish(config: Config, root: Path, task, saved, settings: dict, lineage: d
     # The team's copy: any machine that reaches the store can fetch this version (checked by sha256).
     artifact = store_for(config, root).put(name, version, Path(saved.path))
 
-    serving_dir = serving_dir or root / "serving"
-    (serving_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
-    build = yaml.safe_load((serving_dir / "bentofile.yaml").read_text())
-    include = list(build.get("include") or [])
-    for bento_name, source in service_files(task).items():
-        if Path(source).resolve() != (serving_dir / bento_name).resolve():
-            shutil.copyfile(source, serving_dir / bento_name)
-        include.append(bento_name)
-    _forget_service_modules(include)
-    bento = bentoml.bentos.build(
-        service=task.service,
-        name=name,
-        version=version,
-        build_ctx=str(serving_dir),
-        include=include,
-        python=build.get("python"),
-        docker=build.get("docker"),
-        labels={"dataset": config.ingest.dataset, "model": model_tag},
-    )
+    build = yaml.safe_load((service_source() / "bentofile.yaml").read_text())
+    # The build context is a fresh folder of this version's files: nothing is written into the
+    # workspace or the installed package, and no other build's settings can leak in.
+    with tempfile.TemporaryDirectory(prefix="bertops-bento-") as context:
+        include = lay_out_service(task, settings, Path(context))
+        _forget_service_modules(include)
+        bento = bentoml.bentos.build(
+            service=task.service,
+            name=name,
+            version=version,
+            build_ctx=context,
+            include=include,
+            python=build.get("python"),
+            docker=build.get("docker"),
+            labels={"dataset": config.ingest.dataset, "model": model_tag},
+        )
     packed = sorted(str(model.tag) for model in bento.info.all_models)
-    if packed != ([] if settings.get("follow") else [model_tag]):  # a follower's Bento carries no model
+    if packed != [model_tag]:
         bentoml.bentos.delete(str(bento.tag))
         raise PackagingError(
             f"the Bento of {model_tag} was built with the models {packed}: the service read other "
-            f"settings than {serving_dir / SETTINGS_FILE}; nothing was registered"
+            "settings than the ones written for it; nothing was registered"
         )
     registry_for(config, root).register(
         name,
@@ -290,9 +316,7 @@ def _publish(config: Config, root: Path, task, saved, settings: dict, lineage: d
     return result
 
 
-def package_embedding(
-    config: Config, root: Path = Path("."), encoder: str | None = None, serving_dir: Path | None = None
-) -> PackageResult:
+def package_embedding(config: Config, root: Path = Path("."), encoder: str | None = None) -> PackageResult:
     """`bertops package --embedding-only`: an embedding version of `package.model_name`, no task
     head: the encoder `encoder` (default finetune.model) exported for /embed (ONNX fp32 + int8,
     checked by cosine), scored on the runtime it will be served on beside itself in PyTorch fp32
@@ -352,7 +376,7 @@ def package_embedding(
         settings = serving_settings(config, task, str(saved.tag), agreement, embedding)
         (Path(saved.path) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     gate = json.loads(decision.to_json())
-    return _publish(config, root, task, saved, settings, lineage, gate, {"embedding": section}, None, serving_dir)
+    return _publish(config, root, task, saved, settings, lineage, gate, {"embedding": section}, None)
 
 
 def promote(

@@ -1,14 +1,16 @@
 """`serve`: run the production endpoint, in the foreground or detached. It follows the registry.
 
 `bertops serve` resolves the registry's production version, fetches it from the model store
-(sha256 checked), lays out a working folder with the service code (serving/service.py, engine.py,
-the encoding and the task's pure core) and starts `bentoml serve` there. From then on the endpoint
-follows the registry by itself (bertops.follow): a promotion or rollback reaches it within
-`serve.poll_s` seconds with no restart, and `promote`/`rollback` ask it to look at once
-(POST /admin/reload, with the admin token this module hands a detached server).
+(sha256 checked), lays out a working folder with the service code (serving/service.py and
+engine.py, installed with bertops as `bertops_serving`; the encoding and the task's pure core) and
+starts `bentoml serve` there. From then on the endpoint follows the registry by itself
+(bertops.follow): a promotion or rollback reaches it within `serve.poll_s` seconds with no
+restart, and `promote`/`rollback` ask it to look at once (POST /admin/reload, with the admin token
+this module hands a detached server).
 
 Needs nothing from the workspace but the two URLs (BERTOPS_REGISTRY_URL, BERTOPS_STORE_URL or the
-`registry` settings): an endpoint on another machine starts from an empty folder.
+`registry` settings): an endpoint on another machine starts from an empty folder, with bertops
+installed from its wheel (no checkout).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,8 +29,6 @@ import httpx
 
 from bertops.config import Config
 from bertops.errors import BertopsError
-
-SERVING_SOURCE = Path(__file__).resolve().parents[1] / "serving"  # service.py + engine.py
 
 
 class ServeError(BertopsError, RuntimeError):
@@ -74,7 +73,7 @@ def describe(config: Config) -> str:
 def prepare(config: Config, root: Path = Path(".")) -> tuple[list[str], dict[str, str]]:
     """The `bentoml serve` command and environment of an endpoint that follows the registry."""
     from bertops.model_store import fetch_version, registry_for, store_for
-    from bertops.packaging import SETTINGS_FILE, service_files
+    from bertops.packaging import SETTINGS_FILE, lay_out_service
     from bertops.registry import RegistryError
     from bertops.tasks import get_task
 
@@ -88,19 +87,13 @@ def prepare(config: Config, root: Path = Path(".")) -> tuple[list[str], dict[str
         raise ServeError(f"{name}:{version} was packaged by an older bertops (no {SETTINGS_FILE}); re-package it")
     model_settings = json.loads((path / SETTINGS_FILE).read_text())
     task = get_task(model_settings["task"])
-    if not (SERVING_SOURCE / "service.py").is_file():
-        raise ServeError(f"the service code is missing ({SERVING_SOURCE}); install bertops from its repository")
-    workdir = Path(tempfile.mkdtemp(prefix="bertops-serve-"))
-    files = {"service.py": SERVING_SOURCE / "service.py", "engine.py": SERVING_SOURCE / "engine.py"}
-    files.update(service_files(task))
-    for target, source in files.items():
-        shutil.copyfile(source, workdir / target)
     settings = {
         **model_settings,
         "serve": config.serve.model_dump(),  # this endpoint's limits; the model brings its task settings
         "follow": {"model": name, "version": version, "model_path": str(path)},
     }
-    (workdir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    workdir = Path(tempfile.mkdtemp(prefix="bertops-serve-"))
+    lay_out_service(task, settings, workdir)
     env = {
         **os.environ,
         "BERTOPS_REGISTRY_URL": registry.url,

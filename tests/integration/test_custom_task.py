@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, datasets_root, smoke_config
+from tests.conftest import datasets_root, smoke_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -296,11 +295,15 @@ def test_a_task_defined_in_the_tests_runs_through_every_stage_and_the_endpoint(t
     assert decision.approved, decision.reasons
     assert [c.name for c in decision.checks][:2] == ["pearson", "mse"]
 
-    shutil.copytree(REPO / "serving", root / "serving", dirs_exist_ok=True)
     packaged = package(cfg, root)
     promote(cfg, root)
-    settings = json.loads((root / "serving/bertops_serving.json").read_text())
-    assert settings["task"] == NAME and (root / "serving/service_regression.py").is_file()
+    import bentoml
+
+    # the Bento carries the task's own service module and settings; nothing was written into the workspace
+    source = Path(bentoml.bentos.get(packaged.bento_tag).path) / "src"
+    settings = json.loads((source / "bertops_serving.json").read_text())
+    assert settings["task"] == NAME and (source / "service_regression.py").is_file()
+    assert not (root / "serving").exists()
     cwd = os.getcwd()
     os.chdir(root)
     try:

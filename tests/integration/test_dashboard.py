@@ -40,8 +40,8 @@ def dashboard(tmp_path_factory, request):
 def _dashboard(workspace: Path):
     for item in ("params.yaml",):
         shutil.copy(REPO / item, workspace / item)
-    for folder in ("configs", "serving", "data/behaviour"):
-        shutil.copytree(REPO / folder, workspace / folder, ignore=shutil.ignore_patterns("bertops_serving.json"))
+    for folder in ("configs", "data/behaviour"):
+        shutil.copytree(REPO / folder, workspace / folder)
     env = {**os.environ, "PREFECT_HOME": str(workspace / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     bertops = str(Path(sys.executable).with_name("bertops"))
     args = ["-s", f"dashboard.port={PORT}"]

@@ -5,7 +5,6 @@ registered embedding version."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import httpx
@@ -23,7 +22,6 @@ def test_an_encoder_is_packaged_gated_promoted_and_served_alone(tmp_path: Path):
     from tests.conftest import REPO, smoke_config
 
     root = tmp_path
-    shutil.copytree(REPO / "serving", root / "serving")
     _similarity_file(root / "pairs.tsv")
     cfg = smoke_config(["package.model_name=bertops-embed", "serve.port=3931", "evaluate.embedding.sts=pairs.tsv"])
     registry = registry_for(cfg, root)

@@ -24,7 +24,6 @@ def harness():
 
 @pytest.fixture()
 def workspace(tmp_path: Path):
-    shutil.copytree(REPO / "serving", tmp_path / "serving")
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     shutil.copytree(REPO / "data" / "behaviour", tmp_path / "data" / "behaviour")
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")

@@ -5,7 +5,6 @@ gate, and the served POST /tag returning entities with character offsets."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import httpx
@@ -105,7 +104,6 @@ def test_ner_trains_evaluates_gates_and_serves_entities(tmp_path: Path):
     decision = gate(cfg, tmp_path)
     assert decision.approved and decision.checks[0].name == "entity F1"
 
-    shutil.copytree(REPO / "serving", tmp_path / "serving", dirs_exist_ok=True)
     packaged = package(cfg, tmp_path)
     promote(cfg, tmp_path)
     from tests.integration.conftest import missing_stage_outputs

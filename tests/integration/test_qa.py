@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import httpx
@@ -89,7 +88,6 @@ def test_qa_trains_evaluates_gates_and_answers(tmp_path: Path):
     assert report["task"] == "qa" and report["examples"] == 60 and report["f1"] >= 0.13
     assert gate(cfg, tmp_path).approved
 
-    shutil.copytree(REPO / "serving", tmp_path / "serving", dirs_exist_ok=True)
     packaged = package(cfg, tmp_path)
     promote(cfg, tmp_path)
     from tests.integration.conftest import missing_stage_outputs

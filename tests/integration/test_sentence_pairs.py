@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import httpx
@@ -174,7 +173,6 @@ def test_rte_trains_evaluates_exports_and_serves_pairs(tmp_path: Path):
     assert report["examples"] == 120 and report["accuracy"] >= 0.55 and report["behaviour"] is None
     assert gate(cfg, tmp_path).approved
 
-    shutil.copytree(REPO / "serving", tmp_path / "serving", dirs_exist_ok=True)
     packaged = package(cfg, tmp_path)
     promote(cfg, tmp_path)
     evals = frames["eval"]

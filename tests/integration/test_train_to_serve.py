@@ -167,15 +167,12 @@ def test_rejected_model_is_not_packaged(trained_workspace):
 
 
 def test_package_promote_serve_and_classify(trained_workspace, tmp_path: Path):
-    import shutil
 
     from bertops import server
     from bertops.model_store import registry_for
     from bertops.packaging import package, promote
-    from tests.conftest import REPO
 
     root, cfg, _ = trained_workspace
-    shutil.copytree(REPO / "serving", root / "serving", dirs_exist_ok=True)
     from bertops.evaluation.evaluate import evaluate
     from bertops.evaluation.gate import gate
     from bertops.packaging import GateRejected
