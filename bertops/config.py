@@ -295,6 +295,19 @@ class LiveMonitorConfig(_Section):
     window: int = Field(ge=10)
     sample_rate: float = Field(ge=0, le=1)
     sample_dir: str | None
+    # every worker and replica shares its window through the model store (bertops_window.Shards)
+    share: bool = True
+    share_every_s: float = Field(default=10.0, gt=0)
+    share_max_age_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _fresh_outlives_a_write(self) -> LiveMonitorConfig:
+        if self.share_max_age_s <= 3 * self.share_every_s:
+            raise ValueError(
+                f"serve.monitor.share_max_age_s ({self.share_max_age_s:g}) must exceed 3 x share_every_s "
+                f"({self.share_every_s:g}): a live worker's shard would be left out between two writes"
+            )
+        return self
 
 
 class ServeConfig(_Section):

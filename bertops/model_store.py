@@ -162,7 +162,8 @@ class ModelStore:
             raise self._unreachable(exc) from None
 
     def delete(self, name: str, version: str) -> bool:
-        """Remove `<store>/<name>/<version>.tar` and its cached copies here; False when the tar was
+        """Remove `<store>/<name>/<version>.tar`, the drift windows its endpoints shared
+        (`<store>/<name>/windows/<version>/`) and its cached copies here; False when the tar was
         gone already."""
         fs, base = self._fs()
         removed = True
@@ -170,6 +171,12 @@ class ModelStore:
             fs.rm(f"{base}/{name}/{version}.tar")
         except FileNotFoundError:
             removed = False
+        except OSError as exc:
+            raise self._unreachable(exc) from None
+        try:
+            fs.rm(f"{base}/{name}/windows/{version}", recursive=True)
+        except FileNotFoundError:
+            pass
         except OSError as exc:
             raise self._unreachable(exc) from None
         for cached, entry in self._cached(name):

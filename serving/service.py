@@ -36,6 +36,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
@@ -128,6 +130,7 @@ class Endpoint:
             if monitor["enabled"] and monitor["sample_rate"] > 0 and monitor["sample_dir"]
             else None
         )
+        self.shards = self._shards(monitor)
         self.last_drift: dict | None = None
         self.follower = None
         self.watch = None
@@ -253,6 +256,7 @@ class Endpoint:
             if self.windows is None
             else {
                 "windows": self.windows.summary(),
+                "shared_as": self.shards.worker if self.shards is not None else None,
                 "sampling": self.sampler is not None,
                 "last_drift": self.last_drift,
             },
@@ -292,13 +296,58 @@ class Endpoint:
         except Exception:  # noqa: BLE001 - monitoring never fails serving
             logging.getLogger("bertops.monitor").exception("could not record the batch for drift monitoring")
 
+    def _shards(self, monitor: dict) -> bertops_window.Shards | None:
+        """This worker's share of the endpoint's windows, in the model store (an endpoint that follows
+        the registry has one; a Bento served on its own keeps its windows to itself)."""
+        store = os.environ.get("BERTOPS_STORE_URL")
+        if self.windows is None or not store or not monitor.get("share", True):
+            return None
+        worker = f"{socket.gethostname()}-{os.getpid()}"
+        shards = bertops_window.Shards(store, worker, monitor["share_every_s"], monitor["share_max_age_s"])
+        threading.Thread(target=self._publish_windows, args=(shards,), name="bertops-windows", daemon=True).start()
+        return shards
+
+    def _publish_windows(self, shards: bertops_window.Shards) -> None:
+        failing = ""
+        while True:
+            time.sleep(shards.every_s)
+            try:
+                shards.publish(self.windows, time.time())
+                failing = ""
+            except Exception as exc:  # noqa: BLE001 - monitoring never fails serving; said once per new error
+                if str(exc) != failing:
+                    logging.getLogger("bertops.monitor").warning("could not share the drift window: %s", exc)
+                failing = str(exc)
+
+    def _shared_window(self, version: str, last: int | None) -> tuple[dict, dict] | None:
+        """(rows, summary) of `version` over every worker's fresh shard, this worker's written first;
+        None when there are none (or the store cannot be read: this worker's own window answers)."""
+        now = time.time()
+        try:
+            self.shards.publish(self.windows, now, force=version)
+            shards = self.shards.fresh(version, now)
+        except Exception as exc:  # noqa: BLE001 - fall back to this worker's window
+            logging.getLogger("bertops.monitor").warning("could not read the shared drift windows: %s", exc)
+            return None
+        if not shards:
+            return None
+        workers = [{"worker": meta["worker"], "held": len(rows["tokens"]), "seen": meta["seen"],
+                    "age_s": round(now - meta["written_at"], 1)} for meta, rows in shards]  # fmt: skip
+        summary = {"held": sum(w["held"] for w in workers), "seen": sum(w["seen"] for w in workers), "workers": workers}
+        return bertops_window.merge(shards, last), summary
+
     def window(self, version: str | None, last: int | None) -> dict:
         version = version or self.model.version
         if ":" not in version:  # a bare version of this model
             version = f"{self.model.version.split(':')[0]}:{version}"
         if self.windows is None:
             raise LookupError("drift monitoring is off on this endpoint (serve.monitor.enabled: false)")
-        snapshot = self.windows.snapshot(version, last)
+        shared = self._shared_window(version, last) if self.shards is not None else None
+        if shared is not None:
+            snapshot, summary = bertops_window.answered_only(shared[0]), shared[1]
+        else:
+            snapshot = self.windows.snapshot(version, last)
+            summary = {**self.windows.summary().get(version, {}), "workers": None}
         if snapshot is None:
             raise LookupError(f"no requests of {version} recorded yet (recorded: {sorted(self.windows.summary())})")
         served = next((s for s in (self.model, *self.trials.values()) if s is not None and s.version == version), None)
@@ -306,7 +355,7 @@ class Endpoint:
             "version": version,
             "labels": served.labels if served else self.model.labels,
             "inputs": len(snapshot["tokens"]),
-            **self.windows.summary().get(version, {}),
+            **summary,
             "columns": bertops_window.encode_arrays(snapshot),
         }
 

@@ -202,7 +202,9 @@ def markdown(result: dict) -> str:
         "",
         f"**{report['verdict'].upper()}**: {report['message']}.",
         "",
-        f"Window: the newest {report['window']} inputs the endpoint classified; reference: "
+        f"Window: the newest {report['window']} inputs the endpoint classified"
+        + (f" (the windows of {len(result['workers'])} workers)" if result.get("workers") else "")
+        + "; reference: "
         f"{report['reference_rows']} inputs of {result['reference'].get('source', 'the eval split')}. "
         f"alpha {report['alpha']} (per feature: p < {report['threshold']:.2g}).",
         "",
@@ -260,6 +262,7 @@ def monitor(
         "version": version,
         "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
         "endpoint": None if window_file else url,
+        "workers": doc.get("workers"),  # whose windows were judged together (None: one worker's own)
         "report": report,
         "reference": summary,
         "retrain": {"trigger": decision.trigger, "reason": decision.reason},

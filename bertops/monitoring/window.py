@@ -7,9 +7,10 @@ unknown token, whether it was truncated, and for a classifier the predicted labe
 from the same forward pass). The same functions turn the evaluation split into a version's
 reference profile at `package`, so both sides are measured alike.
 
-Pure numpy, no bertops imports: `bertops package` copies this file into the Bento as
-`bertops_window.py`. Recording a batch is a few array copies under a lock (no per-request
-allocation beyond the batch's own columns); nothing here can fail a request.
+Numpy (and fsspec for the shards every worker shares), no bertops imports: `bertops package`
+copies this file into the Bento as `bertops_window.py`. Recording a batch is a few array copies
+under a lock (no per-request allocation beyond the batch's own columns); nothing here can fail a
+request.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ COLUMNS = {
     "confidence": np.float32,
 }
 EMBEDDING = "embedding"  # float16 rows (halves what a window costs; the tests need no more)
+ANSWERED = "answered"  # which rows carry an answer (a shard's rows; never sent by GET /monitor/window)
 
 
 def text_features(input_ids: np.ndarray, attention_mask: np.ndarray, unk_id: int | None, truncated) -> dict:
@@ -82,18 +84,33 @@ class Window:
             self.embeddings[rows] = embeddings
         self.seen += n
 
-    def snapshot(self, last: int | None = None) -> dict:
-        """The newest `last` inputs (all held when None), oldest first."""
+    def rows(self, last: int | None = None) -> dict:
+        """The newest `last` inputs (all held when None), oldest first, every column whole: the
+        ANSWERED mask says which carry a label, a confidence and an embedding."""
         held = min(self.seen, self.size)
         n = held if last is None else max(0, min(last, held))
         rows = (self.seen - n + np.arange(n)) % self.size
         out = {name: column[rows].copy() for name, column in self.columns.items()}
-        answered = self.has_answers[rows]
-        if not answered.all():  # inputs without an answer (e.g. /embed) carry no label or confidence
-            out["label"], out["confidence"] = out["label"][answered], out["confidence"][answered]
+        out[ANSWERED] = self.has_answers[rows].copy()
         if self.embeddings is not None:
-            out[EMBEDDING] = self.embeddings[rows][answered].copy()
+            out[EMBEDDING] = self.embeddings[rows].copy()
         return out
+
+    def snapshot(self, last: int | None = None) -> dict:
+        """The newest `last` inputs (all held when None), oldest first, as drift monitoring reads them."""
+        return answered_only(self.rows(last))
+
+
+def answered_only(rows: dict) -> dict:
+    """Window rows -> the columns drift monitoring reads: inputs without an answer (e.g. /embed's)
+    carry no label, confidence or embedding."""
+    out = {name: column for name, column in rows.items() if name != ANSWERED}
+    answered = rows[ANSWERED]
+    if not answered.all():
+        for name in ("label", "confidence", EMBEDDING):
+            if name in out:
+                out[name] = out[name][answered]
+    return out
 
 
 class Windows:
@@ -121,9 +138,124 @@ class Windows:
             window = self._windows.get(version)
             return None if window is None else window.snapshot(last)
 
+    def rows(self, version: str) -> dict | None:
+        """Every row held of `version` (Window.rows), for this worker's shard."""
+        with self._lock:
+            window = self._windows.get(version)
+            return None if window is None else window.rows()
+
     def summary(self) -> dict:
         with self._lock:
             return {v: {"held": min(w.seen, w.size), "seen": w.seen} for v, w in self._windows.items()}
+
+
+class Shards:
+    """The windows of every worker and replica of an endpoint, kept where they all reach (the model
+    store: a folder or any fsspec URL). Each worker writes its own window of a version as
+    `<url>/<model>/windows/<version>/<worker>.npz` (`publish`, from a background thread every
+    `every_s` seconds when it changed, and at least every 3 x `every_s` so a live worker's shard stays
+    fresh); GET /monitor/window on any worker reads them all (`fresh`) and answers with their union
+    (`merge`), so drift is judged on the endpoint's whole traffic, not one worker's share. A shard
+    not rewritten for `max_age_s` (its worker stopped) is left out."""
+
+    def __init__(self, url: str, worker: str, every_s: float = 10.0, max_age_s: float = 120.0) -> None:
+        import fsspec
+
+        self.fs, root = fsspec.core.url_to_fs(url)
+        self.root, self.worker = root.rstrip("/"), worker
+        self.every_s, self.heartbeat_s, self.max_age_s = every_s, 3 * every_s, max_age_s
+        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self._written: dict[str, tuple[int, float]] = {}  # version -> (inputs seen, when) at the last write
+        self._lock = threading.Lock()
+
+    def folder(self, version: str) -> str:
+        model, _, tag = version.partition(":")
+        return f"{self.root}/{model}/windows/{tag or 'unversioned'}"
+
+    def due(self, version: str, seen: int, now: float) -> bool:
+        last = self._written.get(version)
+        if last is None:
+            return True
+        return (seen != last[0] and now - last[1] >= self.every_s) or now - last[1] >= self.heartbeat_s
+
+    def write(self, version: str, rows: dict, seen: int, now: float) -> None:
+        """This worker's shard of `version`: its rows (Window.rows) and who wrote it, when."""
+        import io
+        import json
+        import os
+
+        meta = {"worker": self.worker, "version": version, "seen": seen, "written_at": now}
+        buffer = io.BytesIO()
+        np.savez(buffer, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **rows)
+        folder, data = self.folder(version), buffer.getvalue()
+        target = f"{folder}/{self.worker}.npz"
+        with self._lock:
+            self.fs.makedirs(folder, exist_ok=True)
+            if self.local:  # whole or not at all: a reader never sees half a shard
+                partial = f"{target}.partial"
+                with open(partial, "wb") as out:
+                    out.write(data)
+                os.replace(partial, target)
+            else:  # an object store's put is atomic
+                self.fs.pipe_file(target, data)
+            self._written[version] = (seen, now)
+
+    def publish(self, windows: Windows, now: float, force: str | None = None) -> None:
+        """Write the shard of every version whose window changed (or is due a heartbeat); `force`:
+        a version written now whatever its timing (before this worker answers a window request)."""
+        for version, held in windows.summary().items():
+            if version == force or self.due(version, held["seen"], now):
+                rows = windows.rows(version)
+                if rows is not None:
+                    self.write(version, rows, held["seen"], now)
+
+    def fresh(self, version: str, now: float) -> list[tuple[dict, dict]]:
+        """(meta, rows) of every shard of `version` written within `max_age_s`; one that cannot be
+        read (half-written by an older writer, damaged) is left out."""
+        import io
+        import json
+
+        try:
+            paths = sorted(self.fs.glob(f"{self.folder(version)}/*.npz"))
+        except (FileNotFoundError, OSError):
+            return []
+        out = []
+        for path in paths:
+            try:
+                with np.load(io.BytesIO(self.fs.cat_file(path)), allow_pickle=False) as data:
+                    meta = json.loads(bytes(data["__meta__"]).decode())
+                    rows = {name: data[name] for name in data.files if name != "__meta__"}
+            except (OSError, ValueError, KeyError):
+                continue
+            if now - float(meta.get("written_at", 0)) <= self.max_age_s and ANSWERED in rows:
+                out.append((meta, rows))
+        return out
+
+
+def merge(shards: list[tuple[dict, dict]], last: int | None = None) -> dict:
+    """One window from the shards of several workers: the union of their rows, each worker giving
+    its newest rows in proportion to what it holds when `last` cuts the window (so the cut follows
+    the traffic each worker had). Returns the rows of Window.rows."""
+    held = [len(rows["tokens"]) for _, rows in shards]
+    total = sum(held)
+    if last is not None and last < total:
+        keep = [int(last * h // total) for h in held]
+        for i in np.argsort([-(last * h / total - k) for h, k in zip(held, keep)], kind="stable"):
+            if sum(keep) >= last:
+                break
+            keep[i] += 1  # the largest remainders take the rows the floor left over
+    else:
+        keep = held
+    dim = next((rows[EMBEDDING].shape[1] for _, rows in shards if EMBEDDING in rows), None)
+    out: dict[str, list] = {}
+    for (_, rows), k in zip(shards, keep):
+        n = len(rows["tokens"])
+        for name in (*COLUMNS, ANSWERED):
+            out.setdefault(name, []).append(rows[name][n - k :])
+        if dim is not None:  # a worker that only embedded (no answers) kept no embeddings: zeros, unanswered
+            block = rows[EMBEDDING][n - k :] if EMBEDDING in rows else np.zeros((k, dim), dtype=np.float16)
+            out.setdefault(EMBEDDING, []).append(block)
+    return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
 def encode_arrays(arrays: dict) -> dict:

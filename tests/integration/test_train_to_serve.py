@@ -728,6 +728,41 @@ def test_a_packaged_bento_still_serves_its_own_model_on_its_own(trained_workspac
         server.stop_process(pid, "bentoml")
 
 
+def test_two_workers_share_one_drift_window(trained_workspace, monkeypatch):
+    """With serve.workers=2 each worker keeps its own window; both write it to the model store and
+    GET /monitor/window, whichever worker answers, holds every input the endpoint classified."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bertops import server
+    from bertops.model_store import store_for
+    from tests.conftest import smoke_config
+
+    root, _, _ = trained_workspace
+    cfg = smoke_config(["serve.workers=2", "serve.monitor.share_every_s=1", "serve.monitor.share_max_age_s=10"])
+    monkeypatch.chdir(root)
+    url = server.start_detached(cfg, timeout=240)
+    try:
+        workers = set(server.descendants(int(server.pid_path(cfg).read_text())))
+        texts = [f"a film number {i} , fine and warm" for i in range(3)]
+
+        def send(_: int) -> int:
+            return httpx.post(f"{url}/classify", json={"texts": texts}, timeout=60).status_code  # a connection each
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(send, range(80))) == {200}
+        time.sleep(2.5)  # each worker writes its window within share_every_s of its last request
+        for _ in range(3):  # whichever worker answers, it answers with both
+            doc = httpx.get(f"{url}/monitor/window", params={"last": 1000}, timeout=30).json()
+            mine = [w for w in doc["workers"] if int(w["worker"].rsplit("-", 1)[1]) in workers]
+            assert len(mine) == 2 and sum(w["held"] for w in mine) == 240, doc["workers"]
+            assert doc["inputs"] == doc["held"] >= 240 and all(w["held"] > 0 for w in mine)
+        shared = Path(store_for(cfg, root).url) / cfg.package.model_name / "windows"
+        assert len(list(shared.glob("*/*.npz"))) >= 2  # in the store every machine of the team reaches
+    finally:
+        print(server.stop(cfg))
+
+
 def _drift_is_watched(root: Path, url: str, packaged) -> None:
     """The version carries its reference profile; the endpoint keeps the live window; `bertops
     monitor` (function, flow and CLI) judges it: eval-split text is no drift, long run-on text is,

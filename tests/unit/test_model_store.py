@@ -58,12 +58,17 @@ def test_prune_deletes_the_artifacts_of_unneeded_versions_only(workspace: Path):
     assert all(_tar(workspace, v).is_file() for v in ("v1", "v2", "v3", "v4"))  # a dry run deletes nothing
 
     sizes = {v: _tar(workspace, v).stat().st_size for v in ("v1", "v3")}
+    windows = _tar(workspace, "v1").parent / "windows"
+    for version in ("v1", "v2"):  # drift windows two endpoint workers shared while serving them
+        (windows / version).mkdir(parents=True)
+        (windows / version / "host-7.npz").write_bytes(b"a window")
     pruned = prune_versions(cfg, keep_newest=1, keep_rollbacks=1)
     assert [(e["version"], e["removed"]) for e in pruned] == [("v1", True), ("v3", True)]
     assert [e["bytes"] for e in pruned] == [sizes["v1"], sizes["v3"]]  # what the registry recorded at package time
     assert not _tar(workspace, "v1").exists() and not _tar(workspace, "v3").exists()
     assert _tar(workspace, "v2").is_file() and _tar(workspace, "v4").is_file()  # production, the newest
     assert not any(p.name.startswith("v1-") for p in cache.iterdir())  # this machine's copy too
+    assert sorted(p.name for p in windows.iterdir()) == ["v2"]  # a pruned version's windows go with it
     with pytest.raises(RegistryError, match="v1 was pruned"):
         fetch_version(cfg, "v1")
     assert fetch_version(cfg, "v2").is_dir()

@@ -13,11 +13,14 @@ from bertops.monitoring import drift
 from bertops.monitoring.monitor import decide_retrain, workspace_busy
 from bertops.monitoring.window import (
     Sampler,
+    Shards,
     Window,
     Windows,
     answer_features,
+    answered_only,
     decode_arrays,
     encode_arrays,
+    merge,
     text_features,
 )
 
@@ -77,6 +80,60 @@ def test_the_window_keeps_the_newest_inputs_in_order_and_wraps():
     windows.record("m:1", one)  # m:1 is now the most recent
     windows.record("m:3", one)  # a third version: the least recently recorded (m:2) goes
     assert set(windows.summary()) == {"m:1", "m:3"} and windows.summary()["m:1"]["seen"] == 2
+
+
+def _worker_traffic(windows: Windows, version: str, start: int, n: int, answered: bool = True) -> None:
+    tokens = np.arange(start, start + n, dtype=np.int16)
+    features = {"tokens": tokens, "unknown_share": np.zeros(n, np.float32), "truncated": np.zeros(n, bool)}
+    if answered:
+        features.update(label=(tokens % 2).astype(np.int16), confidence=np.full(n, 0.9, np.float32))
+    windows.record(version, features, np.repeat(tokens[:, None], 4, axis=1).astype(np.float16) if answered else None)
+
+
+def test_the_windows_of_every_worker_are_shared_and_judged_together(tmp_path):
+    """Two workers (and a third that stopped) write their windows to one store; a reader sees the
+    union of the live ones, `last` cut in proportion to each worker's traffic."""
+    store = f"file://{tmp_path}/store"
+    a, b, gone = Windows(100), Windows(100), Windows(100)
+    _worker_traffic(a, "m:1", 0, 60)
+    _worker_traffic(b, "m:1", 1000, 20)
+    _worker_traffic(b, "m:1", 2000, 10, answered=False)  # /embed-like inputs: no label, no embedding
+    _worker_traffic(gone, "m:1", 5000, 50)
+    _worker_traffic(a, "m:2", 9000, 5)  # another version's window stays apart
+    now = time.time()
+    Shards(store, "gone-1", every_s=10, max_age_s=120).publish(gone, now - 600)  # stopped ten minutes ago
+    sa, sb = Shards(store, "host-a-1", 10, 120), Shards(store, "host-b-2", 10, 120)
+    sa.publish(a, now)
+    sb.publish(b, now)
+    assert sorted(p.name for p in (tmp_path / "store/m/windows/1").iterdir()) == [
+        "gone-1.npz",
+        "host-a-1.npz",
+        "host-b-2.npz",
+    ]
+    fresh = sa.fresh("m:1", now)
+    assert sorted(meta["worker"] for meta, _ in fresh) == ["host-a-1", "host-b-2"]  # the stopped worker is left out
+    whole = answered_only(merge(fresh))
+    assert sorted(whole["tokens"].tolist()) == sorted([*range(60), *range(1000, 1020), *range(2000, 2010)])
+    assert len(whole["label"]) == len(whole["embedding"]) == 80  # only answered inputs carry answers
+    assert sorted(whole["embedding"][:, 0].tolist()) == sorted([*range(60), *range(1000, 1020)])
+    cut = merge(fresh, last=45)  # a holds 60 of 90 rows, b 30: 30 + 15, each its newest (b: 5 answered, 10 not)
+    assert sorted(cut["tokens"].tolist()) == sorted([*range(30, 60), *range(1015, 1020), *range(2000, 2010)])
+    assert [meta["worker"] for meta, _ in sa.fresh("m:2", now)] == ["host-a-1"]
+    assert sa.fresh("m:404", now) == []
+    (tmp_path / "store/m/windows/1/broken-3.npz").write_bytes(b"not a shard")  # a damaged shard is skipped
+    assert len(sb.fresh("m:1", now)) == 2
+
+
+def test_a_worker_rewrites_its_shard_when_it_changed_and_as_a_heartbeat(tmp_path):
+    windows, shards = Windows(10), Shards(str(tmp_path), "w", every_s=10, max_age_s=120)
+    _worker_traffic(windows, "m:1", 0, 3)
+    shards.publish(windows, 1000.0)
+    assert shards.due("m:1", 3, 1005.0) is False  # nothing new
+    assert shards.due("m:1", 4, 1005.0) is False  # new, but written 5 s ago: at most every 10 s
+    assert shards.due("m:1", 4, 1010.0) is True
+    assert shards.due("m:1", 3, 1030.0) is True  # unchanged for 3 x every_s: a heartbeat keeps it fresh
+    shards.publish(windows, 1005.0, force="m:1")  # before answering a window request: written whatever the timing
+    assert shards.fresh("m:1", 1005.0)[0][0]["written_at"] == 1005.0
 
 
 def test_arrays_survive_the_json_round_trip_and_bad_ones_are_named():
@@ -187,3 +244,5 @@ def test_monitor_settings_are_checked_when_the_config_loads():
         smoke_config(["monitor.alpha=1.5"])
     with pytest.raises(ConfigError, match="serve.monitor.sample_rate"):
         smoke_config(["serve.monitor.sample_rate=2"])
+    with pytest.raises(ConfigError, match="share_max_age_s"):
+        smoke_config(["serve.monitor.share_every_s=60"])  # a live worker's shard would go stale between writes
