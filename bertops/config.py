@@ -317,6 +317,8 @@ class ServeConfig(_Section):
     runtime: Literal["auto", "onnx-int8", "onnx", "torch"]
     max_batch_size: int = Field(ge=1)
     lanes: int = Field(default=0, ge=0)  # model calls side by side; 0 = one per core on CPU, 1 on a GPU
+    # a batch runs as the groups of similar length that cost least (serving/engine.py length_groups)
+    group_call_tokens: float = Field(default=8.0, ge=0)
     max_queued_texts: int = Field(ge=1)
     max_body_bytes: int = Field(ge=1024)
     max_texts_per_request: int = Field(ge=1)

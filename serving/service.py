@@ -303,7 +303,9 @@ class Endpoint:
         if self.windows is None or not store or not monitor.get("share", True):
             return None
         worker = f"{socket.gethostname()}-{os.getpid()}"
-        shards = bertops_window.Shards(store, worker, monitor["share_every_s"], monitor["share_max_age_s"])
+        shards = bertops_window.Shards(
+            store, worker, monitor.get("share_every_s", 10.0), monitor.get("share_max_age_s", 120.0)
+        )
         threading.Thread(target=self._publish_windows, args=(shards,), name="bertops-windows", daemon=True).start()
         return shards
 

@@ -278,11 +278,37 @@ def test_length_groups_cut_padding_and_keep_every_row(engine):
     import numpy as np
 
     lengths = np.array([40, 5, 6, 38, 7, 5, 41, 6, 39, 60])
-    groups = engine.length_groups(lengths)
+    groups = engine.length_groups(lengths, call_tokens=8)
     assert sorted(i for g in groups for i in g) == list(range(10))  # every row once
-    padded = sum(len(g) * lengths[g].max() for g in groups)
-    assert padded < len(lengths) * lengths.max() / 2  # one padded call would compute twice as much
-    assert all(len(g) >= 4 for g in groups[:-1])  # no tiny calls but the last
+    assert [sorted(lengths[g].tolist()) for g in groups] == [[5, 5, 6, 6, 7], [38, 39, 40, 41], [60]]
+    assert [len(g) for g in engine.length_groups(lengths, call_tokens=1000)] == [10]  # calls dear: one call
+    assert len(engine.length_groups(lengths, call_tokens=0)) == 8  # calls free: one per distinct length
+    assert engine.length_groups(np.array([], dtype=np.int64)) == []
+
+
+def test_length_groups_are_the_cheapest_partition(engine):
+    """Against every way of cutting the rows sorted by length into consecutive groups."""
+    import itertools
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        lengths = rng.integers(3, 70, size=int(rng.integers(1, 9)))
+        call = float(rng.choice([0, 4, 8, 30]))
+
+        def cost(groups, call=call) -> float:
+            return sum(len(g) * max(g) + call for g in groups)
+
+        ordered = sorted(lengths.tolist())
+        best = min(
+            cost([ordered[a:b] for a, b in zip((0, *cuts), (*cuts, len(ordered)))])
+            for k in range(len(ordered))
+            for cuts in itertools.combinations(range(1, len(ordered)), k)
+        )
+        groups = engine.length_groups(lengths, call)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        assert cost([lengths[g].tolist() for g in groups]) == pytest.approx(best)
 
 
 SERVE_LIMITS = {"max_texts_per_request": 3, "max_text_chars": 20}
