@@ -36,8 +36,8 @@ from bench.endpoint import Server, load  # noqa: E402
 SETTINGS = {  # name -> (serve.* overrides, engine.py from the git revision before the change?)
     "before: grouping by padding share, cap 32": (["serve.max_batch_size=32"], True),
     "before, cap 128": (["serve.max_batch_size=128"], True),
-    "cheapest grouping, cap 32": (["serve.max_batch_size=32", "serve.group_call_tokens=8"], False),
-    "cheapest grouping, cap 128": (["serve.max_batch_size=128", "serve.group_call_tokens=8"], False),
+    "cheapest grouping, cap 32": (["serve.max_batch_size=32", "serve.group_call_tokens=8.0"], False),
+    "cheapest grouping, cap 128": (["serve.max_batch_size=128", "serve.group_call_tokens=8.0"], False),
 }
 BASELINE = "before: grouping by padding share, cap 32"
 

@@ -302,10 +302,10 @@ class LiveMonitorConfig(_Section):
 
     @model_validator(mode="after")
     def _fresh_outlives_a_write(self) -> LiveMonitorConfig:
-        if self.share_max_age_s <= 3 * self.share_every_s:
+        if self.share_max_age_s < 4 * self.share_every_s:
             raise ValueError(
-                f"serve.monitor.share_max_age_s ({self.share_max_age_s:g}) must exceed 3 x share_every_s "
-                f"({self.share_every_s:g}): a live worker's shard would be left out between two writes"
+                f"serve.monitor.share_max_age_s ({self.share_max_age_s:g}) must be at least 4 x share_every_s "
+                f"({self.share_every_s:g}): a live worker's shard (rewritten every 3 x) would drop out between writes"
             )
         return self
 
@@ -318,7 +318,7 @@ class ServeConfig(_Section):
     max_batch_size: int = Field(ge=1)
     lanes: int = Field(default=0, ge=0)  # model calls side by side; 0 = one per core on CPU, 1 on a GPU
     # a batch runs as the groups of similar length that cost least (serving/engine.py length_groups)
-    group_call_tokens: float = Field(default=8.0, ge=0)
+    group_call_tokens: float | None = Field(default=None, ge=0)  # None: 8 x threads a call on CPU, 1024 on GPU
     max_queued_texts: int = Field(ge=1)
     max_body_bytes: int = Field(ge=1024)
     max_texts_per_request: int = Field(ge=1)

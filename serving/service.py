@@ -314,7 +314,8 @@ class Endpoint:
         while True:
             time.sleep(shards.every_s)
             try:
-                shards.publish(self.windows, time.time())
+                served = {m.version for m in (self.model, *self.trials.values()) if m is not None}
+                shards.publish(self.windows, time.time(), served)  # a version no longer served is left to age out
                 failing = ""
             except Exception as exc:  # noqa: BLE001 - monitoring never fails serving; said once per new error
                 if str(exc) != failing:
@@ -326,17 +327,18 @@ class Endpoint:
         None when there are none (or the store cannot be read: this worker's own window answers)."""
         now = time.time()
         try:
-            self.shards.publish(self.windows, now, force=version)
+            self.shards.publish(self.windows, now, set(), force=version)
             shards = self.shards.fresh(version, now)
+            if not shards:
+                return None
+            rows = bertops_window.merge(shards, last)
         except Exception as exc:  # noqa: BLE001 - fall back to this worker's window
             logging.getLogger("bertops.monitor").warning("could not read the shared drift windows: %s", exc)
             return None
-        if not shards:
-            return None
-        workers = [{"worker": meta["worker"], "held": len(rows["tokens"]), "seen": meta["seen"],
-                    "age_s": round(now - meta["written_at"], 1)} for meta, rows in shards]  # fmt: skip
+        workers = [{"worker": meta["worker"], "held": len(part["tokens"]), "seen": meta["seen"],
+                    "age_s": round(now - meta["written_at"], 1)} for meta, part in shards]  # fmt: skip
         summary = {"held": sum(w["held"] for w in workers), "seen": sum(w["seen"] for w in workers), "workers": workers}
-        return bertops_window.merge(shards, last), summary
+        return rows, summary
 
     def window(self, version: str | None, last: int | None) -> dict:
         version = version or self.model.version

@@ -16,7 +16,9 @@ request.
 from __future__ import annotations
 
 import base64
+import os
 import threading
+import time
 
 import numpy as np
 
@@ -30,6 +32,7 @@ COLUMNS = {
 }
 EMBEDDING = "embedding"  # float16 rows (halves what a window costs; the tests need no more)
 ANSWERED = "answered"  # which rows carry an answer (a shard's rows; never sent by GET /monitor/window)
+WHEN = "when"  # when each row was recorded, unix seconds (a shard's rows: merging keeps the newest)
 
 
 def text_features(input_ids: np.ndarray, attention_mask: np.ndarray, unk_id: int | None, truncated) -> dict:
@@ -61,10 +64,11 @@ class Window:
         self.size = size
         self.columns: dict[str, np.ndarray] = {name: np.zeros(size, dtype=dtype) for name, dtype in COLUMNS.items()}
         self.has_answers = np.zeros(size, dtype=np.bool_)
+        self.when = np.zeros(size, dtype=np.float64)
         self.embeddings: np.ndarray | None = None
         self.seen = 0  # inputs recorded since the window started (the buffer holds min(seen, size))
 
-    def record(self, features: dict, embeddings: np.ndarray | None = None) -> None:
+    def record(self, features: dict, embeddings: np.ndarray | None = None, now: float | None = None) -> None:
         n = len(features["tokens"])
         if n == 0:
             return
@@ -78,6 +82,7 @@ class Window:
             if name in features:
                 column[rows] = features[name]
         self.has_answers[rows] = "label" in features
+        self.when[rows] = time.time() if now is None else now
         if embeddings is not None:
             if self.embeddings is None or self.embeddings.shape[1] != embeddings.shape[1]:
                 self.embeddings = np.zeros((self.size, embeddings.shape[1]), dtype=np.float16)
@@ -92,6 +97,7 @@ class Window:
         rows = (self.seen - n + np.arange(n)) % self.size
         out = {name: column[rows].copy() for name, column in self.columns.items()}
         out[ANSWERED] = self.has_answers[rows].copy()
+        out[WHEN] = self.when[rows].copy()
         if self.embeddings is not None:
             out[EMBEDDING] = self.embeddings[rows].copy()
         return out
@@ -104,7 +110,7 @@ class Window:
 def answered_only(rows: dict) -> dict:
     """Window rows -> the columns drift monitoring reads: inputs without an answer (e.g. /embed's)
     carry no label, confidence or embedding."""
-    out = {name: column for name, column in rows.items() if name != ANSWERED}
+    out = {name: column for name, column in rows.items() if name not in (ANSWERED, WHEN)}
     answered = rows[ANSWERED]
     if not answered.all():
         for name in ("label", "confidence", EMBEDDING):
@@ -123,7 +129,9 @@ class Windows:
         self._windows: dict[str, Window] = {}  # in order of last recording
         self._lock = threading.Lock()
 
-    def record(self, version: str, features: dict, embeddings: np.ndarray | None = None) -> None:
+    def record(self, version: str, features: dict, embeddings: np.ndarray | None = None,
+               now: float | None = None) -> None:  # fmt: skip
+        now = time.time() if now is None else now
         with self._lock:
             window = self._windows.pop(version, None)
             if window is None:
@@ -131,7 +139,7 @@ class Windows:
                 while len(self._windows) >= self.max_versions:
                     self._windows.pop(next(iter(self._windows)))
             self._windows[version] = window  # now the most recent
-            window.record(features, embeddings)
+            window.record(features, embeddings, now)
 
     def snapshot(self, version: str, last: int | None = None) -> dict | None:
         with self._lock:
@@ -151,12 +159,15 @@ class Windows:
 
 class Shards:
     """The windows of every worker and replica of an endpoint, kept where they all reach (the model
-    store: a folder or any fsspec URL). Each worker writes its own window of a version as
+    store: a folder or any fsspec URL). Each worker writes its own window of a version it serves as
     `<url>/<model>/windows/<version>/<worker>.npz` (`publish`, from a background thread every
-    `every_s` seconds when it changed, and at least every 3 x `every_s` so a live worker's shard stays
-    fresh); GET /monitor/window on any worker reads them all (`fresh`) and answers with their union
-    (`merge`), so drift is judged on the endpoint's whole traffic, not one worker's share. A shard
-    not rewritten for `max_age_s` (its worker stopped) is left out."""
+    `every_s` seconds when it changed, and at least every 3 x `every_s` so a live worker's shard
+    stays fresh); GET /monitor/window on any worker reads them all (`fresh`) and answers with the
+    newest rows of their union (`merge`), so drift is judged on the endpoint's whole traffic, not
+    one worker's share. A shard not rewritten for `max_age_s` (its worker stopped) is left out
+    without being read, and one older than `REMOVE_AFTER` x `max_age_s` is removed."""
+
+    REMOVE_AFTER = 30  # x max_age_s (an hour at the defaults): what stopped workers leave behind
 
     def __init__(self, url: str, worker: str, every_s: float = 10.0, max_age_s: float = 120.0) -> None:
         import fsspec
@@ -164,7 +175,8 @@ class Shards:
         self.fs, root = fsspec.core.url_to_fs(url)
         self.root, self.worker = root.rstrip("/"), worker
         self.every_s, self.heartbeat_s, self.max_age_s = every_s, 3 * every_s, max_age_s
-        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.local = "file" in protocols or "local" in protocols
         self._written: dict[str, tuple[int, float]] = {}  # version -> (inputs seen, when) at the last write
         self._lock = threading.Lock()
 
@@ -179,10 +191,10 @@ class Shards:
         return (seen != last[0] and now - last[1] >= self.every_s) or now - last[1] >= self.heartbeat_s
 
     def write(self, version: str, rows: dict, seen: int, now: float) -> None:
-        """This worker's shard of `version`: its rows (Window.rows) and who wrote it, when."""
+        """This worker's shard of `version`: its rows (Window.rows) and who wrote it, when. A shard
+        never goes back: rows taken before the last write's (another thread's) are not written."""
         import io
         import json
-        import os
 
         meta = {"worker": self.worker, "version": version, "seen": seen, "written_at": now}
         buffer = io.BytesIO()
@@ -190,72 +202,110 @@ class Shards:
         folder, data = self.folder(version), buffer.getvalue()
         target = f"{folder}/{self.worker}.npz"
         with self._lock:
+            if self._written.get(version, (-1, 0.0))[0] > seen:
+                return
             self.fs.makedirs(folder, exist_ok=True)
             if self.local:  # whole or not at all: a reader never sees half a shard
                 partial = f"{target}.partial"
                 with open(partial, "wb") as out:
                     out.write(data)
                 os.replace(partial, target)
-            else:  # an object store's put is atomic
+            else:  # an object store's put is whole; other filesystems are checked when read
                 self.fs.pipe_file(target, data)
             self._written[version] = (seen, now)
 
-    def publish(self, windows: Windows, now: float, force: str | None = None) -> None:
-        """Write the shard of every version whose window changed (or is due a heartbeat); `force`:
-        a version written now whatever its timing (before this worker answers a window request)."""
+    def publish(self, windows: Windows, now: float, versions: set[str], force: str | None = None) -> None:
+        """Write the shard of each of `versions` (the ones this worker serves now) whose window
+        changed or is due a heartbeat; `force`: that version alone, now, whatever its timing (before
+        this worker answers a window request)."""
         for version, held in windows.summary().items():
-            if version == force or self.due(version, held["seen"], now):
+            if version == force or (force is None and version in versions and self.due(version, held["seen"], now)):
                 rows = windows.rows(version)
                 if rows is not None:
                     self.write(version, rows, held["seen"], now)
 
     def fresh(self, version: str, now: float) -> list[tuple[dict, dict]]:
-        """(meta, rows) of every shard of `version` written within `max_age_s`; one that cannot be
-        read (half-written by an older writer, damaged) is left out."""
+        """(meta, rows) of every shard of `version` written within `max_age_s`. A shard the store
+        dates older than that is not read (one far older is removed); one that cannot be read or
+        does not hold a window (half-written, damaged, from another bertops) is left out."""
         import io
         import json
 
         try:
-            paths = sorted(self.fs.glob(f"{self.folder(version)}/*.npz"))
+            entries = self.fs.ls(self.folder(version), detail=True)
         except (FileNotFoundError, OSError):
             return []
         out = []
-        for path in paths:
+        for entry in sorted(entries, key=lambda e: e["name"]):
+            path = entry["name"]
+            if not path.endswith(".npz"):
+                continue
+            age = now - _modified(entry, now)
+            if age > self.REMOVE_AFTER * self.max_age_s:
+                try:
+                    self.fs.rm(path)
+                except OSError:
+                    pass
+            if age > 2 * self.max_age_s:  # the store's clock may differ a little; written_at decides
+                continue
             try:
                 with np.load(io.BytesIO(self.fs.cat_file(path)), allow_pickle=False) as data:
                     meta = json.loads(bytes(data["__meta__"]).decode())
                     rows = {name: data[name] for name in data.files if name != "__meta__"}
-            except (OSError, ValueError, KeyError):
+                if now - float(meta["written_at"]) <= self.max_age_s and _is_window(rows):
+                    out.append((meta, rows))
+            except Exception:  # noqa: BLE001 - a bad shard is one worker's loss, never the window's
                 continue
-            if now - float(meta.get("written_at", 0)) <= self.max_age_s and ANSWERED in rows:
-                out.append((meta, rows))
         return out
 
 
+def _modified(entry: dict, default: float) -> float:
+    """When the store last wrote an `fs.ls(detail=True)` entry, unix seconds (local: mtime; S3:
+    LastModified; GCS: updated); `default` when it does not say."""
+    import datetime as dt
+
+    for key in ("mtime", "LastModified", "last_modified", "updated", "modified"):
+        value = entry.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, dt.datetime):
+            return value.timestamp()
+        if isinstance(value, str):
+            try:
+                return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return default
+
+
+def _is_window(rows: dict) -> bool:
+    """Whether a shard's arrays are rows of a window: every column, one length, 2-D embeddings."""
+    names = (*COLUMNS, ANSWERED, WHEN)
+    if any(name not in rows or rows[name].ndim != 1 for name in names):
+        return False
+    n = len(rows["tokens"])
+    if any(len(rows[name]) != n for name in names):
+        return False
+    embedding = rows.get(EMBEDDING)
+    return embedding is None or (embedding.ndim == 2 and len(embedding) == n)
+
+
 def merge(shards: list[tuple[dict, dict]], last: int | None = None) -> dict:
-    """One window from the shards of several workers: the union of their rows, each worker giving
-    its newest rows in proportion to what it holds when `last` cuts the window (so the cut follows
-    the traffic each worker had). Returns the rows of Window.rows."""
-    held = [len(rows["tokens"]) for _, rows in shards]
-    total = sum(held)
-    if last is not None and last < total:
-        keep = [int(last * h // total) for h in held]
-        for i in np.argsort([-(last * h / total - k) for h, k in zip(held, keep)], kind="stable"):
-            if sum(keep) >= last:
-                break
-            keep[i] += 1  # the largest remainders take the rows the floor left over
-    else:
-        keep = held
+    """One window from the shards of several workers: the newest `last` rows of their union by the
+    time each was recorded (all of them when None), oldest first. Embeddings of another width than
+    the first shard's (a worker on another encoder) are left out with their shard. Returns the rows
+    of Window.rows."""
     dim = next((rows[EMBEDDING].shape[1] for _, rows in shards if EMBEDDING in rows), None)
-    out: dict[str, list] = {}
-    for (_, rows), k in zip(shards, keep):
-        n = len(rows["tokens"])
-        for name in (*COLUMNS, ANSWERED):
-            out.setdefault(name, []).append(rows[name][n - k :])
-        if dim is not None:  # a worker that only embedded (no answers) kept no embeddings: zeros, unanswered
-            block = rows[EMBEDDING][n - k :] if EMBEDDING in rows else np.zeros((k, dim), dtype=np.float16)
-            out.setdefault(EMBEDDING, []).append(block)
-    return {name: np.concatenate(parts) for name, parts in out.items()}
+    parts = [rows for _, rows in shards if dim is None or EMBEDDING not in rows or rows[EMBEDDING].shape[1] == dim]
+    out = {name: np.concatenate([rows[name] for rows in parts]) for name in (*COLUMNS, ANSWERED, WHEN)}
+    if dim is not None:  # a worker that only embedded (no answers) kept no embeddings: zeros, unanswered
+        out[EMBEDDING] = np.concatenate(
+            [rows.get(EMBEDDING, np.zeros((len(rows["tokens"]), dim), dtype=np.float16)) for rows in parts]
+        )
+    order = np.argsort(out[WHEN], kind="stable")
+    if last is not None:
+        order = order[len(order) - min(last, len(order)) :]
+    return {name: column[order] for name, column in out.items()}
 
 
 def encode_arrays(arrays: dict) -> dict:

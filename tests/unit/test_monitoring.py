@@ -82,58 +82,75 @@ def test_the_window_keeps_the_newest_inputs_in_order_and_wraps():
     assert set(windows.summary()) == {"m:1", "m:3"} and windows.summary()["m:1"]["seen"] == 2
 
 
-def _worker_traffic(windows: Windows, version: str, start: int, n: int, answered: bool = True) -> None:
+def _worker_traffic(windows: Windows, version: str, start: int, n: int, when: float, answered: bool = True,
+                    dims: int = 4) -> None:  # fmt: skip
     tokens = np.arange(start, start + n, dtype=np.int16)
     features = {"tokens": tokens, "unknown_share": np.zeros(n, np.float32), "truncated": np.zeros(n, bool)}
     if answered:
         features.update(label=(tokens % 2).astype(np.int16), confidence=np.full(n, 0.9, np.float32))
-    windows.record(version, features, np.repeat(tokens[:, None], 4, axis=1).astype(np.float16) if answered else None)
+    vectors = np.repeat(tokens[:, None], dims, axis=1).astype(np.float16) if answered else None
+    windows.record(version, features, vectors, now=when)
 
 
 def test_the_windows_of_every_worker_are_shared_and_judged_together(tmp_path):
     """Two workers (and a third that stopped) write their windows to one store; a reader sees the
-    union of the live ones, `last` cut in proportion to each worker's traffic."""
+    union of the live ones, and `last` keeps the newest rows by when they were recorded."""
     store = f"file://{tmp_path}/store"
-    a, b, gone = Windows(100), Windows(100), Windows(100)
-    _worker_traffic(a, "m:1", 0, 60)
-    _worker_traffic(b, "m:1", 1000, 20)
-    _worker_traffic(b, "m:1", 2000, 10, answered=False)  # /embed-like inputs: no label, no embedding
-    _worker_traffic(gone, "m:1", 5000, 50)
-    _worker_traffic(a, "m:2", 9000, 5)  # another version's window stays apart
     now = time.time()
-    Shards(store, "gone-1", every_s=10, max_age_s=120).publish(gone, now - 600)  # stopped ten minutes ago
+    a, b, gone = Windows(100), Windows(100), Windows(100)
+    _worker_traffic(a, "m:1", 0, 60, now - 30)
+    _worker_traffic(b, "m:1", 1000, 20, now - 20)
+    _worker_traffic(b, "m:1", 2000, 10, now - 10, answered=False)  # /embed-like inputs: no label, no embedding
+    _worker_traffic(gone, "m:1", 5000, 50, now - 700)
+    _worker_traffic(a, "m:2", 9000, 5, now - 5)  # another version's window stays apart
+    Shards(store, "gone-1", every_s=10, max_age_s=120).publish(gone, now - 600, {"m:1"})  # stopped ten minutes ago
     sa, sb = Shards(store, "host-a-1", 10, 120), Shards(store, "host-b-2", 10, 120)
-    sa.publish(a, now)
-    sb.publish(b, now)
-    assert sorted(p.name for p in (tmp_path / "store/m/windows/1").iterdir()) == [
-        "gone-1.npz",
-        "host-a-1.npz",
-        "host-b-2.npz",
-    ]
+    sa.publish(a, now, {"m:1", "m:2"})
+    sb.publish(b, now, {"m:1"})
+    folder = tmp_path / "store/m/windows/1"
+    assert sorted(p.name for p in folder.iterdir()) == ["gone-1.npz", "host-a-1.npz", "host-b-2.npz"]
     fresh = sa.fresh("m:1", now)
     assert sorted(meta["worker"] for meta, _ in fresh) == ["host-a-1", "host-b-2"]  # the stopped worker is left out
     whole = answered_only(merge(fresh))
     assert sorted(whole["tokens"].tolist()) == sorted([*range(60), *range(1000, 1020), *range(2000, 2010)])
     assert len(whole["label"]) == len(whole["embedding"]) == 80  # only answered inputs carry answers
     assert sorted(whole["embedding"][:, 0].tolist()) == sorted([*range(60), *range(1000, 1020)])
-    cut = merge(fresh, last=45)  # a holds 60 of 90 rows, b 30: 30 + 15, each its newest (b: 5 answered, 10 not)
-    assert sorted(cut["tokens"].tolist()) == sorted([*range(30, 60), *range(1015, 1020), *range(2000, 2010)])
+    cut = merge(fresh, last=45)  # the newest 45: b's 30 (10 and 20 s ago), then a's last 15 (30 s ago)
+    assert cut["tokens"].tolist() == [*range(45, 60), *range(1000, 1020), *range(2000, 2010)]
     assert [meta["worker"] for meta, _ in sa.fresh("m:2", now)] == ["host-a-1"]
     assert sa.fresh("m:404", now) == []
-    (tmp_path / "store/m/windows/1/broken-3.npz").write_bytes(b"not a shard")  # a damaged shard is skipped
-    assert len(sb.fresh("m:1", now)) == 2
+
+    # what a reader leaves out: a half-written shard, one of another shape, embeddings of another width
+    whole_file = (folder / "host-b-2.npz").read_bytes()
+    (folder / "cut-3.npz").write_bytes(whole_file[: len(whole_file) // 2])
+    np.savez(folder / "odd-4.npz", __meta__=np.frombuffer(b'{"written_at": %f, "worker": "odd-4", "seen": 1}' % now,
+             dtype=np.uint8), tokens=np.arange(3))  # fmt: skip
+    wide = Windows(100)
+    _worker_traffic(wide, "m:1", 7000, 5, now - 1, dims=8)
+    Shards(store, "wide-5", 10, 120).publish(wide, now, {"m:1"})
+    read = sb.fresh("m:1", now)
+    assert sorted(meta["worker"] for meta, _ in read) == ["host-a-1", "host-b-2", "wide-5"]
+    assert 7000 not in merge(read)["tokens"].tolist()  # not the width of the first shard's embeddings
+    # a shard the store dates from long ago (its worker gone an hour) is removed, not read
+    os.utime(folder / "gone-1.npz", (now - 5000, now - 5000))
+    sb.fresh("m:1", now)
+    assert not (folder / "gone-1.npz").exists() and (folder / "host-a-1.npz").exists()
 
 
 def test_a_worker_rewrites_its_shard_when_it_changed_and_as_a_heartbeat(tmp_path):
     windows, shards = Windows(10), Shards(str(tmp_path), "w", every_s=10, max_age_s=120)
-    _worker_traffic(windows, "m:1", 0, 3)
-    shards.publish(windows, 1000.0)
+    _worker_traffic(windows, "m:1", 0, 3, 999.0)
+    _worker_traffic(windows, "m:0", 0, 3, 999.0)  # a version this worker no longer serves
+    shards.publish(windows, 1000.0, {"m:1"})
+    assert not (tmp_path / "m/windows/0").exists()  # left to age out (a prune may have removed it)
     assert shards.due("m:1", 3, 1005.0) is False  # nothing new
     assert shards.due("m:1", 4, 1005.0) is False  # new, but written 5 s ago: at most every 10 s
     assert shards.due("m:1", 4, 1010.0) is True
     assert shards.due("m:1", 3, 1030.0) is True  # unchanged for 3 x every_s: a heartbeat keeps it fresh
-    shards.publish(windows, 1005.0, force="m:1")  # before answering a window request: written whatever the timing
+    shards.publish(windows, 1005.0, set(), force="m:1")  # before answering a window request: whatever the timing
     assert shards.fresh("m:1", 1005.0)[0][0]["written_at"] == 1005.0
+    shards.write("m:1", windows.rows("m:1"), 2, 1006.0)  # rows taken before the last write's: not written
+    assert shards.fresh("m:1", 1006.0)[0][0]["seen"] == 3
 
 
 def test_arrays_survive_the_json_round_trip_and_bad_ones_are_named():
@@ -245,4 +262,4 @@ def test_monitor_settings_are_checked_when_the_config_loads():
     with pytest.raises(ConfigError, match="serve.monitor.sample_rate"):
         smoke_config(["serve.monitor.sample_rate=2"])
     with pytest.raises(ConfigError, match="share_max_age_s"):
-        smoke_config(["serve.monitor.share_every_s=60"])  # a live worker's shard would go stale between writes
+        smoke_config(["serve.monitor.share_every_s=40"])  # a live worker's shard would go stale between writes
