@@ -23,7 +23,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from bertops.model_store import ModelStore
+from bertops.model_store import DRIFT_REPORT_KEY, ModelStore
 from bertops.registry import Registry, Routing
 
 log = logging.getLogger("bertops.follow")
@@ -47,6 +47,7 @@ class Follower:
         self.withdrawn: str | None = None  # the last automatic withdrawal, and why
         self.checked_at: float | None = None
         self.switched_at: float | None = None
+        self.drift_checked_at: str | None = None  # the last drift check this worker shows
         self._lock = threading.Lock()  # one check at a time (the poller and an admin reload)
         self._stop = threading.Event()
 
@@ -62,11 +63,28 @@ class Follower:
                 self._follow(routing, retry_refused)
                 self._judge_canary()
                 self.error = None
+                self._pick_up_drift()
             except Exception as exc:  # noqa: BLE001 - whatever failed, the current versions keep serving
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.warning("following the registry: %s (still serving %s)", self.error, self.serving)
             self.checked_at = time.time()
             return self.status()
+
+    def _pick_up_drift(self) -> None:
+        """The last drift check of this model, as `bertops monitor` left it in the model store, shown
+        by this worker too (its gauges and /metadata): a check posts to one worker of one replica,
+        or to none without the admin token. A store that cannot be read changes nothing here."""
+        record = getattr(self.service, "record_drift", None)
+        if record is None:
+            return
+        try:
+            report = self.store.read_state(self.name, DRIFT_REPORT_KEY)
+        except Exception as exc:  # noqa: BLE001 - the scores are a view; following goes on
+            log.debug("reading the last drift check: %s", exc)
+            return
+        if report.get("version") and report.get("checked_at") != self.drift_checked_at:
+            record(report)
+            self.drift_checked_at = report.get("checked_at")
 
     def _wanted(self, version: str | None, retry_refused: bool) -> bool:
         return bool(version) and (retry_refused or version not in self.refused)

@@ -26,6 +26,9 @@ from bertops.registry import PRUNED, Registry, RegistryError, masked
 
 STORE_ENV = "BERTOPS_STORE_URL"
 CACHE_ENV = "BERTOPS_CACHE"
+# <store>/<model>/drift-report.json: the last drift check's scores (`bertops monitor` writes it, every
+# endpoint worker and replica picks it up as it follows the registry: bertops.follow)
+DRIFT_REPORT_KEY = "drift-report"
 
 
 class StoreError(BertopsError, RuntimeError):

@@ -279,10 +279,24 @@ def monitor(
         )["delivered"]  # fmt: skip
         store.write_state(config.package.model_name, STATE_KEY, {"last_trigger": now, "version": version})
     if not window_file:
-        result["posted"] = post_scores(config, url, {**report, "version": version, "checked_at": result["checked_at"]})
+        scores = {**report, "version": version, "checked_at": result["checked_at"]}
+        result["shared"] = share_scores(store, config.package.model_name, scores)
+        result["posted"] = post_scores(config, url, scores)
     (out / "report.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     (out / "report.md").write_text(markdown(result))
     return result
+
+
+def share_scores(store, name: str, scores: dict) -> bool:
+    """The scores to the model store, where every worker of every replica picks them up within
+    `serve.poll_s` (bertops.follow), with or without the admin token; best effort, never an error."""
+    from bertops.model_store import DRIFT_REPORT_KEY, StoreError
+
+    try:
+        store.write_state(name, DRIFT_REPORT_KEY, json.loads(json.dumps(scores, default=float)))
+    except StoreError:
+        return False
+    return True
 
 
 def post_scores(config: Config, url: str, report: dict) -> bool:

@@ -826,6 +826,10 @@ def _drift_is_watched(root: Path, url: str, packaged) -> None:
         report = drifted["report"]
         assert report["verdict"] == "drift" and {"tokens", "truncated"} <= set(report["drifted"]), report["message"]
         assert drifted["retrain"]["trigger"] is True and drifted["retrain"]["notification"] is True
+        from bertops.model_store import DRIFT_REPORT_KEY, store_for
+
+        shared = store_for(cfg, root).read_state(cfg.package.model_name, DRIFT_REPORT_KEY)  # for every replica
+        assert drifted["shared"] is True and shared["verdict"] == "drift" and shared["version"] == drifted["version"]
         assert hooks and hooks[0]["event"] == "drift" and "tokens" in hooks[0]["drifted"]
         again = monitor(cfg, root)  # the drift persists: no second retrain within the cool-down
         assert again["report"]["verdict"] == "drift" and again["retrain"]["trigger"] is False

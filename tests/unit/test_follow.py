@@ -195,3 +195,36 @@ def test_an_unhealthy_canary_is_withdrawn_in_the_registry_by_auto(team):
     last = registry.history("m")[-1]
     assert (last["action"], last["who"], last["version"]) == ("withdraw", "auto", "v2")
     assert "error rate" in last["reason"] and registry.production("m") == "v1"
+
+
+def test_every_worker_shows_the_last_drift_check_the_monitor_left_in_the_store(team):
+    """`bertops monitor` posts its scores to one worker (or to none without the admin token) and
+    writes them to the model store; every follower picks them up once, on its next look."""
+    from bertops.model_store import DRIFT_REPORT_KEY
+
+    registry, store = team
+
+    class Watched(Service):
+        def __init__(self) -> None:
+            super().__init__()
+            self.drift: list[dict] = []
+
+        def record_drift(self, report: dict) -> None:
+            self.drift.append(report)
+
+    workers = [Watched(), Watched()]
+    followers = [Follower("m", registry, store, w, "v1", poll_s=60) for w in workers]
+    for follower in followers:
+        follower.check()
+    assert all(w.drift == [] for w in workers)  # no check yet
+    report = {"version": "m:v1", "verdict": "drift", "drifted": ["tokens"], "checked_at": "2026-12-05T01:00:00Z"}
+    store.write_state("m", DRIFT_REPORT_KEY, report)
+    for follower in followers:
+        follower.check()
+        follower.check()  # the same check is shown once
+    assert all(w.drift == [report] for w in workers)
+    newer = {**report, "verdict": "ok", "drifted": [], "checked_at": "2026-12-05T02:00:00Z"}
+    store.write_state("m", DRIFT_REPORT_KEY, newer)
+    assert followers[0].check()["error"] is None and workers[0].drift[-1]["verdict"] == "ok"
+    (Path(store.url) / "m" / f"{DRIFT_REPORT_KEY}.json").write_text("{not json")  # a damaged file: following goes on
+    assert followers[1].check()["error"] is None and workers[1].drift == [report]
