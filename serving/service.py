@@ -314,7 +314,7 @@ class Endpoint:
         while True:
             time.sleep(shards.every_s)
             try:
-                served = {m.version for m in (self.model, *self.trials.values()) if m is not None}
+                served = {m.version for m in self._served()}
                 shards.publish(self.windows, time.time(), served)  # a version no longer served is left to age out
                 failing = ""
             except Exception as exc:  # noqa: BLE001 - monitoring never fails serving; said once per new error
@@ -322,13 +322,17 @@ class Endpoint:
                     logging.getLogger("bertops.monitor").warning("could not share the drift window: %s", exc)
                 failing = str(exc)
 
+    def _served(self) -> list:
+        """The versions this worker serves: the production model, then its canary and shadow."""
+        return [m for m in (self.model, *self.trials.values()) if m is not None]
+
     def _shared_window(self, version: str, last: int | None) -> tuple[dict, dict] | None:
         """(rows, summary) of `version` over every worker's fresh shard, this worker's written first;
         None when there are none (or the store cannot be read: this worker's own window answers)."""
         now = time.time()
         try:
             self.shards.publish(self.windows, now, set(), force=version)
-            shards = self.shards.fresh(version, now)
+            shards = bertops_window.compatible(self.shards.fresh(version, now))  # those the merge keeps
             if not shards:
                 return None
             rows = bertops_window.merge(shards, last)
@@ -354,7 +358,7 @@ class Endpoint:
             summary = {**self.windows.summary().get(version, {}), "workers": None}
         if snapshot is None:
             raise LookupError(f"no requests of {version} recorded yet (recorded: {sorted(self.windows.summary())})")
-        served = next((s for s in (self.model, *self.trials.values()) if s is not None and s.version == version), None)
+        served = next((s for s in self._served() if s.version == version), None)
         return {
             "version": version,
             "labels": served.labels if served else self.model.labels,

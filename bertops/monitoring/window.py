@@ -290,13 +290,19 @@ def _is_window(rows: dict) -> bool:
     return embedding is None or (embedding.ndim == 2 and len(embedding) == n)
 
 
+def compatible(shards: list[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
+    """The shards that can be merged: a shard whose embeddings have another width than the first
+    shard's (a worker on another encoder) is left out, and so not counted either."""
+    dim = next((rows[EMBEDDING].shape[1] for _, rows in shards if EMBEDDING in rows), None)
+    return [(meta, rows) for meta, rows in shards if EMBEDDING not in rows or rows[EMBEDDING].shape[1] == dim]
+
+
 def merge(shards: list[tuple[dict, dict]], last: int | None = None) -> dict:
     """One window from the shards of several workers: the newest `last` rows of their union by the
-    time each was recorded (all of them when None), oldest first. Embeddings of another width than
-    the first shard's (a worker on another encoder) are left out with their shard. Returns the rows
-    of Window.rows."""
-    dim = next((rows[EMBEDDING].shape[1] for _, rows in shards if EMBEDDING in rows), None)
-    parts = [rows for _, rows in shards if dim is None or EMBEDDING not in rows or rows[EMBEDDING].shape[1] == dim]
+    time each was recorded (all of them when None), oldest first, over the `compatible` shards.
+    Returns the rows of Window.rows."""
+    parts = [rows for _, rows in compatible(shards)]
+    dim = next((rows[EMBEDDING].shape[1] for rows in parts if EMBEDDING in rows), None)
     out = {name: np.concatenate([rows[name] for rows in parts]) for name in (*COLUMNS, ANSWERED, WHEN)}
     if dim is not None:  # a worker that only embedded (no answers) kept no embeddings: zeros, unanswered
         out[EMBEDDING] = np.concatenate(

@@ -180,3 +180,45 @@ def test_a_run_made_outside_dvc_is_recorded_as_dvc_would_have(toy_repo: Path):
     _sh([sys.executable, "-m", "dvc", "exp", "apply", "outside"], root)
     assert "lr: 0.2" in (root / "params.yaml").read_text()
     assert json.loads(_sh([sys.executable, "-m", "dvc", "status", "--json"], root)) == {}
+
+
+def test_the_experiment_commit_leaves_head_the_branch_and_the_index_alone(toy_repo: Path, monkeypatch):
+    """The record is made with git itself: the run's tracked files as they stand (staged or not) and
+    dvc.lock, on top of HEAD, under DVC's ref; HEAD, the branch and the user's index do not move, and
+    a machine without a git identity still records (as bertops)."""
+    root = toy_repo
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(root / "no-such-gitconfig"))  # no user.name anywhere
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    head = _sh(["git", "rev-parse", "HEAD"], root).strip()
+    (root / "notes.txt").write_text("staged\n")
+    _sh(["git", "add", "notes.txt"], root)
+    (root / "params.yaml").write_text((root / "params.yaml").read_text().replace("lr: 0.1", "lr: 0.25"))
+    (root / "stray.txt").write_text("untracked: not part of the run\n")
+    _sh([sys.executable, "-m", "dvc", "repro", "-q"], root)
+    staged_before = _sh(["git", "diff", "--cached", "--name-only"], root)
+
+    rev = experiments.record(root, "plain", ["train"])
+
+    assert _sh(["git", "rev-parse", "HEAD"], root).strip() == head
+    assert _sh(["git", "diff", "--cached", "--name-only"], root) == staged_before  # the user's index as it was
+    assert _sh(["git", "rev-parse", f"refs/exps/{head[:2]}/{head[2:]}/plain"], root).strip() == rev
+    assert _sh(["git", "rev-list", "--parents", "-n", "1", rev], root).split() == [rev, head]
+    files = set(_sh(["git", "ls-tree", "-r", "--name-only", rev], root).split())
+    assert {"notes.txt", "params.yaml", "dvc.lock", "dvc.yaml"} <= files and "stray.txt" not in files
+    assert "lr: 0.25" in _sh(["git", "show", f"{rev}:params.yaml"], root)
+    assert _sh(["git", "log", "-1", "--format=%an <%ae>", rev], root).strip() == "bertops <bertops@localhost>"
+    # DVC sees it as one of its experiments
+    assert "plain" in _sh([sys.executable, "-m", "dvc", "exp", "ls"], root)
+    assert experiments.find_run(root, "plain").params["toy.lr"] == 0.25
+    # a run that took the name between the check and the commit is never overwritten: git refuses
+    with pytest.raises(experiments.ExperimentError, match="exists already"):
+        experiments._commit_experiment(root, "plain", ["dvc.lock"])
+    assert _sh(["git", "rev-parse", f"refs/exps/{head[:2]}/{head[2:]}/plain"], root).strip() == rev
+
+
+def test_the_prefetch_reads_the_production_models_run_while_the_stages_run(toy_repo: Path):
+    root = toy_repo
+    _run(root, 0.1, "first")
+    assert experiments.Prefetch(root, "first").result() == experiments.find_run(root, "first")
+    assert experiments.Prefetch(root, "not-recorded-here").result() is None  # the record task says why
+    assert experiments.Prefetch(root, None).result() is None

@@ -18,6 +18,7 @@ from bertops.monitoring.window import (
     Windows,
     answer_features,
     answered_only,
+    compatible,
     decode_arrays,
     encode_arrays,
     merge,
@@ -131,6 +132,7 @@ def test_the_windows_of_every_worker_are_shared_and_judged_together(tmp_path):
     read = sb.fresh("m:1", now)
     assert sorted(meta["worker"] for meta, _ in read) == ["host-a-1", "host-b-2", "wide-5"]
     assert 7000 not in merge(read)["tokens"].tolist()  # not the width of the first shard's embeddings
+    assert sorted(meta["worker"] for meta, _ in compatible(read)) == ["host-a-1", "host-b-2"]  # nor counted
     # a shard the store dates from long ago (its worker gone an hour) is removed, not read
     os.utime(folder / "gone-1.npz", (now - 5000, now - 5000))
     sb.fresh("m:1", now)
