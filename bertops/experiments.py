@@ -61,8 +61,8 @@ class Run:
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # name -> [(step, value)]
 
 
-def _git(root: Path, *args: str) -> str:
-    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+def _git(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(["git", *args], cwd=root, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ExperimentError(f"git {' '.join(args)} failed in {root}: {proc.stderr.strip()[:300]}")
     return proc.stdout
@@ -254,24 +254,21 @@ def _commit_experiment(root: Path, name: str, extra: list[str]) -> str:
         if index.is_file():  # the user's index: staged changes kept, git's stat cache reused
             shutil.copyfile(index, private)
         env = {**os.environ, "GIT_INDEX_FILE": str(private), **_identity(root)}
-
-        def git(*args: str) -> str:
-            proc = subprocess.run(["git", *args], cwd=root, env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise ExperimentError(f"git {args[0]} failed while recording {name!r}: {proc.stderr.strip()[:300]}")
-            return proc.stdout.strip()
-
         if not index.is_file():
-            git("read-tree", "HEAD")
-        git("add", "-u")
+            _git(root, "read-tree", "HEAD", env=env)
+        _git(root, "add", "-u", env=env)
         present = [p for p in extra if (root / p).exists()]
         if present:
-            git("add", "-f", "--", *present)
-        tree = git("write-tree")
-        commit = git("commit-tree", tree, "-p", baseline, "-m", f"bertops: run {name}\n\nrecorded by bertops run")
-        proc = subprocess.run(["git", "update-ref", ref, commit, _NO_REF], cwd=root, capture_output=True, text=True)
-        if proc.returncode != 0:  # another run took the name between the check above and now
-            raise ExperimentError(f"an experiment named {name!r} exists already; runs are never overwritten")
+            _git(root, "add", "-f", "--", *present, env=env)
+        tree = _git(root, "write-tree", env=env).strip()
+        message = f"bertops: run {name}\n\nrecorded by bertops run"
+        commit = _git(root, "commit-tree", tree, "-p", baseline, "-m", message, env=env).strip()
+    try:
+        _git(root, "update-ref", ref, commit, _NO_REF)
+    except ExperimentError:
+        if name in _names(root):  # another run took the name between the check in record and now
+            raise ExperimentError(f"an experiment named {name!r} exists already; runs are never overwritten") from None
+        raise
     return commit
 
 
