@@ -222,3 +222,22 @@ def test_the_prefetch_reads_the_production_models_run_while_the_stages_run(toy_r
     assert experiments.Prefetch(root, "first").result() == experiments.find_run(root, "first")
     assert experiments.Prefetch(root, "not-recorded-here").result() is None  # the record task says why
     assert experiments.Prefetch(root, None).result() is None
+
+
+def test_the_collector_is_paused_for_dvcs_commit_only_and_always_given_back():
+    import gc
+
+    assert gc.isenabled()
+    with experiments._gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), experiments._gc_paused():  # given back after a failed commit too
+        raise RuntimeError("dvc commit failed")
+    assert gc.isenabled()
+    gc.disable()  # a caller that had it off keeps it off
+    try:
+        with experiments._gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
