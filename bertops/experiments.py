@@ -3,9 +3,9 @@
 A `bertops run` in a git + DVC workspace is saved as a DVC experiment (what `dvc exp save` would
 make, the record `dvc exp show` lists): params.yaml as the run used it, the dvc.lock of the stages
 it ran (the corpus version, code and outputs by hash; the metrics and training curves in the DVC
-cache), on top of the commit it started from. With overrides or a profile, the run's values are written into
-params.yaml for the record (comments kept, the way `dvc exp run -S` does) and the file is put back
-afterwards; `dvc exp apply NAME` brings a run's params and outputs back into the workspace.
+cache), on top of the commit it started from. With overrides or a profile, the run's values are
+written into params.yaml for the record (comments kept, the way `dvc exp run -S` does) and the file
+is put back afterwards; `dvc exp apply NAME` brings a run's params and outputs back into the workspace.
 
 Reading runs back needs git and DVC only: `list_runs`, `find_run`, `compare` and the renderers
 serve `bertops runs` and the flow's comparison artifact.
@@ -185,7 +185,7 @@ def record(root: Path, name: str, stages: list[str]) -> str:
     if problem:
         raise ExperimentError(f"the run cannot be recorded: {problem}")
     if name in _names(root):
-        raise ExperimentError(f"an experiment named {name!r} exists already; runs are never overwritten")
+        raise _taken(name)
     pipeline = _pipeline(root)
     # all stages in one pass over dvc.yaml and dvc.lock when the run reached them all
     targets: list[str | None] = [None] if set(pipeline.get("stages") or {}) <= set(stages) else list(stages)
@@ -267,9 +267,13 @@ def _commit_experiment(root: Path, name: str, extra: list[str]) -> str:
         _git(root, "update-ref", ref, commit, _NO_REF)
     except ExperimentError:
         if name in _names(root):  # another run took the name between the check in record and now
-            raise ExperimentError(f"an experiment named {name!r} exists already; runs are never overwritten") from None
+            raise _taken(name) from None
         raise
     return commit
+
+
+def _taken(name: str) -> ExperimentError:
+    return ExperimentError(f"an experiment named {name!r} exists already; runs are never overwritten")
 
 
 def _identity(root: Path) -> dict[str, str]:

@@ -284,12 +284,14 @@ def record_task(ctx: RunContext, experiment: dict, stages: list[str]) -> str | N
     except BertopsError as exc:
         logger.warning("the run was not recorded: %s", exc)
         return None
-    against = champion_run if champion != name else None
-    if against is None and champion and champion != name:
-        try:
-            against = experiments.find_run(root, champion)
-        except experiments.ExperimentError:  # made elsewhere, or by a run that was not recorded
-            pass
+    against = None
+    if champion and champion != name:
+        against = champion_run
+        if against is None:  # read again: the thread may have met a passing problem
+            try:
+                against = experiments.find_run(root, champion)
+            except experiments.ExperimentError:  # made elsewhere, or by a run that was not recorded
+                pass
     if against is None:
         why = (
             f"the production model's run ({champion}) is not recorded here"
