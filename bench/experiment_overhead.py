@@ -1,15 +1,18 @@
 """What recording a run costs: the retrain flow on the smoke profile, recorded as a DVC experiment
-(params.yaml holds the run's values, `dvc exp save` of the stages it ran, the comparison artifact)
-against the same flow unrecorded (`runs.record=false`, the direct executor as before).
+(params.yaml holds the run's values, DVC's commit of each stage made by a worker process while the
+next ones run, the experiment's git commit, the comparison artifact) against the same flow
+unrecorded (`runs.record=false`, the direct executor as before).
 
 Both run in one fresh git + DVC workspace (a copy of this repository's pipeline files, the SST-2
 corpus from BERTOPS_DATASETS or ../shared/datasets), with the same overrides (the smoke profile,
 a lenient gate so every run goes to the end), in `--repeats` rounds whose order alternates (round r
 starts with the recorded side when r is odd), so a slow spell of the machine does not land on one
 side only. Per side: the median wall time of the flow and the spread (min-max); the overhead is the
-ratio of the medians. Since the flows' medians spread more than the effect, the recorded side's
-own seconds are printed too: the record task, and the whole experiment path (its set-up at the
-start, the record task, the push after it) as a share of the direct median.
+ratio of the medians, and the median of each round's own ratio (the two runs of a round are
+neighbours in time). Since the flows' medians spread more than the effect, the recorded side's
+own seconds are printed too: the record task, and the experiment path on the run's critical path
+(its set-up at the start, the record task, the push after it) as a share of the direct median;
+the worker's commits made while the stages run are not in it, only in the flows' times.
 
     python bench/experiment_overhead.py [--repeats 3]
 """
@@ -108,6 +111,8 @@ def main() -> None:
     print(f"experiment path (set-up + record task + push): median {path:.2f} s (min {min(path_seconds):.2f}, "
           f"max {max(path_seconds):.2f}) = {path / direct * 100:.1f}% of the direct median")  # fmt: skip
     print(f"overhead: recorded / direct = {recorded / direct:.3f} ({(recorded / direct - 1) * 100:+.1f}%)")
+    rounds = [r / d for r, d in zip(times["recorded"], times["direct"], strict=True)]
+    print(f"per round: median {statistics.median(rounds):.3f} (min {min(rounds):.3f}, max {max(rounds):.3f})")
     if args.keep:
         print(f"workspace kept: {root}")
     else:

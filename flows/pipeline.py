@@ -235,13 +235,16 @@ def _env(key: str, value: str):
             os.environ[key] = previous
 
 
-def _experiment(config: Config, root: Path, stack: ExitStack, logger) -> dict | None:
+def _experiment(config: Config, root: Path, stack: ExitStack, logger, executor: str) -> dict | None:
     """Make this run a DVC experiment when the workspace can hold one: its name (the flow run's),
     the run that made the production model (compared with at the end), params.yaml holding this
-    run's values while it runs, and the name in every model's lineage (BERTOPS_RUN)."""
+    run's values while it runs, the name in every model's lineage (BERTOPS_RUN), and the worker
+    process that reads the production model's run meanwhile and, with the direct executor, commits
+    the stages to DVC as they finish (`dvc repro` commits its own)."""
     from prefect.runtime import flow_run
 
     from bertops import experiments
+    from bertops.record_worker import RecordWorker
 
     problem = "runs.record is false" if not config.runs.record else experiments.workspace_problem(root)
     if problem:
@@ -262,8 +265,8 @@ def _experiment(config: Config, root: Path, stack: ExitStack, logger) -> dict | 
         logger.info("params.yaml holds this run's values until it ends: %s", ", ".join(changed))
     stack.enter_context(_env(experiments.RUN_ENV, name))
     logger.info("recording this run as the DVC experiment %r (bertops runs, dvc exp show)", name)
-    # DVC imported and the production model's run read while the stages run, off the run's end
-    return {"name": name, "champion": champion, "prefetch": experiments.Prefetch(root, champion)}
+    worker = stack.enter_context(RecordWorker(root, champion))  # entered last: stopped before params.yaml is put back
+    return {"name": name, "champion": champion, "worker": worker, "commits": executor == "direct"}
 
 
 @task(name="record", cache_policy=NO_CACHE)
@@ -274,20 +277,17 @@ def record_task(ctx: RunContext, experiment: dict, stages: list[str]) -> str | N
 
     logger = get_run_logger()
     root, name, champion = Path(ctx.root), experiment["name"], experiment["champion"]
-    prefetch = experiment.get("prefetch")
-    # DVC's modules imported in the thread first (never two imports of one module at once), and the
-    # production model's run, read meanwhile
-    champion_run = prefetch.result() if prefetch else None
+    worker = experiment["worker"]
     try:
-        rev = experiments.record(root, name, stages)
+        rev = experiments.record(root, name, stages, worker if experiment["commits"] else None)
         run = experiments.workspace_run(root, name, rev)  # the files just saved: no second read through DVC
     except BertopsError as exc:
         logger.warning("the run was not recorded: %s", exc)
         return None
     against = None
     if champion and champion != name:
-        against = champion_run
-        if against is None:  # read again: the thread may have met a passing problem
+        against = worker.champion()  # read by the worker while the stages ran
+        if against is None:  # read again: the worker may have met a passing problem
             try:
                 against = experiments.find_run(root, champion)
             except experiments.ExperimentError:  # made elsewhere, or by a run that was not recorded
@@ -430,7 +430,7 @@ def retrain(
             return Cancelled(name="Skipped", message=busy)
         timings: list[tuple[str, float, str]] = []
         setup_started = time.perf_counter()
-        experiment = _experiment(config, Path(root), recording, logger)
+        experiment = _experiment(config, Path(root), recording, logger, executor)
         if experiment:  # what recording adds to a run: this, the record task and the push after it
             experiment["seconds"] = time.perf_counter() - setup_started
         try:
@@ -451,9 +451,12 @@ def retrain(
                 logger.info("changed since the last run: %s", ", ".join(sorted(changes)))
             for stage_task in TASKS:
                 timings.append(stage_task(ctx))
+                reached = [stage for stage, _, _ in timings]
+                if experiment and experiment["commits"] and "finetune" in reached:
+                    # committed to DVC while the next stages run; only runs that fine-tuned are
+                    # recorded (below), so nothing is committed before
+                    experiment["worker"].submit(reached)
             if executor == "dvc":
-                if experiment:  # the push imports DVC here: the prefetch thread's imports come first
-                    experiment["prefetch"].result()
                 logger.info(push_task(ctx))
         except Exception as exc:
             notify(

@@ -216,14 +216,6 @@ def test_the_experiment_commit_leaves_head_the_branch_and_the_index_alone(toy_re
     assert _sh(["git", "rev-parse", f"refs/exps/{head[:2]}/{head[2:]}/plain"], root).strip() == rev
 
 
-def test_the_prefetch_reads_the_production_models_run_while_the_stages_run(toy_repo: Path):
-    root = toy_repo
-    _run(root, 0.1, "first")
-    assert experiments.Prefetch(root, "first").result() == experiments.find_run(root, "first")
-    assert experiments.Prefetch(root, "not-recorded-here").result() is None  # the record task says why
-    assert experiments.Prefetch(root, None).result() is None
-
-
 def test_the_collector_is_paused_for_dvcs_commit_only_and_always_given_back():
     import gc
 

@@ -1,0 +1,130 @@
+"""The record worker, a process that does DVC's part of recording while the run goes on: DVC's
+commit of each stage (the same dvc.lock and cache as the commit made at the end), DVC's refusals
+reported, a worker that is gone handled by the caller's own commit, and the production model's run
+read (on real git + DVC repositories with toy pipelines)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bertops import experiments
+from bertops.record_worker import RecordWorker
+from tests.unit.test_experiments import _run, toy_repo  # noqa: F401 - the fixture
+
+GIT = ["git", "-c", "user.name=bertops-test", "-c", "user.email=test@localhost"]
+PREPARE = "import yaml; p = yaml.safe_load(open('params.yaml'))['toy']; open('prepared.txt', 'w').write(str(p['rows']))"
+TRAIN = "open('model.txt', 'w').write(open('prepared.txt').read() * 2)"
+
+
+def _sh(args: list[str], cwd: Path) -> str:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{args}: {proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return proc.stdout
+
+
+@pytest.fixture()
+def two_stages(tmp_path: Path) -> Path:
+    """A git + DVC repository whose two stages (prepare -> train) have run but are not committed:
+    what the direct executor leaves, stage by stage."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "params.yaml").write_text("toy:\n  rows: 3\n  other: 1\n")
+    stages = {
+        "prepare": {"cmd": f'{sys.executable} -c "{PREPARE}"', "params": ["toy.rows"], "outs": ["prepared.txt"]},
+        "train": {"cmd": f'{sys.executable} -c "{TRAIN}"', "deps": ["prepared.txt"], "outs": ["model.txt"]},
+    }
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    _sh(["git", "init", "-q"], root)
+    _sh([sys.executable, "-m", "dvc", "init", "-q"], root)
+    _sh(GIT + ["add", "-A"], root)
+    _sh(GIT + ["commit", "-qm", "init"], root)
+    for stage in ("PREPARE", "TRAIN"):
+        _sh([sys.executable, "-c", globals()[stage]], root)
+    return root
+
+
+def test_the_worker_commits_as_the_commit_at_the_end_would(two_stages: Path, tmp_path: Path):
+    root = two_stages
+    at_the_end, in_one_pass = tmp_path / "at-the-end", tmp_path / "in-one-pass"
+    shutil.copytree(root, at_the_end)
+    shutil.copytree(root, in_one_pass)
+    experiments.commit_stages(at_the_end, [None])  # repo.commit of every stage
+    experiments.commit_stages(in_one_pass, ["prepare", "train", "prepare"])  # named stages, one dvc.lock rewrite
+    assert (in_one_pass / "dvc.lock").read_text() == (at_the_end / "dvc.lock").read_text()
+
+    with RecordWorker(root, None) as commits:
+        commits.submit(["prepare"])  # returns at once; the next stage would run meanwhile
+        commits.submit(["prepare"])  # a stage is sent once
+        assert commits.finish(["prepare", "train"]) is True
+        assert commits._batches == 2
+    assert (root / "dvc.lock").read_text() == (at_the_end / "dvc.lock").read_text()
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare", "train"} and lock["stages"]["prepare"]["params"] == {
+        "params.yaml": {"toy.rows": 3}
+    }
+    # outputs in the cache, workspace up to date, the run-cache written
+    assert json.loads(_sh([sys.executable, "-m", "dvc", "status", "--json"], root)) == {}
+    (root / "model.txt").unlink()
+    _sh([sys.executable, "-m", "dvc", "checkout", "-q"], root)
+    assert (root / "model.txt").read_text() == "33"
+    assert any((root / ".dvc" / "cache" / "runs").rglob("*"))
+
+
+def test_a_stage_dvc_refuses_is_reported_with_dvcs_message(two_stages: Path):
+    root = two_stages
+    (root / "model.txt").unlink()  # train's output is missing
+    with RecordWorker(root, None) as commits:
+        commits.submit(["prepare"])
+        with pytest.raises(experiments.ExperimentError, match="dvc commit failed.*model.txt"):
+            commits.finish(["prepare", "train"])
+    # and a run recorded with it is not recorded, saying why
+    with (
+        RecordWorker(root, None) as commits,
+        pytest.raises(experiments.ExperimentError, match="dvc commit failed"),
+    ):
+        experiments.record(root, "broken", ["prepare", "train"], commits)
+    assert "broken" not in experiments._names(root)
+
+
+def test_a_worker_that_is_gone_leaves_the_commit_to_the_caller(two_stages: Path):
+    root = two_stages
+    commits = RecordWorker(root, None)
+    commits._proc.kill()
+    commits._proc.wait()
+    commits.submit(["prepare"])
+    assert commits.finish(["prepare", "train"], timeout=30) is False
+    commits.close()
+    # the record commits in its own process instead, and the run is recorded all the same
+    dead = RecordWorker(root, None)
+    dead._proc.kill()
+    rev = experiments.record(root, "fallback", ["prepare", "train"], dead)
+    dead.close()
+    assert experiments.find_run(root, "fallback").rev == rev
+    assert json.loads(_sh([sys.executable, "-m", "dvc", "status", "--json"], root)) == {}
+
+
+def test_leaving_the_block_stops_the_worker(two_stages: Path):
+    with RecordWorker(two_stages, None) as commits:
+        proc = commits._proc
+        assert proc.poll() is None
+    assert proc.wait(5) is not None
+    commits.submit(["prepare"])  # after the end: nothing sent, nothing raised
+    assert commits._batches == 0
+
+
+def test_the_worker_reads_the_production_models_run_while_the_stages_run(toy_repo: Path):  # noqa: F811
+    root = toy_repo
+    _run(root, 0.1, "first")
+    with RecordWorker(root, "first") as worker:
+        assert worker.champion() == experiments.find_run(root, "first")  # curves' (step, value) pairs too
+    with RecordWorker(root, "not-recorded-here") as worker:
+        assert worker.champion() is None  # the record task says why
+    with RecordWorker(root, None) as worker:
+        assert worker.champion(timeout=1) is None
