@@ -214,6 +214,11 @@ def _work(root: Path, replies) -> None:
 
 
 def main() -> None:
+    import signal
+
+    # Ctrl-C reaches the whole terminal's process group: the run stops the worker itself (close()),
+    # after the commit it is making, so that dvc.lock is never left half written
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the answers' own channel...
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # ...so nothing DVC prints can garble them
     try:

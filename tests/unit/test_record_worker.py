@@ -110,6 +110,18 @@ def test_a_worker_that_is_gone_leaves_the_commit_to_the_caller(two_stages: Path)
     assert json.loads(_sh([sys.executable, "-m", "dvc", "status", "--json"], root)) == {}
 
 
+def test_ctrl_c_in_the_terminal_leaves_the_worker_to_the_run(two_stages: Path):
+    """SIGINT goes to the terminal's whole process group; the worker ignores it (the run stops it
+    itself, after the commit in flight), so a commit is never cut half way."""
+    import signal
+    import time
+
+    with RecordWorker(two_stages, None) as worker:
+        time.sleep(2)  # the worker has set its handlers
+        worker._proc.send_signal(signal.SIGINT)
+        assert worker.finish(["prepare", "train"]) is True
+
+
 def test_leaving_the_block_stops_the_worker(two_stages: Path):
     with RecordWorker(two_stages, None) as commits:
         proc = commits._proc
