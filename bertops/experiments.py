@@ -172,7 +172,7 @@ class StageCommits(Protocol):
 
     def finish(self, stages: list[str]) -> bool:
         """Commit what is left of `stages` and wait: True when all are committed; False when the
-        caller must commit them; ExperimentError when DVC refused one."""
+        caller must commit them (the worker is gone, or one of its commits failed)."""
         ...
 
 

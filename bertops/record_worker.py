@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from bertops.experiments import ExperimentError, Run, commit_stages, find_run
+from bertops.experiments import Run, commit_stages, find_run
 
 GATHER_S = 0.5  # how long the worker waits for more stages before a commit
 
@@ -41,7 +41,7 @@ class RecordWorker:
     def __init__(self, root: Path, champion: str | None):
         import bertops
 
-        self._root = Path(root)
+        self._root = Path(root).resolve()  # the worker starts in it: a relative path would not do
         self._champion: Run | None = None
         self._sent: list[str] = []
         self._batches = 0  # commit requests sent
@@ -60,6 +60,7 @@ class RecordWorker:
                 text=True,
                 bufsize=1,
                 cwd=self._root,
+                process_group=0,  # signals to the terminal's group (Ctrl-C, hang-up) do not reach it
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))},
             )
         except OSError:  # no worker: champion() is None, finish() False (the caller commits)
@@ -79,21 +80,22 @@ class RecordWorker:
     def _read(self) -> None:
         proc = self._proc
         assert proc and proc.stdout
-        for line in proc.stdout:
-            try:
+        try:
+            for line in proc.stdout:
                 reply = json.loads(line)
-            except ValueError:
-                continue
+                with self._changed:
+                    if reply.get("op") == "champion":
+                        self._answered = True
+                        self._champion = _run(reply["run"]) if reply.get("run") else None
+                    else:
+                        self._replies.append(reply)
+                    self._changed.notify_all()
+        except Exception:  # noqa: BLE001 - an answer it cannot read: treated as a worker gone
+            pass
+        finally:
             with self._changed:
-                if reply.get("op") == "champion":
-                    self._champion = _run(reply["run"]) if reply.get("run") else None
-                    self._answered = True
-                else:
-                    self._replies.append(reply)
+                self._ended = True
                 self._changed.notify_all()
-        with self._changed:
-            self._ended = True
-            self._changed.notify_all()
         proc.wait()  # reaped here: close() waits only for a commit in flight
 
     def _send(self, request: dict) -> bool:
@@ -122,22 +124,23 @@ class RecordWorker:
 
     def finish(self, stages: list[str], timeout: float = 600.0) -> bool:
         """Commit what is left of `stages` and wait for every commit. True: the worker made them all;
-        False: it could not (gone, or silent for `timeout` s, then stopped), and the caller commits in
-        its own process. Raises ExperimentError with DVC's message when DVC refused one."""
+        False: it did not (gone, silent for `timeout` s, or one of its commits failed), and the
+        caller commits in its own process: a failure that passes (DVC's lock held a moment by
+        another `dvc` command) is retried, and a refusal is reported there with DVC's message."""
         self.submit(stages, final=True)
         with self._changed:
             self._changed.wait_for(lambda: len(self._replies) >= self._batches or self._ended, timeout)
-            replies, complete = list(self._replies), len(self._replies) >= self._batches
-        failed = [reply.get("error") or "unknown error" for reply in replies if not reply.get("ok")]
-        if failed:
-            raise ExperimentError(f"dvc commit failed: {failed[0]}")
-        if not complete:
-            self.close(wait=0)
-        return complete and set(stages) <= set(self._sent)
+            replies = list(self._replies)
+        return (
+            len(replies) >= self._batches
+            and all(reply.get("ok") for reply in replies)
+            and set(stages) <= set(self._sent)
+        )
 
-    def close(self, wait: float = 60.0) -> None:
+    def close(self, wait: float = 600.0) -> None:
         """End the worker: its input closes and it exits once idle. A commit in flight is waited for
-        (up to `wait` s, then the worker is killed); an idle worker is not."""
+        up to `wait` s; after that the worker is left to finish it alone (it exits when done), never
+        killed: DVC rewrites dvc.lock in place, and a kill could cut it half way."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -150,7 +153,7 @@ class RecordWorker:
             if busy:
                 proc.wait(wait)
         except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
+            pass
 
 
 def _run(data: dict) -> Run:
@@ -174,9 +177,11 @@ def _work(root: Path, replies) -> None:
     requests: queue.Queue = queue.Queue()
 
     def read() -> None:
-        for line in sys.stdin:
-            requests.put(json.loads(line))
-        requests.put({"op": "end"})
+        try:
+            for line in sys.stdin:
+                requests.put(json.loads(line))
+        finally:  # end of input, or a line it cannot read: the worker ends after what it holds
+            requests.put({"op": "end"})
 
     threading.Thread(target=read, name="requests", daemon=True).start()
     sources: bool | None = None
@@ -211,6 +216,7 @@ def _work(root: Path, replies) -> None:
             reply = {"op": "commit", "ok": False, "error": str(exc) or type(exc).__name__}
         for _ in batch:  # one answer per request
             print(json.dumps(reply), file=replies, flush=True)
+        gc.collect()  # the batch's Repo and stage index, between batches rather than during them
 
 
 def main() -> None:

@@ -265,8 +265,10 @@ def _experiment(config: Config, root: Path, stack: ExitStack, logger, executor: 
         logger.info("params.yaml holds this run's values until it ends: %s", ", ".join(changed))
     stack.enter_context(_env(experiments.RUN_ENV, name))
     logger.info("recording this run as the DVC experiment %r (bertops runs, dvc exp show)", name)
-    worker = stack.enter_context(RecordWorker(root, champion))  # entered last: stopped before params.yaml is put back
-    return {"name": name, "champion": champion, "worker": worker, "commits": executor == "direct"}
+    commits = executor == "direct"  # dvc repro commits its own stages
+    # entered last, so stopped before params.yaml is put back
+    worker = stack.enter_context(RecordWorker(root, champion)) if commits or champion else None
+    return {"name": name, "champion": champion, "worker": worker, "commits": commits}
 
 
 @task(name="record", cache_policy=NO_CACHE)
@@ -286,7 +288,7 @@ def record_task(ctx: RunContext, experiment: dict, stages: list[str]) -> str | N
         return None
     against = None
     if champion and champion != name:
-        against = worker.champion()  # read by the worker while the stages ran
+        against = worker.champion() if worker else None  # read by the worker while the stages ran
         if against is None:  # read again: the worker may have met a passing problem
             try:
                 against = experiments.find_run(root, champion)

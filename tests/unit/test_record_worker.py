@@ -82,15 +82,36 @@ def test_a_stage_dvc_refuses_is_reported_with_dvcs_message(two_stages: Path):
     (root / "model.txt").unlink()  # train's output is missing
     with RecordWorker(root, None) as commits:
         commits.submit(["prepare"])
-        with pytest.raises(experiments.ExperimentError, match="dvc commit failed.*model.txt"):
-            commits.finish(["prepare", "train"])
-    # and a run recorded with it is not recorded, saying why
+        assert commits.finish(["prepare", "train"]) is False  # the caller commits, and says why
+        assert any("model.txt" in reply.get("error", "") for reply in commits._replies)
+    # so a run recorded with it is not recorded, with DVC's message
     with (
         RecordWorker(root, None) as commits,
-        pytest.raises(experiments.ExperimentError, match="dvc commit failed"),
+        pytest.raises(experiments.ExperimentError, match="dvc commit failed.*model.txt"),
     ):
         experiments.record(root, "broken", ["prepare", "train"], commits)
     assert "broken" not in experiments._names(root)
+
+
+def test_a_commit_that_failed_in_passing_is_made_again_by_the_record(two_stages: Path):
+    """DVC's repository lock held by another `dvc` command while the worker commits: its commit
+    fails, and the record, once the lock is free, commits in its own process and records."""
+    from dvc.repo import Repo
+
+    root = two_stages
+    with RecordWorker(root, None) as commits:
+        with Repo(str(root)) as repo, repo.lock:  # as `dvc status` in another terminal would
+            assert commits.finish(["prepare", "train"]) is False
+        rev = experiments.record(root, "retried", ["prepare", "train"], commits)
+    assert experiments.find_run(root, "retried").rev == rev
+    assert json.loads(_sh([sys.executable, "-m", "dvc", "status", "--json"], root)) == {}
+
+
+def test_a_relative_root_is_the_same_workspace(two_stages: Path, monkeypatch):
+    monkeypatch.chdir(two_stages.parent)
+    with RecordWorker(Path(two_stages.name), None) as commits:
+        assert commits.finish(["prepare", "train"]) is True
+    assert json.loads(_sh([sys.executable, "-m", "dvc", "status", "--json"], two_stages)) == {}
 
 
 def test_a_worker_that_is_gone_leaves_the_commit_to_the_caller(two_stages: Path):
@@ -111,13 +132,16 @@ def test_a_worker_that_is_gone_leaves_the_commit_to_the_caller(two_stages: Path)
 
 
 def test_ctrl_c_in_the_terminal_leaves_the_worker_to_the_run(two_stages: Path):
-    """SIGINT goes to the terminal's whole process group; the worker ignores it (the run stops it
-    itself, after the commit in flight), so a commit is never cut half way."""
+    """The worker has its own process group, so Ctrl-C in the terminal does not reach it, and it
+    ignores SIGINT sent to it all the same: the run stops it itself, after the commit in flight,
+    so a commit is never cut half way."""
+    import os
     import signal
-    import time
 
-    with RecordWorker(two_stages, None) as worker:
-        time.sleep(2)  # the worker has set its handlers
+    with RecordWorker(two_stages, "any") as worker:
+        assert os.getpgid(worker._proc.pid) != os.getpgid(0)
+        worker.champion()  # answered: the worker is past setting its handlers
+        assert worker._answered
         worker._proc.send_signal(signal.SIGINT)
         assert worker.finish(["prepare", "train"]) is True
 
@@ -137,6 +161,6 @@ def test_the_worker_reads_the_production_models_run_while_the_stages_run(toy_rep
     with RecordWorker(root, "first") as worker:
         assert worker.champion() == experiments.find_run(root, "first")  # curves' (step, value) pairs too
     with RecordWorker(root, "not-recorded-here") as worker:
-        assert worker.champion() is None  # the record task says why
+        assert worker.champion() is None and worker._answered  # the record task says why
     with RecordWorker(root, None) as worker:
         assert worker.champion(timeout=1) is None
