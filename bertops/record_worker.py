@@ -173,7 +173,7 @@ def _work(root: Path, replies) -> None:
 
     from dvc.repo import Repo
 
-    gc.disable()  # a short-lived process; see experiments._gc_paused
+    gc.disable()  # collected between batches instead (below); see experiments._gc_paused
     requests: queue.Queue = queue.Queue()
 
     def read() -> None:
@@ -222,8 +222,9 @@ def _work(root: Path, replies) -> None:
 def main() -> None:
     import signal
 
-    # Ctrl-C reaches the whole terminal's process group: the run stops the worker itself (close()),
-    # after the commit it is making, so that dvc.lock is never left half written
+    # Started in its own process group, so the terminal's Ctrl-C does not reach it; a SIGINT sent to
+    # it alone is ignored too: the run stops the worker itself (close()), after the commit it is
+    # making, so that dvc.lock is never left half written
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the answers' own channel...
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # ...so nothing DVC prints can garble them
