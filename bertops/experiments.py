@@ -265,15 +265,21 @@ def _pipeline(root: Path) -> dict:
 
 def _top_level_paths(pipeline: dict) -> list[str]:
     """The files dvc.yaml's top-level metrics, params and plots name (`dvc exp save` adds them even
-    when git does not track them)."""
+    when git does not track them). A plot is named by its file, or by an id whose `y` (and `x`) map
+    files to fields: `{loss: {x: step, y: {reports/a.csv: loss, reports/b.csv: loss}}}`."""
     paths: list[str] = []
     for key in ("metrics", "params", "plots"):
         for entry in pipeline.get(key) or []:
             if isinstance(entry, str):
                 paths.append(entry)
             elif isinstance(entry, dict):
-                paths.extend(k for k in entry if isinstance(k, str))
-    return paths
+                for name, spec in entry.items():
+                    paths.append(name)  # a file, or an id (not a file: dropped where no such file exists)
+                    for axis in ("x", "y"):
+                        files = spec.get(axis) if isinstance(spec, dict) else None
+                        if isinstance(files, dict):
+                            paths.extend(files)
+    return list(dict.fromkeys(p for p in paths if isinstance(p, str)))
 
 
 _NO_REF = "0" * 40  # update-ref's "must not exist yet"

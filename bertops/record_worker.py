@@ -49,6 +49,8 @@ class RecordWorker:
         self._answered = champion is None  # the champion's reply came (or none was asked for)
         self._ended = False  # the worker's output closed: it exited or died
         self._changed = threading.Condition()
+        self.committed = False  # finish() found every stage committed by the worker
+        self.problem: str | None = None  # why not, once finish() has returned False
         # the bertops this process runs, whatever the working directory holds (-P: no cwd on sys.path)
         path = [str(Path(bertops.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
         try:
@@ -131,11 +133,17 @@ class RecordWorker:
         with self._changed:
             self._changed.wait_for(lambda: len(self._replies) >= self._batches or self._ended, timeout)
             replies = list(self._replies)
-        return (
-            len(replies) >= self._batches
-            and all(reply.get("ok") for reply in replies)
-            and set(stages) <= set(self._sent)
-        )
+        failed = [reply.get("error", "no reason given") for reply in replies if not reply.get("ok")]
+        if failed:
+            self.problem = f"its commit failed: {failed[0]}"
+        elif len(replies) < self._batches or not set(stages) <= set(self._sent):
+            self.problem = (
+                f"no answer in {timeout:g} s" if not self._ended else "the worker process ended early or never started"
+            )
+        else:
+            self.problem = None
+        self.committed = self.problem is None
+        return self.committed
 
     def close(self, wait: float = 600.0) -> None:
         """End the worker: its input closes and it exits once idle. A commit in flight is waited for
@@ -164,7 +172,8 @@ def _run(data: dict) -> Run:
 def _work(root: Path, replies) -> None:
     """The worker: one JSON line in per request, one out per request, in order, until its input
     closes. {"op": "champion", "name": N} -> {"op": "champion", "run": Run as a dict or null};
-    {"op": "commit", "stages": [...]} -> {"op": "commit", "ok": true} or {..., "ok": false, "error": ...}.
+    {"op": "commit", "stages": [...]} -> {"op": "commit", "ok": true, "pass": n} or {..., "ok": false,
+    "error": ...}, n counting the commit passes made.
     Commit requests that come within GATHER_S of each other (package, then the short promote) are
     made in one pass: one dvc.lock rewrite, ~0.35 s, instead of one each; a final request (the end
     of the run, which waits) is not held back."""
@@ -185,6 +194,7 @@ def _work(root: Path, replies) -> None:
 
     threading.Thread(target=read, name="requests", daemon=True).start()
     sources: bool | None = None
+    passes = 0  # commit passes made; each reply says which one answered it
     held: list[dict] = []  # a request taken off the queue while merging: the next one
     while (request := held.pop() if held else requests.get())["op"] != "end":
         if request["op"] == "champion":
@@ -214,6 +224,8 @@ def _work(root: Path, replies) -> None:
             reply: dict = {"op": "commit", "ok": True}
         except Exception as exc:  # noqa: BLE001 - DVC's message goes back to the run
             reply = {"op": "commit", "ok": False, "error": str(exc) or type(exc).__name__}
+        passes += 1
+        reply["pass"] = passes
         for _ in batch:  # one answer per request
             print(json.dumps(reply), file=replies, flush=True)
         gc.collect()  # the batch's Repo and stage index, between batches rather than during them

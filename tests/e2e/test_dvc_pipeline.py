@@ -183,6 +183,8 @@ def test_retrain_twice_then_on_a_changed_corpus(repo, harness):
     assert state.is_completed(), state.message
     summary = state.result()
     assert summary["executor"] == "direct" and summary["recorded"], summary
+    # DVC's commit was made by the record worker while the stages ran, not by the fallback at the end
+    assert summary["committed_while_running"] is True, summary
     assert (root / "params.yaml").read_text() == params_text
     runs = experiments.list_runs(root)
     newest, previous = runs[0], runs[1]

@@ -64,6 +64,7 @@ def test_the_worker_commits_as_the_commit_at_the_end_would(two_stages: Path, tmp
         commits.submit(["prepare"])  # a stage is sent once
         assert commits.finish(["prepare", "train"]) is True
         assert commits._batches == 2
+        assert commits.committed and commits.problem is None
     assert (root / "dvc.lock").read_text() == (at_the_end / "dvc.lock").read_text()
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"prepare", "train"} and lock["stages"]["prepare"]["params"] == {
@@ -84,6 +85,8 @@ def test_a_stage_dvc_refuses_is_reported_with_dvcs_message(two_stages: Path):
         commits.submit(["prepare"])
         assert commits.finish(["prepare", "train"]) is False  # the caller commits, and says why
         assert any("model.txt" in reply.get("error", "") for reply in commits._replies)
+        assert not commits.committed and commits.problem.startswith("its commit failed:")
+        assert "model.txt" in commits.problem
     # so a run recorded with it is not recorded, with DVC's message
     with (
         RecordWorker(root, None) as commits,
@@ -121,6 +124,7 @@ def test_a_worker_that_is_gone_leaves_the_commit_to_the_caller(two_stages: Path)
     commits._proc.wait()
     commits.submit(["prepare"])
     assert commits.finish(["prepare", "train"], timeout=30) is False
+    assert commits.problem == "the worker process ended early or never started"
     commits.close()
     # the record commits in its own process instead, and the run is recorded all the same
     dead = RecordWorker(root, None)
@@ -164,3 +168,45 @@ def test_the_worker_reads_the_production_models_run_while_the_stages_run(toy_rep
         assert worker.champion() is None and worker._answered  # the record task says why
     with RecordWorker(root, None) as worker:
         assert worker.champion(timeout=1) is None
+
+
+def test_data_sources_are_committed_with_the_stages_that_read_them(two_stages: Path, tmp_path: Path):
+    """A pipeline reading a `dvc add`ed file that changed since its last commit: the worker commits
+    the new version of the file (its .dvc file and the cache) with the stages, as `dvc commit` of
+    every stage and `dvc exp save` do."""
+    root = two_stages
+    (root / "raw.txt").write_text("one\n")
+    _sh([sys.executable, "-m", "dvc", "add", "-q", "raw.txt"], root)
+    pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
+    pipeline["stages"]["prepare"]["deps"] = ["raw.txt"]
+    (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline))
+    _sh(GIT + ["add", "dvc.yaml", "raw.txt.dvc", ".gitignore"], root)  # not the stages' outputs
+    _sh(GIT + ["commit", "-qm", "a data source"], root)
+    (root / "raw.txt").write_text("two\n")  # a new version of the data, not `dvc add`ed again
+
+    at_the_end = tmp_path / "at-the-end"
+    shutil.copytree(root, at_the_end)
+    experiments.commit_stages(at_the_end, [None])
+    with RecordWorker(root, None) as commits:
+        commits.submit(["prepare"])
+        assert commits.finish(["prepare", "train"]) is True, commits.problem
+    for name in ("dvc.lock", "raw.txt.dvc"):
+        assert (root / name).read_text() == (at_the_end / name).read_text(), name
+    assert "two" not in (root / "raw.txt.dvc").read_text()  # a hash, not the text: it changed
+    assert (root / "raw.txt.dvc").read_text() != _sh(["git", "show", "HEAD:raw.txt.dvc"], root)
+    assert json.loads(_sh([sys.executable, "-m", "dvc", "status", "--json"], root)) == {}
+    (root / "raw.txt").unlink()
+    _sh([sys.executable, "-m", "dvc", "checkout", "-q", "raw.txt.dvc"], root)
+    assert (root / "raw.txt").read_text() == "two\n"
+
+
+def test_stages_that_end_close_together_are_committed_in_one_pass(two_stages: Path):
+    """package, then the short promote: requests that come within GATHER_S of each other share one
+    commit pass (one dvc.lock rewrite); a final request is answered without that wait."""
+    with RecordWorker(two_stages, None) as commits:
+        commits.submit(["prepare"])
+        commits.submit(["train"])  # microseconds later, well inside the 0.5 s the worker waits
+        assert commits.finish(["prepare", "train"]) is True
+        assert [reply["pass"] for reply in commits._replies] == [1, 1, 1]
+    lock = yaml.safe_load((two_stages / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare", "train"}
