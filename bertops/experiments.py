@@ -265,8 +265,9 @@ def _pipeline(root: Path) -> dict:
 
 def _top_level_paths(pipeline: dict) -> list[str]:
     """The files dvc.yaml's top-level metrics, params and plots name (`dvc exp save` adds them even
-    when git does not track them). A plot is named by its file, or by an id whose `y` (and `x`) map
-    files to fields: `{loss: {x: step, y: {reports/a.csv: loss, reports/b.csv: loss}}}`."""
+    when git does not track them). A plot is named by its file, or, as DVC reads it, by an id when
+    its `y` maps files to fields: `{loss: {x: step, y: {reports/a.csv: loss}}}` names
+    reports/a.csv (and `x`'s files when `x` is such a map too), never a file called `loss`."""
     paths: list[str] = []
     for key in ("metrics", "params", "plots"):
         for entry in pipeline.get(key) or []:
@@ -274,11 +275,12 @@ def _top_level_paths(pipeline: dict) -> list[str]:
                 paths.append(entry)
             elif isinstance(entry, dict):
                 for name, spec in entry.items():
-                    paths.append(name)  # a file, or an id (not a file: dropped where no such file exists)
-                    for axis in ("x", "y"):
-                        files = spec.get(axis) if isinstance(spec, dict) else None
-                        if isinstance(files, dict):
-                            paths.extend(files)
+                    if not isinstance(spec, dict) or not isinstance(spec.get("y"), dict):
+                        paths.append(name)  # the key is the file
+                        continue
+                    paths.extend(spec["y"])  # the key is an id: the files are y's (and x's)
+                    if isinstance(spec.get("x"), dict):
+                        paths.extend(spec["x"])
     return list(dict.fromkeys(p for p in paths if isinstance(p, str)))
 
 

@@ -49,7 +49,7 @@ class RecordWorker:
         self._answered = champion is None  # the champion's reply came (or none was asked for)
         self._ended = False  # the worker's output closed: it exited or died
         self._changed = threading.Condition()
-        self.committed = False  # finish() found every stage committed by the worker
+        self.committed: bool | None = None  # once finish() has run: every stage committed by the worker?
         self.problem: str | None = None  # why not, once finish() has returned False
         # the bertops this process runs, whatever the working directory holds (-P: no cwd on sys.path)
         path = [str(Path(bertops.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
@@ -132,13 +132,13 @@ class RecordWorker:
         self.submit(stages, final=True)
         with self._changed:
             self._changed.wait_for(lambda: len(self._replies) >= self._batches or self._ended, timeout)
-            replies = list(self._replies)
+            replies, ended = list(self._replies), self._ended
         failed = [reply.get("error", "no reason given") for reply in replies if not reply.get("ok")]
         if failed:
             self.problem = f"its commit failed: {failed[0]}"
         elif len(replies) < self._batches or not set(stages) <= set(self._sent):
             self.problem = (
-                f"no answer in {timeout:g} s" if not self._ended else "the worker process ended early or never started"
+                f"no answer in {timeout:g} s" if not ended else "the worker process ended early or never started"
             )
         else:
             self.problem = None

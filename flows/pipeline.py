@@ -288,7 +288,7 @@ def record_task(ctx: RunContext, experiment: dict, stages: list[str]) -> str | N
         return None
     finally:
         if experiment["commits"] and worker and worker.problem:
-            logger.warning("DVC's commit was made at the end of the run, not while it ran: %s", worker.problem)
+            logger.warning("the record worker did not commit the stages while the run went on: %s", worker.problem)
     against = None
     if champion and champion != name:
         against = worker.champion() if worker else None  # read by the worker while the stages ran
@@ -509,7 +509,8 @@ def retrain(
             "run": (experiment or {}).get("name"),
             "recorded": (experiment or {}).get("recorded"),
             "record_seconds": (experiment or {}).get("record_seconds"),
-            # the stages were committed to DVC while the run went on (False: at its end; None: not by bertops)
+            # the stages were committed to DVC while the run went on (False: not, see the log; None: no
+            # commit was asked of the worker: not recorded, or the dvc executor, whose stages DVC commits)
             "committed_while_running": experiment["worker"].committed if experiment and experiment["commits"] else None,
             "experiment_seconds": round(experiment["seconds"], 2) if experiment else None,
         }

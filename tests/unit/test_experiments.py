@@ -218,7 +218,8 @@ def test_the_experiment_commit_leaves_head_the_branch_and_the_index_alone(toy_re
 
 def test_top_level_plots_named_by_an_id_are_saved_with_the_run(toy_repo: Path):
     """dvc.yaml's top-level plots may be a file, or an id whose x/y map files to fields: the files
-    are saved with the run even when git ignores them, as `dvc exp save` does; an id is no file."""
+    are saved with the run even when git ignores them, as `dvc exp save` does; an id is no file,
+    even when a folder has its name."""
     root = toy_repo
     pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
     pipeline["plots"] = [
@@ -226,18 +227,21 @@ def test_top_level_plots_named_by_an_id_are_saved_with_the_run(toy_repo: Path):
         {"accuracy": {"x": "step", "y": {"reports/curves/a.csv": "acc", "reports/curves/b.csv": "acc"}}},
         {"reports/curves/b.csv": {"y": "acc"}},  # the same file again, as a plot of its own
     ]
+    pipeline["plots"].append({"reports": {"x": "step", "y": {"reports/curves/loss.csv": "acc"}}})  # an id only
     assert experiments._top_level_paths(pipeline) == [
-        "reports/curves/loss.csv", "accuracy", "reports/curves/a.csv", "reports/curves/b.csv"
+        "reports/curves/loss.csv", "reports/curves/a.csv", "reports/curves/b.csv"
     ]  # fmt: skip
     (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline))
     _sh(GIT + ["commit", "-qam", "plots"], root)
     (root / "reports" / "curves").mkdir(parents=True)
     for name in ("loss", "a", "b"):
         (root / "reports" / "curves" / f"{name}.csv").write_text(f"step,acc\n1,0.{len(name)}\n")
+    (root / "reports" / "big.bin").write_bytes(b"a DVC output git ignores")  # under the id "reports"
     rev = _run(root, 0.2, "curves")
     files = set(_sh(["git", "ls-tree", "-r", "--name-only", rev], root).split())
     assert {"reports/curves/loss.csv", "reports/curves/a.csv", "reports/curves/b.csv"} <= files
-    assert "accuracy" not in files
+    # an id is never a path, even when a folder has its name: what git ignores there stays out
+    assert "reports/big.bin" not in files and not any(f.startswith("reports/finetune/") for f in files)
 
 
 def test_the_collector_is_paused_for_dvcs_commit_only_and_always_given_back():

@@ -210,3 +210,14 @@ def test_stages_that_end_close_together_are_committed_in_one_pass(two_stages: Pa
         assert [reply["pass"] for reply in commits._replies] == [1, 1, 1]
     lock = yaml.safe_load((two_stages / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"prepare", "train"}
+
+
+def test_a_worker_that_does_not_answer_in_time_is_reported_so(two_stages: Path):
+    """finish waits `timeout` s at most: a worker still busy (here: still importing DVC) is reported
+    as silent, not as gone, and the caller commits; asked again, it answers."""
+    with RecordWorker(two_stages, None) as commits:
+        assert commits.committed is None  # nothing asked yet
+        assert commits.finish(["prepare", "train"], timeout=0.01) is False
+        assert commits.problem == "no answer in 0.01 s" and commits.committed is False
+        assert commits._proc.poll() is None  # alive, and left to finish its commit
+        assert commits.finish(["prepare", "train"]) is True and commits.problem is None
