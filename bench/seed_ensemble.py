@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def _probabilities(folder: Path, frame, config) -> np.ndarray:
     import torch
 
+    from bertops.evaluation.metrics import softmax
     from bertops.models.classifier import load_classifier
     from bertops.training.predict import predict_logits
 
@@ -48,8 +49,7 @@ def _probabilities(folder: Path, frame, config) -> np.ndarray:
         "fp32",
         tokenizer.sep_token_id,
     )
-    exp = np.exp(logits - logits.max(-1, keepdims=True))
-    return exp / exp.sum(-1, keepdims=True)
+    return softmax(logits)
 
 
 def main() -> None:
