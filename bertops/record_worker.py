@@ -48,6 +48,7 @@ class RecordWorker:
         self._replies: list[dict] = []  # commit replies, in order
         self._answered = champion is None  # the champion's reply came (or none was asked for)
         self._ended = False  # the worker's output closed: it exited or died
+        self._refused = False  # a request could not be written: its input is closed (it is gone)
         self._changed = threading.Condition()
         self.committed: bool | None = None  # once finish() has run: every stage committed by the worker?
         self.problem: str | None = None  # why not, once finish() has returned False
@@ -106,7 +107,8 @@ class RecordWorker:
         try:
             self._proc.stdin.write(json.dumps(request) + "\n")
             self._proc.stdin.flush()
-        except OSError:  # the worker is gone
+        except OSError:  # the worker is gone; finish() waits for its output to close, not for replies
+            self._refused = True
             return False
         return True
 
@@ -131,7 +133,9 @@ class RecordWorker:
         another `dvc` command) is retried, and a refusal is reported there with DVC's message."""
         self.submit(stages, final=True)
         with self._changed:
-            self._changed.wait_for(lambda: len(self._replies) >= self._batches or self._ended, timeout)
+            self._changed.wait_for(
+                lambda: self._ended or (len(self._replies) >= self._batches and not self._refused), timeout
+            )
             replies, ended = list(self._replies), self._ended
         failed = [reply.get("error", "no reason given") for reply in replies if not reply.get("ok")]
         if failed:

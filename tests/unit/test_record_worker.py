@@ -120,10 +120,12 @@ def test_a_relative_root_is_the_same_workspace(two_stages: Path, monkeypatch):
 def test_a_worker_that_is_gone_leaves_the_commit_to_the_caller(two_stages: Path):
     root = two_stages
     commits = RecordWorker(root, None)
-    commits._proc.kill()
-    commits._proc.wait()
-    commits.submit(["prepare"])
-    assert commits.finish(["prepare", "train"], timeout=30) is False
+    with commits._changed:  # its reader takes note of the end only once finish waits: the slower side
+        commits._proc.kill()
+        commits._proc.wait()
+        commits.submit(["prepare"])  # refused: the worker's input is closed
+        assert commits._batches == 0 and not commits._ended
+        assert commits.finish(["prepare", "train"], timeout=30) is False
     assert commits.problem == "the worker process ended early or never started"
     commits.close()
     # the record commits in its own process instead, and the run is recorded all the same
