@@ -10,7 +10,13 @@ request: texts/s) and POST /classify (32 clients, one sentence a request: reques
 p50/p95. The settings take turns for `--rounds` rounds, the order rotating each round, so a slow
 spell of the machine does not land on one setting only.
 
-    python bench/serving_batching.py [--requests 600] [--rounds 3] [--before-rev e7b8be6]
+`--set torch-call-cost`: the classifier served on PyTorch (BERTOPS_SERVE_RUNTIME=torch, as when
+both ONNX runtimes fail their check), the default `serve.group_call_tokens` before (8 tokens a
+thread for every CPU runtime: engine.py of c1b0fbc) against PyTorch's own measured 29; /embed
+stays on its ONNX runtime with 8 in both, a control that should read ~1.00x.
+
+    python bench/serving_batching.py [--requests 600] [--rounds 3] [--before-rev REV]
+        [--set grouping|torch-call-cost] [--workspace DIR (its registry's production model)]
 """
 
 from __future__ import annotations
@@ -33,45 +39,66 @@ from bench._common import save_result, spread  # noqa: E402
 from bench.drift import DATA  # noqa: E402
 from bench.endpoint import Server, load  # noqa: E402
 
-SETTINGS = {  # name -> (serve.* overrides, engine.py from the git revision before the change?)
-    "before: grouping by padding share, cap 32": (["serve.max_batch_size=32"], True),
-    "before, cap 128": (["serve.max_batch_size=128"], True),
-    "cheapest grouping, cap 32": (["serve.max_batch_size=32", "serve.group_call_tokens=8.0"], False),
-    "cheapest grouping, cap 128": (["serve.max_batch_size=128", "serve.group_call_tokens=8.0"], False),
+SETS = {  # name -> settings (name -> (serve.* overrides, engine.py of --before-rev?)), the baseline,
+    # the default --before-rev, the endpoint's extra environment
+    "grouping": (
+        {
+            "before: grouping by padding share, cap 32": (["serve.max_batch_size=32"], True),
+            "before, cap 128": (["serve.max_batch_size=128"], True),
+            "cheapest grouping, cap 32": (["serve.max_batch_size=32", "serve.group_call_tokens=8.0"], False),
+            "cheapest grouping, cap 128": (["serve.max_batch_size=128", "serve.group_call_tokens=8.0"], False),
+        },
+        "before: grouping by padding share, cap 32",
+        "e7b8be6",
+        {},
+    ),
+    "torch-call-cost": (
+        {
+            "PyTorch, before: 8 tokens a thread (every CPU runtime)": ([], True),
+            "PyTorch, its own 29 tokens a thread (the new default)": ([], False),
+        },
+        "PyTorch, before: 8 tokens a thread (every CPU runtime)",
+        "c1b0fbc",
+        {"BERTOPS_SERVE_RUNTIME": "torch", "BERTOPS_SERVE_UNJUDGED": "1"},
+    ),
 }
-BASELINE = "before: grouping by padding share, cap 32"
 
 
-def start(overrides: list[str], port: int, engine_before: str | None) -> Server:
-    """The production endpoint with `overrides`; with `engine_before`, that engine.py in its folder."""
+def start(overrides: list[str], port: int, engine_before: str | None, root: Path, extra: dict) -> Server:
+    """The production endpoint of `root` with `overrides`; with `engine_before`, that engine.py in
+    its folder."""
     from bertops.config import load_config
     from bertops.server import prepare
 
     config = load_config(REPO / "params.yaml", None, [f"serve.port={port}", *overrides])
-    command, env = prepare(config, REPO)
+    command, env = prepare(config, root)
     if engine_before is not None:
         (Path(command[command.index("--working-dir") + 1]) / "engine.py").write_text(engine_before)
-    return Server(command, port, env)
+    return Server(command, port, {**env, **extra})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--before-rev", default="e7b8be6", help="a commit whose serving/engine.py groups the old way")
+    parser.add_argument("--set", choices=sorted(SETS), default="grouping")
+    parser.add_argument("--before-rev", help="the commit whose serving/engine.py is the baseline (default: the set's)")
+    parser.add_argument("--workspace", type=Path, default=REPO, help="whose registry's production model is served")
     args = parser.parse_args()
+    settings, baseline, before_rev, extra = SETS[args.set]
+    args.before_rev = args.before_rev or before_rev
     before = subprocess.run(["git", "-C", str(REPO), "show", f"{args.before_rev}:serving/engine.py"],
                             check=True, capture_output=True, text=True).stdout  # fmt: skip
 
     dev = [r["sentence"] for r in csv.DictReader(open(DATA / "sst2" / "dev.tsv"), delimiter="\t")]
     embed_bodies = [json.dumps({"texts": dev[i : i + 8]}).encode() for i in range(0, len(dev), 8)]
     classify_bodies = [json.dumps({"texts": [t]}).encode() for t in dev]
-    runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
-    names = list(SETTINGS)
+    runs: dict[str, list[dict]] = {name: [] for name in settings}
+    names = list(settings)
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            overrides, old_engine = SETTINGS[name]
-            server = start(overrides, 3963, before if old_engine else None)
+            overrides, old_engine = settings[name]
+            server = start(overrides, 3963, before if old_engine else None, args.workspace.resolve(), extra)
             try:
                 load(3963, "/embed", embed_bodies, 64, 32)  # warm up
                 load(3963, "/classify", classify_bodies, 64, 32)
@@ -87,9 +114,9 @@ def main() -> None:
             runs[name].append(point)
             print(json.dumps({"round": r, "setting": name, **point}), flush=True)
     result: dict = {"machine": platform.platform(), "cores": os.cpu_count(), "requests": args.requests,
-                    "rounds": args.rounds, "baseline": BASELINE, "before_rev": args.before_rev,
-                    "settings": {}}  # fmt: skip
-    base = runs[BASELINE]
+                    "rounds": args.rounds, "set": args.set, "baseline": baseline, "before_rev": args.before_rev,
+                    "environment": extra, "settings": {}}  # fmt: skip
+    base = runs[baseline]
     for name, points in runs.items():
         summary = {key: spread([p[key] for p in points]) for key in points[0]}
         for key in ("embed_texts_per_s", "classify_rps"):  # per round, against the baseline of that round
@@ -99,7 +126,7 @@ def main() -> None:
         print(f"{name}: /embed {median['embed_texts_per_s']} texts/s ({median['embed_texts_per_s_ratio']}x), "
               f"/classify {median['classify_rps']} req/s ({median['classify_rps_ratio']}x), "
               f"p95 {median['classify_p95_ms']} ms")  # fmt: skip
-    save_result("serving_batching", result)
+    save_result("serving_batching" if args.set == "grouping" else f"serving_batching-{args.set}", result)
 
 
 if __name__ == "__main__":

@@ -485,6 +485,22 @@ class Batcher:
             offset += len(items)
 
 
+CALL_TOKENS_PER_THREAD = {"torch": 29.0, "onnx": 8.0, "onnx-int8": 8.0}  # measured, CPU, this encoder
+
+
+def call_cost_tokens(configured: float | None, device: str, runtime: str, threads: int) -> float:
+    """length_groups' fixed cost of one model call, in tokens: `configured` (serve.group_call_tokens)
+    when set; else, on CPU, the cost measured on one thread (a call of 1 x 8 tokens against 8 x 8:
+    ONNX Runtime ~8 tokens, PyTorch eager ~29, bench/RESULTS.md) times the call's threads (a token
+    costs less with more threads, a call as much); on a GPU 1024, a kernel launch being worth far
+    more (an estimate, unmeasured)."""
+    if configured is not None:
+        return float(configured)
+    if device == "cuda":
+        return 1024.0
+    return CALL_TOKENS_PER_THREAD.get(runtime, 8.0) * threads
+
+
 def length_groups(lengths, call_tokens: float = 8.0) -> list:
     """Row indices grouped by similar length (shortest first), each group to run as one call cut to
     its longest row: the partition of the rows sorted by length that costs least when a call costs
@@ -758,11 +774,7 @@ class Engine:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.lanes = settings["serve"].get("lanes") or (1 if self.device == "cuda" else cores)
         threads = max(1, cores // self.lanes)  # each lane's share of the cores
-        # length_groups' fixed cost of a call, in tokens: measured ~8 for one ONNX Runtime thread (a
-        # token costs less with more threads, a call as much); on a GPU a launch is worth far more
-        configured = settings["serve"].get("group_call_tokens")
-        auto = 1024.0 if self.device == "cuda" else 8.0 * threads
-        self.call_tokens = auto if configured is None else configured
+        self.call_tokens = call_cost_tokens(settings["serve"].get("group_call_tokens"), self.device, runtime, threads)
         self.runtime = runtime
         self.config = AutoConfig.from_pretrained(path, trust_remote_code=True)
         if runtime == "torch":
