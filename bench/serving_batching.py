@@ -65,12 +65,12 @@ SETS = {  # name -> settings (name -> (serve.* overrides, engine.py of --before-
 
 
 def start(overrides: list[str], port: int, engine_before: str | None, root: Path, extra: dict) -> Server:
-    """The production endpoint of `root` with `overrides`; with `engine_before`, that engine.py in
-    its folder."""
+    """The production endpoint of the workspace `root` (its params.yaml, registry and model store)
+    with `overrides`; with `engine_before`, that engine.py in its folder."""
     from bertops.config import load_config
     from bertops.server import prepare
 
-    config = load_config(REPO / "params.yaml", None, [f"serve.port={port}", *overrides])
+    config = load_config(root / "params.yaml", None, [f"serve.port={port}", *overrides])
     command, env = prepare(config, root)
     if engine_before is not None:
         (Path(command[command.index("--working-dir") + 1]) / "engine.py").write_text(engine_before)

@@ -30,6 +30,7 @@ from pathlib import Path
 from bertops.experiments import Run, commit_stages, find_run
 
 GATHER_S = 0.5  # how long the worker waits for more stages before a commit
+REFUSED_GRACE_S = 5.0  # after a refused request, how long finish reads what the worker wrote before it went
 
 
 class RecordWorker:
@@ -132,18 +133,22 @@ class RecordWorker:
         caller commits in its own process: a failure that passes (DVC's lock held a moment by
         another `dvc` command) is retried, and a refusal is reported there with DVC's message."""
         self.submit(stages, final=True)
-        with self._changed:
+        with self._changed:  # a refused request: the worker is gone; its last replies are read first
+            limit = min(timeout, REFUSED_GRACE_S) if self._refused else timeout
             self._changed.wait_for(
-                lambda: self._ended or (len(self._replies) >= self._batches and not self._refused), timeout
+                lambda: self._ended or (len(self._replies) >= self._batches and not self._refused), limit
             )
             replies, ended = list(self._replies), self._ended
         failed = [reply.get("error", "no reason given") for reply in replies if not reply.get("ok")]
         if failed:
             self.problem = f"its commit failed: {failed[0]}"
         elif len(replies) < self._batches or not set(stages) <= set(self._sent):
-            self.problem = (
-                f"no answer in {timeout:g} s" if not ended else "the worker process ended early or never started"
-            )
+            if ended:
+                self.problem = "the worker process ended early or never started"
+            elif self._refused:  # its output is held open by another process: gone all the same
+                self.problem = "its input closed before it was sent every stage"
+            else:
+                self.problem = f"no answer in {timeout:g} s"
         else:
             self.problem = None
         self.committed = self.problem is None

@@ -492,11 +492,11 @@ def call_cost_tokens(configured: float | None, device: str, runtime: str, thread
     """length_groups' fixed cost of one model call, in tokens: `configured` (serve.group_call_tokens)
     when set; else, on CPU, the cost measured on one thread (a call of 1 x 8 tokens against 8 x 8:
     ONNX Runtime ~8 tokens, PyTorch eager ~29, bench/RESULTS.md) times the call's threads (a token
-    costs less with more threads, a call as much); on a GPU 1024, a kernel launch being worth far
-    more (an estimate, unmeasured)."""
+    costs less with more threads, a call as much); PyTorch on a GPU 1024, a kernel launch being
+    worth far more (an estimate, unmeasured). ONNX Runtime runs on the CPU wherever it is served."""
     if configured is not None:
         return float(configured)
-    if device == "cuda":
+    if device == "cuda" and runtime == "torch":
         return 1024.0
     return CALL_TOKENS_PER_THREAD.get(runtime, 8.0) * threads
 

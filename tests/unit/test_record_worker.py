@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,7 @@ def test_a_relative_root_is_the_same_workspace(two_stages: Path, monkeypatch):
     assert json.loads(_sh([sys.executable, "-m", "dvc", "status", "--json"], two_stages)) == {}
 
 
+@pytest.mark.timeout(120)  # the test holds the reader's lock: a mistake would hang rather than fail
 def test_a_worker_that_is_gone_leaves_the_commit_to_the_caller(two_stages: Path):
     root = two_stages
     commits = RecordWorker(root, None)
@@ -212,6 +214,31 @@ def test_stages_that_end_close_together_are_committed_in_one_pass(two_stages: Pa
         assert [reply["pass"] for reply in commits._replies] == [1, 1, 1]
     lock = yaml.safe_load((two_stages / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"prepare", "train"}
+
+
+def test_a_refused_request_is_not_waited_on_for_the_whole_timeout(two_stages: Path, monkeypatch):
+    """A worker whose input refuses a request is gone, even when its output stays open (another
+    process holding the pipe): finish reads what it wrote for REFUSED_GRACE_S, then says so."""
+    from bertops import record_worker
+
+    class Closed:
+        def write(self, _):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(record_worker, "REFUSED_GRACE_S", 0.5)
+    with RecordWorker(two_stages, None) as commits:
+        stdin, commits._proc.stdin = commits._proc.stdin, Closed()  # the worker itself lives on
+        started = time.monotonic()
+        assert commits.finish(["prepare", "train"], timeout=60) is False
+        assert time.monotonic() - started < 10
+        assert commits.problem == "its input closed before it was sent every stage"
+        commits._proc.stdin = stdin  # so that leaving the block ends it
 
 
 def test_a_worker_that_does_not_answer_in_time_is_reported_so(two_stages: Path):

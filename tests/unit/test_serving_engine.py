@@ -291,6 +291,7 @@ def test_a_calls_cost_defaults_to_the_runtimes_measured_one_per_thread(engine):
     assert engine.call_cost_tokens(None, "cpu", "onnx", 2) == 16.0  # a call's cost, per token halved
     assert engine.call_cost_tokens(None, "cpu", "torch", 1) == 29.0  # PyTorch eager's dearer call
     assert engine.call_cost_tokens(None, "cuda", "torch", 1) == 1024.0
+    assert engine.call_cost_tokens(None, "cuda", "onnx-int8", 4) == 32.0  # ONNX Runtime: on the CPU still
     assert engine.call_cost_tokens(12, "cpu", "torch", 4) == 12.0  # serve.group_call_tokens wins
     assert engine.call_cost_tokens(0, "cuda", "torch", 1) == 0.0  # zero is a setting, not "unset"
     lengths = [6, 7, 8, 9, 10, 12]  # cut finer at ONNX's cost than at PyTorch's
