@@ -318,7 +318,8 @@ class ServeConfig(_Section):
     max_batch_size: int = Field(ge=1)
     lanes: int = Field(default=0, ge=0)  # model calls side by side; 0 = one per core on CPU, 1 on a GPU
     # a batch runs as the groups of similar length that cost least (serving/engine.py length_groups)
-    # None: on CPU the runtime's measured cost a thread (ONNX 8, PyTorch 29) x a call's threads; 1024 on GPU
+    # None: the runtime's measured cost a CPU thread (ONNX 8, PyTorch 29) x a call's threads;
+    # PyTorch on a GPU 1024
     group_call_tokens: float | None = Field(default=None, ge=0)
     max_queued_texts: int = Field(ge=1)
     max_body_bytes: int = Field(ge=1024)
