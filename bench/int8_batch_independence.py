@@ -1,0 +1,245 @@
+"""Can the int8 endpoint answer a sentence the same whatever it is batched with? Three int8 schemes
+against the shipped one, chosen on the validation slice, the eval split scored once for the record.
+
+The shipped scheme, ONNX Runtime's dynamic quantisation, quantises each MatMul's activations with
+one scale per call (`DynamicQuantizeLinear` over the whole batch), so a sentence's logits depend on
+the other sentences of its call and on their padding: through the endpoint 3 of SST-2's 872 dev
+sentences get another label than in `evaluate`'s batches (bench/RESULTS.md). The candidates, each
+answering a row from that row alone:
+
+- `static`: activation scales calibrated once (MinMax over 256 train sentences, never the slice or
+  the eval split), QDQ format, weights per channel, MatMuls only;
+- `static-reduce-range`: the same with 7-bit weights, as ONNX Runtime advises for CPUs without VNNI
+  (this one: AVX2), where u8 x s8 products summed in pairs can saturate 16 bits;
+- `weight-only`: `MatMulNBits` 8-bit weights (blocks of 32 along K), activations quantised per row
+  and block on the fly (`accuracy_level` 4: int8 compute).
+
+Two more dynamic variants (still batch-dependent) test that saturation for the shipped scheme:
+`dynamic-reduce-range` (7-bit weights) and `dynamic-u8u8` (unsigned weights). The fp32 graph
+(`fp32`, what `serve.runtime: onnx` serves) is measured alongside for reference, not as a candidate.
+
+For every scheme, on the validation slice: agreement with PyTorch fp32 and accuracy in `evaluate`'s
+batches (64, similar lengths together); the largest logit change and the labels that change between
+those batches, one sentence a call, and random batches of 32 (the endpoint's mixes); one-sentence
+p50 latency and texts/s in batches of 32 (rounds alternate the schemes; medians and spreads).
+
+The rule, set before the first run on a trained model: a batch-independent candidate replaces the
+shipped scheme if no label changes with the batching, its agreement with fp32 is at least the
+shipped scheme's minus 0.002 (one sentence of 551), and both its speeds are at least 0.9x the
+shipped scheme's (medians); among several, the highest agreement. Failing that, a dynamic variant
+replaces it if its agreement is at least 0.004 (two sentences) above the shipped scheme's at 0.9x
+its speeds or better. Run after `make run` (it reads models/sst2, data/prepared/sst2):
+
+    python bench/int8_batch_independence.py [--model models/sst2] [--prepared data/prepared/sst2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SHIPPED = "dynamic"
+
+
+def quantise(scheme: str, fp32: Path, target: Path, tokenizer, calibration: list[str], max_length: int) -> None:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    from bertops.encoding import encode, to_feeds
+    from bertops.models.export import INPUTS
+
+    if scheme == "fp32":
+        shutil.copyfile(fp32, target)
+    elif scheme.startswith("dynamic"):
+        quantize_dynamic(
+            str(fp32), str(target), per_channel=True, reduce_range=scheme == "dynamic-reduce-range",
+            weight_type=QuantType.QUInt8 if scheme == "dynamic-u8u8" else QuantType.QInt8,
+        )  # fmt: skip
+    elif scheme.startswith("static"):
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.batches = iter(
+                    {name: feeds[name] for name in INPUTS}
+                    for start in range(0, len(calibration), 32)
+                    for feeds in [
+                        to_feeds(
+                            *_ids_types(encode(tokenizer, calibration[start : start + 32], max_length)),
+                            tokenizer.pad_token_id,
+                        )  # fmt: skip
+                    ]
+                )
+
+            def get_next(self):
+                return next(self.batches, None)
+
+        quantize_static(
+            str(fp32), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+            reduce_range=scheme == "static-reduce-range",
+        )  # fmt: skip
+    else:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        model = onnx.load(str(fp32))
+        quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=32, is_symmetric=True, accuracy_level=4)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+
+
+def _ids_types(encoded) -> tuple:
+    return encoded.input_ids, encoded.token_type_ids
+
+
+def logits_in(session, tokenizer, texts: list[str], max_length: int, batches: list[np.ndarray]) -> np.ndarray:
+    """Each text's logits, computed in the given batches (lists of row indices)."""
+    from bertops.encoding import encode, to_feeds
+    from bertops.models.export import INPUTS
+
+    out = np.zeros((len(texts), 2), dtype=np.float32)
+    for index in batches:
+        encoded = encode(tokenizer, [texts[i] for i in index], max_length)
+        feeds = to_feeds(encoded.input_ids, encoded.token_type_ids, tokenizer.pad_token_id)
+        out[index] = session.run(["logits"], {name: feeds[name] for name in INPUTS})[0]
+    return out
+
+
+def main() -> None:
+    import logging
+
+    import pandas as pd
+
+    from bench._common import save_result, spread
+    from bertops.models.classifier import load_classifier
+    from bertops.models.export import export_onnx, onnx_session, torch_logits
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=REPO / "models/sst2")
+    parser.add_argument("--prepared", type=Path, default=REPO / "data/prepared/sst2")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    model, tokenizer = load_classifier(args.model)
+    splits = {name: pd.read_parquet(args.prepared / f"{name}.parquet") for name in ("train", "validation", "eval")}
+    calibration = splits["train"]["text"].sample(256, random_state=0).tolist()
+    independent = ("static", "static-reduce-range", "weight-only")
+    schemes = ("fp32", "dynamic", "dynamic-reduce-range", "dynamic-u8u8", *independent)
+    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "schemes": {}}
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        export_onnx(model, tokenizer, fp32)
+        logging.getLogger().setLevel(logging.ERROR)
+        sessions = {}
+        for scheme in schemes:
+            path = Path(tmp) / f"{scheme}.onnx"
+            try:
+                quantise(scheme, fp32, path, tokenizer, calibration, args.max_length)
+                sessions[scheme] = onnx_session(path)
+            except Exception as exc:  # a scheme this ONNX Runtime cannot build is reported, not fatal
+                results["schemes"][scheme] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+            results["schemes"][scheme] = {"size_mb": round(path.stat().st_size / 1e6, 1)}
+
+        def batchings(texts: list[str]) -> dict[str, list[np.ndarray]]:
+            order = np.argsort([len(t) for t in texts], kind="stable")
+            shuffled = rng.permutation(len(texts))
+            return {
+                "evaluate": [order[s : s + 64] for s in range(0, len(texts), 64)],
+                "one": [np.array([i]) for i in range(len(texts))],
+                "random32": [shuffled[s : s + 32] for s in range(0, len(texts), 32)],
+            }
+
+        def score(split: str, scheme: str) -> dict:
+            frame = splits[split]
+            texts, labels = frame["text"].tolist(), frame["label"].to_numpy()
+            reference = torch_logits(model, tokenizer, texts, args.max_length).argmax(-1)
+            ways = {k: logits_in(sessions[scheme], tokenizer, texts, args.max_length, v)
+                    for k, v in batchings(texts).items()}  # fmt: skip
+            base = ways["evaluate"]
+            return {
+                "examples": len(texts),
+                "agreement_with_fp32": round(float((base.argmax(-1) == reference).mean()), 4),
+                "accuracy": round(float((base.argmax(-1) == labels).mean()), 4),
+                "fp32_accuracy": round(float((reference == labels).mean()), 4),
+                "labels_changed_by_batching": {
+                    k: int((v.argmax(-1) != base.argmax(-1)).sum()) for k, v in ways.items() if k != "evaluate"
+                },
+                "max_logit_change_by_batching": {
+                    k: float(np.abs(v - base).max()) for k, v in ways.items() if k != "evaluate"
+                },
+            }
+
+        for scheme in sessions:
+            results["schemes"][scheme]["validation"] = score("validation", scheme)
+            print(scheme, results["schemes"][scheme], flush=True)
+
+        texts = splits["validation"]["text"].tolist()
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        grouped = [order[s : s + 32] for s in range(0, len(texts), 32)]
+        singles = [np.array([i]) for i in rng.choice(len(texts), 200, replace=False)]
+        latency: dict[str, list[float]] = {s: [] for s in sessions}
+        rate: dict[str, list[float]] = {s: [] for s in sessions}
+        for round_ in range(args.rounds):
+            for scheme in list(sessions) if round_ % 2 == 0 else list(sessions)[::-1]:
+                session = sessions[scheme]
+                logits_in(session, tokenizer, texts, args.max_length, grouped[:3])  # warm
+                times = []
+                for one in singles:
+                    started = time.perf_counter()
+                    logits_in(session, tokenizer, texts, args.max_length, [one])
+                    times.append(time.perf_counter() - started)
+                latency[scheme].append(1000 * float(np.median(times)))
+                started = time.perf_counter()
+                logits_in(session, tokenizer, texts, args.max_length, grouped)
+                rate[scheme].append(len(texts) / (time.perf_counter() - started))
+        for scheme in sessions:
+            entry = results["schemes"][scheme]
+            entry["p50_ms_one_sentence"] = spread(latency[scheme], 2)
+            entry["texts_per_s_batches_of_32"] = spread(rate[scheme], 1)
+            entry["latency_ratio_vs_shipped"] = round(np.median(latency[SHIPPED]) / np.median(latency[scheme]), 3)
+            entry["rate_ratio_vs_shipped"] = round(np.median(rate[scheme]) / np.median(rate[SHIPPED]), 3)
+
+        shipped = results["schemes"][SHIPPED]["validation"]["agreement_with_fp32"]
+
+        def fast(scheme: str) -> bool:
+            entry = results["schemes"][scheme]
+            return entry["latency_ratio_vs_shipped"] >= 0.9 and entry["rate_ratio_vs_shipped"] >= 0.9
+
+        def agreement(scheme: str) -> float:
+            return results["schemes"][scheme]["validation"]["agreement_with_fp32"]
+
+        steady = [
+            s for s in sessions
+            if s in independent and fast(s) and agreement(s) >= shipped - 0.002
+            and not any(results["schemes"][s]["validation"]["labels_changed_by_batching"].values())
+        ]  # fmt: skip
+        closer = [s for s in sessions if s.startswith("dynamic-") and fast(s) and agreement(s) >= shipped + 0.004]
+        pick = steady or closer
+        results["chosen_on_validation"] = max(pick, key=agreement) if pick else SHIPPED
+        for scheme in sessions:  # the eval split, once, after the choice, for the record
+            results["schemes"][scheme]["eval"] = score("eval", scheme)
+    save_result("int8_batch_independence", results)
+
+
+if __name__ == "__main__":
+    main()
