@@ -53,6 +53,16 @@ sys.path.insert(0, str(REPO))
 SHIPPED = "dynamic"
 
 
+def feeds_for(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+    """The model's inputs for `texts`, encoded as the endpoint encodes them."""
+    from bertops.encoding import encode, to_feeds
+    from bertops.models.export import INPUTS
+
+    encoded = encode(tokenizer, texts, max_length)
+    feeds = to_feeds(encoded.input_ids, encoded.token_type_ids, tokenizer.pad_token_id)
+    return {name: feeds[name] for name in INPUTS}
+
+
 def quantise(scheme: str, fp32: Path, target: Path, tokenizer, calibration: list[str], max_length: int) -> None:
     import onnx
     from onnxruntime.quantization import (
@@ -62,9 +72,6 @@ def quantise(scheme: str, fp32: Path, target: Path, tokenizer, calibration: list
         quantize_dynamic,
         quantize_static,
     )
-
-    from bertops.encoding import encode, to_feeds
-    from bertops.models.export import INPUTS
 
     if scheme == "fp32":
         shutil.copyfile(fp32, target)
@@ -77,16 +84,8 @@ def quantise(scheme: str, fp32: Path, target: Path, tokenizer, calibration: list
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
-                self.batches = iter(
-                    {name: feeds[name] for name in INPUTS}
-                    for start in range(0, len(calibration), 32)
-                    for feeds in [
-                        to_feeds(
-                            *_ids_types(encode(tokenizer, calibration[start : start + 32], max_length)),
-                            tokenizer.pad_token_id,
-                        )  # fmt: skip
-                    ]
-                )
+                starts = range(0, len(calibration), 32)
+                self.batches = (feeds_for(tokenizer, calibration[s : s + 32], max_length) for s in starts)
 
             def get_next(self):
                 return next(self.batches, None)
@@ -105,20 +104,12 @@ def quantise(scheme: str, fp32: Path, target: Path, tokenizer, calibration: list
         quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
 
 
-def _ids_types(encoded) -> tuple:
-    return encoded.input_ids, encoded.token_type_ids
-
-
 def logits_in(session, tokenizer, texts: list[str], max_length: int, batches: list[np.ndarray]) -> np.ndarray:
     """Each text's logits, computed in the given batches (lists of row indices)."""
-    from bertops.encoding import encode, to_feeds
-    from bertops.models.export import INPUTS
-
     out = np.zeros((len(texts), 2), dtype=np.float32)
     for index in batches:
-        encoded = encode(tokenizer, [texts[i] for i in index], max_length)
-        feeds = to_feeds(encoded.input_ids, encoded.token_type_ids, tokenizer.pad_token_id)
-        out[index] = session.run(["logits"], {name: feeds[name] for name in INPUTS})[0]
+        feeds = feeds_for(tokenizer, [texts[i] for i in index], max_length)
+        out[index] = session.run(["logits"], feeds)[0]
     return out
 
 
