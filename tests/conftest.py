@@ -130,6 +130,18 @@ def postgres_url() -> str:
         yield url
 
 
+def tiny_bert_classifier(seed: int = 0):
+    """A randomly initialised 2-layer, 16-wide BERT sequence classifier (vocabulary 50, 2 labels)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_labels=2
+    )
+    return BertForSequenceClassification(config).eval()
+
+
 def registry_state(root: Path, name: str = "bertops-sst2") -> dict:
     """The registry of the workspace at `root` (BERTOPS_REGISTRY_URL when set), as one dict:
     production, versions, history (what the tests compare before and after)."""

@@ -10,7 +10,7 @@ from bertops.config import ConfigError, SliceConfig
 from bertops.evaluation.behaviour import BehaviourCasesError, load_cases, perturb, run_behaviour
 from bertops.evaluation.serving_cost import latency_profile, model_size_mb
 from bertops.evaluation.slices import slice_masks, slice_metrics
-from tests.conftest import REPO, smoke_config
+from tests.conftest import REPO, smoke_config, tiny_bert_classifier
 
 TEXTS = ["it is not good", "a fine film", "does n't work , but the cast is great", "Nothing works", "noted"]
 
@@ -204,3 +204,43 @@ def test_an_int8_runtime_that_lost_too_much_accuracy_is_refused_by_name():
     with pytest.raises(ExportCheckFailed, match=refused):
         choose_runtime(_agreement(False), "onnx-int8")
     assert choose_runtime(_agreement(True), "onnx-int8") == "onnx-int8"
+
+
+def test_the_fp32_onnx_runtime_answers_a_text_the_same_in_any_batch(tmp_path: Path):
+    """What docs/operations.md promises for `serve.runtime: onnx`: a text's logits do not depend on the
+    texts it is computed with or on their padding (dynamic int8, which scales a call's activations
+    together, does not promise this)."""
+    import torch
+
+    from bertops.encoding import to_feeds
+    from bertops.models.export import export_onnx, onnx_session
+
+    model = tiny_bert_classifier()
+    with torch.no_grad():  # weights large enough that different texts get clearly different logits
+        for weight in model.parameters():
+            if weight.dim() > 1:
+                weight.normal_(0.0, 0.5)
+
+    class Sample:  # export_onnx only needs a tokenizer's sample inputs
+        def __call__(self, texts, padding=True, return_tensors="pt"):
+            feeds = to_feeds([[2, 5, 6, 3], [2, 7, 3]], [[0] * 4, [0] * 3], 0)
+            return {name: torch.from_numpy(value) for name, value in feeds.items()}
+
+    export_onnx(model, Sample(), tmp_path / "model.onnx")
+    session = onnx_session(tmp_path / "model.onnx")
+    rng = np.random.default_rng(0)
+    rows = [[2, *rng.integers(4, 50, size).tolist(), 3] for size in (3, 9, 1, 17, 6, 12, 4, 25)]
+    types = [[0] * len(row) for row in rows]
+
+    def logits(index: list[int]) -> np.ndarray:
+        return session.run(["logits"], to_feeds([rows[i] for i in index], [types[i] for i in index], 0))[0]
+
+    alone = np.concatenate([logits([i]) for i in range(len(rows))])
+    together = logits(list(range(len(rows))))  # every row padded to the longest
+    reordered = logits([7, 3, 0, 5])  # other company, other padding
+    assert np.abs(alone - together).max() < 1e-5
+    assert np.abs(alone[[7, 3, 0, 5]] - reordered).max() < 1e-5
+    with torch.inference_mode():  # and the answers are PyTorch's
+        expected = model(**{k: torch.from_numpy(v) for k, v in to_feeds([rows[0]], [types[0]], 0).items()}).logits
+    assert np.abs(alone[0] - expected.numpy()[0]).max() < 1e-4
+    assert np.abs(alone[0] - alone[1]).max() > 0.1  # different texts, different answers: the check is not vacuous

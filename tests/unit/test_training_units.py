@@ -6,6 +6,7 @@ import torch
 from bertops.config import ConfigError
 from bertops.training.optim import linear_warmup_decay
 from bertops.training.setup import pick_device, pick_precision
+from tests.conftest import tiny_bert_classifier
 
 
 def test_bf16_and_fp16_are_refused_on_cpu():
@@ -109,19 +110,10 @@ def test_a_checkpoint_resumes_every_generator_and_loads_without_running_code(tmp
     assert Checkpoint(tmp_path, {"prepared": "other", "params": {}, "world": 1}).load() is None
 
 
-def _tiny_bert_classifier() -> torch.nn.Module:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    config = BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_labels=2
-    )
-    return BertForSequenceClassification(config)
-
-
 def test_layer_wise_lr_decay_gives_each_depth_its_rate_and_the_schedule_keeps_the_ratios():
     from bertops.training.optim import build_optimizer, layer_depth
 
-    model = _tiny_bert_classifier()
+    model = tiny_bert_classifier()
     optimizer = build_optimizer(model, 1e-3, 0.01, torch.device("cpu"), layer_decay=0.5)
     rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
     decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
@@ -151,5 +143,5 @@ def test_layer_wise_lr_decay_gives_each_depth_its_rate_and_the_schedule_keeps_th
 def test_without_layer_decay_the_optimizer_keeps_its_two_groups():
     from bertops.training.optim import build_optimizer
 
-    optimizer = build_optimizer(_tiny_bert_classifier(), 1e-3, 0.01, torch.device("cpu"))
+    optimizer = build_optimizer(tiny_bert_classifier(), 1e-3, 0.01, torch.device("cpu"))
     assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [(1e-3, 0.01), (1e-3, 0.0)]
