@@ -621,6 +621,13 @@ def runs_compare(
         return experiments.find_run(root, first), experiments.find_run(root, b) if b else newest[0]
 
     run_a, run_b = _run("runs", pick)
+    if run_a.rev == run_b.rev:  # the first run of a workspace: the production model's run is the newest
+        typer.echo(
+            f"nothing to compare: A and B are the same run, {run_a.name}"
+            + ("" if a and b else " (the production model's run is also the newest)")
+            + "; name two runs: bertops runs compare A B (bertops runs lists them)"
+        )
+        return
     comparison = experiments.compare(run_a, run_b)
     typer.echo(experiments.comparison_markdown(comparison, all_metrics=all_metrics))
     plot = experiments.plot_comparison(comparison, cfg.paths.reports / "runs" / f"{run_a.name}-vs-{run_b.name}.png")

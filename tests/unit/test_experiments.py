@@ -156,6 +156,9 @@ def test_runs_are_saved_listed_found_and_compared(toy_repo: Path, monkeypatch):
     assert compared.exit_code == 0 and "| toy.lr | 0.1 | 0.3 |" in compared.output, compared.output
     unknown = CliRunner().invoke(app, ["runs", "compare", "nope", "second", "--params", str(REPO / "params.yaml")])
     assert unknown.exit_code == 1 and "'nope' is not a recorded run" in unknown.output
+    same = CliRunner().invoke(app, ["runs", "compare", "second", second[:8], "--params", str(REPO / "params.yaml")])
+    assert same.exit_code == 0 and "nothing to compare: A and B are the same run, second" in same.output, same.output
+    assert "| toy.lr |" not in same.output and not (root / "reports" / "runs" / "second-vs-second.png").exists()
 
 
 def test_the_cli_outside_a_git_dvc_workspace_exits_1_with_the_way_out(tmp_path: Path, monkeypatch):
