@@ -634,6 +634,22 @@ def runs_compare(
     typer.echo(f"curves: {plot}")
 
 
+def _one_line_summaries(*apps: typer.Typer) -> None:
+    """`bertops --help` lists each command with the first paragraph of its docstring, and in Typer's
+    rich mode it keeps the paragraph's line breaks (a summary broken mid-sentence): give each command
+    that paragraph as one line."""
+    import inspect
+
+    for typer_app in apps:
+        for info in typer_app.registered_commands:
+            doc = inspect.getdoc(info.callback) or ""
+            if info.short_help is None and doc:
+                info.short_help = " ".join(doc.split("\n\n")[0].split())
+
+
+_one_line_summaries(app, models_app, runs_app)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

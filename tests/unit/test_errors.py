@@ -137,3 +137,19 @@ def test_an_unreachable_registry_or_store_fails_the_cli_in_seconds_naming_the_ur
     with pytest.raises(StoreError, match="cannot use the model store .*not-a-folder") as err:
         store.put("m", "v1", tmp_path / "model")
     assert is_transient(err.value)
+
+
+def test_the_command_list_shows_each_summary_whole_on_its_line():
+    """`bertops --help` lists each command with its docstring's first paragraph as one line (wrapped
+    only at the terminal's width), not broken where the source wraps it."""
+    from typer.testing import CliRunner
+
+    from bertops.cli import app
+
+    wide = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "300", "TERMINAL_WIDTH": "300"})
+    assert wide.exit_code == 0, wide.output
+    tune = next(line for line in wide.output.splitlines() if "│ tune " in line)
+    assert "ASHA stops bad trials), scored on the validation slice only; the best is written as a profile" in tune
+    runs = CliRunner().invoke(app, ["runs", "--help"], env={"COLUMNS": "300", "TERMINAL_WIDTH": "300"})
+    compare = next(line for line in runs.output.splitlines() if "│ compare " in line)
+    assert "the metrics (B - A), both training curves (sparklines here" in compare
