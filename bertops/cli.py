@@ -624,7 +624,7 @@ def runs_compare(
     if run_a.rev == run_b.rev:  # the first run of a workspace: the production model's run is the newest
         typer.echo(
             f"nothing to compare: A and B are the same run, {run_a.name}"
-            + ("" if a and b else " (the production model's run is also the newest)")
+            + (" (the production model's run is also the newest)" if a is None and b is None else "")
             + "; name two runs: bertops runs compare A B (bertops runs lists them)"
         )
         return
@@ -637,12 +637,12 @@ def runs_compare(
 def _one_line_summaries(*apps: typer.Typer) -> None:
     """`bertops --help` lists each command with the first paragraph of its docstring, and in Typer's
     rich mode it keeps the paragraph's line breaks (a summary broken mid-sentence): give each command
-    that paragraph as one line."""
+    that paragraph (of its help= text where it has one) as one line."""
     import inspect
 
     for typer_app in apps:
         for info in typer_app.registered_commands:
-            doc = inspect.getdoc(info.callback) or ""
+            doc = inspect.cleandoc(info.help) if info.help else inspect.getdoc(info.callback) or ""
             if info.short_help is None and doc:
                 info.short_help = " ".join(doc.split("\n\n")[0].split())
 

@@ -159,6 +159,8 @@ def test_runs_are_saved_listed_found_and_compared(toy_repo: Path, monkeypatch):
     same = CliRunner().invoke(app, ["runs", "compare", "second", second[:8], "--params", str(REPO / "params.yaml")])
     assert same.exit_code == 0 and "nothing to compare: A and B are the same run, second" in same.output, same.output
     assert "| toy.lr |" not in same.output and not (root / "reports" / "runs" / "second-vs-second.png").exists()
+    newest = CliRunner().invoke(app, ["runs", "compare", "second", "--params", str(REPO / "params.yaml")])  # B: newest
+    assert newest.exit_code == 0 and "the same run, second; name two runs" in newest.output, newest.output
 
 
 def test_the_cli_outside_a_git_dvc_workspace_exits_1_with_the_way_out(tmp_path: Path, monkeypatch):
