@@ -57,16 +57,6 @@ sys.path.insert(0, str(REPO))
 SHIPPED = "dynamic"
 
 
-def feeds_for(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
-    """The model's inputs for `texts`, encoded as the endpoint encodes them."""
-    from bertops.encoding import encode, to_feeds
-    from bertops.models.export import INPUTS
-
-    encoded = encode(tokenizer, texts, max_length)
-    feeds = to_feeds(encoded.input_ids, encoded.token_type_ids, tokenizer.pad_token_id)
-    return {name: feeds[name] for name in INPUTS}
-
-
 def quantise(scheme: str, fp32: Path, target: Path, tokenizer, calibration: list[str], max_length: int) -> None:
     import onnx
     from onnxruntime.quantization import (
@@ -77,7 +67,7 @@ def quantise(scheme: str, fp32: Path, target: Path, tokenizer, calibration: list
         quantize_static,
     )
 
-    from bertops.models.export import quantize_int8
+    from bertops.models.export import model_feeds, quantize_int8
 
     if scheme == "fp32":
         shutil.copyfile(fp32, target)
@@ -93,7 +83,7 @@ def quantise(scheme: str, fp32: Path, target: Path, tokenizer, calibration: list
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
                 starts = range(0, len(calibration), 32)
-                self.batches = (feeds_for(tokenizer, calibration[s : s + 32], max_length) for s in starts)
+                self.batches = (model_feeds(tokenizer, calibration[s : s + 32], max_length) for s in starts)
 
             def get_next(self):
                 return next(self.batches, None)
@@ -114,9 +104,11 @@ def quantise(scheme: str, fp32: Path, target: Path, tokenizer, calibration: list
 
 def logits_in(session, tokenizer, texts: list[str], max_length: int, batches: list[np.ndarray]) -> np.ndarray:
     """Each text's logits, computed in the given batches (lists of row indices)."""
+    from bertops.models.export import model_feeds
+
     out = np.zeros((len(texts), 2), dtype=np.float32)
     for index in batches:
-        feeds = feeds_for(tokenizer, [texts[i] for i in index], max_length)
+        feeds = model_feeds(tokenizer, [texts[i] for i in index], max_length)
         out[index] = session.run(["logits"], feeds)[0]
     return out
 

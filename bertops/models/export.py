@@ -133,15 +133,20 @@ def onnx_session(path: Path, threads: int = 0):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def model_feeds(tokenizer, texts: list, max_length: int) -> dict[str, np.ndarray]:
+    """The exported graph's inputs for texts or (text, second sentence) pairs, one call's worth,
+    encoded as the endpoint encodes them (`bertops.encoding`)."""
+    encoded = encode(tokenizer, texts, max_length)
+    feeds = to_feeds(encoded.input_ids, encoded.token_type_ids, tokenizer.pad_token_id)
+    return {name: feeds[name] for name in INPUTS}
+
+
 def _batches(tokenizer, texts: list, max_length: int, batch_size: int):
-    """Feeds for texts or (text, second sentence) pairs, encoded as the endpoint encodes them
-    (`bertops.encoding`), similar lengths together (little padding)."""
+    """`model_feeds` for batches of `texts`, similar lengths together (little padding)."""
     order = np.argsort([len(t) if isinstance(t, str) else sum(map(len, t)) for t in texts])
     for start in range(0, len(texts), batch_size):
         index = order[start : start + batch_size]
-        encoded = encode(tokenizer, [texts[i] for i in index], max_length)
-        feeds = to_feeds(encoded.input_ids, encoded.token_type_ids, tokenizer.pad_token_id)
-        yield index, {name: feeds[name] for name in INPUTS}
+        yield index, model_feeds(tokenizer, [texts[i] for i in index], max_length)
 
 
 def torch_logits(model, tokenizer, texts: list, max_length: int, batch_size: int = 64) -> np.ndarray:

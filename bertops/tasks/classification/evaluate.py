@@ -20,7 +20,7 @@ import torch
 from bertops.atomic import replace_dir, staging_dir
 from bertops.config import Config
 from bertops.data.prepare import load_prepared
-from bertops.encoding import encode, normalize_input, to_feeds
+from bertops.encoding import encode, normalize_input
 from bertops.evaluation.behaviour import load_cases, run_behaviour
 from bertops.evaluation.evaluate import Evaluation
 from bertops.evaluation.metrics import classification_metrics
@@ -65,7 +65,7 @@ def open_runtime(name: str, model_dir: Path, onnx_dir: Path, model, tokenizer, c
     """`name` on the model in `model_dir` (PyTorch) or its export in `onnx_dir`, normalising and
     encoding as training and the endpoint do."""
     from bertops.lineage import file_sha256
-    from bertops.models.export import FILES, onnx_session, session_logits
+    from bertops.models.export import FILES, model_feeds, onnx_session, session_logits
 
     prep = config.prepare
 
@@ -97,9 +97,7 @@ def open_runtime(name: str, model_dir: Path, onnx_dir: Path, model, tokenizer, c
         )
 
     def request_onnx(item) -> np.ndarray:
-        encoded = encode(tokenizer, normalise([item]), prep.max_length)
-        feeds = to_feeds(encoded.input_ids, encoded.token_type_ids, tokenizer.pad_token_id)
-        return softmax(session.run(["logits"], feeds)[0])
+        return softmax(session.run(["logits"], model_feeds(tokenizer, normalise([item]), prep.max_length))[0])
 
     return Runtime(name, predict_onnx, request_onnx, round(path.stat().st_size / 1e6, 2), file_sha256(path))
 
